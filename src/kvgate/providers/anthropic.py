@@ -9,8 +9,7 @@ here is the I/O and the stream state machine, because Anthropic streams content 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import cast
+from collections.abc import AsyncGenerator
 
 import orjson
 
@@ -177,13 +176,10 @@ class AnthropicProvider:
             raise overloaded from exc
         return to_chat_completion(message, created=int(time.time()))
 
-    async def stream(self, call: UpstreamCall) -> AsyncIterator[JSONObject]:
+    async def stream(self, call: UpstreamCall) -> AsyncGenerator[JSONObject, None]:
         payload = self._payload(call, stream=True)
         translator = ChunkTranslator(model=call.body.get("model"), created=int(time.time()))
-        # stream_events is an async generator, though annotated as a plain AsyncIterator.
-        events = cast(
-            AsyncGenerator[bytes, None], self._http.stream_events(self._messages_url, payload)
-        )
+        events = self._http.stream_events(self._messages_url, payload)
         try:
             async for data in events:
                 try:

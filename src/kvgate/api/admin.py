@@ -1,0 +1,36 @@
+"""The ``/admin/stats`` view: live routing state per deployment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvgate.gateway.compose import Gateway
+
+
+def stats(gateway: Gateway) -> dict[str, Any]:
+    models = []
+    for route in gateway.routes.values():
+        deployments = []
+        for deployment in route.deployments:
+            s = deployment.stats
+            deployments.append({
+                "id": deployment.id,
+                "provider": deployment.provider_name,
+                "model": deployment.upstream_model,
+                "in_flight": s.in_flight,
+                "requests_total": s.requests_total,
+                "failures_total": s.failures_total,
+                "cost_usd_total": round(s.cost_usd_total, 6),
+                "ewma_ttft_ms": s.ewma_ttft_ms,
+                "ewma_ms_per_token": s.ewma_ms_per_token,
+                "circuit": gateway.breakers.describe(deployment),
+            })
+        models.append({
+            "name": route.name,
+            "strategy": route.strategy.name,
+            "deployments": deployments,
+        })
+    return {
+        "models": models,
+        "cache": {"exact_entries": gateway.cache.size if gateway.cache else None},
+    }

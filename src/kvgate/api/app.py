@@ -1,0 +1,301 @@
+"""The ASGI application: a fixed route table over the gateway built at start-up.
+
+A raw ASGI app rather than a framework: the hot path is one dict lookup, one body read, one
+JSON parse (in :func:`parse_call`) and one JSON serialisation, with response headers that do
+not change per request built once here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+
+import orjson
+
+from kvgate.api import admin
+from kvgate.api.asgi import (
+    JSON_TYPE,
+    SSE_HEADERS,
+    ClientDisconnected,
+    DisconnectWatch,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    send_bytes,
+)
+from kvgate.api.openapi import DocsAssets
+from kvgate.api.request import parse_call
+from kvgate.auth.keys import KeyRing, is_admin
+from kvgate.config.schema import Settings
+from kvgate.errors import GatewayError, error_body
+from kvgate.gateway.call import Call, Completion, StreamingCompletion
+from kvgate.gateway.compose import Gateway, build_gateway
+from kvgate.providers.base import Endpoint
+from kvgate.providers.errors import UpstreamError
+
+logger = logging.getLogger("kvgate.api")
+
+_DONE = b"data: [DONE]\n\n"
+#: Status recorded for requests whose client went away (nginx's convention).
+_CLIENT_CLOSED = 499
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+class KVGateApp:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        settings = gateway.settings
+        self._pipeline = gateway.pipeline
+        self._models = frozenset(gateway.model_names)
+        self._max_body_bytes = settings.server.max_body_bytes
+        self._max_image_bytes = settings.server.max_image_bytes
+        self._keys = KeyRing(settings.tenants)
+        self._admin_key = settings.server.admin_key
+        self._metrics = gateway.metrics
+        self._docs = DocsAssets(gateway.model_names)
+        self._models_body = orjson.dumps({"object": "list", "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": "kvgate"}
+            for name in gateway.model_names
+        ]})
+        self._routes = {
+            ("POST", "/v1/chat/completions"): self._chat,
+            ("POST", "/v1/completions"): self._text_completion,
+            ("GET", "/v1/models"): self._list_models,
+            ("GET", "/healthz"): self._healthz,
+            ("GET", "/readyz"): self._readyz,
+            ("GET", "/metrics"): self._metrics_text,
+            ("GET", "/admin/stats"): self._admin_stats,
+            ("GET", "/docs"): self._docs_page,
+            ("GET", "/openapi.json"): self._openapi,
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            handler = self._routes.get((scope["method"], scope["path"]))
+            if handler is not None:
+                await handler(scope, receive, send)
+            else:
+                await self._unrouted(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.gateway.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- completions ----------------------------------------------------------------------
+
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._completion(scope, receive, send, "chat")
+
+    async def _text_completion(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._completion(scope, receive, send, "completions")
+
+    async def _completion(
+        self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint
+    ) -> None:
+        received_s = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        status = 200
+        model_label = "unknown"
+        watch: DisconnectWatch | None = None
+        try:
+            tenant = (
+                self._keys.tenant_for(_header(scope, b"authorization"))
+                if self._keys.enabled else None
+            )
+            raw = await read_body(scope, receive, self._max_body_bytes)
+            call = parse_call(
+                raw, endpoint, models=self._models, max_image_bytes=self._max_image_bytes,
+                received_s=received_s, request_id=request_id,
+            )
+            call.tenant = tenant
+            model_label = call.model
+            watch = DisconnectWatch(receive)
+            outcome = await self._pipeline(call)
+            if isinstance(outcome, Completion):
+                watch.finishing = True
+                await self._send_completion(send, call, outcome)
+            else:
+                status = await self._send_stream(send, call, outcome, watch)
+        except GatewayError as error:
+            status = error.status
+            await self._send_error(send, status, error.body(), request_id, error.headers)
+        except UpstreamError as error:
+            status = error.client_status
+            body = error_body(error.message, error.error_type, error.error_type, None)
+            await self._send_error(send, status, body, request_id, {})
+        except ClientDisconnected:
+            status = _CLIENT_CLOSED
+        except asyncio.CancelledError:
+            if watch is None or not watch.disconnected:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            status = _CLIENT_CLOSED
+        except Exception:
+            logger.exception("unexpected error serving request %s", request_id)
+            status = 500
+            body = error_body("internal gateway error", "server_error", "internal_error", None)
+            await self._send_error(send, status, body, request_id, {})
+        finally:
+            if watch is not None:
+                watch.stop()
+            metrics = self._metrics
+            metrics.requests.labels(model_label, endpoint, str(status)).inc()
+            metrics.request_seconds.labels(model_label).observe(time.perf_counter() - received_s)
+
+    def _metadata(self, call: Call, deployment_id: str, provider: str, cache: str,
+                  upstream_model: str, cost_usd: float) -> dict[str, Any]:
+        return {
+            "cache": cache,
+            "provider": provider,
+            "deployment": deployment_id,
+            "model": upstream_model,
+            "latency_ms": round((time.perf_counter() - call.received_s) * 1000, 3),
+            "cost_usd": cost_usd,
+            "route": call.route,
+            "request_id": call.request_id,
+        }
+
+    async def _send_completion(self, send: Send, call: Call, outcome: Completion) -> None:
+        deployment = outcome.deployment
+        deployment_id = deployment.id if deployment else str(call.route.get("deployment", ""))
+        provider = deployment.provider_name if deployment else "cache"
+        body = outcome.body
+        body["kvgate"] = self._metadata(
+            call, deployment_id, provider, outcome.cache, outcome.upstream_model, outcome.cost_usd
+        )
+        headers = [
+            (b"x-request-id", call.request_id.encode()),
+            (b"x-kvgate-cache", outcome.cache.encode()),
+            (b"x-kvgate-deployment", deployment_id.encode()),
+        ]
+        await send_bytes(send, 200, orjson.dumps(body), headers, JSON_TYPE)
+
+    async def _send_stream(
+        self, send: Send, call: Call, outcome: StreamingCompletion, watch: DisconnectWatch
+    ) -> int:
+        deployment = outcome.deployment
+        deployment_id = deployment.id if deployment else str(call.route.get("deployment", ""))
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            *SSE_HEADERS,
+            (b"x-request-id", call.request_id.encode()),
+            (b"x-kvgate-cache", outcome.cache.encode()),
+            (b"x-kvgate-deployment", deployment_id.encode()),
+        ]})
+        include_usage = call.include_usage
+        chunks = outcome.chunks
+        try:
+            async for chunk in chunks:
+                if not include_usage and "usage" in chunk:
+                    del chunk["usage"]
+                    if not chunk.get("choices"):
+                        continue
+                await send({"type": "http.response.body",
+                            "body": b"data: " + orjson.dumps(chunk) + b"\n\n", "more_body": True})
+        except UpstreamError as error:
+            # The status line is gone; the client learns of the failure from an error event
+            # and from the missing [DONE], never from a stream that looks complete.
+            watch.finishing = True
+            event = error_body(error.message, error.error_type, error.error_type, None)
+            await send({"type": "http.response.body", "body": b"data: " + event + b"\n\n"})
+            return error.client_status
+        finally:
+            await _aclose(chunks)
+        watch.finishing = True
+        await send({"type": "http.response.body", "body": _DONE})
+        return 200
+
+    async def _send_error(
+        self, send: Send, status: int, body: bytes, request_id: str, extra: dict[str, str]
+    ) -> None:
+        headers = [(b"x-request-id", request_id.encode())]
+        headers.extend((k.encode(), v.encode()) for k, v in extra.items())
+        await send_bytes(send, status, body, headers, JSON_TYPE)
+
+    # -- everything else ------------------------------------------------------------------
+
+    async def _list_models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_bytes(send, 200, self._models_body, [], JSON_TYPE)
+
+    async def _healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_bytes(send, 200, b'{"status":"ok"}', [], JSON_TYPE)
+
+    async def _readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.gateway.is_ready():
+            await send_bytes(send, 200, b'{"status":"ready"}', [], JSON_TYPE)
+        else:
+            await send_bytes(send, 503, b'{"status":"not ready"}', [], JSON_TYPE)
+
+    async def _metrics_text(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_bytes(send, 200, self._metrics.render(), [],
+                         (b"content-type", b"text/plain; version=0.0.4; charset=utf-8"))
+
+    async def _admin_stats(self, scope: Scope, receive: Receive, send: Send) -> None:
+        auth_on = self._keys.enabled or self._admin_key is not None
+        if auth_on and not is_admin(_header(scope, b"authorization"), self._admin_key):
+            body = error_body("admin key required", "authentication_error", "admin_only", None)
+            await send_bytes(send, 401, body, [], JSON_TYPE)
+            return
+        await send_bytes(send, 200, orjson.dumps(admin.stats(self.gateway)), [], JSON_TYPE)
+
+    async def _docs_page(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_bytes(send, 200, self._docs.page, [], (b"content-type", b"text/html"))
+
+    async def _openapi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_bytes(send, 200, self._docs.schema, [], JSON_TYPE)
+
+    async def _unrouted(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        if path.startswith("/docs/static/") and scope["method"] == "GET":
+            asset = self._docs.asset(path.removeprefix("/docs/static/"))
+            if asset is not None:
+                await send_bytes(send, 200, asset[0], [], (b"content-type", asset[1].encode()))
+                return
+        if path.startswith("/v1/models/") and scope["method"] == "GET":
+            name = path.removeprefix("/v1/models/")
+            if name in self._models:
+                body = orjson.dumps({"id": name, "object": "model", "created": 0,
+                                     "owned_by": "kvgate"})
+                await send_bytes(send, 200, body, [], JSON_TYPE)
+                return
+            body = error_body(f"The model '{name}' does not exist", "invalid_request_error",
+                              "model_not_found", "model")
+            await send_bytes(send, 404, body, [], JSON_TYPE)
+            return
+        known_path = any(p == path for _, p in self._routes)
+        status = 405 if known_path else 404
+        message = f"method {scope['method']} not allowed" if known_path else f"no route {path}"
+        await send_bytes(send, status,
+                         error_body(message, "invalid_request_error", "not_found", None),
+                         [], JSON_TYPE)
+
+
+async def _aclose(chunks: object) -> None:
+    close = getattr(chunks, "aclose", None)
+    if close is not None:
+        await close()
+
+
+def create_app(settings: Settings) -> KVGateApp:
+    """Build the gateway and its ASGI app from validated settings."""
+    return KVGateApp(build_gateway(settings))

@@ -1,0 +1,1 @@
+"""API-key authentication: which tenant a request belongs to."""

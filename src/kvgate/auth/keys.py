@@ -1,0 +1,57 @@
+"""Map API keys to tenants. Keys may be configured in plain text or as ``sha256:<hex>`` digests.
+
+Lookups hash the presented key once and compare digests in a dict, so the cost does not grow
+with the number of keys and plain-text keys are never kept in memory after start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from kvgate.config.schema import TenantSettings
+from kvgate.errors import GatewayError
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class KeyRing:
+    def __init__(self, tenants: list[TenantSettings]) -> None:
+        self._tenant_by_digest: dict[str, str] = {}
+        for tenant in tenants:
+            for key in tenant.api_keys:
+                digest = key[7:].lower() if key.startswith("sha256:") else _digest(key)
+                self._tenant_by_digest[digest] = tenant.name
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._tenant_by_digest)
+
+    def tenant_for(self, authorization: bytes | None) -> str:
+        """The tenant owning the bearer key in an ``Authorization`` header, or 401."""
+        if not authorization:
+            raise GatewayError(
+                401, "missing API key: send 'Authorization: Bearer <key>'",
+                error_type="authentication_error", code="missing_api_key",
+            )
+        scheme, _, key = authorization.decode("latin-1").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise GatewayError(
+                401, "malformed Authorization header: expected 'Bearer <key>'",
+                error_type="authentication_error", code="invalid_api_key",
+            )
+        tenant = self._tenant_by_digest.get(_digest(key.strip()))
+        if tenant is None:
+            raise GatewayError(
+                401, "invalid API key", error_type="authentication_error", code="invalid_api_key"
+            )
+        return tenant
+
+
+def is_admin(authorization: bytes | None, admin_key: str | None) -> bool:
+    if admin_key is None or not authorization:
+        return False
+    expected = f"Bearer {admin_key}".encode()
+    return hmac.compare_digest(authorization, expected)

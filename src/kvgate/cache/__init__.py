@@ -1,0 +1,1 @@
+"""Response caching: exact (canonical request key) now, semantic behind the same stage."""

@@ -1,0 +1,103 @@
+"""The exact-match cache stage: a canonical request key, served without calling upstream.
+
+Only deterministic requests are cached (``temperature`` 0 or a ``seed``), one choice each, and
+the key holds the tenant as a hard partition: tenant B can never read tenant A's entry.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+from collections.abc import AsyncGenerator
+
+import orjson
+
+from kvgate.cache.store import CachedResponse, ResponseStore
+from kvgate.gateway.call import Call, Completion, Outcome, Stage, StreamingCompletion
+from kvgate.observability.metrics import Metrics
+from kvgate.providers.base import JSONObject
+
+#: Fields that change how an answer is delivered, not what it says.
+_DELIVERY_FIELDS = frozenset({"stream", "stream_options", "user", "metadata", "request_id"})
+
+
+def is_cacheable(body: JSONObject) -> bool:
+    if body.get("n") not in (None, 1):
+        return False
+    return body.get("temperature") == 0 or body.get("seed") is not None
+
+
+def cache_key(call: Call) -> bytes:
+    """sha256 over the canonical (sorted-key) JSON of what determines the answer."""
+    material = {k: v for k, v in call.body.items() if k not in _DELIVERY_FIELDS}
+    canonical = orjson.dumps(
+        [call.tenant, call.model, call.endpoint, material], option=orjson.OPT_SORT_KEYS
+    )
+    return hashlib.sha256(canonical).digest()
+
+
+async def replay_as_stream(
+    body: JSONObject, include_usage: bool
+) -> AsyncGenerator[JSONObject, None]:
+    """A cached answer as the chunks a live stream would have sent."""
+    chat = body.get("object") == "chat.completion"
+    base = {
+        "id": body.get("id"),
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": body.get("model"),
+    }
+    for choice in body.get("choices", []):
+        index = choice.get("index", 0)
+        if chat:
+            message = choice.get("message") or {}
+            yield {**base, "choices": [{"index": index, "delta": {
+                "role": "assistant", "content": message.get("content") or ""},
+                "finish_reason": None}]}
+            yield {**base, "choices": [{"index": index, "delta": {},
+                                        "finish_reason": choice.get("finish_reason")}]}
+        else:
+            yield {**base, "choices": [{"index": index, "text": choice.get("text", ""),
+                                        "finish_reason": choice.get("finish_reason"),
+                                        "logprobs": None}]}
+    if include_usage and body.get("usage"):
+        yield {**base, "choices": [], "usage": body["usage"]}
+
+
+class ExactCacheStage:
+    """Implements :class:`~kvgate.gateway.call.Stage`."""
+
+    def __init__(self, next_stage: Stage, store: ResponseStore, metrics: Metrics) -> None:
+        self._next = next_stage
+        self._store = store
+        self._lookups = {
+            result: metrics.cache_lookups.labels(result) for result in ("exact", "miss")
+        }
+
+    async def __call__(self, call: Call) -> Outcome:
+        if not is_cacheable(call.body):
+            return await self._next(call)
+        key = cache_key(call)
+        hit = self._store.get(key)
+        if hit is not None:
+            self._lookups["exact"].inc()
+            call.route = {"strategy": "cache", "deployment": hit.deployment_id}
+            if call.stream:
+                return StreamingCompletion(
+                    replay_as_stream(hit.body, True), None, "exact", hit.upstream_model
+                )
+            return Completion(copy.deepcopy(hit.body), None, "exact", 0.0, hit.upstream_model)
+        self._lookups["miss"].inc()
+        outcome = await self._next(call)
+        if isinstance(outcome, Completion) and outcome.deployment is not None:
+            stored = copy.deepcopy(outcome.body)
+            stored.pop("kvgate", None)
+            self._store.put(
+                key, CachedResponse(stored, outcome.upstream_model, outcome.deployment.id)
+            )
+        return outcome
+
+    @property
+    def size(self) -> int:
+        return len(self._store)

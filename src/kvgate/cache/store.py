@@ -1,0 +1,60 @@
+"""Bounded key-value stores for cached responses (TTL + LRU, the bound in config)."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Protocol
+
+from kvgate.providers.base import JSONObject
+
+
+@dataclass(frozen=True, slots=True)
+class CachedResponse:
+    body: JSONObject
+    upstream_model: str
+    deployment_id: str
+
+
+class ResponseStore(Protocol):
+    """Where cached responses live. ``get`` never returns an entry older than its TTL."""
+
+    def get(self, key: bytes) -> CachedResponse | None: ...
+
+    def put(self, key: bytes, value: CachedResponse) -> None: ...
+
+    def __len__(self) -> int: ...
+
+
+class MemoryResponseStore:
+    """An LRU of at most ``max_entries`` whose entries expire ``ttl_s`` after being stored.
+
+    NOTE: expiry is lazy (checked on read, and the LRU end is trimmed on write), so memory is
+    bounded by ``max_entries`` rather than by a background sweep.
+    """
+
+    def __init__(self, *, max_entries: int, ttl_s: float) -> None:
+        self._max_entries = max_entries
+        self._ttl_s = ttl_s
+        self._entries: OrderedDict[bytes, tuple[float, CachedResponse]] = OrderedDict()
+
+    def get(self, key: bytes) -> CachedResponse | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires_s, value = entry
+        if expires_s < time.monotonic():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: bytes, value: CachedResponse) -> None:
+        self._entries[key] = (time.monotonic() + self._ttl_s, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,197 @@
+"""The configuration schema. Every key here is documented in ``config/config.example.yaml``.
+
+Models are frozen: configuration is read once, and nothing at request time may change it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+StrategyName = Literal[
+    "round_robin", "weighted", "least_busy", "latency", "cost", "prefix_kv_aware", "precise_kv"
+]
+
+
+class ServerSettings(_Frozen):
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+    #: Requests with a larger body are refused with 413 before they are parsed.
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    #: Largest decoded size of one base64 image in a request; larger ones get 413.
+    max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    admin_key: str | None = None
+    #: Overall deadline for one client request, across all failover attempts.
+    request_timeout_s: float = Field(600.0, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = False
+
+
+class MockProviderSettings(_Frozen):
+    """The built-in deterministic provider: same request, same answer, no network."""
+
+    type: Literal["mock"]
+    #: Delay before the first token (blocking and streaming).
+    ttft_ms: float = Field(0.0, ge=0)
+    #: Decode speed; 0 means instant.
+    tokens_per_s: float = Field(0.0, ge=0)
+    #: Output length when the request sets no max_tokens.
+    default_output_tokens: int = Field(16, ge=1)
+    #: Fraction of requests that fail with ``fail_status`` (decided by a seeded RNG).
+    fail_rate: float = Field(0.0, ge=0, le=1)
+    fail_status: int = Field(500, ge=400, le=599)
+    #: When set, streams die (connection-reset style) after this many content chunks.
+    fail_after_chunks: int | None = Field(None, ge=0)
+    seed: int = 0
+
+
+class OpenAICompatibleSettings(_Frozen):
+    """vLLM, SGLang, TGI, Ollama, LocalAI, llama.cpp's server: anything speaking /v1."""
+
+    type: Literal["openai_compatible"]
+    api_base: str
+    api_key: str | None = None
+    connect_timeout_s: float = Field(5.0, gt=0)
+    #: Longest wait for the response head or for the next streamed chunk.
+    read_timeout_s: float = Field(300.0, gt=0)
+    max_connections: int = Field(1000, ge=1)
+    headers: dict[str, str] = Field(default_factory=dict)
+    #: Whether a stream cut mid-answer resumes on another deployment (vLLM's
+    #: continue_final_message). Hosted providers do not support it.
+    resume_streams: bool = True
+
+
+class OpenAISettings(OpenAICompatibleSettings):
+    type: Literal["openai"]  # type: ignore[assignment]
+    api_base: str = "https://api.openai.com/v1"
+    organization: str | None = None
+    resume_streams: bool = False
+
+
+class AnthropicSettings(_Frozen):
+    type: Literal["anthropic"]
+    api_key: str | None = None
+    api_base: str = "https://api.anthropic.com"
+    anthropic_version: str = "2023-06-01"
+    #: The Messages API requires max_tokens; used when the client sets none.
+    default_max_tokens: int = Field(1024, ge=1)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(300.0, gt=0)
+    max_connections: int = Field(1000, ge=1)
+    resume_streams: bool = False
+
+
+ProviderSettings = Annotated[
+    MockProviderSettings | OpenAICompatibleSettings | OpenAISettings | AnthropicSettings,
+    Field(discriminator="type"),
+]
+
+
+class KVEventsSettings(_Frozen):
+    endpoint: str
+    replay_endpoint: str | None = None
+    topic: str = "kv-events"
+
+
+class DeploymentSettings(_Frozen):
+    provider: str
+    #: The model name sent upstream.
+    model: str
+    #: Optional stable id; defaults to ``<provider>/<model>``.
+    id: str | None = None
+    weight: float = Field(1.0, gt=0)
+    cost_per_1k_input: float = Field(0.0, ge=0)
+    cost_per_1k_output: float = Field(0.0, ge=0)
+    #: In-flight requests above which cost routing overflows to the next deployment.
+    max_concurrency: int | None = Field(None, ge=1)
+    #: vLLM's --block-size, for KV-aware routing.
+    block_size: int = Field(16, ge=1)
+    tokenizer: str | None = None
+    hash_algo: Literal["sha256", "sha256_cbor", "xxhash", "xxhash_cbor"] = "sha256"
+    kv_events: KVEventsSettings | None = None
+
+
+class RoutingSettings(_Frozen):
+    strategy: StrategyName = "round_robin"
+    affinity_backend: Literal["memory", "redis"] = "memory"
+    #: Attempts per request across deployments (1 = no failover).
+    max_attempts: int = Field(3, ge=1)
+
+
+class ModelSettings(_Frozen):
+    name: str = Field(min_length=1)
+    routing: RoutingSettings | None = None
+    deployments: list[DeploymentSettings] = Field(min_length=1)
+
+
+class ExactCacheSettings(_Frozen):
+    enabled: bool = True
+    ttl_s: float = Field(3600.0, gt=0)
+    max_entries: int = Field(10_000, ge=1)
+
+
+class SemanticCacheSettings(_Frozen):
+    enabled: bool = False
+    threshold: float = Field(0.95, gt=0, le=1)
+    embedder: Literal["hashing", "minilm"] = "hashing"
+
+
+class CacheSettings(_Frozen):
+    backend: Literal["memory", "redis"] = "memory"
+    exact: ExactCacheSettings = ExactCacheSettings()
+    semantic: SemanticCacheSettings = SemanticCacheSettings()
+
+
+class RateLimitSettings(_Frozen):
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+
+
+class BudgetSettings(_Frozen):
+    usd: float = Field(gt=0)
+    window: Literal["daily", "monthly"] | int = "monthly"
+
+
+class TenantSettings(_Frozen):
+    name: str
+    api_keys: list[str] = Field(min_length=1)
+    rate_limit: RateLimitSettings | None = None
+    budget: BudgetSettings | None = None
+
+
+class RedisSettings(_Frozen):
+    url: str = "redis://localhost:6379/0"
+
+
+class Settings(_Frozen):
+    server: ServerSettings = ServerSettings()
+    providers: dict[str, ProviderSettings]
+    models: list[ModelSettings] = Field(min_length=1)
+    routing: RoutingSettings = RoutingSettings()
+    cache: CacheSettings = CacheSettings()
+    tenants: list[TenantSettings] = Field(default_factory=list)
+    limits_backend: Literal["memory", "redis"] = "memory"
+    redis: RedisSettings = RedisSettings()
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Settings:
+        seen: set[str] = set()
+        for index, model in enumerate(self.models):
+            if model.name in seen:
+                raise ValueError(f"models[{index}].name: duplicate model name {model.name!r}")
+            seen.add(model.name)
+            for dep_index, deployment in enumerate(model.deployments):
+                if deployment.provider not in self.providers:
+                    known = ", ".join(sorted(self.providers)) or "none"
+                    raise ValueError(
+                        f"models[{index}].deployments[{dep_index}].provider: unknown provider "
+                        f"{deployment.provider!r} (configured: {known})"
+                    )
+        return self

@@ -1,0 +1,1 @@
+"""The request's journey, composed once: auth -> limits -> cache -> routing/failover -> provider."""

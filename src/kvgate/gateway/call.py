@@ -1,0 +1,83 @@
+"""What travels through the stages: the parsed request (a Call) and what comes back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from kvgate.providers.base import Endpoint, JSONObject
+from kvgate.routing.deployment import Deployment
+
+CacheStatus = Literal["miss", "exact", "semantic", "bypass"]
+
+
+@dataclass(slots=True)
+class Call:
+    """One client request, parsed once at the edge and read (never re-parsed) by every stage."""
+
+    request_id: str
+    endpoint: Endpoint
+    #: The client's JSON body as parsed; stages copy before changing it.
+    body: JSONObject
+    #: The logical model the client asked for.
+    model: str
+    stream: bool
+    #: Whether the client asked for the usage chunk (``stream_options.include_usage``).
+    include_usage: bool
+    #: ``time.perf_counter()`` when the request arrived.
+    received_s: float
+    #: Content digest per image part, in prompt order: of the decoded bytes for data URLs, of
+    #: the URL string otherwise. Computed once while validating the request.
+    image_digests: list[bytes] = field(default_factory=list)
+    #: Approximate prompt length of each image, in vision tokens.
+    image_tokens: list[int] = field(default_factory=list)
+    tenant: str | None = None
+    #: Filled by the routing stage for the ``kvgate.route`` metadata.
+    route: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Completion:
+    """A finished, non-streamed answer."""
+
+    body: JSONObject
+    deployment: Deployment | None
+    cache: CacheStatus
+    cost_usd: float
+    upstream_model: str
+
+
+class ChunkStream(Protocol):
+    """An async iterator of chunk objects that must be closed (``aclose``) when done."""
+
+    def __aiter__(self) -> AsyncIterator[JSONObject]: ...
+
+    def __anext__(self) -> Awaitable[JSONObject]: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(slots=True)
+class StreamingCompletion:
+    """A stream whose first chunk has already arrived (so the deployment is settled).
+
+    ``chunks`` yields OpenAI chunk objects, the usage chunk included; the API layer strips it
+    when the client did not ask. Closing ``chunks`` early cancels the upstream request.
+    """
+
+    chunks: ChunkStream
+    deployment: Deployment | None
+    cache: CacheStatus
+    upstream_model: str
+
+
+Outcome = Completion | StreamingCompletion
+
+
+class Stage(Protocol):
+    """One step of the journey. A stage either answers the call itself or passes it on."""
+
+    async def __call__(self, call: Call) -> Outcome:
+        """Answer ``call``; raise ``GatewayError`` or ``UpstreamError`` to refuse it."""
+        ...

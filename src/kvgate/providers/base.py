@@ -1,0 +1,60 @@
+"""The provider interface: one small Protocol every upstream implements.
+
+A provider speaks to one upstream (an in-process mock, a vLLM server, a hosted API) and always
+answers in OpenAI's shapes, so every stage above it handles one format. Failures leave a
+provider only as :class:`~kvgate.providers.errors.UpstreamError` subclasses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+Endpoint = Literal["chat", "completions"]
+JSONObject = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamCall:
+    """One attempt at one deployment.
+
+    ``body`` is the client's parsed JSON with ``model`` already set to the upstream model name
+    and, for streams, ``stream_options.include_usage`` forced on (the gateway always needs usage
+    to price the request; it strips the usage chunk again when the client did not ask).
+    Providers must not mutate ``body``: failover reuses it for the next attempt.
+    """
+
+    endpoint: Endpoint
+    body: JSONObject
+    request_id: str
+
+
+class Provider(Protocol):
+    """An upstream that serves OpenAI-shaped completions."""
+
+    async def complete(self, call: UpstreamCall) -> JSONObject:
+        """Send a non-streamed request and return the OpenAI response object.
+
+        The result has ``usage`` with ``prompt_tokens`` and ``completion_tokens``. Raises an
+        ``UpstreamError`` subclass on any failure.
+        """
+        ...
+
+    def stream(self, call: UpstreamCall) -> AsyncGenerator[JSONObject, None]:
+        """Yield OpenAI chunk objects (``chat.completion.chunk`` or ``text_completion``).
+
+        The final chunk carries ``usage``. The iterator raises an ``UpstreamError`` subclass if
+        the upstream fails before or during the stream, including a stream that ends without
+        the upstream's end marker. Closing the iterator early (``aclose``) must cancel the
+        upstream request at once, so the engine frees its KV blocks.
+        """
+        ...
+
+    async def check_health(self) -> bool:
+        """Return True when the upstream answers a cheap liveness probe."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections. Called once at shutdown."""
+        ...

@@ -1,0 +1,1 @@
+"""Failover across deployments, circuit breaking, and resuming cut streams."""

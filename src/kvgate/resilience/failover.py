@@ -1,0 +1,173 @@
+"""The dispatch stage: route each attempt, call the provider, fail over on retryable errors.
+
+State changes (in-flight counts, breaker records) happen synchronously around each awaited
+provider call, with the decrement in ``finally``, so errors, timeouts and client disconnects
+(task cancellation) leave every counter where it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kvgate.errors import GatewayError
+from kvgate.gateway.call import Call, Completion, Outcome, StreamingCompletion
+from kvgate.observability.metrics import Metrics
+from kvgate.providers.base import UpstreamCall
+from kvgate.providers.errors import UpstreamError, UpstreamServerError, UpstreamTimeout
+from kvgate.resilience.accounting import record_usage, update_latency, upstream_body
+from kvgate.resilience.breaker import BreakerBoard
+from kvgate.resilience.stream_relay import StreamRelay
+from kvgate.routing.base import RoutingStrategy
+from kvgate.routing.deployment import Deployment
+
+logger = logging.getLogger("kvgate.failover")
+
+@dataclass(frozen=True, slots=True)
+class ModelRoute:
+    """A logical model: its deployments and how to choose among them."""
+
+    name: str
+    deployments: Sequence[Deployment]
+    strategy: RoutingStrategy
+    max_attempts: int
+
+
+class Failover:
+    """Implements :class:`~kvgate.gateway.call.Stage` as the last stage of the journey."""
+
+    def __init__(
+        self,
+        routes: dict[str, ModelRoute],
+        breakers: BreakerBoard,
+        metrics: Metrics,
+        *,
+        request_timeout_s: float,
+    ) -> None:
+        self._routes = routes
+        self._breakers = breakers
+        self._metrics = metrics
+        self._request_timeout_s = request_timeout_s
+
+    async def __call__(self, call: Call) -> Outcome:
+        route = self._routes[call.model]
+        if call.stream:
+            return await self._open_stream(call, route)
+        return await self._complete(call, route)
+
+    def next_deployment(
+        self, call: Call, route: ModelRoute, tried: set[Deployment]
+    ) -> Deployment | None:
+        """Ask the strategy for the next untried deployment whose circuit lets it through."""
+        candidates = [
+            d for d in route.deployments if d not in tried and self._breakers.allows(d)
+        ]
+        if not candidates:
+            return None
+        decision = route.strategy.choose(call, candidates)
+        call.route = decision.explanation
+        route.strategy.on_dispatched(call, decision.deployment)
+        return decision.deployment
+
+    def _record_attempt(
+        self, route: ModelRoute, deployment: Deployment, error: UpstreamError | None
+    ) -> None:
+        if error is None:
+            self._breakers.record_success(deployment)
+            outcome = "ok"
+        else:
+            deployment.stats.failures_total += 1
+            # A 4xx says the request is bad, not the deployment.
+            if error.retryable:
+                self._breakers.record_failure(deployment)
+            outcome = "retryable_error" if error.retryable else "fatal_error"
+            logger.warning(
+                "attempt at %s for %s failed (%s): %s",
+                deployment.id, route.name, type(error).__name__, error.message,
+            )
+        self._metrics.attempts.labels(route.name, deployment.id, outcome).inc()
+
+    def exhausted(
+        self, route: ModelRoute, tried: set[Deployment], last: UpstreamError | None
+    ) -> Exception:
+        """The error to answer with once no attempt is left."""
+        if last is not None:
+            return last
+        if not tried:
+            retry_after = max(1, round(self._breakers.retry_after_s(list(route.deployments))))
+            return GatewayError(
+                503,
+                f"no healthy deployment for model {route.name!r}: all circuits are open",
+                error_type="service_unavailable",
+                code="no_healthy_deployment",
+                headers={"retry-after": str(retry_after)},
+            )
+        return UpstreamServerError(f"all deployments of {route.name!r} failed")
+
+    async def _complete(self, call: Call, route: ModelRoute) -> Completion:
+        deadline_s = call.received_s + self._request_timeout_s
+        tried: set[Deployment] = set()
+        last_error: UpstreamError | None = None
+        for _ in range(route.max_attempts):
+            deployment = self.next_deployment(call, route, tried)
+            if deployment is None:
+                break
+            tried.add(deployment)
+            stats = deployment.stats
+            stats.in_flight += 1
+            stats.requests_total += 1
+            started_s = time.perf_counter()
+            try:
+                remaining_s = deadline_s - started_s
+                if remaining_s <= 0:
+                    raise UpstreamTimeout(f"request deadline of {self._request_timeout_s}s passed")
+                async with asyncio.timeout(remaining_s):
+                    attempt = UpstreamCall(
+                        call.endpoint, upstream_body(call, deployment), call.request_id
+                    )
+                    body = await deployment.provider.complete(attempt)
+            except TimeoutError:
+                last_error = UpstreamTimeout(
+                    f"request deadline of {self._request_timeout_s}s passed at {deployment.id}"
+                )
+            except UpstreamError as error:
+                last_error = error
+            else:
+                self._record_attempt(route, deployment, None)
+                elapsed_s = time.perf_counter() - started_s
+                usage = body.get("usage")
+                completion_tokens = int(usage.get("completion_tokens") or 0) if isinstance(
+                    usage, dict
+                ) else 0
+                update_latency(
+                    deployment, ttft_s=None,
+                    ms_per_token=elapsed_s * 1000 / max(1, completion_tokens),
+                )
+                cost = record_usage(self._metrics, route.name, deployment, usage)
+                return Completion(body, deployment, "miss", cost, deployment.upstream_model)
+            finally:
+                stats.in_flight -= 1
+            self._record_attempt(route, deployment, last_error)
+            if not last_error.retryable:
+                break
+        raise self.exhausted(route, tried, last_error)
+
+    async def _open_stream(self, call: Call, route: ModelRoute) -> StreamingCompletion:
+        relay = StreamRelay(self, call, route, self._metrics)
+        await relay.start()
+        deployment = relay.deployment
+        return StreamingCompletion(
+            relay, deployment, "miss", deployment.upstream_model if deployment else ""
+        )
+
+    @property
+    def request_timeout_s(self) -> float:
+        return self._request_timeout_s
+
+    def record_attempt(
+        self, route: ModelRoute, deployment: Deployment, error: UpstreamError | None
+    ) -> None:
+        self._record_attempt(route, deployment, error)

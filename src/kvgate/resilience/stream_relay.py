@@ -1,0 +1,235 @@
+"""One client stream over one or more upstream attempts.
+
+Before the first chunk, a failed attempt is retried elsewhere transparently. After it, a cut
+stream is continued on another deployment when the deployment supports vLLM's
+``continue_final_message``: the conversation is resent with the text generated so far as a
+partial assistant message, and the continuation is spliced into the same client stream (same
+chunk id, no second role chunk), so the client reads one uninterrupted answer. When nothing can
+continue, the relay raises and the API layer ends the stream with an error event, never
+``[DONE]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Any
+
+from kvgate.gateway.call import Call
+from kvgate.observability.metrics import Metrics
+from kvgate.providers.base import JSONObject, UpstreamCall
+from kvgate.providers.errors import UpstreamError, UpstreamServerError, UpstreamTimeout
+from kvgate.resilience.accounting import record_usage, update_latency, upstream_body
+from kvgate.routing.deployment import Deployment
+
+if TYPE_CHECKING:
+    from kvgate.resilience.failover import Failover, ModelRoute
+
+
+class StreamRelay:
+    """An async iterator of OpenAI chunk objects; ``aclose`` must be awaited when done."""
+
+    def __init__(self, failover: Failover, call: Call, route: ModelRoute, metrics: Metrics) -> None:
+        self._failover = failover
+        self._call = call
+        self._route = route
+        self._metrics = metrics
+        self.deployment: Deployment | None = None
+        self._upstream: AsyncGenerator[JSONObject, None] | None = None
+        self._attempt_active = False
+        self._attempt_started_s = 0.0
+        self._attempts = 0
+        self._tried: set[Deployment] = set()
+        self._pending: JSONObject | None = None
+        self._closed = False
+        self._text_parts: list[str] = []
+        #: Content chunks relayed from the current attempt (≈ tokens, for usage on resume).
+        self._chunks_this_attempt = 0
+        self._chunks_before_resume = 0
+        self._resumable = self._call.body.get("n") in (None, 1)
+        self._resuming = False
+        self._stream_id: Any = None
+        self._created: Any = None
+        self._first_chunk_seen = False
+
+    # -- opening attempts ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the first attempt; return once its first chunk has arrived."""
+        self._pending = await self._open_attempt()
+
+    def _body_for(self, deployment: Deployment) -> JSONObject:
+        body = upstream_body(self._call, deployment)
+        partial = "".join(self._text_parts)
+        if not partial:
+            return body
+        emitted = self._chunks_before_resume
+        limit = body.get("max_tokens")
+        if isinstance(limit, int):
+            body["max_tokens"] = max(1, limit - emitted)
+        if self._call.endpoint == "chat":
+            body["messages"] = [*body["messages"], {"role": "assistant", "content": partial}]
+            body["continue_final_message"] = True
+            body["add_generation_prompt"] = False
+        else:
+            body["prompt"] = body["prompt"] + partial
+        return body
+
+    async def _open_attempt(self) -> JSONObject:
+        failover, route, call = self._failover, self._route, self._call
+        deadline_s = call.received_s + failover.request_timeout_s
+        last_error: UpstreamError | None = None
+        while self._attempts < route.max_attempts:
+            deployment = failover.next_deployment(call, route, self._tried)
+            if deployment is None:
+                break
+            if self._text_parts and not deployment.resumes_streams:
+                self._tried.add(deployment)
+                continue
+            self._attempts += 1
+            self._tried.add(deployment)
+            upstream = deployment.provider.stream(
+                UpstreamCall(call.endpoint, self._body_for(deployment), call.request_id)
+            )
+            deployment.stats.in_flight += 1
+            deployment.stats.requests_total += 1
+            self._attempt_started_s = time.perf_counter()
+            try:
+                async with asyncio.timeout(max(0.0, deadline_s - self._attempt_started_s)):
+                    first = await upstream.__anext__()
+            except StopAsyncIteration:
+                last_error = UpstreamServerError(f"{deployment.id} sent an empty stream")
+            except TimeoutError:
+                last_error = UpstreamTimeout(
+                    f"no first chunk from {deployment.id} before the request deadline"
+                )
+            except UpstreamError as error:
+                last_error = error
+            except BaseException:
+                deployment.stats.in_flight -= 1
+                await upstream.aclose()
+                raise
+            else:
+                self.deployment = deployment
+                self._upstream = upstream
+                self._attempt_active = True
+                self._chunks_this_attempt = 0
+                return first
+            deployment.stats.in_flight -= 1
+            await upstream.aclose()
+            failover.record_attempt(route, deployment, last_error)
+            if not last_error.retryable:
+                break
+        raise failover.exhausted(route, self._tried, last_error)
+
+    def _end_attempt(self, error: UpstreamError | None) -> None:
+        deployment = self.deployment
+        if not self._attempt_active or deployment is None:
+            return
+        self._attempt_active = False
+        deployment.stats.in_flight -= 1
+        self._failover.record_attempt(self._route, deployment, error)
+
+    # -- iteration ------------------------------------------------------------------------
+
+    def __aiter__(self) -> StreamRelay:
+        return self
+
+    async def __anext__(self) -> JSONObject:
+        if self._pending is not None:
+            chunk, self._pending = self._pending, None
+            return self._observe(chunk)
+        if self._closed or self._upstream is None:
+            raise StopAsyncIteration
+        try:
+            chunk = await self._upstream.__anext__()
+        except StopAsyncIteration:
+            self._end_attempt(None)
+            await self.aclose()
+            raise
+        except UpstreamError as error:
+            self._end_attempt(error)
+            await self._upstream.aclose()
+            if not (self._resumable and error.retryable):
+                self._closed = True
+                raise
+            chunk = await self._resume(error)
+        return self._observe(chunk)
+
+    async def _resume(self, cause: UpstreamError) -> JSONObject:
+        self._chunks_before_resume += self._chunks_this_attempt
+        self._bill_cut_attempt()
+        try:
+            first = await self._open_attempt()
+        except (UpstreamError, Exception):
+            self._closed = True
+            self._metrics.stream_resumes.labels(self._route.name, "failed").inc()
+            raise cause from None
+        self._resuming = True
+        self._metrics.stream_resumes.labels(self._route.name, "resumed").inc()
+        return first
+
+    def _bill_cut_attempt(self) -> None:
+        """A cut attempt sent no usage; bill its relayed chunks as completion tokens."""
+        if self.deployment is not None and self._chunks_this_attempt:
+            record_usage(
+                self._metrics, self._route.name, self.deployment,
+                {"prompt_tokens": 0, "completion_tokens": self._chunks_this_attempt},
+            )
+
+    def _observe(self, chunk: JSONObject) -> JSONObject:
+        if self._stream_id is None:
+            self._stream_id, self._created = chunk.get("id"), chunk.get("created")
+        else:
+            chunk["id"], chunk["created"] = self._stream_id, self._created
+        choices = chunk.get("choices")
+        if choices:
+            choice = choices[0]
+            delta = choice.get("delta")
+            text = delta.get("content") if delta is not None else choice.get("text")
+            if delta is not None:
+                if self._resuming and "role" in delta:
+                    # The client already had the role chunk from the first attempt.
+                    del delta["role"]
+                if delta.get("tool_calls"):
+                    self._resumable = False
+            if text:
+                self._text_parts.append(text)
+                self._chunks_this_attempt += 1
+                if not self._first_chunk_seen:
+                    self._first_token_arrived()
+        usage = chunk.get("usage")
+        if usage and self.deployment is not None:
+            record_usage(self._metrics, self._route.name, self.deployment, usage)
+            if self._chunks_before_resume:
+                # Report the whole answer as completion tokens, not part of the resent prompt.
+                usage["completion_tokens"] = (usage.get("completion_tokens") or 0) + (
+                    self._chunks_before_resume
+                )
+                usage["prompt_tokens"] = max(
+                    0, (usage.get("prompt_tokens") or 0) - self._chunks_before_resume
+                )
+        return chunk
+
+    def _first_token_arrived(self) -> None:
+        self._first_chunk_seen = True
+        now_s = time.perf_counter()
+        if self.deployment is not None:
+            update_latency(
+                self.deployment, ttft_s=now_s - self._attempt_started_s, ms_per_token=None
+            )
+            self._metrics.ttft_seconds.labels(self._route.name, self.deployment.id).observe(
+                now_s - self._call.received_s
+            )
+
+    async def aclose(self) -> None:
+        """Stop the stream; if an attempt is still running it is cancelled upstream."""
+        if self._closed and not self._attempt_active:
+            return
+        self._closed = True
+        if self._attempt_active and self.deployment is not None:
+            self._attempt_active = False
+            self.deployment.stats.in_flight -= 1
+        if self._upstream is not None:
+            await self._upstream.aclose()

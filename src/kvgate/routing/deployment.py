@@ -1,0 +1,48 @@
+"""A deployment at run time: its provider, its prices, and the live numbers routing reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NewType
+
+from kvgate.config.schema import DeploymentSettings
+from kvgate.providers.base import Provider
+
+DeploymentId = NewType("DeploymentId", str)
+
+
+@dataclass(eq=False, slots=True)
+class DeploymentStats:
+    """Counters changed synchronously by the failover stage around each attempt.
+
+    Every increment of ``in_flight`` is paired with a decrement in a ``finally`` block, so the
+    count returns to zero after errors, timeouts and client disconnects.
+    """
+
+    in_flight: int = 0
+    requests_total: int = 0
+    failures_total: int = 0
+    cost_usd_total: float = 0.0
+    #: Exponentially weighted moving averages, None until the first sample.
+    ewma_ttft_ms: float | None = None
+    ewma_ms_per_token: float | None = None
+    last_sample_monotonic_s: float = 0.0
+
+
+@dataclass(eq=False, slots=True)
+class Deployment:
+    id: DeploymentId
+    provider_name: str
+    provider: Provider
+    #: Name sent upstream as ``model``.
+    upstream_model: str
+    settings: DeploymentSettings
+    #: Whether a stream cut mid-answer may be continued on this deployment.
+    resumes_streams: bool
+    stats: DeploymentStats = field(default_factory=DeploymentStats)
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (
+            prompt_tokens * self.settings.cost_per_1k_input
+            + completion_tokens * self.settings.cost_per_1k_output
+        ) / 1000.0
