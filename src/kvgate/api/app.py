@@ -287,7 +287,7 @@ class KVGateApp:
         message = f"method {scope['method']} not allowed" if known_path else f"no route {path}"
         await send_bytes(send, status,
                          error_body(message, "invalid_request_error", "not_found", None),
-                         [], JSON_TYPE)
+                         [(b"x-request-id", uuid.uuid4().hex.encode())], JSON_TYPE)
 
 
 async def _aclose(chunks: object) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Frozen(BaseModel):
@@ -32,6 +32,12 @@ class ServerSettings(_Frozen):
     request_timeout_s: float = Field(600.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = False
+
+    @field_validator("admin_key")
+    @classmethod
+    def _empty_key_is_none(cls, value: str | None) -> str | None:
+        # ``${KVGATE_ADMIN_KEY:-}`` expands to "" when unset: that means no key, not "".
+        return value or None
 
 
 class MockProviderSettings(_Frozen):
