@@ -1,0 +1,75 @@
+"""One contract, run against every AffinityIndex implementation (memory and a real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio as redis_async
+
+from kvgate.routing.affinity import AffinityIndex, MemoryAffinityIndex
+from kvgate.routing.affinity_redis import RedisAffinityIndex
+from tests.support.redis_server import run_redis
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with run_redis() as url:
+        yield url
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def index(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[AffinityIndex]:
+    if request.param == "memory":
+        yield MemoryAffinityIndex(max_blocks_per_deployment=1000, ttl_s=60)
+        return
+    client = redis_async.Redis.from_url(redis_url)
+    await client.flushdb()
+    redis_index = RedisAffinityIndex(client, key_prefix="t", ttl_s=60)
+    yield redis_index
+    await redis_index.aclose()
+
+
+async def settle(index: AffinityIndex) -> None:
+    flush = getattr(index, "flush", None)
+    if flush is not None:
+        await flush()
+
+
+async def test_unknown_prompt_matches_nowhere(index: AffinityIndex) -> None:
+    assert await index.match([1, 2, 3], ["a", "b"]) == [0, 0]
+    assert await index.match([], ["a"]) == [0]
+
+
+async def test_leading_run_per_deployment(index: AffinityIndex) -> None:
+    index.record("a", [11, 12, 13, 14])
+    index.record("b", [11, 12, 99])
+    await settle(index)
+    assert await index.match([11, 12, 13, 14, 15], ["a", "b", "c"]) == [4, 2, 0]
+    assert await index.match([12, 13], ["a"]) == [2]
+    assert await index.match([5, 11, 12], ["a", "b"]) == [0, 0]
+
+
+async def test_recording_again_extends_the_run(index: AffinityIndex) -> None:
+    index.record("a", [1, 2])
+    await settle(index)
+    index.record("a", [1, 2, 3, 4])
+    await settle(index)
+    assert await index.match([1, 2, 3, 4], ["a"]) == [4]
+
+
+async def test_large_hashes_round_trip(index: AffinityIndex) -> None:
+    big = [(1 << 63) + 5, (1 << 64) - 1]
+    index.record("a", big)
+    await settle(index)
+    assert await index.match(big, ["a"]) == [2]
+
+
+async def test_concurrent_records_and_matches(index: AffinityIndex) -> None:
+    for i in range(50):
+        index.record(f"d{i % 5}", [i, i + 1000])
+    await settle(index)
+    results = await asyncio.gather(*(index.match([i, i + 1000], [f"d{i % 5}"])
+                                     for i in range(50)))
+    assert all(r == [2] for r in results)

@@ -1,0 +1,71 @@
+"""The in-memory affinity index: leading-run matches, LRU bound, TTL, memory per entry."""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+
+from kvgate.routing.affinity import MemoryAffinityIndex
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def test_match_counts_only_the_leading_run() -> None:
+    index = MemoryAffinityIndex(max_blocks_per_deployment=100, ttl_s=60)
+    index.record("a", [1, 2, 3, 4])
+    index.record("b", [1, 2, 9])
+    assert index.match_now([1, 2, 3, 4, 5], ["a", "b", "c"]) == [4, 2, 0]
+    # A hole at the start means no match at all, even if later links are known.
+    assert index.match_now([7, 2, 3], ["a"]) == [0]
+
+
+def test_lru_bound_evicts_tails_before_heads() -> None:
+    index = MemoryAffinityIndex(max_blocks_per_deployment=5, ttl_s=60)
+    index.record("a", [1, 2, 3, 4])
+    index.record("a", [10, 11, 12])
+    assert index.size() == 5
+    # The newer prompt is whole; the older one lost its tail, not its head.
+    assert index.match_now([10, 11, 12], ["a"]) == [3]
+    assert index.match_now([1, 2, 3, 4], ["a"]) == [2]
+
+
+def test_entries_expire_after_ttl_and_refresh_on_use() -> None:
+    clock = FakeClock()
+    index = MemoryAffinityIndex(max_blocks_per_deployment=100, ttl_s=30, clock=clock)
+    index.record("a", [1, 2])
+    clock.now_s += 20
+    index.record("a", [1])
+    clock.now_s += 15
+    assert index.match_now([1, 2], ["a"]) == [1]  # 2 is 35 s old, 1 was refreshed 15 s ago
+    clock.now_s += 20
+    assert index.match_now([1, 2], ["a"]) == [0]
+
+
+def test_forget_drops_a_deployment() -> None:
+    index = MemoryAffinityIndex(max_blocks_per_deployment=10, ttl_s=60)
+    index.record("a", [1, 2])
+    index.forget("a")
+    assert index.match_now([1, 2], ["a"]) == [0]
+    assert index.size() == 0
+
+
+def test_one_million_blocks_fit_in_100_mb() -> None:
+    gc.collect()
+    tracemalloc.start()
+    index = MemoryAffinityIndex(max_blocks_per_deployment=250_000, ttl_s=600)
+    base = 0x9E3779B97F4A7C15
+    for deployment in ("a", "b", "c", "d"):
+        for start in range(0, 250_000, 500):
+            index.record(deployment, [(base * (start + i + 1) + hash(deployment)) % (1 << 64)
+                                      for i in range(500)])
+    current_bytes, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert index.size() == 1_000_000
+    print(f"1M tracked blocks: {current_bytes / 1e6:.1f} MB")
+    assert current_bytes < 100e6

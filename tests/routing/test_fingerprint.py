@@ -1,0 +1,119 @@
+"""Fingerprint properties: prefix-stable, image-sensitive, order-sensitive, bounded cost."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvgate.api.request import parse_call
+from kvgate.gateway.call import Call
+from kvgate.routing.fingerprint import fingerprint
+
+BLOCK_CHARS = 64
+
+
+def call_for(messages: list[dict[str, object]], **extra: object) -> Call:
+    body = orjson.dumps({"model": "m", "messages": messages, **extra})
+    return parse_call(body, "chat", models={"m"}, max_image_bytes=1 << 24)
+
+
+def image_part(data: bytes) -> dict[str, object]:
+    url = "data:image/png;base64," + base64.b64encode(data).decode()
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+texts = st.text(min_size=0, max_size=600)
+
+
+@given(system=texts, first=texts, second=texts)
+@settings(max_examples=60, deadline=None)
+def test_extending_a_conversation_keeps_its_prefix(system: str, first: str, second: str) -> None:
+    base = [{"role": "system", "content": system}, {"role": "user", "content": first}]
+    longer = [*base, {"role": "assistant", "content": "ok"}, {"role": "user", "content": second}]
+    short = fingerprint(call_for(base), block_chars=BLOCK_CHARS)
+    long = fingerprint(call_for(longer), block_chars=BLOCK_CHARS)
+    assert long.hashes[: len(short.hashes)] == short.hashes
+    assert len(long.hashes) >= len(short.hashes)
+
+
+@given(question_a=texts, question_b=texts, image=st.binary(min_size=1, max_size=256))
+@settings(max_examples=60, deadline=None)
+def test_same_image_converges_other_image_diverges(question_a: str, question_b: str,
+                                                   image: bytes) -> None:
+    intro = {"role": "system", "content": "You describe images. " * 8}
+
+    def fp(img: bytes, question: str) -> tuple[int, ...]:
+        user = {"role": "user", "content": [image_part(img), {"type": "text", "text": question}]}
+        return fingerprint(call_for([intro, user]), block_chars=BLOCK_CHARS).hashes
+
+    a, b = fp(image, question_a), fp(image, question_b)
+    other = fp(image + b"\x01", question_a)
+    intro_links = fingerprint(call_for([intro]), block_chars=BLOCK_CHARS)
+    # The same image after the same text gives the same link, whatever is asked after it.
+    shared = common_prefix(a, b)
+    assert shared >= len(intro_links.hashes) + 1
+    # Another image diverges at the image link: after the shared text, before the question.
+    diverged_at = common_prefix(a, other)
+    assert len(intro_links.hashes) <= diverged_at < shared
+
+
+def test_image_link_carries_its_vision_tokens() -> None:
+    call = call_for([{"role": "user", "content": [image_part(b"x" * 100)]}])
+    call.image_tokens[0] = 2929
+    fp = fingerprint(call, block_chars=BLOCK_CHARS)
+    assert 2929 in fp.tokens
+
+
+@given(a=st.text(min_size=70, max_size=300), b=st.text(min_size=70, max_size=300))
+@settings(max_examples=60, deadline=None)
+def test_message_order_matters(a: str, b: str) -> None:
+    if a == b:
+        return
+    one = fingerprint(call_for([{"role": "user", "content": a}, {"role": "user", "content": b}]),
+                      block_chars=BLOCK_CHARS)
+    two = fingerprint(call_for([{"role": "user", "content": b}, {"role": "user", "content": a}]),
+                      block_chars=BLOCK_CHARS)
+    assert one.hashes != two.hashes
+
+
+def test_roles_and_tools_change_the_chain() -> None:
+    text = "x" * 500
+    user = fingerprint(call_for([{"role": "user", "content": text}]), block_chars=BLOCK_CHARS)
+    system = fingerprint(call_for([{"role": "system", "content": text}]), block_chars=BLOCK_CHARS)
+    tools = fingerprint(call_for([{"role": "user", "content": text}],
+                                 tools=[{"type": "function", "function": {"name": "f"}}]),
+                        block_chars=BLOCK_CHARS)
+    assert user.hashes[0] != system.hashes[0]
+    assert user.hashes[0] != tools.hashes[0]
+
+
+def test_only_full_blocks_are_hashed() -> None:
+    fp = fingerprint(call_for([{"role": "user", "content": "y" * 1000}]), block_chars=100)
+    # Role marker (10 bytes) + 1000 chars = 1010 bytes: 10 full blocks, the tail is dropped.
+    assert len(fp.hashes) == 10
+    assert fp.total_tokens == 10 * 25
+
+
+def test_cost_is_bounded_for_a_100k_token_prompt() -> None:
+    # Not a timing assertion: the work is linear in the prompt, checked by link count.
+    prompt = "lorem ipsum dolor sit amet " * 15_000  # ~400k chars, ~100k tokens
+    call = call_for([{"role": "user", "content": prompt}])
+    started = time.perf_counter()
+    fp = fingerprint(call, block_chars=256)
+    elapsed_s = time.perf_counter() - started
+    assert len(fp.hashes) == (len(prompt) + 10) // 256
+    assert fp.total_tokens >= 99_000
+    print(f"100k-token fingerprint: {elapsed_s * 1000:.2f} ms, {len(fp.hashes)} links")
