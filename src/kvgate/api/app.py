@@ -94,6 +94,7 @@ class KVGateApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                await self.gateway.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.gateway.aclose()

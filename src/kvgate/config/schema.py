@@ -5,13 +5,16 @@ Models are frozen: configuration is read once, and nothing at request time may c
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+_FrozenT = TypeVar("_FrozenT", bound=_Frozen)
 
 
 StrategyName = Literal[
@@ -124,11 +127,42 @@ class DeploymentSettings(_Frozen):
     kv_events: KVEventsSettings | None = None
 
 
+class BreakerSettings(_Frozen):
+    """When a deployment is ejected, and for how long.
+
+    A circuit opens after ``consecutive_failures`` retryable failures in a row, or when at
+    least ``min_requests`` attempts in the last ``window_s`` failed at a rate of ``error_rate``
+    or more. It stays open for ``cooldown_s``, then admits one probe (half-open): success
+    closes it, failure opens it for another cooldown.
+    """
+
+    enabled: bool = True
+    consecutive_failures: int = Field(5, ge=1)
+    error_rate: float = Field(0.5, gt=0, le=1)
+    window_s: float = Field(30.0, gt=0)
+    min_requests: int = Field(10, ge=1)
+    cooldown_s: float = Field(30.0, gt=0)
+
+
 class RoutingSettings(_Frozen):
+    """Top-level ``routing`` is the default; a model's ``routing`` overrides the keys it sets."""
+
     strategy: StrategyName = "round_robin"
     affinity_backend: Literal["memory", "redis"] = "memory"
     #: Attempts per request across deployments (1 = no failover).
     max_attempts: int = Field(3, ge=1)
+    breaker: BreakerSettings = BreakerSettings()
+    #: How often deployments with an open or half-open circuit are probed (the provider's
+    #: /models or /health); a passing probe ends the cooldown early. 0 turns probing off.
+    #: Read from the top-level ``routing`` only: one checker serves all models.
+    health_check_interval_s: float = Field(10.0, ge=0)
+    health_check_timeout_s: float = Field(5.0, gt=0)
+    #: Seed for strategies that sample (latency's power-of-two choices); None draws one per
+    #: process, so several gateway workers do not make the same picks in lockstep.
+    seed: int | None = None
+    #: Half-life of a latency sample: an EWMA not refreshed for this long counts half as much,
+    #: so a deployment that was slow is tried again after a while instead of never.
+    latency_half_life_s: float = Field(10.0, gt=0)
 
 
 class ModelSettings(_Frozen):
@@ -186,6 +220,12 @@ class Settings(_Frozen):
     limits_backend: Literal["memory", "redis"] = "memory"
     redis: RedisSettings = RedisSettings()
 
+    def routing_for(self, model: ModelSettings) -> RoutingSettings:
+        """The model's routing: the top-level ``routing`` with the keys the model sets on top."""
+        if model.routing is None:
+            return self.routing
+        return _overlay(self.routing, model.routing)
+
     @model_validator(mode="after")
     def _check_references(self) -> Settings:
         seen: set[str] = set()
@@ -201,3 +241,15 @@ class Settings(_Frozen):
                         f"{deployment.provider!r} (configured: {known})"
                     )
         return self
+
+
+def _overlay(base: _FrozenT, override: _FrozenT) -> _FrozenT:
+    """``base`` with the fields ``override`` was given explicitly, nested models merged too."""
+    update: dict[str, object] = {}
+    for name in override.model_fields_set:
+        value = getattr(override, name)
+        base_value = getattr(base, name)
+        if isinstance(value, _Frozen) and type(value) is type(base_value):
+            value = _overlay(base_value, value)
+        update[name] = value
+    return base.model_copy(update=update)

@@ -10,8 +10,9 @@ from kvgate.config.schema import DeploymentSettings, Settings
 from kvgate.gateway.call import Stage
 from kvgate.observability.metrics import Metrics
 from kvgate.providers import Provider, build_provider
-from kvgate.resilience.breaker import BreakerBoard, NoBreaker
+from kvgate.resilience.breaker import BreakerBoard, CircuitBreakerBoard
 from kvgate.resilience.failover import Failover, ModelRoute
+from kvgate.resilience.health import HealthChecker
 from kvgate.routing import build_strategy
 from kvgate.routing.deployment import Deployment, DeploymentId
 
@@ -28,6 +29,7 @@ class Gateway:
     providers: dict[str, Provider]
     cache: ExactCacheStage | None = None
     model_names: list[str] = field(default_factory=list)
+    health: HealthChecker | None = None
 
     def is_ready(self) -> bool:
         """Every model has at least one deployment whose circuit admits traffic."""
@@ -36,7 +38,14 @@ class Gateway:
             for route in self.routes.values()
         )
 
+    async def start(self) -> None:
+        """Start background work (health checks); called once the event loop runs."""
+        if self.health is not None:
+            self.health.start()
+
     async def aclose(self) -> None:
+        if self.health is not None:
+            await self.health.stop()
         for provider in self.providers.values():
             await provider.aclose()
 
@@ -53,11 +62,11 @@ def _deployment_id(settings: DeploymentSettings, taken: set[str]) -> DeploymentI
 def build_gateway(settings: Settings) -> Gateway:
     providers = {name: build_provider(name, ps) for name, ps in settings.providers.items()}
     metrics = Metrics()
-    breakers: BreakerBoard = NoBreaker()
+    breakers = CircuitBreakerBoard()
     routes: dict[str, ModelRoute] = {}
     watched: list[tuple[str, Deployment]] = []
     for model in settings.models:
-        routing = model.routing or settings.routing
+        routing = settings.routing_for(model)
         taken: set[str] = set()
         deployments = [
             Deployment(
@@ -71,11 +80,15 @@ def build_gateway(settings: Settings) -> Gateway:
             )
             for ds in model.deployments
         ]
+        for deployment in deployments:
+            deployment.stats.latency_half_life_s = routing.latency_half_life_s
+            if routing.breaker.enabled:
+                breakers.watch(deployment, routing.breaker)
         watched.extend((model.name, d) for d in deployments)
         routes[model.name] = ModelRoute(
             name=model.name,
             deployments=deployments,
-            strategy=build_strategy(routing.strategy, deployments),
+            strategy=build_strategy(routing.strategy, deployments, routing),
             max_attempts=routing.max_attempts,
         )
     metrics.watch_deployments(watched, breakers.state_code)
@@ -89,6 +102,13 @@ def build_gateway(settings: Settings) -> Gateway:
         )
         cache = ExactCacheStage(pipeline, store, metrics)
         pipeline = cache
+    health = None
+    if settings.routing.health_check_interval_s > 0:
+        health = HealthChecker(
+            [d for _, d in watched], breakers,
+            interval_s=settings.routing.health_check_interval_s,
+            timeout_s=settings.routing.health_check_timeout_s,
+        )
     return Gateway(
         settings=settings,
         pipeline=pipeline,
@@ -98,4 +118,5 @@ def build_gateway(settings: Settings) -> Gateway:
         providers=providers,
         cache=cache,
         model_names=[m.name for m in settings.models],
+        health=health,
     )

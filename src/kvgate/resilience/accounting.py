@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 from kvgate.gateway.call import Call
@@ -51,13 +52,32 @@ def update_latency(
     deployment: Deployment, *, ttft_s: float | None, ms_per_token: float | None
 ) -> None:
     stats = deployment.stats
+    now_s = time.monotonic()
     if ttft_s is not None:
-        sample = ttft_s * 1000
-        stats.ewma_ttft_ms = sample if stats.ewma_ttft_ms is None else (
-            stats.ewma_ttft_ms + _EWMA_ALPHA * (sample - stats.ewma_ttft_ms)
+        stats.ewma_ttft_ms = _blend(
+            stats.ewma_ttft_ms, stats.ttft_sampled_monotonic_s, ttft_s * 1000, now_s,
+            stats.latency_half_life_s,
         )
+        stats.ttft_sampled_monotonic_s = now_s
     if ms_per_token is not None:
-        stats.ewma_ms_per_token = ms_per_token if stats.ewma_ms_per_token is None else (
-            stats.ewma_ms_per_token + _EWMA_ALPHA * (ms_per_token - stats.ewma_ms_per_token)
+        stats.ewma_ms_per_token = _blend(
+            stats.ewma_ms_per_token, stats.per_token_sampled_monotonic_s, ms_per_token, now_s,
+            stats.latency_half_life_s,
         )
-    stats.last_sample_monotonic_s = time.monotonic()
+        stats.per_token_sampled_monotonic_s = now_s
+
+
+def _blend(
+    average: float | None, sampled_s: float, sample: float, now_s: float, half_life_s: float
+) -> float:
+    """Fold ``sample`` into ``average``; an old average counts for less the older it is.
+
+    Under steady traffic this is a plain EWMA (the old value keeps ``1 - alpha``). After a
+    quiet spell, typically a deployment the latency strategy avoided for being slow, the old
+    value's weight halves every half-life, so one fresh sample from a deployment that has
+    recovered nearly replaces the figure that kept it out of rotation.
+    """
+    if average is None:
+        return sample
+    keep = (1.0 - _EWMA_ALPHA) * math.exp2(-(now_s - sampled_s) / half_life_s)
+    return sample + keep * (average - sample)

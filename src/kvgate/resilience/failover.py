@@ -70,6 +70,7 @@ class Failover:
         decision = route.strategy.choose(call, candidates)
         call.route = decision.explanation
         route.strategy.on_dispatched(call, decision.deployment)
+        self._breakers.on_dispatched(decision.deployment)
         return decision.deployment
 
     def _record_attempt(
@@ -78,11 +79,15 @@ class Failover:
         if error is None:
             self._breakers.record_success(deployment)
             outcome = "ok"
+            logger.debug("attempt at %s for %s succeeded", deployment.id, route.name)
         else:
             deployment.stats.failures_total += 1
-            # A 4xx says the request is bad, not the deployment.
             if error.retryable:
                 self._breakers.record_failure(deployment)
+            else:
+                # A 4xx says the request is bad, not the deployment: it answered, so for the
+                # breaker it is alive (this also settles a half-open probe at once).
+                self._breakers.record_success(deployment)
             outcome = "retryable_error" if error.retryable else "fatal_error"
             logger.warning(
                 "attempt at %s for %s failed (%s): %s",
@@ -112,6 +117,14 @@ class Failover:
         tried: set[Deployment] = set()
         last_error: UpstreamError | None = None
         for _ in range(route.max_attempts):
+            remaining_s = deadline_s - time.perf_counter()
+            if remaining_s <= 0:
+                # Checked before choosing: the deadline is the request's, so no deployment is
+                # charged with a failure for it.
+                last_error = UpstreamTimeout(
+                    f"request deadline of {self._request_timeout_s}s passed"
+                )
+                break
             deployment = self.next_deployment(call, route, tried)
             if deployment is None:
                 break
@@ -121,9 +134,6 @@ class Failover:
             stats.requests_total += 1
             started_s = time.perf_counter()
             try:
-                remaining_s = deadline_s - started_s
-                if remaining_s <= 0:
-                    raise UpstreamTimeout(f"request deadline of {self._request_timeout_s}s passed")
                 async with asyncio.timeout(remaining_s):
                     attempt = UpstreamCall(
                         call.endpoint, upstream_body(call, deployment), call.request_id

@@ -12,6 +12,7 @@ continue, the relay raises and the API layer ends the stream with an error event
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,8 @@ from kvgate.routing.deployment import Deployment
 
 if TYPE_CHECKING:
     from kvgate.resilience.failover import Failover, ModelRoute
+
+logger = logging.getLogger("kvgate.stream_relay")
 
 
 class StreamRelay:
@@ -47,10 +50,18 @@ class StreamRelay:
         #: Content chunks relayed from the current attempt (≈ tokens, for usage on resume).
         self._chunks_this_attempt = 0
         self._chunks_before_resume = 0
-        self._resumable = self._call.body.get("n") in (None, 1)
+        body = self._call.body
+        # Only one answer, and for legacy completions one string prompt, can be continued by
+        # resending it with the partial answer appended.
+        self._resumable = body.get("n") in (None, 1) and (
+            call.endpoint == "chat" or isinstance(body.get("prompt"), str)
+        )
+        #: A choice's finish_reason has been relayed: the answer itself is complete.
+        self._finished = False
         self._resuming = False
         self._stream_id: Any = None
         self._created: Any = None
+        self._model: Any = None
         self._first_chunk_seen = False
 
     # -- opening attempts ---------------------------------------------------------------
@@ -65,9 +76,10 @@ class StreamRelay:
         if not partial:
             return body
         emitted = self._chunks_before_resume
-        limit = body.get("max_tokens")
-        if isinstance(limit, int):
-            body["max_tokens"] = max(1, limit - emitted)
+        for key in ("max_tokens", "max_completion_tokens"):
+            limit = body.get(key)
+            if isinstance(limit, int):
+                body[key] = max(1, limit - emitted)
         if self._call.endpoint == "chat":
             body["messages"] = [*body["messages"], {"role": "assistant", "content": partial}]
             body["continue_final_message"] = True
@@ -80,13 +92,19 @@ class StreamRelay:
         failover, route, call = self._failover, self._route, self._call
         deadline_s = call.received_s + failover.request_timeout_s
         last_error: UpstreamError | None = None
+        if self._text_parts:
+            # Resuming: deployments that cannot continue a message are out before the strategy
+            # ranks (and a half-open circuit lends its probe to) anything.
+            self._tried.update(d for d in route.deployments if not d.resumes_streams)
         while self._attempts < route.max_attempts:
+            if deadline_s <= time.perf_counter():
+                last_error = UpstreamTimeout(
+                    f"request deadline of {failover.request_timeout_s}s passed"
+                )
+                break
             deployment = failover.next_deployment(call, route, self._tried)
             if deployment is None:
                 break
-            if self._text_parts and not deployment.resumes_streams:
-                self._tried.add(deployment)
-                continue
             self._attempts += 1
             self._tried.add(deployment)
             upstream = deployment.provider.stream(
@@ -151,6 +169,17 @@ class StreamRelay:
         except UpstreamError as error:
             self._end_attempt(error)
             await self._upstream.aclose()
+            if self._finished:
+                # Cut after the finish_reason (only the usage chunk or [DONE] was lost): the
+                # client holds the whole answer, and continuing a finished message would only
+                # append text the model never meant to write.
+                self._closed = True
+                logger.warning(
+                    "stream %s from %s cut after its last chunk: %s",
+                    self._call.request_id, self.deployment.id if self.deployment else "?",
+                    error.message,
+                )
+                raise StopAsyncIteration from None
             if not (self._resumable and error.retryable):
                 self._closed = True
                 raise
@@ -181,11 +210,17 @@ class StreamRelay:
     def _observe(self, chunk: JSONObject) -> JSONObject:
         if self._stream_id is None:
             self._stream_id, self._created = chunk.get("id"), chunk.get("created")
+            self._model = chunk.get("model")
         else:
+            # One answer to the client: the continuation wears the first attempt's identity.
             chunk["id"], chunk["created"] = self._stream_id, self._created
+            if "model" in chunk:
+                chunk["model"] = self._model
         choices = chunk.get("choices")
         if choices:
             choice = choices[0]
+            if choice.get("finish_reason"):
+                self._finished = True
             delta = choice.get("delta")
             text = delta.get("content") if delta is not None else choice.get("text")
             if delta is not None:
@@ -210,6 +245,7 @@ class StreamRelay:
                 usage["prompt_tokens"] = max(
                     0, (usage.get("prompt_tokens") or 0) - self._chunks_before_resume
                 )
+                usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         return chunk
 
     def _first_token_arrived(self) -> None:

@@ -4,25 +4,37 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from kvgate.config.schema import RoutingSettings
 from kvgate.routing.base import RouteDecision, RoutingStrategy
+from kvgate.routing.cost import CheapestFirst
 from kvgate.routing.deployment import Deployment, DeploymentId
+from kvgate.routing.latency import LowestLatency
+from kvgate.routing.least_busy import LeastBusy
 from kvgate.routing.round_robin import RoundRobin
+from kvgate.routing.weighted import Weighted
 
-StrategyFactory = Callable[[Sequence[Deployment]], RoutingStrategy]
+#: Builds one model's strategy from its deployments and its effective routing settings.
+StrategyFactory = Callable[[Sequence[Deployment], RoutingSettings], RoutingStrategy]
 
 STRATEGIES: dict[str, StrategyFactory] = {
     "round_robin": RoundRobin,
+    "weighted": Weighted,
+    "least_busy": LeastBusy,
+    "latency": LowestLatency,
+    "cost": CheapestFirst,
 }
 
 
-def build_strategy(name: str, deployments: Sequence[Deployment]) -> RoutingStrategy:
+def build_strategy(
+    name: str, deployments: Sequence[Deployment], settings: RoutingSettings
+) -> RoutingStrategy:
     try:
         factory = STRATEGIES[name]
     except KeyError:
         raise ValueError(
             f"routing strategy {name!r} is not available (have: {', '.join(sorted(STRATEGIES))})"
         ) from None
-    return factory(deployments)
+    return factory(deployments, settings)
 
 
 __all__ = [
@@ -31,5 +43,6 @@ __all__ = [
     "DeploymentId",
     "RouteDecision",
     "RoutingStrategy",
+    "StrategyFactory",
     "build_strategy",
 ]

@@ -23,10 +23,16 @@ class DeploymentStats:
     requests_total: int = 0
     failures_total: int = 0
     cost_usd_total: float = 0.0
-    #: Exponentially weighted moving averages, None until the first sample.
+    #: Exponentially weighted moving averages, None until the first sample: time to first
+    #: token of streams, and latency per output token of blocking requests.
     ewma_ttft_ms: float | None = None
     ewma_ms_per_token: float | None = None
-    last_sample_monotonic_s: float = 0.0
+    #: ``time.monotonic()`` of the sample behind each average.
+    ttft_sampled_monotonic_s: float = 0.0
+    per_token_sampled_monotonic_s: float = 0.0
+    #: How fast an average goes stale: its weight against a new sample, and its value as the
+    #: latency strategy reads it, halve every this many seconds without a sample.
+    latency_half_life_s: float = 10.0
 
 
 @dataclass(eq=False, slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from kvgate.config.schema import RoutingSettings
 from kvgate.routing.base import RouteDecision
 from kvgate.routing.deployment import Deployment
 
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 class RoundRobin:
     name = "round_robin"
 
-    def __init__(self, deployments: Sequence[Deployment]) -> None:
+    def __init__(self, deployments: Sequence[Deployment], settings: RoutingSettings) -> None:
         self._next_index = 0
 
     def choose(self, call: Call, candidates: Sequence[Deployment]) -> RouteDecision:
