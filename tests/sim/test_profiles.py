@@ -1,0 +1,34 @@
+"""Profiles: vision-token rule and derived figures."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvgate.sim.profiles import PROFILES, get_profile, llava_onevision_image_tokens
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "tokens"),
+    [(384, 384, 1485), (640, 480, 2929), (1024, 768, 4725), (1920, 1080, 7269),
+     (1153, 944, 8748)],
+)
+def test_llava_onevision_token_counts(width: int, height: int, tokens: int) -> None:
+    assert llava_onevision_image_tokens(width, height) == tokens
+
+
+def test_profile_lookup_and_overrides() -> None:
+    assert set(PROFILES) >= {"llava-onevision-7b-a40", "llama-3.1-8b-h100"}
+    with pytest.raises(KeyError, match="known"):
+        get_profile("nope")
+    llava = get_profile("llava-onevision-7b-a40")
+    assert llava.image_tokens(None, None) == llava.default_image_tokens
+    assert llava.image_tokens(384, 384) == 1485
+    assert llava.with_overrides(num_gpu_blocks=10).num_gpu_blocks == 10
+    assert llava.num_gpu_blocks != 10  # frozen original untouched
+    assert not get_profile("llama-3.1-8b-h100").accepts_images
+
+
+def test_offload_transfer_is_cheaper_than_recomputing_a_block() -> None:
+    for profile in PROFILES.values():
+        recompute_s = profile.block_size * profile.compute_s_per_token
+        assert profile.block_load_s < recompute_s / 10
