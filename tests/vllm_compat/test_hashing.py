@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+from collections.abc import Callable
 
 import cbor2
 import pytest
@@ -79,11 +80,12 @@ def test_sha256_is_pickle_of_the_tuple_with_extra_keys() -> None:
 
 def test_cbor_and_xxhash_variants_follow_their_definitions() -> None:
     seed = "42"
-    for algo, fn in [
+    variants: list[tuple[str, Callable[[object], bytes]]] = [
         ("sha256_cbor", lambda o: hashlib.sha256(cbor2.dumps(o, canonical=True)).digest()),
         ("xxhash", lambda o: xxhash.xxh3_128_digest(pickle.dumps(o, pickle.HIGHEST_PROTOCOL))),
         ("xxhash_cbor", lambda o: xxhash.xxh3_128_digest(cbor2.dumps(o, canonical=True))),
-    ]:
+    ]
+    for algo, fn in variants:
         hasher = BlockHasher(algo, seed)  # type: ignore[arg-type]
         none_hash = fn(seed)
         assert hasher.none_hash == none_hash

@@ -74,7 +74,7 @@ PIL = pytest.importorskip("PIL.Image")
 def _encode(mode: str, size: tuple[int, int], fmt: str, **kwargs: object) -> bytes:
     buffer = io.BytesIO()
     color: object = 128 if mode in ("L", "P", "1") else tuple([100] * len(mode))
-    PIL.new(mode, size, color).save(buffer, fmt, **kwargs)  # type: ignore[arg-type]
+    PIL.new(mode, size, color).save(buffer, fmt, **kwargs)
     return buffer.getvalue()
 
 
