@@ -4,7 +4,8 @@ It answers /v1/chat/completions and /v1/completions (blocking and SSE), records 
 receives and every stream the client abandoned, and can be told how to misbehave through
 ``POST /_control``: ``{"status": 500}`` answers every request with that status, ``{"delay_s":
 X}`` sleeps before answering, ``{"chunk_delay_s": X}`` paces stream chunks, ``{"cut_after": N}``
-drops the connection after N content chunks. ``GET /_log`` returns what was recorded.
+drops the connection after N content chunks. ``GET /_log`` returns what was recorded. Chat
+requests with vLLM's ``continue_final_message`` continue the partial assistant message.
 """
 
 from __future__ import annotations
@@ -21,8 +22,23 @@ WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
 
 
 def answer_tokens(body: dict[str, Any]) -> list[str]:
+    """``max_tokens`` words (default 8), continuing a partial answer like vLLM does.
+
+    With ``continue_final_message`` and a final assistant message that is a prefix of the
+    answer, the words after it are returned, so a resumed stream splices into the same text.
+    """
     count = body.get("max_tokens") or 8
-    return [(" " if i else "") + WORDS[i % len(WORDS)] for i in range(count)]
+    start = 0
+    messages = body.get("messages") or []
+    if body.get("continue_final_message") and messages and messages[-1]["role"] == "assistant":
+        partial = messages[-1].get("content") or ""
+        text = ""
+        while len(text) < len(partial):
+            text += (" " if start else "") + WORDS[start % len(WORDS)]
+            start += 1
+        if text != partial:
+            start = 0
+    return [(" " if i else "") + WORDS[i % len(WORDS)] for i in range(start, start + count)]
 
 
 class Upstream:

@@ -13,24 +13,33 @@ def stats(gateway: Gateway) -> dict[str, Any]:
         deployments = []
         for deployment in route.deployments:
             s = deployment.stats
+            settings = deployment.settings
             deployments.append({
                 "id": deployment.id,
                 "provider": deployment.provider_name,
                 "model": deployment.upstream_model,
                 "in_flight": s.in_flight,
+                "max_concurrency": settings.max_concurrency,
+                "weight": settings.weight,
+                # Attempts dispatched, of which ``failures_total`` failed.
                 "requests_total": s.requests_total,
                 "failures_total": s.failures_total,
                 "cost_usd_total": round(s.cost_usd_total, 6),
-                "ewma_ttft_ms": s.ewma_ttft_ms,
-                "ewma_ms_per_token": s.ewma_ms_per_token,
+                "ewma_ttft_ms": _rounded(s.ewma_ttft_ms),
+                "ewma_ms_per_token": _rounded(s.ewma_ms_per_token),
                 "circuit": gateway.breakers.describe(deployment),
             })
         models.append({
             "name": route.name,
             "strategy": route.strategy.name,
+            "max_attempts": route.max_attempts,
             "deployments": deployments,
         })
     return {
         "models": models,
         "cache": {"exact_entries": gateway.cache.size if gateway.cache else None},
     }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

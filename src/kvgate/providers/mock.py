@@ -90,12 +90,14 @@ class MockProvider:
             key_body = messages[:-1]
         key = orjson.dumps([body.get("model"), key_body, body.get("seed")])
         limit = body.get("max_tokens") or body.get("max_completion_tokens")
-        natural = self._settings.default_output_tokens
-        count = min(natural, limit) if isinstance(limit, int) else natural
-        tokens = _answer_tokens(key, count)
+        # The natural answer first, then the limit on what is still to come: a continuation's
+        # max_tokens counts only new tokens, as in vLLM.
+        tokens = _answer_tokens(key, self._settings.default_output_tokens)
         if partial:
             tokens = _remaining_after(tokens, partial)
-        finish = "length" if isinstance(limit, int) and limit < natural else "stop"
+        finish = "stop"
+        if isinstance(limit, int) and limit < len(tokens):
+            tokens, finish = tokens[:limit], "length"
         return tokens, finish, _prompt_tokens(body)
 
     def _maybe_fail(self) -> None:
