@@ -1,0 +1,103 @@
+"""Start the processes a scenario measures: a `kvgate run` gateway on a free loopback port.
+
+Each process writes its output to a log file, not a pipe (a full pipe would stall it mid-run);
+on a failed start the log's tail goes into the error. Processes are stopped on exit, however
+the block ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+_LOG_TAIL_BYTES = 4000
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def is_serving(url: str, *, timeout_s: float = 1.0) -> bool:
+    """True if ``url`` answers HTTP with a status below 500."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return int(response.status) < 500
+    except urllib.error.HTTPError as exc:
+        return exc.code < 500
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class LocalProcess:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_tail(self) -> str:
+        try:
+            data = self.log_path.read_bytes()
+        except OSError:
+            return ""
+        return data[-_LOG_TAIL_BYTES:].decode("utf-8", "replace")
+
+
+def wait_until_serving(local: LocalProcess, path: str, *, timeout_s: float) -> None:
+    deadline_s = time.monotonic() + timeout_s
+    while time.monotonic() < deadline_s:
+        if local.process.poll() is not None:
+            raise RuntimeError(f"{local.url}: process exited with {local.process.returncode}:\n"
+                               f"{local.log_tail()}")
+        if is_serving(local.url + path, timeout_s=1.0):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{local.url}{path} not serving after {timeout_s} s:\n{local.log_tail()}")
+
+
+@contextlib.contextmanager
+def local_process(args: Sequence[str], url: str, *, ready_path: str = "/healthz",
+                  ready_timeout_s: float = 30.0) -> Iterator[LocalProcess]:
+    """Run ``args`` until the block exits; yields once ``url + ready_path`` answers."""
+    with tempfile.TemporaryDirectory(prefix="kvgate-bench-") as tmp:
+        log_path = Path(tmp) / "process.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(list(args), stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL)
+        local = LocalProcess(url, process, log_path)
+        try:
+            wait_until_serving(local, ready_path, timeout_s=ready_timeout_s)
+            yield local
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@contextlib.contextmanager
+def local_gateway(config_path: str | Path | None = None, *, port: int | None = None,
+                  extra_args: Sequence[str] = (), ready_timeout_s: float = 30.0,
+                  ) -> Iterator[LocalProcess]:
+    """`kvgate run` on loopback (the built-in demo config without ``config_path``)."""
+    port = port or free_port()
+    args = [sys.executable, "-m", "kvgate", "run", "--host", "127.0.0.1", "--port", str(port),
+            *extra_args]
+    if config_path is not None:
+        args += ["-c", str(config_path)]
+    with local_process(args, f"http://127.0.0.1:{port}", ready_timeout_s=ready_timeout_s,
+                       ) as local:
+        yield local

@@ -1,0 +1,59 @@
+"""Benchmark scenarios by name: ``kvgate bench scenario NAME [--quick]``.
+
+A scenario is a module with a ``run(options: ScenarioOptions) -> dict`` function that starts
+what it measures, drives load through :mod:`kvgate.bench.api`, and returns a JSON-ready result
+document (``--out`` writes it). Register it below; modules are imported only when chosen, so a
+scenario's heavy imports (or a half-finished one) never slow or break the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioOptions:
+    """What the command line gives every scenario."""
+
+    #: Tiny sizes: finishes in seconds, for smoke tests and CI; numbers are not meaningful.
+    quick: bool = False
+    seed: int = 0
+    #: An already running gateway to measure, instead of the one the scenario would start.
+    target: str | None = None
+    #: Where to write PNG plots; None for none.
+    plots_dir: Path | None = None
+    #: A rich Console for progress and tables; None runs silently.
+    console: Any = None
+
+
+class Scenario(Protocol):
+    def __call__(self, options: ScenarioOptions) -> dict[str, Any]:
+        """Run the scenario; return its result document (JSON-ready)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioEntry:
+    module: str
+    description: str
+
+
+SCENARIOS: Mapping[str, ScenarioEntry] = MappingProxyType({
+    "demo": ScenarioEntry(
+        "kvgate.bench.scenarios.demo",
+        "start `kvgate run` (built-in demo, mock providers) and load-test it; under a minute",
+    ),
+})
+
+
+def load_scenario(name: str) -> Scenario:
+    entry = SCENARIOS.get(name)
+    if entry is None:
+        raise ValueError(f"unknown scenario {name!r} (known: {', '.join(sorted(SCENARIOS))})")
+    run: Scenario = importlib.import_module(entry.module).run
+    return run

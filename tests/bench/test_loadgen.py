@@ -1,0 +1,157 @@
+"""The load generator against a server with known latencies: what it measures and how it
+offers load (closed loop concurrency, open-loop arrivals, sessions, duration)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from kvgate.bench.loadgen import (
+    LoadSpec,
+    arrival_times_s,
+    run_load,
+    session_predecessors,
+)
+from kvgate.bench.request import BenchRequest
+from kvgate.bench.stats import percentile, summarize
+from tests.bench.fake_server import fake_server, instructed
+
+
+async def test_percentiles_match_injected_latencies() -> None:
+    ttft_ms = [10 + (i * 7) % 60 for i in range(120)]  # 10..69 ms, each value twice
+    total_ms = [t + 30 for t in ttft_ms]
+    requests = [instructed(ttft_ms=t, total_ms=total, tokens=6)
+                for t, total in zip(ttft_ms, total_ms, strict=True)]
+    async with fake_server() as (url, _):
+        result = await run_load(url, requests, LoadSpec(mode="closed", concurrency=12))
+    summary = summarize(result)
+    assert summary["requests"]["ok"] == 120
+    for key, injected in (("ttft_ms", ttft_ms), ("latency_ms", total_ms)):
+        expected = sorted(float(v) for v in injected)
+        for q in (50, 90, 95, 99):
+            measured = summary[key][f"p{q}"]
+            # Sleeping never ends early; loopback, parsing and a shared event loop add a little.
+            assert percentile(expected, q) - 1.0 <= measured <= percentile(expected, q) + 12.0, (
+                key, q, measured)
+    assert summary["tokens"]["output"] == 120 * 6
+    # (total - ttft) / (tokens - 1) = 30 / 5 = 6 ms between tokens.
+    assert summary["tpot_ms"]["p50"] == pytest.approx(6.0, abs=2.0)
+
+
+async def test_closed_loop_holds_concurrency_and_per_deployment_share() -> None:
+    requests = [instructed(ttft_ms=15, deployment=f"d{i % 4 // 3}") for i in range(40)]
+    async with fake_server() as (url, log):
+        result = await run_load(url, requests, LoadSpec(mode="closed", concurrency=5))
+    assert log.max_in_flight == 5
+    summary = summarize(result)
+    assert summary["deployments"]["d0"]["requests"] == 30
+    assert summary["deployments"]["d1"]["share"] == 0.25
+
+
+async def test_non_streamed_reads_usage_route_and_cache() -> None:
+    requests = [instructed(stream=False, total_ms=5, tokens=3, matched_blocks=i % 2,
+                           cache="exact" if i < 2 else "miss") for i in range(8)]
+    async with fake_server() as (url, _):
+        summary = summarize(await run_load(url, requests, LoadSpec(concurrency=4)))
+    assert summary["ttft_ms"] is None
+    assert summary["tokens"] == {"prompt": 56, "output": 24}
+    assert summary["routing_affinity"] == 0.5
+    assert summary["cache_hit_ratio"] == 0.25
+    assert summary["cache"] == {"exact": 2, "miss": 6}
+
+
+async def test_affinity_from_header_and_null_without_route_info() -> None:
+    with_header = [instructed(matched_header=512 if i < 3 else 0) for i in range(4)]
+    async with fake_server() as (url, _):
+        summary = summarize(await run_load(url, with_header, LoadSpec(concurrency=2)))
+        assert summary["routing_affinity"] == 0.75
+        plain = summarize(await run_load(url, [instructed()] * 3, LoadSpec(concurrency=2)))
+    assert plain["routing_affinity"] is None
+    assert plain["route_info_requests"] == 0
+
+
+async def test_errors_are_counted_by_kind() -> None:
+    requests = [instructed(status=503), instructed(cut_after=2, tokens=5),
+                instructed(usage=False, tokens=4), instructed()]
+    async with fake_server() as (url, _):
+        result = await run_load(url, requests, LoadSpec(concurrency=4))
+    summary = summarize(result)
+    assert summary["requests"]["errors"] == 2
+    assert summary["requests"]["error_kinds"] == {"http_503: injected_error": 1,
+                                                  "stream_incomplete": 1}
+    assert summary["requests"]["usage_missing"] == 1
+    no_usage = result.records[2]
+    assert no_usage.output_tokens == 4  # estimated from content events
+
+
+async def test_unreachable_target_is_an_error_not_a_crash() -> None:
+    from tests.support.processes import free_port
+
+    result = await run_load(f"http://127.0.0.1:{free_port()}", [instructed()],
+                            LoadSpec(concurrency=1))
+    assert result.records[0].error.startswith("client_error")
+
+
+async def test_fixed_rate_open_loop_keeps_its_schedule() -> None:
+    requests = [instructed(ttft_ms=40) for _ in range(30)]
+    spec = LoadSpec(mode="fixed", rate_per_s=100.0)
+    async with fake_server() as (url, log):
+        result = await run_load(url, requests, spec)
+    summary = summarize(result)
+    # Open loop: 30 arrivals 10 ms apart, each 40 ms long, so several overlap.
+    assert log.max_in_flight >= 3
+    assert summary["dispatch_lag_ms"]["p99"] < 10.0
+    gaps_s = [b - a for a, b in zip(log.arrivals_s, log.arrivals_s[1:], strict=False)]
+    assert sum(gaps_s) / len(gaps_s) == pytest.approx(0.010, abs=0.003)
+
+
+def test_poisson_arrivals_are_seeded() -> None:
+    requests = [BenchRequest(body=b"{}", stream=False)] * 2000
+    first = arrival_times_s(requests, LoadSpec(mode="poisson", rate_per_s=50.0, seed=3))
+    assert first == arrival_times_s(requests, LoadSpec(mode="poisson", rate_per_s=50.0, seed=3))
+    assert first != arrival_times_s(requests, LoadSpec(mode="poisson", rate_per_s=50.0, seed=4))
+    assert first[-1] / len(first) == pytest.approx(1 / 50.0, rel=0.1)
+
+
+def test_timestamp_arrivals_follow_the_trace_scaled() -> None:
+    requests = [BenchRequest(body=b"{}", stream=False, at_s=t) for t in (5.0, 5.5, 7.0)]
+    assert arrival_times_s(requests, LoadSpec(mode="timestamps", speedup=2.0)) == [0, 0.25, 1]
+    with pytest.raises(ValueError, match="at_s"):
+        arrival_times_s([BenchRequest(body=b"{}", stream=False)],
+                        LoadSpec(mode="timestamps"))
+
+
+@pytest.mark.parametrize("spec", [LoadSpec(mode="closed", concurrency=6),
+                                  LoadSpec(mode="fixed", rate_per_s=400.0)])
+async def test_turns_of_a_session_never_overlap(spec: LoadSpec) -> None:
+    requests = [instructed(ttft_ms=20, session=i % 3) for i in range(12)]
+    assert session_predecessors(requests)[:6] == [-1, -1, -1, 0, 1, 2]
+    async with fake_server() as (url, log):
+        result = await run_load(url, requests, spec)
+    assert log.session_overlaps == 0
+    by_session: dict[int, list[tuple[float, float]]] = {}
+    for record in result.records:
+        by_session.setdefault(record.session, []).append((record.start_s, record.end_s))
+    for turns in by_session.values():
+        assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(turns))
+
+
+async def test_duration_stops_new_requests() -> None:
+    requests = [instructed(ttft_ms=30) for _ in range(200)]
+    async with fake_server() as (url, _):
+        closed = await run_load(url, requests, LoadSpec(concurrency=2, duration_s=0.2))
+        opened = await run_load(url, requests, LoadSpec(mode="fixed", rate_per_s=50,
+                                                        duration_s=0.2))
+    assert 4 <= len(closed.records) <= 20
+    assert len(opened.records) == 10  # arrivals at 0, 20, ..., 180 ms
+    assert closed.requests_offered == 200
+
+
+def test_load_spec_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        LoadSpec(mode="fixed")
+    with pytest.raises(ValueError):
+        LoadSpec(concurrency=0)
+    with pytest.raises(ValueError):
+        LoadSpec(mode="bogus")  # type: ignore[arg-type]
