@@ -67,6 +67,8 @@ async def _answer(request: web.Request, body: dict[str, Any], spec: dict[str, An
     tokens = spec.get("tokens", 4)
     headers = {"x-kvgate-deployment": spec.get("deployment", "d0"),
                "x-kvgate-cache": spec.get("cache", "miss")}
+    if spec.get("deployment") == "":
+        del headers["x-kvgate-deployment"]
     if spec.get("matched_header") is not None:
         headers["x-kvgate-route-matched-tokens"] = str(spec["matched_header"])
     status = spec.get("status", 200)
@@ -80,6 +82,8 @@ async def _answer(request: web.Request, body: dict[str, Any], spec: dict[str, An
         route: dict[str, Any] = {"strategy": "test"}
         if spec.get("matched_blocks") is not None:
             route["matched_blocks"] = spec["matched_blocks"]
+        if spec.get("outcome") is not None:
+            route["outcome"] = spec["outcome"]
         return web.json_response({
             "id": "x", "object": "chat.completion",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi " * tokens},

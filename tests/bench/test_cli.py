@@ -12,7 +12,7 @@ import pytest
 
 from kvgate.bench.api import read_records
 from kvgate.cli import build_parser, main
-from tests.support.processes import RunningGateway, run_gateway
+from tests.support.processes import RunningGateway, free_port, run_gateway
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,8 @@ def test_bare_bench_is_the_demo_and_bad_input_exits_2(capsys: pytest.CaptureFixt
     assert main(["bench", "run", "--workload", "nope", "--quiet"]) == 2
     assert "unknown workload" in capsys.readouterr().err
     assert main(["bench", "scenario", "nope"]) == 2
+    assert main(["bench", "run", "--target", f"http://127.0.0.1:{free_port()}", "--quiet"]) == 2
+    assert "nothing is serving" in capsys.readouterr().err
     assert main(["bench", "list"]) == 0
     assert "shared_prefix" in capsys.readouterr().out
 

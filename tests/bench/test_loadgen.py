@@ -61,6 +61,17 @@ async def test_non_streamed_reads_usage_route_and_cache() -> None:
     assert summary["cache"] == {"exact": 2, "miss": 6}
 
 
+async def test_route_outcomes_and_cache_answers_without_a_deployment() -> None:
+    requests = [instructed(stream=False, matched_blocks=1, outcome="hit"),
+                instructed(stream=False, matched_blocks=0, outcome="cold"),
+                instructed(deployment="", cache="exact")]
+    async with fake_server() as (url, _):
+        # A base URL the way the OpenAI SDK takes it (with /v1) works too.
+        summary = summarize(await run_load(url + "/v1", requests, LoadSpec(concurrency=3)))
+    assert summary["route_outcomes"] == {"cold": 1, "hit": 1}
+    assert summary["deployments"]["(cache)"]["requests"] == 1
+
+
 async def test_affinity_from_header_and_null_without_route_info() -> None:
     with_header = [instructed(matched_header=512 if i < 3 else 0) for i in range(4)]
     async with fake_server() as (url, _):

@@ -146,10 +146,15 @@ def _run(args: argparse.Namespace) -> int:
                     rate_per_s=args.rate or 0.0, speedup=args.speedup,
                     duration_s=args.duration_s, request_timeout_s=args.timeout_s,
                     seed=args.seed)
+    from kvgate.bench.processes import is_serving
+
+    target = args.target.rstrip("/")
+    if not is_serving(target + "/healthz", timeout_s=3.0):
+        raise ValueError(f"nothing is serving at {target}; start one with `kvgate run`, or run "
+                         "`kvgate bench` alone to load-test a gateway it starts itself")
     requests = workload.build(options)
     headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else None
     console = _console(args.quiet)
-    target = args.target.rstrip("/")
     meta = {"workload": {"name": workload.name, "parameters": parameters(workload),
                          "options": parameters(options)}}
     label = f"{workload.name} ({mode})"

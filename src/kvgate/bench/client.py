@@ -19,6 +19,7 @@ from kvgate.bench.request import BenchRequest, RequestRecord
 DEPLOYMENT_HEADER = "x-kvgate-deployment"
 CACHE_HEADER = "x-kvgate-cache"
 MATCHED_TOKENS_HEADER = "x-kvgate-route-matched-tokens"
+ROUTE_OUTCOME_HEADER = "x-kvgate-route-outcome"
 _TAIL_BYTES = 8192
 _DONE_EVENT = b"data: [DONE]"
 # Events that carry no generated token: the role chunk, the finish chunk, [DONE].
@@ -31,7 +32,8 @@ class Client:
     def __init__(self, session: aiohttp.ClientSession, base_url: str,
                  headers: Mapping[str, str], origin_s: float) -> None:
         self._session = session
-        self._base_url = base_url.rstrip("/")
+        # Paths carry /v1, so a base URL given the way OpenAI SDKs take it loses its /v1.
+        self._base_url = base_url.rstrip("/").removesuffix("/v1")
         self._headers = {"content-type": "application/json", **headers}
         self._origin_s = origin_s
         self._urls: dict[str, str] = {}
@@ -53,6 +55,7 @@ class Client:
                 matched = headers.get(MATCHED_TOKENS_HEADER)
                 if matched is not None and matched.isdigit():
                     record.matched_tokens = int(matched)
+                record.route_outcome = headers.get(ROUTE_OUTCOME_HEADER, "")
                 if response.status >= 400:
                     record.error = _http_error(response.status, await response.read())
                 elif request.stream:
@@ -146,12 +149,13 @@ def _read_completion(body: bytes, record: RequestRecord) -> None:
         record.cache = record.cache or str(meta.get("cache", ""))
         record.deployment = record.deployment or str(meta.get("deployment", ""))
         route = meta.get("route")
-        if isinstance(route, dict) and record.matched_tokens is None:
-            matched = route.get("matched_tokens")
-            if isinstance(matched, int):
+        if isinstance(route, dict):
+            record.route_outcome = record.route_outcome or str(route.get("outcome") or "")
+            matched, blocks = route.get("matched_tokens"), route.get("matched_blocks")
+            if record.matched_tokens is None and isinstance(matched, int):
                 record.matched_tokens = matched
-            elif isinstance(route.get("matched_blocks"), int):
-                record.matched_blocks = route["matched_blocks"]
+            elif record.matched_tokens is None and isinstance(blocks, int):
+                record.matched_blocks = blocks
 
 
 def _error_text(payload: dict[str, Any]) -> str:

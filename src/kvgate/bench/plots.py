@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kvgate.bench.request import RequestRecord
-from kvgate.bench.stats import NO_DEPLOYMENT
+from kvgate.bench.stats import deployment_name
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -77,7 +77,7 @@ def mean_in_flight(records: Sequence[RequestRecord], bin_s: float
     num_bins = int(end_s // bin_s) + 1
     load: dict[str, list[float]] = {}
     for record in records:
-        row = load.setdefault(record.deployment or NO_DEPLOYMENT, [0.0] * num_bins)
+        row = load.setdefault(deployment_name(record), [0.0] * num_bins)
         first, last = int(record.start_s // bin_s), int(record.end_s // bin_s)
         for index in range(first, min(last, num_bins - 1) + 1):
             low_s, high_s = index * bin_s, (index + 1) * bin_s
@@ -105,7 +105,7 @@ def plot_replica_load(records: Sequence[RequestRecord], path: Path, *,
     if load:
         load_axes.legend(loc="upper right", fontsize="small")
     names = list(load)
-    totals = [sum(1 for r in ok if (r.deployment or NO_DEPLOYMENT) == n) for n in names]
+    totals = [sum(1 for r in ok if deployment_name(r) == n) for n in names]
     share_axes.barh(names, totals, color=colours)
     share_axes.set_xlabel("requests served")
     share_axes.invert_yaxis()

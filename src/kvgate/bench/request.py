@@ -63,6 +63,8 @@ class RequestRecord:
     matched_tokens: int | None = None
     #: The same in blocks, when the gateway reported blocks rather than tokens.
     matched_blocks: int | None = None
+    #: The router's verdict when it gives one (prefix_kv_aware: "hit", "cold" or "spill").
+    route_outcome: str = ""
     #: The stream had no usage chunk, so ``output_tokens`` is an estimate.
     usage_missing: bool = False
     error: str = ""
@@ -100,6 +102,7 @@ class RequestRecord:
             "cache": self.cache,
             "matched_tokens": self.matched_tokens,
             "matched_blocks": self.matched_blocks,
+            "route_outcome": self.route_outcome,
             "usage_missing": self.usage_missing,
             "error": self.error,
         }
@@ -117,5 +120,6 @@ class RequestRecord:
             prompt_tokens=data.get("prompt_tokens", 0),
             deployment=data.get("deployment", ""), cache=data.get("cache", ""),
             matched_tokens=data.get("matched_tokens"), matched_blocks=data.get("matched_blocks"),
+            route_outcome=data.get("route_outcome", ""),
             usage_missing=data.get("usage_missing", False), error=data.get("error", ""),
         )

@@ -16,6 +16,15 @@ from kvgate.bench.request import RequestRecord
 
 PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
 NO_DEPLOYMENT = "(none)"
+#: Requests the gateway answered from its own cache name no deployment.
+CACHE_DEPLOYMENT = "(cache)"
+_CACHE_MISS_KINDS = frozenset({"", "miss", "unknown"})
+
+
+def deployment_name(record: RequestRecord) -> str:
+    if record.deployment:
+        return record.deployment
+    return NO_DEPLOYMENT if record.cache in _CACHE_MISS_KINDS else CACHE_DEPLOYMENT
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -66,7 +75,7 @@ def deployment_shares(records: Sequence[RequestRecord]) -> dict[str, dict[str, A
     """Per deployment (from ``x-kvgate-deployment``): requests served, share, tokens, TTFT."""
     by_name: dict[str, list[RequestRecord]] = {}
     for record in records:
-        by_name.setdefault(record.deployment or NO_DEPLOYMENT, []).append(record)
+        by_name.setdefault(deployment_name(record), []).append(record)
     total = len(records)
     shares: dict[str, dict[str, Any]] = {}
     for name in sorted(by_name):
@@ -92,7 +101,7 @@ def summarize(result: LoadResult) -> dict[str, Any]:
     prompt_tokens = sum(r.prompt_tokens for r in ok)
     routed = [r for r in ok if r.has_route_info]
     cache_kinds = Counter(r.cache or "unknown" for r in ok)
-    cache_hits = sum(n for kind, n in cache_kinds.items() if kind not in ("miss", "unknown"))
+    cache_hits = sum(n for kind, n in cache_kinds.items() if kind not in _CACHE_MISS_KINDS)
     # Only an open loop has a schedule to fall behind; a closed loop starts when it can.
     lag = None if result.spec.mode == "closed" else distribution_ms(
         max(0.0, r.start_s - r.scheduled_s) for r in records)
@@ -123,6 +132,8 @@ def summarize(result: LoadResult) -> dict[str, Any]:
         # route information (e.g. a strategy that does not track prefixes).
         "routing_affinity": _ratio(sum(1 for r in routed if r.is_affine), len(routed)),
         "route_info_requests": len(routed),
+        "route_outcomes": dict(sorted(Counter(r.route_outcome for r in ok
+                                              if r.route_outcome).items())),
         "cache_hit_ratio": _ratio(cache_hits, len(ok)),
         "cache": dict(sorted(cache_kinds.items())),
     }
