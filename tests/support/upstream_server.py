@@ -25,9 +25,10 @@ def answer_tokens(body: dict[str, Any]) -> list[str]:
     """``max_tokens`` words (default 8), continuing a partial answer like vLLM does.
 
     With ``continue_final_message`` and a final assistant message that is a prefix of the
-    answer, the words after it are returned, so a resumed stream splices into the same text.
+    answer, the words after it are returned (``max_tokens`` new ones, or the rest of the
+    default 8), so a resumed stream splices into the same text.
     """
-    count = body.get("max_tokens") or 8
+    limit = body.get("max_tokens")
     start = 0
     messages = body.get("messages") or []
     if body.get("continue_final_message") and messages and messages[-1]["role"] == "assistant":
@@ -38,6 +39,7 @@ def answer_tokens(body: dict[str, Any]) -> list[str]:
             start += 1
         if text != partial:
             start = 0
+    count = limit or max(0, 8 - start)
     return [(" " if i else "") + WORDS[i % len(WORDS)] for i in range(start, start + count)]
 
 
