@@ -115,6 +115,39 @@ def run_benchmark(
                                console=console, meta=meta))
 
 
+def headline(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers a comparison table shows for one run."""
+    ttft, latency = summary.get("ttft_ms") or {}, summary.get("latency_ms") or {}
+    throughput = summary["throughput"]
+    return {
+        "ok": summary["requests"]["ok"],
+        "errors": summary["requests"]["errors"],
+        "ttft_p50_ms": ttft.get("p50"),
+        "ttft_p99_ms": ttft.get("p99"),
+        "latency_p50_ms": latency.get("p50"),
+        "latency_p99_ms": latency.get("p99"),
+        "requests_per_s": throughput["requests_per_s"],
+        "output_tokens_per_s": throughput["output_tokens_per_s"],
+        "routing_affinity": summary["routing_affinity"],
+        "cache_hit_ratio": summary["cache_hit_ratio"],
+    }
+
+
+def comparison_document(scenario: str, results: Sequence[BenchResult], *, quick: bool = False,
+                        include_records: bool = True, **extra: Any) -> dict[str, Any]:
+    """Several runs of one scenario (e.g. one per routing strategy) in one document: a
+    ``comparison`` of headline numbers by label, then every run in full under ``runs``."""
+    return {
+        "kvgate_bench": {"format": RESULT_FORMAT, "version": __version__},
+        "scenario": scenario,
+        "quick": quick,
+        "host": host_info(),
+        **extra,
+        "comparison": {r.label: headline(r.summary) for r in results},
+        "runs": {r.label: r.document(include_records=include_records) for r in results},
+    }
+
+
 def dump_json(document: Mapping[str, Any]) -> bytes:
     """Indented JSON, except ``records``: one compact record per line, so a run of thousands
     of requests stays a readable, diffable file a fraction of the fully indented size."""

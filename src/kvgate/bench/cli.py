@@ -22,7 +22,21 @@ DEFAULT_TARGET = "http://127.0.0.1:8080"
 DEFAULT_CONCURRENCY = 16
 
 
+_DESCRIPTION = """\
+Load generator and benchmark scenarios. With no subcommand: the demo scenario (starts
+`kvgate run` with its built-in mock config on a free port, load-tests it, prints a summary).
+
+examples:
+  kvgate bench run --workload shared_prefix -W num_groups=8 --concurrency 32 --out r.json
+  kvgate bench run --workload chat --rate 20 --poisson --duration-s 60 --plots plots/
+  kvgate bench run --workload trace --timestamps --speedup 4 --ignore-eos
+  kvgate bench scenario demo --quick
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = _DESCRIPTION
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.set_defaults(bench_command=None)
     sub = parser.add_subparsers(dest="bench_command", metavar="{run,scenario,list,make-trace}")
 

@@ -118,3 +118,22 @@ def print_summary(summary: Mapping[str, Any], console: Console,
                   title: str = "kvgate bench") -> None:
     for table in summary_tables(summary, title):
         console.print(table)
+
+
+def comparison_table(comparison: Mapping[str, Mapping[str, Any]], title: str) -> Table:
+    """One row per run, from :func:`kvgate.bench.api.headline` dicts keyed by label."""
+    table = Table(title=title, title_justify="left")
+    columns = (("run", None), ("ok", None), ("errors", None), ("TTFT p50", "ttft_p50_ms"),
+               ("TTFT p99", "ttft_p99_ms"), ("latency p50", "latency_p50_ms"),
+               ("latency p99", "latency_p99_ms"), ("req/s", "requests_per_s"),
+               ("tok/s", "output_tokens_per_s"), ("affinity", "routing_affinity"),
+               ("cache hits", "cache_hit_ratio"))
+    for name, _ in columns:
+        table.add_column(name, justify="left" if name == "run" else "right")
+    for label, row in comparison.items():
+        cells = [label, f"{row['ok']:,}", f"{row['errors']:,}"]
+        for name, key in columns[3:]:
+            value = row[key]
+            cells.append(_ratio(value) if name in ("affinity", "cache hits") else _fmt(value))
+        table.add_row(*cells)
+    return table
