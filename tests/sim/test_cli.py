@@ -33,6 +33,11 @@ def test_flags_map_to_replica_settings() -> None:
     assert all(r.kv_blocks == 128 and r.cpu_offload_blocks == 256 and r.time_scale == 10
                for r in replicas)
     assert replica_settings(_parse())[0].kv_events_endpoint is None
+    seeded = replica_settings(_parse("--hash-algo", "xxhash", "--hash-seed", "5"))[0]
+    assert seeded.engine_config().none_hash_seed == "5"
+    unseeded = replica_settings(_parse("--hash-algo", "xxhash"))[0].engine_config()
+    assert unseeded.none_hash_seed != replica_settings(_parse("--hash-algo", "xxhash"))[0]\
+        .engine_config().none_hash_seed  # vLLM: a random secret seed per process
     with pytest.raises(SystemExit):
         _parse("--time-scale", "0")
 

@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="event encoding: map (vLLM >= 0.11) or array (legacy)")
     parser.add_argument("--hash-algo", choices=list(get_args(HashAlgo)), default="sha256",
                         help="vLLM --prefix-caching-hash-algo (default sha256)")
+    parser.add_argument("--hash-seed", default=None,
+                        help="the replicas' PYTHONHASHSEED; unset = vLLM's rule (fixed seed for "
+                             "sha256*, random per replica for xxhash*)")
     parser.add_argument("--served-model-name", default=None)
     parser.add_argument("--image-tokens", type=int, default=None,
                         help="vision tokens per image, overriding the profile's size rule")
@@ -77,6 +80,7 @@ def replica_settings(args: argparse.Namespace) -> list[ReplicaSettings]:
             cpu_offload_blocks=args.cpu_offload_blocks,
             time_scale=args.time_scale,
             hash_algo=args.hash_algo,
+            hash_seed=args.hash_seed,
             kv_events_endpoint=endpoint,
             kv_events_replay_endpoint=replay,
             kv_events_topic=args.kv_events_topic,

@@ -49,14 +49,19 @@ class EngineLoop:
             self._task = None
 
     async def generate(
-        self, request: EngineRequest, num_image_tokens: int = 0
-    ) -> AsyncGenerator[RequestOutput, None]:
-        """Run `request` through the front end and the engine, yielding its outputs.
+        self, request: EngineRequest, num_image_tokens: int = 0, arrival_s: float | None = None
+    ) -> AsyncGenerator[list[RequestOutput], None]:
+        """Run `request` through the front end and the engine, yielding its outputs in order.
 
-        Closing the iterator early (client gone, task cancelled) aborts the request, which frees
-        its KV blocks. Raises `RequestRejected` if the engine refuses it.
+        Each item holds every output available at that moment (usually one token; several when
+        the consumer fell behind, so it can send them at once). Closing the iterator early
+        (client gone, task cancelled) aborts the request, which frees its KV blocks. Raises
+        `RequestRejected` if the engine refuses it. `arrival_s` (default: now) is when the HTTP
+        request started arriving, so the real time spent reading and parsing it counts towards
+        the modelled front-end time instead of adding to it.
         """
-        arrival_s = self.now_s()
+        if arrival_s is None:
+            arrival_s = self.now_s()
         request.arrival_s = arrival_s
         ready_s = self.engine.frontend_ready_s(arrival_s, num_image_tokens)
         await self._sleep_until(ready_s)
@@ -68,9 +73,11 @@ class EngineLoop:
             self._latest_ready_s = max(self._latest_ready_s, ready_s)
             self._wake.set()
             while True:
-                output = await queue.get()
-                yield output
-                if output.finished:
+                outputs = [await queue.get()]
+                while not queue.empty():
+                    outputs.append(queue.get_nowait())
+                yield outputs
+                if outputs[-1].finished:
                     return
         finally:
             del self._queues[request_id]

@@ -143,6 +143,7 @@ class SimApp:
 
     async def _generate(self, kind: api.ApiKind, scope: Scope, receive: Receive, send: Send
                         ) -> None:
+        arrival_s = self.loop.now_s()
         body = await _read_body(receive)
         request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
         gen = api.parse_generation(body, kind, self.renderer, self.model, request_id)
@@ -161,33 +162,40 @@ class SimApp:
         self.server_load += 1
         try:
             respond = self._stream if gen.stream else self._respond
-            await _until_disconnect(receive, respond(gen, request, send, request_id))
+            await _until_disconnect(receive, respond(gen, request, send, request_id, arrival_s))
         finally:
             self.server_load -= 1
 
     async def _respond(self, gen: api.Generation, request: EngineRequest, send: Send,
-                       request_id: str) -> None:
+                       request_id: str, arrival_s: float) -> None:
         last_index, reason = -1, "length"
-        async with aclosing(self.loop.generate(request, gen.prompt.num_image_tokens)) as outputs:
-            async for output in outputs:
-                last_index = output.first_output_index + len(output.new_token_ids) - 1
-                if output.stats is not None:
-                    reason = output.stats.finish_reason
+        outputs = self.loop.generate(request, gen.prompt.num_image_tokens, arrival_s)
+        async with aclosing(outputs) as batches:
+            async for batch in batches:
+                last = batch[-1]
+                last_index = last.first_output_index + len(last.new_token_ids) - 1
+                if last.stats is not None:
+                    reason = last.stats.finish_reason
         body = api.full_response(gen, last_index + 1, reason, _cached_tokens(request))
         await _send_body(send, 200, body, [*_JSON, (b"x-request-id", request_id.encode())])
 
     async def _stream(self, gen: api.Generation, request: EngineRequest, send: Send,
-                      request_id: str) -> None:
+                      request_id: str, arrival_s: float) -> None:
         headers = [*_SSE, (b"x-request-id", request_id.encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         num_tokens = 0
-        async with aclosing(self.loop.generate(request, gen.prompt.num_image_tokens)) as outputs:
-            async for output in outputs:
-                reason = output.stats.finish_reason if output.stats is not None else None
-                index = output.first_output_index
-                num_tokens = index + len(output.new_token_ids)
-                chunk = api.stream_chunk(gen, index, reason, _cached_tokens(request))
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        outputs = self.loop.generate(request, gen.prompt.num_image_tokens, arrival_s)
+        async with aclosing(outputs) as batches:
+            async for batch in batches:
+                cached = _cached_tokens(request)
+                chunks = []
+                for output in batch:
+                    reason = output.stats.finish_reason if output.stats is not None else None
+                    index = output.first_output_index
+                    num_tokens = index + len(output.new_token_ids)
+                    chunks.append(api.stream_chunk(gen, index, reason, cached))
+                body = b"".join(chunks)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
         tail = api.STREAM_DONE
         if gen.include_usage:
             tail = api.stream_usage_chunk(gen, num_tokens, _cached_tokens(request)) + tail

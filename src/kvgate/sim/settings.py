@@ -10,7 +10,7 @@ import msgspec
 from kvgate.sim.engine import EngineConfig
 from kvgate.sim.kv_publisher import KVEventsConfig
 from kvgate.sim.profiles import DEFAULT_PROFILE, Profile, get_profile
-from kvgate.vllm_compat.hashing import HashAlgo
+from kvgate.vllm_compat.hashing import HashAlgo, resolve_none_hash_seed
 from kvgate.vllm_compat.kv_events import EventLayout
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -29,6 +29,8 @@ class ReplicaSettings:
     cpu_offload_blocks: int = 0
     time_scale: float = 1.0
     hash_algo: HashAlgo = "sha256"
+    # The PYTHONHASHSEED a vLLM replica would run with; None = unset (vLLM's seed rules apply).
+    hash_seed: str | None = None
     kv_events_endpoint: str | None = None
     kv_events_replay_endpoint: str | None = None
     kv_events_topic: str = "kv-events"
@@ -61,6 +63,7 @@ class ReplicaSettings:
         return EngineConfig(
             cpu_offload_blocks=self.cpu_offload_blocks,
             hash_algo=self.hash_algo,
+            none_hash_seed=resolve_none_hash_seed(self.hash_algo, self.hash_seed),
             enable_kv_events=self.kv_events_endpoint is not None,
             frontend_workers=self.frontend_workers,
         )
