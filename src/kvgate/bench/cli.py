@@ -116,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"kvgate bench: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # e.g. ProcessStartError: a gateway or fleet did not start
+        print(f"kvgate bench: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("kvgate bench: interrupted", file=sys.stderr)
         return 130

@@ -22,6 +22,10 @@ from pathlib import Path
 _LOG_TAIL_BYTES = 4000
 
 
+class ProcessStartError(RuntimeError):
+    """A process a scenario needs exited or never served; the message ends with its log."""
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -58,12 +62,14 @@ def wait_until_serving(local: LocalProcess, path: str, *, timeout_s: float) -> N
     deadline_s = time.monotonic() + timeout_s
     while time.monotonic() < deadline_s:
         if local.process.poll() is not None:
-            raise RuntimeError(f"{local.url}: process exited with {local.process.returncode}:\n"
-                               f"{local.log_tail()}")
+            code = local.process.returncode
+            raise ProcessStartError(f"{local.url}: process exited with {code}:\n"
+                                    f"{local.log_tail()}")
         if is_serving(local.url + path, timeout_s=1.0):
             return
         time.sleep(0.05)
-    raise TimeoutError(f"{local.url}{path} not serving after {timeout_s} s:\n{local.log_tail()}")
+    raise ProcessStartError(f"{local.url}{path} not serving after {timeout_s} s:\n"
+                            f"{local.log_tail()}")
 
 
 @contextlib.contextmanager
