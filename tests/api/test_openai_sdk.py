@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import httpx
@@ -53,7 +54,7 @@ def test_round_robin_alternates_between_the_two_demo_deployments(client: openai.
         for i in range(6)
     ]
     assert set(seen) == {"mock-a/mock-small", "mock-b/mock-small"}
-    assert all(a != b for a, b in zip(seen, seen[1:], strict=False))
+    assert all(a != b for a, b in itertools.pairwise(seen))
 
 
 def test_streaming_text_equals_blocking_text(client: openai.OpenAI) -> None:

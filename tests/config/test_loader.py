@@ -50,7 +50,7 @@ def test_unknown_provider_reference_and_unknown_key() -> None:
     with pytest.raises(ConfigError, match=r"deployments\[0\]\.provider: unknown provider 'nope'"):
         parse_settings("providers: {a: {type: mock}}\nmodels: [{name: x, deployments: "
                        "[{provider: nope, model: m}]}]\n", env={})
-    with pytest.raises(ConfigError, match="server.prot"):
+    with pytest.raises(ConfigError, match=r"server\.prot"):
         parse_settings("server: {prot: 1}\nproviders: {a: {type: mock}}\n"
                        "models: [{name: x, deployments: [{provider: a, model: m}]}]\n", env={})
 
@@ -58,7 +58,7 @@ def test_unknown_provider_reference_and_unknown_key() -> None:
 def test_invalid_yaml_and_unknown_provider_type() -> None:
     with pytest.raises(ConfigError, match="invalid YAML"):
         parse_settings("models: [", env={})
-    with pytest.raises(ConfigError, match="providers.a"):
+    with pytest.raises(ConfigError, match=r"providers\.a"):
         parse_settings("providers: {a: {type: telepathy}}\n"
                        "models: [{name: x, deployments: [{provider: a, model: m}]}]\n", env={})
 

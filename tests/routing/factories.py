@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from kvgate.config.schema import DeploymentSettings, MockProviderSettings, RoutingSettings
 from kvgate.gateway.call import Call
 from kvgate.providers.mock import MockProvider
+from kvgate.routing import RoutingContext, RoutingStrategy
+from kvgate.routing.affinity import MemoryAffinityIndex
 from kvgate.routing.deployment import Deployment, DeploymentId
 
 
@@ -31,3 +34,17 @@ def call(*, stream: bool = False) -> Call:
 
 def routing(**fields: Any) -> RoutingSettings:
     return RoutingSettings(**{"seed": 7, **fields})
+
+
+def context() -> RoutingContext:
+    return RoutingContext(
+        affinity_index=lambda: MemoryAffinityIndex(max_blocks_per_deployment=10_000, ttl_s=300)
+    )
+
+
+def prepared(strategy: RoutingStrategy, request: Call) -> Call:
+    """Run the strategy's once-per-request ``prepare`` (if it has one), as failover does."""
+    prepare = getattr(strategy, "prepare", None)
+    if prepare is not None:
+        asyncio.run(prepare(request))
+    return request

@@ -6,7 +6,7 @@ import pytest
 
 from kvgate.config.schema import RoutingSettings
 from kvgate.routing import STRATEGIES, build_strategy
-from tests.routing.factories import call, deployment, routing
+from tests.routing.factories import call, context, deployment, prepared, routing
 
 NAMES = sorted(STRATEGIES)
 
@@ -14,38 +14,38 @@ NAMES = sorted(STRATEGIES)
 @pytest.mark.parametrize("name", NAMES)
 def test_always_picks_one_of_the_candidates(name: str) -> None:
     fleet = [deployment(f"d{i}", weight=i + 1, cost_per_1k_input=i) for i in range(4)]
-    strategy = build_strategy(name, fleet, routing())
+    strategy = build_strategy(name, fleet, routing(), context())
     assert strategy.name == name
     for subset in (fleet, fleet[1:], fleet[2:3], [fleet[3], fleet[0]]):
         for stream in (False, True):
-            decision = strategy.choose(call(stream=stream), subset)
+            decision = strategy.choose(prepared(strategy, call(stream=stream)), subset)
             assert decision.deployment in subset
             assert decision.explanation["strategy"] == name
-            strategy.on_dispatched(call(), decision.deployment)
+            strategy.on_dispatched(prepared(strategy, call()), decision.deployment)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_deployment_is_reachable(name: str) -> None:
     """No strategy starves a deployment when it is the only candidate left (failover)."""
     fleet = [deployment(f"d{i}", cost_per_1k_input=i) for i in range(3)]
-    strategy = build_strategy(name, fleet, routing())
+    strategy = build_strategy(name, fleet, routing(), context())
     for member in fleet:
-        assert strategy.choose(call(), [member]).deployment is member
+        assert strategy.choose(prepared(strategy, call()), [member]).deployment is member
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_same_seed_same_choices(name: str) -> None:
     def picks() -> list[str]:
         fleet = [deployment(f"d{i}", weight=2 if i else 1) for i in range(5)]
-        strategy = build_strategy(name, fleet, routing(seed=11))
-        return [strategy.choose(call(), fleet).deployment.id for _ in range(50)]
+        strategy = build_strategy(name, fleet, routing(seed=11), context())
+        return [strategy.choose(prepared(strategy, call()), fleet).deployment.id for _ in range(50)]
 
     assert picks() == picks()
 
 
 def test_unknown_strategy_names_what_is_available() -> None:
     with pytest.raises(ValueError, match=r"not available.*round_robin"):
-        build_strategy("nope", [deployment("a")], RoutingSettings())
+        build_strategy("nope", [deployment("a")], RoutingSettings(), context())
 
 
 def test_all_simple_strategies_of_the_spec_are_registered() -> None:

@@ -144,6 +144,25 @@ class BreakerSettings(_Frozen):
     cooldown_s: float = Field(30.0, gt=0)
 
 
+class PrefixRoutingSettings(_Frozen):
+    """``prefix_kv_aware``: how prompts are fingerprinted, remembered and balanced."""
+
+    #: Characters per fingerprint block (about a quarter as many tokens). Smaller blocks match
+    #: more precisely and cost more per request.
+    block_chars: int = Field(256, ge=16)
+    #: Bound on remembered (deployment, block) pairs per model, split across its deployments.
+    max_tracked_blocks: int = Field(1_000_000, ge=1000)
+    #: A block not served for this long is assumed evicted by the engine.
+    ttl_s: float = Field(300.0, gt=0)
+    #: Load guard: a deployment may take a request while its load is at most
+    #: ``max(max_excess_requests, max_excess_ratio x mean load)`` above the least loaded.
+    max_excess_requests: float = Field(4.0, ge=0)
+    max_excess_ratio: float = Field(0.5, ge=0)
+    #: How often engine metrics (vLLM's /metrics: running, waiting, KV usage) are scraped
+    #: for ``openai_compatible`` deployments; 0 turns scraping off.
+    engine_metrics_interval_s: float = Field(1.0, ge=0)
+
+
 class RoutingSettings(_Frozen):
     """Top-level ``routing`` is the default; a model's ``routing`` overrides the keys it sets."""
 
@@ -163,6 +182,7 @@ class RoutingSettings(_Frozen):
     #: Half-life of a latency sample: an EWMA not refreshed for this long counts half as much,
     #: so a deployment that was slow is tried again after a while instead of never.
     latency_half_life_s: float = Field(10.0, gt=0)
+    prefix: PrefixRoutingSettings = PrefixRoutingSettings()
 
 
 class ModelSettings(_Frozen):

@@ -35,6 +35,9 @@ class Call:
     tenant: str | None = None
     #: Filled by the routing stage for the ``kvgate.route`` metadata.
     route: dict[str, Any] = field(default_factory=dict)
+    #: What a strategy's ``prepare`` computed for this call (e.g. its fingerprint and
+    #: affinity matches), read by its ``choose`` on every attempt.
+    routing_state: Any = None
 
 
 @dataclass(slots=True)

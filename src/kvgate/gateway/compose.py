@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+
+import redis.asyncio as redis_async
 
 from kvgate.cache.exact import ExactCacheStage
 from kvgate.cache.store import MemoryResponseStore
-from kvgate.config.schema import DeploymentSettings, Settings
+from kvgate.config.schema import DeploymentSettings, RoutingSettings, Settings
 from kvgate.gateway.call import Stage
 from kvgate.observability.metrics import Metrics
 from kvgate.providers import Provider, build_provider
 from kvgate.resilience.breaker import BreakerBoard, CircuitBreakerBoard
 from kvgate.resilience.failover import Failover, ModelRoute
 from kvgate.resilience.health import HealthChecker
-from kvgate.routing import build_strategy
+from kvgate.routing import RoutingContext, build_strategy
+from kvgate.routing.affinity import AffinityIndex, MemoryAffinityIndex
+from kvgate.routing.affinity_redis import RedisAffinityIndex
 from kvgate.routing.deployment import Deployment, DeploymentId
+from kvgate.routing.engine_metrics import EngineMetricsScraper, metrics_url
 
 
 @dataclass
@@ -30,6 +36,9 @@ class Gateway:
     cache: ExactCacheStage | None = None
     model_names: list[str] = field(default_factory=list)
     health: HealthChecker | None = None
+    engine_metrics: EngineMetricsScraper | None = None
+    #: Awaited at shutdown after the providers: shared clients (Redis) and the like.
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def is_ready(self) -> bool:
         """Every model has at least one deployment whose circuit admits traffic."""
@@ -42,12 +51,18 @@ class Gateway:
         """Start background work (health checks); called once the event loop runs."""
         if self.health is not None:
             self.health.start()
+        if self.engine_metrics is not None:
+            self.engine_metrics.start()
 
     async def aclose(self) -> None:
         if self.health is not None:
             await self.health.stop()
+        if self.engine_metrics is not None:
+            await self.engine_metrics.stop()
         for provider in self.providers.values():
             await provider.aclose()
+        for close in self.closers:
+            await close()
 
 
 def _deployment_id(settings: DeploymentSettings, taken: set[str]) -> DeploymentId:
@@ -59,12 +74,48 @@ def _deployment_id(settings: DeploymentSettings, taken: set[str]) -> DeploymentI
     return DeploymentId(candidate)
 
 
+class _SharedRedis:
+    """One Redis client for every component that asks, created on first use."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self.client: redis_async.Redis | None = None
+
+    def get(self) -> redis_async.Redis:
+        if self.client is None:
+            self.client = redis_async.Redis.from_url(self._url)
+        return self.client
+
+    async def aclose(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+
+
+def _affinity_factory(
+    model: str, routing: RoutingSettings, num_deployments: int, redis: _SharedRedis
+) -> Callable[[], AffinityIndex]:
+    prefix = routing.prefix
+
+    def build() -> AffinityIndex:
+        if routing.affinity_backend == "redis":
+            return RedisAffinityIndex(redis.get(), key_prefix=f"kvgate:aff:{model}",
+                                      ttl_s=prefix.ttl_s)
+        return MemoryAffinityIndex(
+            max_blocks_per_deployment=max(1, prefix.max_tracked_blocks // num_deployments),
+            ttl_s=prefix.ttl_s,
+        )
+
+    return build
+
+
 def build_gateway(settings: Settings) -> Gateway:
     providers = {name: build_provider(name, ps) for name, ps in settings.providers.items()}
     metrics = Metrics()
     breakers = CircuitBreakerBoard()
     routes: dict[str, ModelRoute] = {}
     watched: list[tuple[str, Deployment]] = []
+    redis = _SharedRedis(settings.redis.url)
+    scrape_targets: list[tuple[Deployment, str]] = []
     for model in settings.models:
         routing = settings.routing_for(model)
         taken: set[str] = set()
@@ -85,12 +136,18 @@ def build_gateway(settings: Settings) -> Gateway:
             if routing.breaker.enabled:
                 breakers.watch(deployment, routing.breaker)
         watched.extend((model.name, d) for d in deployments)
-        routes[model.name] = ModelRoute(
-            name=model.name,
-            deployments=deployments,
-            strategy=build_strategy(routing.strategy, deployments, routing),
-            max_attempts=routing.max_attempts,
+        context = RoutingContext(
+            affinity_index=_affinity_factory(model.name, routing, len(deployments), redis)
         )
+        strategy = build_strategy(routing.strategy, deployments, routing, context)
+        routes[model.name] = ModelRoute.build(
+            model.name, deployments, strategy, routing.max_attempts
+        )
+        if routing.strategy == "prefix_kv_aware" and routing.prefix.engine_metrics_interval_s:
+            for deployment in deployments:
+                api_base = getattr(settings.providers[deployment.provider_name], "api_base", None)
+                if settings.providers[deployment.provider_name].type == "openai_compatible":
+                    scrape_targets.append((deployment, metrics_url(str(api_base))))
     metrics.watch_deployments(watched, breakers.state_code)
     pipeline: Stage = Failover(
         routes, breakers, metrics, request_timeout_s=settings.server.request_timeout_s
@@ -109,7 +166,14 @@ def build_gateway(settings: Settings) -> Gateway:
             interval_s=settings.routing.health_check_interval_s,
             timeout_s=settings.routing.health_check_timeout_s,
         )
+    engine_metrics = None
+    if scrape_targets:
+        engine_metrics = EngineMetricsScraper(
+            scrape_targets, interval_s=settings.routing.prefix.engine_metrics_interval_s
+        )
     return Gateway(
+        engine_metrics=engine_metrics,
+        closers=[redis.aclose],
         settings=settings,
         pipeline=pipeline,
         routes=routes,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from kvgate.errors import GatewayError
@@ -34,6 +34,13 @@ class ModelRoute:
     deployments: Sequence[Deployment]
     strategy: RoutingStrategy
     max_attempts: int
+    #: The strategy's ``prepare``, looked up once here so the hot path never probes for it.
+    prepare: Callable[[Call], Awaitable[None]] | None = None
+
+    @classmethod
+    def build(cls, name: str, deployments: Sequence[Deployment], strategy: RoutingStrategy,
+              max_attempts: int) -> ModelRoute:
+        return cls(name, deployments, strategy, max_attempts, getattr(strategy, "prepare", None))
 
 
 class Failover:
@@ -54,6 +61,8 @@ class Failover:
 
     async def __call__(self, call: Call) -> Outcome:
         route = self._routes[call.model]
+        if route.prepare is not None:
+            await route.prepare(call)
         if call.stream:
             return await self._open_stream(call, route)
         return await self._complete(call, route)
@@ -74,12 +83,15 @@ class Failover:
         return decision.deployment
 
     def _record_attempt(
-        self, route: ModelRoute, deployment: Deployment, error: UpstreamError | None
+        self, call: Call, route: ModelRoute, deployment: Deployment, error: UpstreamError | None
     ) -> None:
         if error is None:
             self._breakers.record_success(deployment)
             outcome = "ok"
-            logger.debug("attempt at %s for %s succeeded", deployment.id, route.name)
+            logger.debug(
+                "request %s: attempt at %s for %s succeeded", call.request_id, deployment.id,
+                route.name,
+            )
         else:
             deployment.stats.failures_total += 1
             if error.retryable:
@@ -90,8 +102,8 @@ class Failover:
                 self._breakers.record_success(deployment)
             outcome = "retryable_error" if error.retryable else "fatal_error"
             logger.warning(
-                "attempt at %s for %s failed (%s): %s",
-                deployment.id, route.name, type(error).__name__, error.message,
+                "request %s: attempt at %s for %s failed (%s): %s",
+                call.request_id, deployment.id, route.name, type(error).__name__, error.message,
             )
         self._metrics.attempts.labels(route.name, deployment.id, outcome).inc()
 
@@ -146,7 +158,12 @@ class Failover:
             except UpstreamError as error:
                 last_error = error
             else:
-                self._record_attempt(route, deployment, None)
+                self._record_attempt(call, route, deployment, None)
+                if len(tried) > 1:
+                    logger.info(
+                        "request %s for %s served by %s at attempt %d",
+                        call.request_id, route.name, deployment.id, len(tried),
+                    )
                 elapsed_s = time.perf_counter() - started_s
                 usage = body.get("usage")
                 completion_tokens = int(usage.get("completion_tokens") or 0) if isinstance(
@@ -160,7 +177,7 @@ class Failover:
                 return Completion(body, deployment, "miss", cost, deployment.upstream_model)
             finally:
                 stats.in_flight -= 1
-            self._record_attempt(route, deployment, last_error)
+            self._record_attempt(call, route, deployment, last_error)
             if not last_error.retryable:
                 break
         raise self.exhausted(route, tried, last_error)
@@ -178,6 +195,6 @@ class Failover:
         return self._request_timeout_s
 
     def record_attempt(
-        self, route: ModelRoute, deployment: Deployment, error: UpstreamError | None
+        self, call: Call, route: ModelRoute, deployment: Deployment, error: UpstreamError | None
     ) -> None:
-        self._record_attempt(route, deployment, error)
+        self._record_attempt(call, route, deployment, error)

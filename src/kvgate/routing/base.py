@@ -36,3 +36,14 @@ class RoutingStrategy(Protocol):
     def on_dispatched(self, call: Call, deployment: Deployment) -> None:
         """Called once the attempt is committed to ``deployment`` (affinity bookkeeping)."""
         ...
+
+
+class PreparingStrategy(RoutingStrategy, Protocol):
+    """A strategy that needs I/O or heavier work once per request before choosing.
+
+    ``prepare`` runs once, before the first attempt, and leaves its results in
+    ``call.routing_state`` for ``choose``, which stays synchronous and cheap. The failover stage
+    looks for ``prepare`` once at start-up, so strategies without it pay nothing.
+    """
+
+    async def prepare(self, call: Call) -> None: ...

@@ -33,6 +33,11 @@ class DeploymentStats:
     #: How fast an average goes stale: its weight against a new sample, and its value as the
     #: latency strategy reads it, halve every this many seconds without a sample.
     latency_half_life_s: float = 10.0
+    #: The engine's own view, scraped from its /metrics when it publishes vLLM's metrics
+    #: (all gateways' requests, not just this one's); zero when unknown.
+    engine_running: float = 0.0
+    engine_waiting: float = 0.0
+    engine_kv_usage: float = 0.0
 
 
 @dataclass(eq=False, slots=True)

@@ -15,12 +15,13 @@ fingerprints in about a millisecond (see tests); nothing is stored per request.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import xxhash
 
-from kvgate.gateway.call import Call
+if TYPE_CHECKING:
+    from kvgate.gateway.call import Call
 
 _hash = xxhash.xxh3_64_intdigest
 #: Roughly what one token of English text costs in characters.
