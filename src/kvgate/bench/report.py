@@ -103,10 +103,10 @@ def summary_tables(summary: Mapping[str, Any], title: str = "kvgate bench") -> l
             latency.add_row(name, *(_fmt(dist[c]) for c in ("p50", "p90", "p95", "p99", "mean",
                                                              "max")))
 
-    deployments = Table(title="per deployment", title_justify="left")
-    for column in ("deployment", "requests", "share", "output tokens", "TTFT p50 (ms)",
-                   "latency p50 (ms)"):
-        deployments.add_column(column, justify="left" if column == "deployment" else "right")
+    deployments = Table(title="per deployment (ms)", title_justify="left")
+    deployments.add_column("deployment", no_wrap=True)
+    for column in ("requests", "share", "tokens out", "TTFT p50", "latency p50"):
+        deployments.add_column(column, justify="right")
     for name, share in summary["deployments"].items():
         deployments.add_row(name, f"{share['requests']:,}", _ratio(share["share"]),
                             f"{share['output_tokens']:,}", _fmt(share["ttft_p50_ms"]),
