@@ -189,6 +189,7 @@ class KVGateApp:
             (b"x-request-id", call.request_id.encode()),
             (b"x-kvgate-cache", outcome.cache.encode()),
             (b"x-kvgate-deployment", deployment_id.encode()),
+            *_route_headers(call),
         ]
         await send_bytes(send, 200, orjson.dumps(body), headers, JSON_TYPE)
 
@@ -202,6 +203,7 @@ class KVGateApp:
             (b"x-request-id", call.request_id.encode()),
             (b"x-kvgate-cache", outcome.cache.encode()),
             (b"x-kvgate-deployment", deployment_id.encode()),
+            *_route_headers(call),
         ]})
         include_usage = call.include_usage
         chunks = outcome.chunks
@@ -289,6 +291,18 @@ class KVGateApp:
         await send_bytes(send, status,
                          error_body(message, "invalid_request_error", "not_found", None),
                          [(b"x-request-id", uuid.uuid4().hex.encode())], JSON_TYPE)
+
+
+def _route_headers(call: Call) -> list[tuple[bytes, bytes]]:
+    """KV-aware routing's verdict, as headers (streams have no ``kvgate`` body object)."""
+    route = call.route
+    outcome = route.get("outcome")
+    if outcome is None:
+        return []
+    return [
+        (b"x-kvgate-route-outcome", str(outcome).encode()),
+        (b"x-kvgate-route-matched-tokens", str(route.get("matched_tokens", 0)).encode()),
+    ]
 
 
 async def _aclose(chunks: object) -> None:

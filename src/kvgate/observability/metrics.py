@@ -83,6 +83,12 @@ class Metrics:
             "kvgate_upstream_attempts_total", "Upstream attempts by outcome",
             ["model", "deployment", "outcome"], registry=r,
         )
+        self.routing_decisions = Counter(
+            "kvgate_routing_decisions_total",
+            "KV-aware routing decisions: hit (sent where the prefix was), spill (load guard "
+            "sent it elsewhere), cold (no deployment had it)",
+            ["model", "deployment", "outcome"], registry=r,
+        )
         self.stream_resumes = Counter(
             "kvgate_stream_resumes_total",
             "Streams cut mid-answer and continued on another deployment",

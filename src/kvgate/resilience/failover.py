@@ -78,6 +78,11 @@ class Failover:
             return None
         decision = route.strategy.choose(call, candidates)
         call.route = decision.explanation
+        outcome = decision.explanation.get("outcome")
+        if outcome is not None:
+            self._metrics.routing_decisions.labels(
+                route.name, decision.deployment.id, outcome
+            ).inc()
         route.strategy.on_dispatched(call, decision.deployment)
         self._breakers.on_dispatched(decision.deployment)
         return decision.deployment

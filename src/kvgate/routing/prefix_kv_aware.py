@@ -76,7 +76,9 @@ class PrefixKVAware:
         mean = sum(loads) / len(loads)
         slack = max(self._settings.max_excess_requests, self._settings.max_excess_ratio * mean)
         matched = [state.matched_tokens.get(d, 0) for d in candidates]
-        best_match = max(matched)
+        # Against every deployment, not just the candidates: a failover attempt away from the
+        # replica holding the prefix is a spill, not a cold prompt.
+        best_match = max(state.matched_tokens.values(), default=0)
         eligible = [i for i, load in enumerate(loads) if load <= least + slack]
         best_eligible_match = max(matched[i] for i in eligible)
         # Cold and tied prompts: everything within one block of the best counts as equal.

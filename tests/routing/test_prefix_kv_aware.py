@@ -1,0 +1,130 @@
+"""prefix_kv_aware: affinity for shared prefixes and images, a load guard for hot prefixes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+from collections import Counter
+
+import orjson
+
+from kvgate.api.request import parse_call
+from kvgate.config.schema import PrefixRoutingSettings
+from kvgate.gateway.call import Call
+from kvgate.routing.affinity import MemoryAffinityIndex
+from kvgate.routing.deployment import Deployment
+from kvgate.routing.load import InFlightLoad
+from kvgate.routing.prefix_kv_aware import PrefixKVAware
+from tests.routing.factories import deployment
+
+DOCS = [f"Document {i}: " + ("lorem ipsum dolor sit amet " * 60) + f" end of document {i}."
+        for i in range(8)]
+
+
+def chat(system: str, question: str, image: bytes | None = None) -> Call:
+    content: list[dict[str, object]] = [{"type": "text", "text": question}]
+    if image is not None:
+        url = "data:image/png;base64," + base64.b64encode(image).decode()
+        content.insert(0, {"type": "image_url", "image_url": {"url": url}})
+    body = {"model": "m", "messages": [{"role": "system", "content": system},
+                                       {"role": "user", "content": content}]}
+    return parse_call(orjson.dumps(body), "chat", models={"m"}, max_image_bytes=1 << 20)
+
+
+def strategy(fleet: list[Deployment], **settings: float) -> PrefixKVAware:
+    return PrefixKVAware(
+        fleet, PrefixRoutingSettings(block_chars=64, **settings),  # type: ignore[arg-type]
+        MemoryAffinityIndex(max_blocks_per_deployment=100_000, ttl_s=300), InFlightLoad(),
+    )
+
+
+def route(s: PrefixKVAware, call: Call, fleet: list[Deployment]) -> Deployment:
+    asyncio.run(s.prepare(call))
+    decision = s.choose(call, fleet)
+    s.on_dispatched(call, decision.deployment)
+    call.route = decision.explanation
+    return decision.deployment
+
+
+def test_shared_prefixes_stick_to_the_replica_that_served_them() -> None:
+    fleet = [deployment(f"r{i}") for i in range(4)]
+    s = strategy(fleet)
+    first = {doc: route(s, chat(doc, "summarise"), fleet) for doc in DOCS}
+    # Cold prompts spread by load and rotation: every replica got some documents.
+    assert set(first.values()) == set(fleet)
+    rng = random.Random(3)
+    for _ in range(200):
+        doc = rng.choice(DOCS)
+        call = chat(doc, f"question {rng.random()}")
+        assert route(s, call, fleet) is first[doc]
+        assert call.route["outcome"] == "hit"
+        assert call.route["matched_tokens"] > 300
+
+
+def test_same_image_goes_where_it_was_seen_other_image_spreads() -> None:
+    fleet = [deployment(f"r{i}") for i in range(2)]
+    s = strategy(fleet)
+    images = [bytes([i]) * 5000 for i in range(6)]
+    home = {i: route(s, chat("Describe.", "what is this?", img), fleet)
+            for i, img in enumerate(images)}
+    assert set(home.values()) == set(fleet)
+    for i, img in enumerate(images):
+        call = chat("Describe.", f"colour {i}?", img)
+        assert route(s, call, fleet) is home[i]
+        # The image link carries its vision tokens in the match.
+        assert call.route["matched_tokens"] >= call.image_tokens[0]
+
+
+def test_load_guard_spreads_one_hot_prefix() -> None:
+    fleet = [deployment(f"r{i}") for i in range(4)]
+    s = strategy(fleet, max_excess_requests=2, max_excess_ratio=0.0)
+    hot = DOCS[0]
+    rng = random.Random(5)
+    served: Counter[str] = Counter()
+    in_flight: list[Deployment] = []
+    for step in range(400):
+        chosen = route(s, chat(hot, f"user {step}"), fleet)
+        chosen.stats.in_flight += 1
+        in_flight.append(chosen)
+        served[chosen.id] += 1
+        loads = [d.stats.in_flight for d in fleet]
+        # The guard's invariant: nobody is more than the slack above the least loaded.
+        assert max(loads) - min(loads) <= 2 + 1
+        if len(in_flight) > 12:  # closed loop at concurrency 12: a random request finishes
+            done = in_flight.pop(rng.randrange(len(in_flight)))
+            done.stats.in_flight -= 1
+    for d in fleet:
+        assert served[d.id] / 400 < 0.25 * 1.5, served
+    # The spilled requests warmed the other replicas, so later ones are hits everywhere.
+    late = chat(hot, "late question")
+    asyncio.run(s.prepare(late))
+    assert all(late.routing_state.matched_tokens[d] > 0 for d in fleet)
+
+
+def test_explanation_lists_candidates_and_counts() -> None:
+    fleet = [deployment("a"), deployment("b")]
+    s = strategy(fleet)
+    route(s, chat(DOCS[1], "one"), fleet)
+    call = chat(DOCS[1], "two")
+    chosen = route(s, call, fleet)
+    explanation = call.route
+    assert explanation["strategy"] == "prefix_kv_aware"
+    assert explanation["outcome"] == "hit"
+    assert explanation["matched_blocks"] > 0
+    assert explanation["prompt_tokens_est"] >= explanation["matched_tokens"]
+    assert set(explanation["candidates"]) == {"a", "b"}
+    other = "b" if chosen.id == "a" else "a"
+    assert explanation["candidates"][other]["matched_tokens"] == 0
+
+
+def test_failover_attempt_excludes_the_failed_replica_and_records_there() -> None:
+    fleet = [deployment("a"), deployment("b")]
+    s = strategy(fleet)
+    first = route(s, chat(DOCS[2], "q"), fleet)
+    call = chat(DOCS[2], "q2")
+    asyncio.run(s.prepare(call))
+    survivor = [d for d in fleet if d is not first]
+    decision = s.choose(call, survivor)
+    assert decision.deployment is survivor[0]
+    assert decision.explanation["outcome"] == "spill"
