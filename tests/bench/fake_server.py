@@ -33,9 +33,9 @@ class ServerLog:
 LOG_KEY = web.AppKey("log", ServerLog)
 
 
-def _chunk(payload: dict[str, Any] | str) -> bytes:
+def _chunk(payload: dict[str, Any] | str, end: str = "\n\n") -> bytes:
     data = payload if isinstance(payload, str) else orjson.dumps(payload).decode()
-    return f"data: {data}\n\n".encode()
+    return f"data: {data}{end}".encode()
 
 
 async def _handle(request: web.Request) -> web.StreamResponse:
@@ -91,26 +91,31 @@ async def _answer(request: web.Request, body: dict[str, Any], spec: dict[str, An
             "usage": usage,
             "kvgate": {"cache": spec.get("cache", "miss"), "route": route},
         }, headers=headers)
+    end = "\r\n\r\n" if spec.get("crlf") else "\n\n"
+
+    def chunk(payload: dict[str, Any] | str) -> bytes:
+        return _chunk(payload, end)
+
     response = web.StreamResponse(headers={**headers, "content-type": "text/event-stream"})
     await response.prepare(request)
     base = {"id": "x", "object": "chat.completion.chunk"}
     # The role chunk comes at once with empty content: it must not count as the first token.
-    await response.write(_chunk({**base, "choices": [
+    await response.write(chunk({**base, "choices": [
         {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}))
     await asyncio.sleep(max(0.0, started + ttft_s - time.perf_counter()))
     gap_s = (total_s - ttft_s) / max(1, tokens - 1)
     for index in range(tokens):
         if index:
             await asyncio.sleep(max(0.0, started + ttft_s + index * gap_s - time.perf_counter()))
-        await response.write(_chunk({**base, "choices": [
+        await response.write(chunk({**base, "choices": [
             {"index": 0, "delta": {"content": " tok"}, "finish_reason": None}]}))
         if spec.get("cut_after") == index + 1:
             return response  # ends without [DONE]
-    await response.write(_chunk({**base, "choices": [
+    await response.write(chunk({**base, "choices": [
         {"index": 0, "delta": {}, "finish_reason": "stop"}]}))
     if spec.get("usage", True):
-        await response.write(_chunk({**base, "choices": [], "usage": usage}))
-    await response.write(_chunk("[DONE]"))
+        await response.write(chunk({**base, "choices": [], "usage": usage}))
+    await response.write(chunk("[DONE]"))
     return response
 
 

@@ -82,6 +82,16 @@ async def test_affinity_from_header_and_null_without_route_info() -> None:
     assert plain["route_info_requests"] == 0
 
 
+async def test_crlf_framed_streams_are_read_the_same() -> None:
+    async with fake_server() as (url, _):
+        result = await run_load(url, [instructed(crlf=True, ttft_ms=20, tokens=5)],
+                                LoadSpec(concurrency=1))
+    record = result.records[0]
+    assert not record.error and not record.usage_missing
+    assert record.output_tokens == 5
+    assert record.ttft_s is not None and record.ttft_s >= 0.019
+
+
 async def test_errors_are_counted_by_kind() -> None:
     requests = [instructed(status=503), instructed(cut_after=2, tokens=5),
                 instructed(usage=False, tokens=4), instructed()]

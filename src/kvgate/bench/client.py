@@ -78,6 +78,9 @@ class Client:
         num_events = 0
         seen_content = False
         async for data in response.content.iter_any():
+            if b"\r" in data:
+                # SSE allows CRLF line ends; a CR left by a split pair is JSON whitespace.
+                data = data.replace(b"\r\n", b"\n")
             num_events += data.count(b"data: ")
             if seen_content:
                 tail = (tail + data)[-_TAIL_BYTES:]
