@@ -12,11 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncGenerator
 
 from kvgate.sim.engine import Engine
 from kvgate.sim.request import EngineRequest, RequestOutput
+
+_log = logging.getLogger(__name__)
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    """A dead engine loop would hang every request silently; make it loud instead."""
+    if not task.cancelled() and task.exception() is not None:
+        _log.critical("engine loop crashed", exc_info=task.exception())
 
 
 class EngineLoop:
@@ -40,6 +49,7 @@ class EngineLoop:
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="engine-loop")
+        self._task.add_done_callback(_report_crash)
 
     async def stop(self) -> None:
         if self._task is not None:

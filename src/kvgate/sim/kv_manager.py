@@ -101,6 +101,12 @@ class KVCacheManager:
         num_computed = request.num_computed_tokens + hit.num_blocks * self.block_size
         num_total = num_computed + num_new_tokens
         num_required = -(-num_total // self.block_size)
+        if hit is NO_HIT and num_required <= len(request.blocks):
+            # Fast path, most decode steps: the token fits in the request's last block.
+            if self.pool.enable_caching:
+                num_full = min(num_total, request.num_tokens) // self.block_size
+                self._cache_full_blocks(request, num_full)
+            return True
         num_new_blocks = max(0, num_required - len(request.blocks) - len(hit.gpu_blocks))
         # Hit blocks sitting in the free queue stop being allocatable once we pin them.
         num_pinned_free = sum(1 for block in hit.gpu_blocks if block.ref_cnt == 0)
