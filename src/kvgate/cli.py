@@ -7,10 +7,10 @@ import sys
 from collections.abc import Sequence
 
 from kvgate import __version__
-from kvgate.config import ConfigError, load_settings
 
 
 def _run(args: argparse.Namespace) -> int:
+    from kvgate.config import ConfigError, load_settings
     from kvgate.server import serve
 
     try:
@@ -23,6 +23,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from kvgate.config import ConfigError, load_settings
+
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -48,7 +50,7 @@ def _version(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kvgate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -67,31 +69,40 @@ def build_parser() -> argparse.ArgumentParser:
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_version)
 
-    _add_optional(sub, "sim", "kvgate.sim.cli", "start simulated vLLM replicas")
-    _add_optional(sub, "bench", "kvgate.bench.cli", "load generator and benchmark scenarios")
+    for name, (module, help_text) in _MODULE_COMMANDS.items():
+        _add_module_command(sub, name, module, help_text, load=name == command)
     return parser
 
 
-def _add_optional(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, module: str, help: str
-) -> None:
-    """Subcommands whose modules own their own flags (``add_arguments``) and entry (``run``)."""
-    import importlib
-    import importlib.util
+#: Subcommands whose modules own their flags (``add_arguments``) and entry point (``run``).
+#: They are imported only when chosen, so ``kvgate version`` does not pay for the simulator.
+_MODULE_COMMANDS = {
+    "sim": ("kvgate.sim.cli", "start simulated vLLM replicas"),
+    "bench": ("kvgate.bench.cli", "load generator and benchmark scenarios"),
+}
 
-    try:
-        if importlib.util.find_spec(module) is None:
-            return
-    except ModuleNotFoundError:
-        return
-    mod = importlib.import_module(module)
-    parser = sub.add_parser(name, help=help)
-    mod.add_arguments(parser)
-    parser.set_defaults(func=mod.run)
+
+def _add_module_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    module: str,
+    help_text: str,
+    *,
+    load: bool,
+) -> None:
+    parser = sub.add_parser(name, help=help_text)
+    if load:
+        import importlib
+
+        mod = importlib.import_module(module)
+        mod.add_arguments(parser)
+        parser.set_defaults(func=mod.run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in arguments if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(arguments)
     code: int = args.func(args)
     return code
 
