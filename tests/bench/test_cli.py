@@ -64,7 +64,7 @@ def test_demo_scenario_quick_starts_its_own_gateway(tmp_path: Path) -> None:
 
 def test_bare_bench_is_the_demo_and_bad_input_exits_2(capsys: pytest.CaptureFixture[str]
                                                       ) -> None:
-    assert build_parser().parse_args(["bench"]).bench_command is None
+    assert build_parser("bench").parse_args(["bench"]).bench_command is None
     assert main(["bench", "run", "--workload", "nope", "--quiet"]) == 2
     assert "unknown workload" in capsys.readouterr().err
     assert main(["bench", "scenario", "nope"]) == 2

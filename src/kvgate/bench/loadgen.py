@@ -200,6 +200,8 @@ class _Run:
                         # The previous turn was never sent (cut by duration_s): neither is this.
                         self.records[index] = None
                         return
+                    # Waiting for the previous turn is the workload's doing, not dispatch lag.
+                    record.scheduled_s = max(record.scheduled_s, self._now_s())
                 await self._send(record)
             finally:
                 event = done.get(index)
