@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
+from kvgate.errors import GatewayError
 from kvgate.gateway.call import Call
 from kvgate.observability.metrics import Metrics
 from kvgate.providers.base import JSONObject, UpstreamCall
@@ -136,7 +137,7 @@ class StreamRelay:
                 return first
             deployment.stats.in_flight -= 1
             await upstream.aclose()
-            failover.record_attempt(route, deployment, last_error)
+            failover.record_attempt(call, route, deployment, last_error)
             if not last_error.retryable:
                 break
         raise failover.exhausted(route, self._tried, last_error)
@@ -147,7 +148,7 @@ class StreamRelay:
             return
         self._attempt_active = False
         deployment.stats.in_flight -= 1
-        self._failover.record_attempt(self._route, deployment, error)
+        self._failover.record_attempt(self._call, self._route, deployment, error)
 
     # -- iteration ------------------------------------------------------------------------
 
@@ -191,12 +192,22 @@ class StreamRelay:
         self._bill_cut_attempt()
         try:
             first = await self._open_attempt()
-        except (UpstreamError, Exception):
+        except (UpstreamError, GatewayError) as error:
+            # The client hears why its stream broke, not why no one could take it over.
             self._closed = True
             self._metrics.stream_resumes.labels(self._route.name, "failed").inc()
+            logger.warning(
+                "stream %s of %s cut after %d chunks and not resumed: %s",
+                self._call.request_id, self._route.name, self._chunks_before_resume, error,
+            )
             raise cause from None
         self._resuming = True
         self._metrics.stream_resumes.labels(self._route.name, "resumed").inc()
+        logger.info(
+            "stream %s of %s cut after %d chunks, resumed on %s",
+            self._call.request_id, self._route.name, self._chunks_before_resume,
+            self.deployment.id if self.deployment else "?",
+        )
         return first
 
     def _bill_cut_attempt(self) -> None:
