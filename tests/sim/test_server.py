@@ -109,6 +109,16 @@ def test_raw_sse_ends_with_done(llava_replica: ReplicaSettings) -> None:
     assert all("usage" not in json.loads(e[6:]) for e in events[:-1])
 
 
+def test_continuous_usage_stats(llava_replica: ReplicaSettings) -> None:
+    status, body = _http(llava_replica, "POST", "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True}})
+    assert status == 200
+    chunks = [json.loads(e[6:]) for e in body.decode().split("\n\n") if e.startswith("data: {")]
+    assert [c["usage"]["completion_tokens"] for c in chunks] == [0, 1, 2, 3, 3]
+    assert chunks[-1]["choices"] == []
+
+
 def test_max_tokens_is_honoured(client: openai.OpenAI) -> None:
     response = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "long please"}], max_tokens=7)
@@ -167,6 +177,12 @@ def test_errors(llava_replica: ReplicaSettings) -> None:
         "messages": [{"role": "assistant", "content": "x"}], "continue_final_message": True,
         "add_generation_prompt": True})
     assert status == 400
+    for bad in ({"n": 2}, {"n": "x"}, {"max_tokens": "5"}, {"max_tokens": 0},
+                {"messages": "hi"}, {"messages": [{"role": "user", "content": 5}]}):
+        body = {"messages": [{"role": "user", "content": "x"}], **bad}
+        status, payload = _http(llava_replica, "POST", "/v1/chat/completions", body)
+        assert status == 400, bad
+        assert set(json.loads(payload)["error"]) == {"message", "type", "param", "code"}
 
 
 def test_tokenize_agrees_with_usage(llava_replica: ReplicaSettings, client: openai.OpenAI

@@ -68,7 +68,7 @@ def parse_generation(
     model = data.get("model") or served_model
     if model != served_model:
         raise ApiError(404, f"The model `{model}` does not exist.", "model")
-    if int(data.get("n") or 1) != 1:
+    if data.get("n", 1) not in (1, None):
         raise ApiError(400, "the simulator serves n=1 only", "n")
     try:
         prompt = _render(data, kind, renderer)
@@ -95,8 +95,10 @@ def parse_generation(
         min_tokens=_optional_int(data, "min_tokens") or 0,
         ignore_eos=bool(data.get("ignore_eos", False)),
     )
-    options = data.get("stream_options") or {}
-    include_usage = bool(options.get("include_usage")) if isinstance(options, dict) else False
+    options = data.get("stream_options")
+    if not isinstance(options, dict):
+        options = {}
+    include_usage = bool(options.get("include_usage"))
     prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
     salt = data.get("cache_salt")
     return Generation(
