@@ -179,8 +179,8 @@ def test_errors(llava_replica: ReplicaSettings) -> None:
     assert status == 400
     for bad in ({"n": 2}, {"n": "x"}, {"max_tokens": "5"}, {"max_tokens": 0},
                 {"messages": "hi"}, {"messages": [{"role": "user", "content": 5}]}):
-        body = {"messages": [{"role": "user", "content": "x"}], **bad}
-        status, payload = _http(llava_replica, "POST", "/v1/chat/completions", body)
+        request = {"messages": [{"role": "user", "content": "x"}], **bad}
+        status, payload = _http(llava_replica, "POST", "/v1/chat/completions", request)
         assert status == 400, bad
         assert set(json.loads(payload)["error"]) == {"message", "type", "param", "code"}
 
