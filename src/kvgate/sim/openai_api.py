@@ -9,7 +9,9 @@ an optional usage-only final chunk). The HTTP layer only moves bytes.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Literal
 
 import orjson
@@ -18,8 +20,10 @@ from kvgate.sim.filler import AnswerPlan, plan_answer
 from kvgate.sim.prompt import PromptError, PromptRenderer, RenderedPrompt
 
 ApiKind = Literal["chat", "completion"]
-_ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowed",
-                413: "RequestEntityTooLarge"}
+_ERROR_TYPES: Mapping[int, str] = MappingProxyType(
+    {400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowed",
+     413: "RequestEntityTooLarge"}
+)
 
 
 class ApiError(Exception):

@@ -10,13 +10,15 @@ header could not be read.
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_PNG_MODES = {0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}
+_PNG_MODES: Mapping[int, str] = MappingProxyType({0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"})
 # JPEG start-of-frame markers carrying the size (all SOFn except DHT C4, JPG C8, DAC CC).
 _JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-_JPEG_MODES = {1: "L", 3: "RGB", 4: "CMYK"}
+_JPEG_MODES: Mapping[int, str] = MappingProxyType({1: "L", 3: "RGB", 4: "CMYK"})
 
 
 @dataclass(frozen=True, slots=True)

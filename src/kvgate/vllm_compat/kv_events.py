@@ -19,6 +19,8 @@ structs, so consumers handle one shape.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, Literal
 
 import msgspec
@@ -85,13 +87,13 @@ class KVEventBatch(msgspec.Struct, array_like=True, omit_defaults=True, gc=False
 
 _ENCODER = msgspec.msgpack.Encoder()
 _BATCH_DECODER = msgspec.msgpack.Decoder(KVEventBatch)
-_EVENT_TYPES: dict[str, type[AnyKVEvent]] = {
+_EVENT_TYPES: Mapping[str, type[AnyKVEvent]] = MappingProxyType({
     "BlockStored": BlockStored,
     "BlockRemoved": BlockRemoved,
     "AllBlocksCleared": AllBlocksCleared,
-}
+})
 # Field order of the legacy array-tagged events (after the tag), oldest fields first.
-_LEGACY_FIELDS: dict[str, tuple[str, ...]] = {
+_LEGACY_FIELDS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "BlockStored": (
         "block_hashes", "parent_block_hash", "token_ids", "block_size", "lora_id", "medium",
         "lora_name", "extra_keys", "group_idx", "kv_cache_spec_kind",
@@ -99,13 +101,13 @@ _LEGACY_FIELDS: dict[str, tuple[str, ...]] = {
     ),
     "BlockRemoved": ("block_hashes", "medium", "group_idx"),
     "AllBlocksCleared": (),
-}
+})
 # Legacy payloads predate these fields; they must still convert.
-_LEGACY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "BlockStored": {"medium": None, "lora_name": None, "lora_id": None},
-    "BlockRemoved": {"medium": None},
-    "AllBlocksCleared": {},
-}
+_LEGACY_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    "BlockStored": MappingProxyType({"medium": None, "lora_name": None, "lora_id": None}),
+    "BlockRemoved": MappingProxyType({"medium": None}),
+    "AllBlocksCleared": MappingProxyType({}),
+})
 
 
 def encode_event_batch(batch: KVEventBatch, layout: EventLayout = "map") -> bytes:

@@ -21,7 +21,8 @@ kwargs (`mm_identifier`).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any, Literal, Protocol
 
 import blake3
@@ -32,7 +33,9 @@ MMHashAlgo = Literal["blake3", "sha256", "sha512"]
 
 _TAG_NONE, _TAG_SEQUENCE, _TAG_MAPPING, _TAG_LEAF = b"\x00", b"\x01", b"\x02", b"\x03"
 # ImageMediaIO defaults: target mode and the background alpha is flattened onto.
-_RGB_IO_CONFIG = {"image_mode": "RGB", "rgba_background_color": (255, 255, 255)}
+_RGB_IO_CONFIG: Mapping[str, object] = MappingProxyType(
+    {"image_mode": "RGB", "rgba_background_color": (255, 255, 255)}
+)
 
 
 class _Hasher(Protocol):
@@ -41,11 +44,11 @@ class _Hasher(Protocol):
     def hexdigest(self) -> str: ...
 
 
-_HASHERS: dict[MMHashAlgo, Callable[[], _Hasher]] = {
+_HASHERS: Mapping[MMHashAlgo, Callable[[], _Hasher]] = MappingProxyType({
     "blake3": blake3.blake3,
     "sha256": hashlib.sha256,
     "sha512": hashlib.sha512,
-}
+})
 
 
 def _length(value: int) -> bytes:
@@ -78,7 +81,7 @@ def _value(value: Any) -> Iterator[bytes]:
         yield _length(len(value))
         for element in value:
             yield from _value(element)
-    elif isinstance(value, dict):
+    elif isinstance(value, Mapping):
         yield _TAG_MAPPING
         yield _length(len(value))
         for key, element in value.items():
