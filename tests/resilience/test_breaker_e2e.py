@@ -129,7 +129,8 @@ def test_all_circuits_open_answers_503_fast_with_retry_after(gateway: GatewayCli
         assert reply.status_code == 503
         assert reply.json()["error"]["code"] == "no_healthy_deployment"
         assert 1 <= int(reply.headers["retry-after"]) <= 30
-    assert max(timings) < 0.1
+    # No upstream is contacted: a millisecond or two on loopback (bounds loose for busy CI).
+    assert sorted(timings)[2] < 0.05 and max(timings) < 0.5
     assert gateway.deployments("doomed")["dead1"]["requests_total"] == 1
     ready = gateway.http.get("/readyz")
     assert ready.status_code == 503  # a model with no deployment to send to
