@@ -59,7 +59,7 @@ async def send_bytes(
     send: Send, status: int, body: bytes, headers: Headers, content_type: tuple[bytes, bytes]
 ) -> None:
     await send({"type": "http.response.start", "status": status,
-                "headers": [content_type, *headers]})
+                "headers": [content_type, (b"content-length", b"%d" % len(body)), *headers]})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -30,7 +30,7 @@ from kvgate.providers.errors import (
     UpstreamRejected,
     UpstreamServerError,
 )
-from kvgate.providers.openai_compatible import HTTPUpstream
+from kvgate.providers.http_upstream import HTTPUpstream
 
 
 class ChunkTranslator:

@@ -21,7 +21,7 @@ from kvgate.providers.errors import (
     UpstreamServerError,
     error_for_status,
 )
-from kvgate.providers.openai_compatible import upstream_error_message
+from kvgate.providers.http_upstream import upstream_error_message
 
 #: Anthropic's "overloaded" status: the API is up but shedding load, which failover treats
 #: exactly like a 503.
