@@ -72,6 +72,8 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.reusable = False
+        #: The whole response has been parsed (its body may still sit unread in ``_events``).
+        self.message_complete = False
         self._events: collections.deque[bytes | Exception | None] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -110,6 +112,7 @@ class _Connection(asyncio.Protocol):
         self._push(body)
 
     def on_message_complete(self) -> None:
+        self.message_complete = True
         self.reusable = self._parser.should_keep_alive()
         self._cancel_timer()
         self._push(None)
@@ -156,6 +159,7 @@ class _Connection(asyncio.Protocol):
         self._events.clear()
         self._got_bytes = False
         self.reusable = False
+        self.message_complete = False
         self._parser = httptools.HttpResponseParser(self)
         self._head = self._loop.create_future()
         self._transport.write(request)
@@ -300,11 +304,17 @@ class Exchange:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def close(self, *, complete: bool) -> None:
-        """Return the connection to the pool when the body was read to its end, else drop it."""
+        """Return the connection to the pool when the response ended, else drop it.
+
+        ``complete`` says the caller read the body to its end; a caller that stopped early
+        (e.g. at an SSE ``[DONE]``) still gets the connection reused when the response had in
+        fact ended, which is the common case: the terminating chunk follows ``[DONE]`` in the
+        same write.
+        """
         if self._done:
             return
         self._done = True
-        if complete:
+        if complete or self._connection.message_complete:
             self._pool._release(self._origin, self._connection)
         else:
             self._connection.close()
