@@ -161,8 +161,8 @@ class KVGateApp:
             if watch is not None:
                 watch.stop()
             metrics = self._metrics
-            metrics.requests.labels(model_label, endpoint, str(status)).inc()
-            metrics.request_seconds.labels(model_label).observe(time.perf_counter() - received_s)
+            metrics.requests_for(model_label, endpoint, str(status)).inc()
+            metrics.request_seconds_for(model_label).observe(time.perf_counter() - received_s)
 
     def _metadata(self, call: Call, deployment_id: str, provider: str, cache: str,
                   upstream_model: str, cost_usd: float) -> dict[str, Any]:

@@ -7,6 +7,7 @@ time by a collector, so the hot path never touches a gauge for them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -44,6 +45,25 @@ class _DeploymentCollector(Collector):
             circuit.add_metric([model, deployment.id], self._circuit_state(deployment))
         yield in_flight
         yield circuit
+
+
+class LabelCache:
+    """Label children of one metric, memoised: ``labels()`` takes a lock and builds a key per
+    call, about ten times the cost of this dict lookup on the hot path. Label values here come
+    from config (model, deployment) and small fixed sets, so the dict stays small.
+    """
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
 
 
 class Metrics:
@@ -94,6 +114,16 @@ class Metrics:
             "Streams cut mid-answer and continued on another deployment",
             ["model", "outcome"], registry=r,
         )
+
+        # Memoised label children for everything the request path touches.
+        self.requests_for = LabelCache(self.requests)
+        self.request_seconds_for = LabelCache(self.request_seconds)
+        self.ttft_seconds_for = LabelCache(self.ttft_seconds)
+        self.tokens_for = LabelCache(self.tokens)
+        self.cost_usd_for = LabelCache(self.cost_usd)
+        self.attempts_for = LabelCache(self.attempts)
+        self.routing_decisions_for = LabelCache(self.routing_decisions)
+        self.stream_resumes_for = LabelCache(self.stream_resumes)
 
     def watch_deployments(
         self,

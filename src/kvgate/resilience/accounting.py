@@ -38,13 +38,13 @@ def record_usage(
     cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
     cost = deployment.cost_usd(prompt, completion)
     deployment.stats.cost_usd_total += cost
-    tokens = metrics.tokens
-    tokens.labels(model, deployment.id, "prompt").inc(prompt)
-    tokens.labels(model, deployment.id, "completion").inc(completion)
+    tokens = metrics.tokens_for
+    tokens(model, deployment.id, "prompt").inc(prompt)
+    tokens(model, deployment.id, "completion").inc(completion)
     if cached:
-        tokens.labels(model, deployment.id, "cached").inc(cached)
+        tokens(model, deployment.id, "cached").inc(cached)
     if cost:
-        metrics.cost_usd.labels(model, deployment.id).inc(cost)
+        metrics.cost_usd_for(model, deployment.id).inc(cost)
     return cost
 
 

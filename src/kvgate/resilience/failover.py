@@ -80,7 +80,7 @@ class Failover:
         call.route = decision.explanation
         outcome = decision.explanation.get("outcome")
         if outcome is not None:
-            self._metrics.routing_decisions.labels(
+            self._metrics.routing_decisions_for(
                 route.name, decision.deployment.id, outcome
             ).inc()
         route.strategy.on_dispatched(call, decision.deployment)
@@ -110,7 +110,7 @@ class Failover:
                 "request %s: attempt at %s for %s failed (%s): %s",
                 call.request_id, deployment.id, route.name, type(error).__name__, error.message,
             )
-        self._metrics.attempts.labels(route.name, deployment.id, outcome).inc()
+        self._metrics.attempts_for(route.name, deployment.id, outcome).inc()
 
     def exhausted(
         self, route: ModelRoute, tried: set[Deployment], last: UpstreamError | None

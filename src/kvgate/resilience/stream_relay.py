@@ -195,14 +195,14 @@ class StreamRelay:
         except (UpstreamError, GatewayError) as error:
             # The client hears why its stream broke, not why no one could take it over.
             self._closed = True
-            self._metrics.stream_resumes.labels(self._route.name, "failed").inc()
+            self._metrics.stream_resumes_for(self._route.name, "failed").inc()
             logger.warning(
                 "stream %s of %s cut after %d chunks and not resumed: %s",
                 self._call.request_id, self._route.name, self._chunks_before_resume, error,
             )
             raise cause from None
         self._resuming = True
-        self._metrics.stream_resumes.labels(self._route.name, "resumed").inc()
+        self._metrics.stream_resumes_for(self._route.name, "resumed").inc()
         logger.info(
             "stream %s of %s cut after %d chunks, resumed on %s",
             self._call.request_id, self._route.name, self._chunks_before_resume,
@@ -266,7 +266,7 @@ class StreamRelay:
             update_latency(
                 self.deployment, ttft_s=now_s - self._attempt_started_s, ms_per_token=None
             )
-            self._metrics.ttft_seconds.labels(self._route.name, self.deployment.id).observe(
+            self._metrics.ttft_seconds_for(self._route.name, self.deployment.id).observe(
                 now_s - self._call.received_s
             )
 
