@@ -10,6 +10,8 @@ from kvgate.gateway.compose import Gateway
 def stats(gateway: Gateway) -> dict[str, Any]:
     models = []
     for route in gateway.routes.values():
+        describe = getattr(route.strategy, "describe", None)
+        kv_state: dict[str, dict[str, Any]] = describe() if callable(describe) else {}
         deployments = []
         for deployment in route.deployments:
             s = deployment.stats
@@ -29,6 +31,10 @@ def stats(gateway: Gateway) -> dict[str, Any]:
                 "ewma_ms_per_token": _rounded(s.ewma_ms_per_token),
                 "circuit": gateway.breakers.describe(deployment),
             })
+            if deployment.id in kv_state:
+                # precise_kv: mode (precise / degraded / approximate), blocks tracked, last
+                # event sequence, lag.
+                deployments[-1]["kv_cache"] = kv_state[deployment.id]
         models.append({
             "name": route.name,
             "strategy": route.strategy.name,

@@ -35,6 +35,9 @@ class ServerSettings(_Frozen):
     request_timeout_s: float = Field(600.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = False
+    #: The HTTP server under the ASGI app. granian (Rust) parses and writes HTTP at a fraction
+    #: of uvicorn's cost per request; uvicorn is kept as the pure-Python fallback.
+    http_server: Literal["granian", "uvicorn"] = "granian"
 
     @field_validator("admin_key")
     @classmethod
@@ -104,9 +107,19 @@ ProviderSettings = Annotated[
 
 
 class KVEventsSettings(_Frozen):
+    """Where a vLLM replica's KV-cache events come from (its ``--kv-events-config``)."""
+
+    #: The PUB side. vLLM binds it for ``tcp://*:PORT`` and *connects* to a concrete
+    #: ``tcp://HOST:PORT``; the gateway does the opposite (see ``socket``).
     endpoint: str
+    #: vLLM's replay ROUTER (always bound by vLLM, so the gateway always connects to it).
     replay_endpoint: str | None = None
     topic: str = "kv-events"
+    #: ``connect`` to a publisher that binds (vLLM given ``tcp://*:PORT``, ``kvgate sim``);
+    #: ``bind`` the endpoint for a publisher that connects (vLLM given ``tcp://GATEWAY:PORT``);
+    #: ``auto`` binds wildcard (``*``, ``0.0.0.0``, ``::``), ``ipc://`` and ``inproc://``
+    #: endpoints and connects to concrete hosts.
+    socket: Literal["auto", "connect", "bind"] = "auto"
 
 
 class DeploymentSettings(_Frozen):
@@ -122,8 +135,22 @@ class DeploymentSettings(_Frozen):
     max_concurrency: int | None = Field(None, ge=1)
     #: vLLM's --block-size, for KV-aware routing.
     block_size: int = Field(16, ge=1)
+    #: The model's tokenizer for token-exact block hashes (``precise_kv``): a local directory
+    #: with ``tokenizer.json`` (and ``tokenizer_config.json`` with the chat template), or
+    #: ``kvgate-sim:<profile>`` for ``kvgate sim`` replicas. Nothing is ever downloaded.
     tokenizer: str | None = None
     hash_algo: Literal["sha256", "sha256_cbor", "xxhash", "xxhash_cbor"] = "sha256"
+    #: The replica's PYTHONHASHSEED, which seeds vLLM's NONE_HASH; None = unset there (vLLM
+    #: then uses a fixed seed for sha256*, and a secret random one for xxhash*, which makes
+    #: xxhash hashes unreproducible: precise routing falls back to the events' own tokens).
+    hash_seed: str | None = None
+    #: vLLM's ``--model`` (the model id its image hashes include); None = ``model``.
+    mm_model_id: str | None = None
+    #: Vision tokens per image for a local ``tokenizer`` (None: LLaVA-OneVision's size rule
+    #: when the model is LLaVA-OneVision, otherwise images end the exact-hash prefix).
+    image_tokens: int | None = Field(None, ge=1)
+    #: When ``model`` is a LoRA adapter: the path vLLM loaded it from (its block-hash key).
+    lora_path: str | None = None
     kv_events: KVEventsSettings | None = None
 
 
@@ -163,6 +190,29 @@ class PrefixRoutingSettings(_Frozen):
     engine_metrics_interval_s: float = Field(1.0, ge=0)
 
 
+class PreciseRoutingSettings(_Frozen):
+    """``precise_kv``: exact KV-cache contents from vLLM's KV events.
+
+    Scoring and the load guard are ``prefix``'s; only the matched tokens differ.
+    """
+
+    #: A prefix token held in the CPU tier (LMCache offload, medium ``CPU``) scores this much
+    #: of a GPU-resident one: loading it back is cheaper than recomputing, dearer than a hit.
+    cpu_hit_weight: float = Field(0.5, ge=0, le=1)
+    #: Blocks of a dispatched request count as held on its replica for this long before the
+    #: replica's events confirm them, so a burst of one new prefix is not spread cold.
+    pending_ttl_s: float = Field(10.0, ge=0)
+    #: Bound on tracked blocks per deployment (a guard against lost removals); LRU beyond it.
+    max_blocks_per_deployment: int = Field(2_000_000, ge=1000)
+    #: How long a replay request may take before the replica counts as out of sync.
+    replay_timeout_s: float = Field(2.0, gt=0)
+    #: With no events for this long, ask the replay socket for anything newer: catches a lost
+    #: last message and an unreachable publisher. 0 turns the probe off.
+    idle_probe_s: float = Field(5.0, ge=0)
+    #: Prompts longer than this (characters) are tokenized and hashed off the event loop.
+    offload_chars: int = Field(32_768, ge=0)
+
+
 class RoutingSettings(_Frozen):
     """Top-level ``routing`` is the default; a model's ``routing`` overrides the keys it sets."""
 
@@ -183,6 +233,7 @@ class RoutingSettings(_Frozen):
     #: so a deployment that was slow is tried again after a while instead of never.
     latency_half_life_s: float = Field(10.0, gt=0)
     prefix: PrefixRoutingSettings = PrefixRoutingSettings()
+    precise: PreciseRoutingSettings = PreciseRoutingSettings()
 
 
 class ModelSettings(_Frozen):

@@ -19,6 +19,7 @@ from kvgate.resilience.health import HealthChecker
 from kvgate.routing import RoutingContext, build_strategy
 from kvgate.routing.affinity import AffinityIndex, MemoryAffinityIndex
 from kvgate.routing.affinity_redis import RedisAffinityIndex
+from kvgate.routing.base import BackgroundStrategy
 from kvgate.routing.deployment import Deployment, DeploymentId
 from kvgate.routing.engine_metrics import EngineMetricsScraper, metrics_url
 
@@ -37,6 +38,8 @@ class Gateway:
     model_names: list[str] = field(default_factory=list)
     health: HealthChecker | None = None
     engine_metrics: EngineMetricsScraper | None = None
+    #: Strategies with background work (KV event subscribers), started with the gateway.
+    background: list[BackgroundStrategy] = field(default_factory=list)
     #: Awaited at shutdown after the providers: shared clients (Redis) and the like.
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -53,8 +56,12 @@ class Gateway:
             self.health.start()
         if self.engine_metrics is not None:
             self.engine_metrics.start()
+        for strategy in self.background:
+            strategy.start()
 
     async def aclose(self) -> None:
+        for strategy in self.background:
+            await strategy.stop()
         if self.health is not None:
             await self.health.stop()
         if self.engine_metrics is not None:
@@ -116,6 +123,7 @@ def build_gateway(settings: Settings) -> Gateway:
     watched: list[tuple[str, Deployment]] = []
     redis = _SharedRedis(settings.redis.url)
     scrape_targets: list[tuple[Deployment, str]] = []
+    background: list[BackgroundStrategy] = []
     for model in settings.models:
         routing = settings.routing_for(model)
         taken: set[str] = set()
@@ -143,7 +151,10 @@ def build_gateway(settings: Settings) -> Gateway:
         routes[model.name] = ModelRoute.build(
             model.name, deployments, strategy, routing.max_attempts
         )
-        if routing.strategy == "prefix_kv_aware" and routing.prefix.engine_metrics_interval_s:
+        if callable(getattr(strategy, "start", None)):
+            background.append(strategy)  # type: ignore[arg-type]
+        if (routing.strategy in ("prefix_kv_aware", "precise_kv")
+                and routing.prefix.engine_metrics_interval_s):
             for deployment in deployments:
                 api_base = getattr(settings.providers[deployment.provider_name], "api_base", None)
                 if settings.providers[deployment.provider_name].type == "openai_compatible":
@@ -173,6 +184,7 @@ def build_gateway(settings: Settings) -> Gateway:
         )
     return Gateway(
         engine_metrics=engine_metrics,
+        background=background,
         closers=[redis.aclose],
         settings=settings,
         pipeline=pipeline,

@@ -31,6 +31,15 @@ class RoutingContext:
 StrategyFactory = Callable[[Sequence[Deployment], RoutingSettings, RoutingContext],
                            RoutingStrategy]
 
+def _precise_kv(
+    deployments: Sequence[Deployment], settings: RoutingSettings, context: RoutingContext
+) -> RoutingStrategy:
+    # Imported when chosen: ZMQ, Jinja2 and tokenizers are not needed by other strategies.
+    from kvgate.routing.precise.strategy import PreciseKVAware
+
+    return PreciseKVAware(deployments, settings, context.affinity_index(), context.load)
+
+
 STRATEGIES: dict[str, StrategyFactory] = {
     "round_robin": lambda deployments, settings, _: RoundRobin(deployments, settings),
     "weighted": lambda deployments, settings, _: Weighted(deployments, settings),
@@ -40,6 +49,7 @@ STRATEGIES: dict[str, StrategyFactory] = {
     "prefix_kv_aware": lambda deployments, settings, context: PrefixKVAware(
         deployments, settings.prefix, context.affinity_index(), context.load
     ),
+    "precise_kv": _precise_kv,
 }
 
 

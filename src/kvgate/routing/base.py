@@ -47,3 +47,23 @@ class PreparingStrategy(RoutingStrategy, Protocol):
     """
 
     async def prepare(self, call: Call) -> None: ...
+
+
+class BackgroundStrategy(RoutingStrategy, Protocol):
+    """A strategy with background work (e.g. following KV events) for the gateway's lifetime.
+
+    The gateway looks for ``start`` once at start-up and calls it on the running event loop;
+    ``stop`` at shutdown.
+    """
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class DescribedStrategy(RoutingStrategy, Protocol):
+    """A strategy with live per-deployment state for ``/admin/stats``."""
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """Per deployment id, JSON-ready."""
+        ...

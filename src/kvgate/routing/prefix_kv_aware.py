@@ -15,7 +15,7 @@ Per request, in order:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +39,72 @@ class _PrefixState:
     matched_blocks: dict[Deployment, int]
 
 
+class LoadGuardedScorer:
+    """The choice both KV-aware strategies make once they know matched tokens per deployment.
+
+    ``prefix_kv_aware`` feeds it estimates from the affinity index, ``precise_kv`` exact hits
+    from KV events; the load guard, tie rule and rotation are the same, so is the explanation.
+    """
+
+    __slots__ = ("_rotation", "_settings", "_tie_tokens", "load", "name")
+
+    def __init__(self, name: str, settings: PrefixRoutingSettings, load: LoadView,
+                 tie_tokens: int) -> None:
+        self.name = name
+        self.load = load
+        self._settings = settings
+        self._tie_tokens = tie_tokens
+        self._rotation = 0
+
+    def choose(
+        self,
+        candidates: Sequence[Deployment],
+        matched_tokens: Mapping[Deployment, float],
+        details: Mapping[Deployment, Mapping[str, Any]] | None = None,
+    ) -> tuple[RouteDecision, int]:
+        """The decision and the index of the chosen candidate.
+
+        ``matched_tokens`` covers every deployment of the model (not only candidates), so a
+        failover attempt away from the replica holding the prefix is told apart as a spill.
+        ``details`` adds per-candidate fields to the explanation.
+        """
+        loads = [self.load.load(d) for d in candidates]
+        least = min(loads)
+        mean = sum(loads) / len(loads)
+        slack = max(self._settings.max_excess_requests, self._settings.max_excess_ratio * mean)
+        matched = [matched_tokens.get(d, 0) for d in candidates]
+        best_match = max(matched_tokens.values(), default=0)
+        eligible = [i for i, load in enumerate(loads) if load <= least + slack]
+        best_eligible_match = max(matched[i] for i in eligible)
+        # Cold and tied prompts: everything within one block of the best counts as equal.
+        tied = [i for i in eligible if matched[i] >= best_eligible_match - self._tie_tokens]
+        lowest = min(loads[i] for i in tied)
+        least_loaded = [i for i in tied if loads[i] == lowest]
+        self._rotation += 1
+        pick = least_loaded[self._rotation % len(least_loaded)]
+        outcome = (
+            "cold" if best_match == 0
+            else "hit" if matched[pick] > 0 and matched[pick] >= best_match - self._tie_tokens
+            else "spill"
+        )
+        explanation: dict[str, Any] = {
+            "strategy": self.name,
+            "outcome": outcome,
+            "matched_tokens": _tokens(matched[pick]),
+            "candidates": {
+                d.id: {"matched_tokens": _tokens(matched[i]), "load": loads[i],
+                       "eligible": i in eligible, **(details or {}).get(d, {})}
+                for i, d in enumerate(candidates)
+            },
+        }
+        return RouteDecision(candidates[pick], explanation), pick
+
+
+def _tokens(value: float) -> float | int:
+    """Whole tokens stay ints in the explanation; weighted (CPU-tier) sums keep one decimal."""
+    return int(value) if float(value).is_integer() else round(value, 1)
+
+
 class PrefixKVAware:
     name = "prefix_kv_aware"
 
@@ -53,9 +119,9 @@ class PrefixKVAware:
         self._ids = [d.id for d in deployments]
         self._settings = settings
         self._index = index
-        self._load = load
-        self._rotation = 0
-        self._tie_tokens = max(1, settings.block_chars // 4)
+        self._scorer = LoadGuardedScorer(
+            self.name, settings, load, tie_tokens=max(1, settings.block_chars // 4)
+        )
 
     async def prepare(self, call: Call) -> None:
         fp = fingerprint(call, block_chars=self._settings.block_chars)
@@ -63,7 +129,7 @@ class PrefixKVAware:
         matched_blocks: dict[Deployment, int] = {}
         if fp.hashes:
             counts = await self._index.match(fp.hashes, self._ids)
-            cumulative = _cumulative(fp.tokens)
+            cumulative = cumulative_tokens(fp.tokens)
             for deployment, count in zip(self._deployments, counts, strict=True):
                 matched_blocks[deployment] = count
                 matched_tokens[deployment] = cumulative[count]
@@ -71,40 +137,11 @@ class PrefixKVAware:
 
     def choose(self, call: Call, candidates: Sequence[Deployment]) -> RouteDecision:
         state: _PrefixState = call.routing_state
-        loads = [self._load.load(d) for d in candidates]
-        least = min(loads)
-        mean = sum(loads) / len(loads)
-        slack = max(self._settings.max_excess_requests, self._settings.max_excess_ratio * mean)
-        matched = [state.matched_tokens.get(d, 0) for d in candidates]
-        # Against every deployment, not just the candidates: a failover attempt away from the
-        # replica holding the prefix is a spill, not a cold prompt.
-        best_match = max(state.matched_tokens.values(), default=0)
-        eligible = [i for i, load in enumerate(loads) if load <= least + slack]
-        best_eligible_match = max(matched[i] for i in eligible)
-        # Cold and tied prompts: everything within one block of the best counts as equal.
-        tied = [i for i in eligible if matched[i] >= best_eligible_match - self._tie_tokens]
-        lowest = min(loads[i] for i in tied)
-        least_loaded = [i for i in tied if loads[i] == lowest]
-        self._rotation += 1
-        pick = least_loaded[self._rotation % len(least_loaded)]
-        chosen = candidates[pick]
-        outcome = (
-            "cold" if best_match == 0
-            else "hit" if matched[pick] > 0 and matched[pick] >= best_match - self._tie_tokens
-            else "spill"
-        )
-        explanation: dict[str, Any] = {
-            "strategy": self.name,
-            "outcome": outcome,
-            "matched_blocks": state.matched_blocks.get(chosen, 0),
-            "matched_tokens": matched[pick],
-            "prompt_tokens_est": state.fingerprint.total_tokens,
-            "candidates": {
-                d.id: {"matched_tokens": matched[i], "load": loads[i], "eligible": i in eligible}
-                for i, d in enumerate(candidates)
-            },
-        }
-        return RouteDecision(chosen, explanation)
+        decision, _ = self._scorer.choose(candidates, state.matched_tokens)
+        explanation = decision.explanation
+        explanation["matched_blocks"] = state.matched_blocks.get(decision.deployment, 0)
+        explanation["prompt_tokens_est"] = state.fingerprint.total_tokens
+        return decision
 
     def on_dispatched(self, call: Call, deployment: Deployment) -> None:
         state: _PrefixState | None = call.routing_state
@@ -112,7 +149,7 @@ class PrefixKVAware:
             self._index.record(deployment.id, state.fingerprint.hashes)
 
 
-def _cumulative(tokens: Sequence[int]) -> list[int]:
+def cumulative_tokens(tokens: Sequence[int]) -> list[int]:
     """``out[k]`` = tokens in the first ``k`` links."""
     out = [0]
     total = 0

@@ -1,0 +1,120 @@
+"""A request's vLLM block hashes, computed in the gateway exactly as the replica will.
+
+Three steps, each reproducing vLLM (0.33) for one deployment:
+
+1. **Render and tokenize** with the model's own tokenizer and chat template (``renderers``):
+   a local Hugging Face tokenizer directory, or ``kvgate-sim:<profile>`` for simulated
+   replicas (their deterministic tokenizer stand-in and templates). Chat prompts are rendered
+   to text and tokenized without special tokens added, completions with them, as vLLM does.
+2. **Place images**: each image's placeholder tokens and its identifier, vLLM's blake3 hash of
+   the encoded bytes and model id (``vllm_compat.mm_hash``) or the content part's ``uuid``.
+3. **Hash** the full blocks with the replica's algorithm and NONE_HASH seed, with extra keys
+   for images, the LoRA adapter and ``cache_salt`` (``vllm_compat.hashing``), and keep each
+   hash as the 64-bit integer the replica's events carry.
+
+What cannot be reproduced is cut off, never guessed: blocks from an image whose bytes the
+gateway does not have (an http URL) or whose token count it cannot tell on are left out, so
+the match is exact for the prefix before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kvgate.config.schema import DeploymentSettings
+from kvgate.gateway.call import Call
+from kvgate.routing.precise.renderers import PromptRenderer, RenderError, load_renderer
+from kvgate.vllm_compat.hashing import (
+    BlockHasher,
+    LoraKey,
+    MMPlaceholder,
+    resolve_none_hash_seed,
+    to_event_hash,
+)
+
+_NON_CRYPTO = ("xxhash", "xxhash_cbor")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestBlocks:
+    """The event keys of a prompt's full blocks, in order, and the prompt's length in tokens."""
+
+    keys: tuple[int, ...]
+    num_prompt_tokens: int
+    block_size: int
+
+    def hit_tokens(self, num_blocks: int) -> int:
+        """Tokens a hit on the first ``num_blocks`` saves (vLLM recomputes the last token)."""
+        return min(num_blocks * self.block_size, max(0, self.num_prompt_tokens - 1))
+
+
+NO_BLOCKS = RequestBlocks((), 0, 1)
+
+
+class RequestHasher:
+    """Hashes requests for every deployment that shares one (tokenizer, hash) configuration."""
+
+    def __init__(self, renderer: PromptRenderer, hasher: BlockHasher, block_size: int,
+                 lora: LoraKey | None = None) -> None:
+        self.renderer = renderer
+        self.block_size = block_size
+        self._hasher = hasher
+        self._lora = lora
+
+    def hash_call(self, call: Call) -> RequestBlocks:
+        """The request's block keys; empty when it cannot be rendered exactly."""
+        try:
+            prompt = self.renderer.render(call)
+        except RenderError:
+            return NO_BLOCKS
+        token_ids: Sequence[int] = prompt.token_ids
+        if prompt.exact_tokens < len(token_ids):
+            token_ids = token_ids[:prompt.exact_tokens]
+        salt = call.body.get("cache_salt")
+        hashes = self._hasher.hash_blocks(
+            token_ids, self.block_size,
+            mm_items=prompt.mm_items, lora=self._lora,
+            cache_salt=salt if isinstance(salt, str) and salt else None,
+        )
+        return RequestBlocks(tuple(to_event_hash(h) for h in hashes), len(prompt.token_ids),
+                             self.block_size)
+
+
+def hasher_key(settings: DeploymentSettings) -> tuple[object, ...]:
+    """Deployments with equal keys get identical hashes for every request."""
+    return (settings.tokenizer, settings.block_size, settings.hash_algo, settings.hash_seed,
+            settings.mm_model_id or settings.model, settings.image_tokens, settings.lora_path)
+
+
+def unreproducible_reason(settings: DeploymentSettings) -> str | None:
+    """Why this deployment's hashes cannot be computed in the gateway, or None."""
+    if settings.tokenizer is None:
+        return "no tokenizer configured"
+    if settings.hash_algo in _NON_CRYPTO and settings.hash_seed is None:
+        return (f"{settings.hash_algo} without hash_seed: the replica seeds it with a random "
+                "secret")
+    return None
+
+
+def build_request_hasher(settings: DeploymentSettings) -> RequestHasher:
+    """The hasher for one deployment; call only when ``unreproducible_reason`` is None."""
+    assert settings.tokenizer is not None
+    model_id = settings.mm_model_id or settings.model
+    renderer = load_renderer(settings.tokenizer, model_id=model_id,
+                             image_tokens=settings.image_tokens)
+    seed = resolve_none_hash_seed(settings.hash_algo, settings.hash_seed)
+    lora = LoraKey(settings.model, settings.lora_path) if settings.lora_path else None
+    return RequestHasher(renderer, BlockHasher(settings.hash_algo, seed), settings.block_size,
+                         lora)
+
+
+__all__ = [
+    "NO_BLOCKS",
+    "MMPlaceholder",
+    "RequestBlocks",
+    "RequestHasher",
+    "build_request_hasher",
+    "hasher_key",
+    "unreproducible_reason",
+]
