@@ -63,6 +63,18 @@ async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def reopen(config: KVEventsConfig) -> LossyPublisher:
+    """A new publisher on the endpoints of a closed one (ZMQ releases ports asynchronously)."""
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            return LossyPublisher(config)
+        except zmq.ZMQError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
 @pytest.fixture
 async def ctx() -> AsyncIterator[zmq.asyncio.Context]:
     context = zmq.asyncio.Context()
@@ -182,7 +194,7 @@ async def test_publisher_restart_resets_the_index(ctx: zmq.asyncio.Context) -> N
             publisher.publish(stored(h), 0)
         await until(lambda: state.last_seq == 2)
         publisher.close()
-        publisher = LossyPublisher(KVEventsConfig(pub_ep, replay_ep))  # sequence starts at 0
+        publisher = await reopen(KVEventsConfig(pub_ep, replay_ep))  # sequence starts at 0
         await asyncio.sleep(0.5)
         publisher.publish(stored(7), 0)
         await until(lambda: state.counters.restarts_total == 1 and state.index.holds(7))
