@@ -151,11 +151,34 @@ def wrk(port: int, duration_s: int, connections: int) -> dict[str, float]:
     }
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return -1.0
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the HTTP server may run the app in a worker process)."""
+    pids, index = [pid], 0
+    while index < len(pids):
+        for task in Path(f"/proc/{pids[index]}/task").iterdir():
+            children = (task / "children").read_text().split()
+            pids.extend(int(c) for c in children)
+        index += 1
+    return pids
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process tree has used so far."""
+    total = 0
+    for member in process_tree(pid):
+        fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> dict[str, float]:
+    """Resident memory of each process in the tree, and their sum."""
+    sizes = {}
+    for member in process_tree(pid):
+        for line in Path(f"/proc/{member}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                sizes[str(member)] = round(int(line.split()[1]) / 1024, 1)
+    return {"total": round(sum(sizes.values()), 1), "per_process": sizes}  # type: ignore[dict-item]
 
 
 def main() -> None:
@@ -194,7 +217,12 @@ cache: {{ exact: {{ enabled: false }} }}
         d_stream, g_stream = latency_pair(up_port, gw_port, STREAM_BODY, args.requests // 2,
                                           stream=True)
         wrk_direct = wrk(up_port, args.duration_s, 32)
+        cpu_before_s = cpu_s(gateway.pid)
         wrk_gateway = wrk(gw_port, args.duration_s, 32)
+        # CPU time per request does not depend on what else the machine runs, so it gives the
+        # one-core capacity even when wall-clock throughput is disturbed by other load.
+        served = wrk_gateway["requests_per_s"] * args.duration_s
+        cpu_us_per_request = (cpu_s(gateway.pid) - cpu_before_s) / max(1.0, served) * 1e6
         loaded_rss = rss_mb(gateway.pid)
     finally:
         gateway.terminate()
@@ -217,8 +245,13 @@ cache: {{ exact: {{ enabled: false }} }}
         "concurrency_1_stream_ttft_ms": {"direct": ds, "gateway": gs,
                                          "added_p50": round(gs["p50"] - ds["p50"], 4),
                                          "added_p99": round(gs["p99"] - ds["p99"], 4)},
-        "concurrency_32_blocking": {"direct": wrk_direct, "gateway": wrk_gateway},
-        "gateway_rss_mb": {"idle": round(idle_rss, 1), "after_load": round(loaded_rss, 1)},
+        "concurrency_32_blocking": {
+            "direct": wrk_direct, "gateway": wrk_gateway,
+            "gateway_cpu_us_per_request": round(cpu_us_per_request, 1),
+            "one_core_capacity_requests_per_s": round(1e6 / cpu_us_per_request),
+        },
+        "load_average_1m_before": os.getloadavg()[0],
+        "gateway_rss_mb": {"idle": idle_rss, "after_load": loaded_rss},
         "targets": {"added_p50_ms": 0.5, "added_p99_ms": 1.5, "requests_per_s_c32": 3000,
                     "stream_ttft_added_ms": 0.5, "idle_rss_mb": 150},
     }
@@ -233,7 +266,10 @@ cache: {{ exact: {{ enabled: false }} }}
           f"{st['added_p50']:>10.3f}")
     print(f"{'c=32 blocking requests/s':<38}{wrk_direct['requests_per_s']:>12.0f}"
           f"{wrk_gateway['requests_per_s']:>12.0f}")
-    print(f"gateway RSS idle {idle_rss:.1f} MB, after load {loaded_rss:.1f} MB; "
+    print(f"gateway CPU per request {cpu_us_per_request:.0f} us "
+          f"(one-core capacity {1e6 / cpu_us_per_request:.0f} requests/s)")
+    print(f"gateway RSS idle {idle_rss['total']:.1f} MB {idle_rss['per_process']}, "
+          f"after load {loaded_rss['total']:.1f} MB; "
           f"non-2xx {wrk_gateway['non_2xx']}")
     print(f"wrote {args.out}")
 

@@ -1,20 +1,27 @@
-"""Serve the app with uvicorn (uvloop + httptools), in one process or several workers."""
+"""Serve the app with granian (default) or uvicorn, in one process or several workers."""
 
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import uvicorn
-
-from kvgate.api.app import KVGateApp, create_app
 from kvgate.config.loader import CONFIG_FILE_ENV, load_settings_from_environment
 from kvgate.config.schema import Settings
 
+if TYPE_CHECKING:
+    from kvgate.api.app import KVGateApp
+
 
 def app_from_environment() -> KVGateApp:
-    """uvicorn factory for worker processes: each builds its own gateway from the file."""
+    """ASGI factory for worker processes: each builds its own gateway from the config file.
+
+    The app is imported here, not at module level, so a supervising parent process (granian's)
+    stays small.
+    """
+    from kvgate.api.app import create_app
+
     return create_app(load_settings_from_environment())
 
 
@@ -33,24 +40,58 @@ def serve(
     logging.basicConfig(
         level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    print(f"kvgate: serving {', '.join(m.name for m in settings.models)} "
+          f"on http://{host}:{port} ({workers} worker(s), {server.http_server})", flush=True)
+    # Workers build their own gateway from the file their parent validated (or the demo);
+    # routing state is shared between them only through Redis.
+    if config_path is not None:
+        os.environ[CONFIG_FILE_ENV] = str(Path(config_path).resolve())
+    else:
+        os.environ.pop(CONFIG_FILE_ENV, None)
+    if server.http_server == "granian":
+        _serve_granian(settings, host, port, workers)
+    else:
+        _serve_uvicorn(settings, host, port, workers)
+    return 0
+
+
+def _serve_granian(settings: Settings, host: str, port: int, workers: int) -> None:
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+    from granian.log import LogLevels
+
+    Granian(
+        "kvgate.server:app_from_environment",
+        factory=True,
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        workers=workers,
+        loop=Loops.uvloop,
+        websockets=False,
+        backlog=4096,
+        log_level=LogLevels(settings.server.log_level),
+        log_access=settings.server.access_log,
+    ).serve()
+
+
+def _serve_uvicorn(settings: Settings, host: str, port: int, workers: int) -> None:
+    import uvicorn
+
+    from kvgate.api.app import create_app
+
     common = {
         "host": host,
         "port": port,
         "loop": "uvloop",
         "http": "httptools",
         "lifespan": "on",
-        "access_log": server.access_log,
-        "log_level": server.log_level,
+        "access_log": settings.server.access_log,
+        "log_level": settings.server.log_level,
         "timeout_graceful_shutdown": 10,
     }
-    print(f"kvgate: serving {', '.join(m.name for m in settings.models)} "
-          f"on http://{host}:{port} ({workers} worker(s))", flush=True)
     if workers > 1:
-        # Each worker builds its own gateway; routing state is shared only through Redis.
-        if config_path is not None:
-            os.environ[CONFIG_FILE_ENV] = str(Path(config_path).resolve())
         uvicorn.run("kvgate.server:app_from_environment", factory=True, workers=workers,
                     **common)  # type: ignore[arg-type]
     else:
         uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
-    return 0

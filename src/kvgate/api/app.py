@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from typing import Any
@@ -113,7 +114,7 @@ class KVGateApp:
         self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint
     ) -> None:
         received_s = time.perf_counter()
-        request_id = uuid.uuid4().hex
+        request_id = os.urandom(16).hex()
         status = 200
         model_label = "unknown"
         watch: DisconnectWatch | None = None
