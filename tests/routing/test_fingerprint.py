@@ -117,3 +117,28 @@ def test_cost_is_bounded_for_a_100k_token_prompt() -> None:
     assert len(fp.hashes) == (len(prompt) + 10) // 256
     assert fp.total_tokens >= 99_000
     print(f"100k-token fingerprint: {elapsed_s * 1000:.2f} ms, {len(fp.hashes)} links")
+
+
+def png(width: int, height: int) -> bytes:
+    """A real (blank, greyscale) PNG of the given size."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    raw = b"".join(b"\0" + b"\0" * width for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0,
+                                                             0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_image_weight_follows_its_size() -> None:
+    # LLaVA-OneVision's placeholder counts (VLLM_FACTS): 384^2 -> 1485, 640x480 -> 2929.
+    call = call_for([{"role": "user", "content": [image_part(png(640, 480)),
+                                                  image_part(png(384, 384))]}])
+    assert call.image_tokens == [2929, 1485]
+    http = call_for([{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "https://example.com/x.png"}}]}])
+    assert http.image_tokens == [1500]

@@ -18,9 +18,12 @@ import orjson
 from kvgate.errors import GatewayError, bad_request
 from kvgate.gateway.call import Call
 from kvgate.providers.base import Endpoint, JSONObject
+from kvgate.vllm_compat.image_header import read_image_header
+from kvgate.vllm_compat.vision_tokens import llava_onevision_image_tokens
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-#: Vision tokens assumed for an image whose size is unknown (a mid-size LLaVA-style image).
+#: Vision tokens assumed for an image whose size cannot be read (http URLs, odd formats):
+#: a mid-size LLaVA-style image.
 DEFAULT_IMAGE_TOKENS = 1500
 _NUMBER_FIELDS = {
     "temperature": (0.0, 2.0), "top_p": (0.0, 1.0),
@@ -57,8 +60,12 @@ def _check_common(body: JSONObject) -> None:
             raise bad_request(f"'{name}' must be a positive integer", param=name)
 
 
-def _image_digest(url: Any, param: str, max_image_bytes: int) -> bytes:
-    """Digest of an image part: of the decoded bytes for data URLs, of the URL otherwise."""
+def _image_digest(url: Any, param: str, max_image_bytes: int) -> tuple[bytes, int]:
+    """(digest, estimated vision tokens) of an image part.
+
+    The digest is of the decoded bytes for data URLs and of the URL otherwise; the token count
+    follows LLaVA-OneVision's rule from the size in the image header when it can be read.
+    """
     if not isinstance(url, str) or not url:
         raise bad_request("image_url.url must be a non-empty string", param=param)
     if not url.startswith("data:"):
@@ -66,7 +73,7 @@ def _image_digest(url: Any, param: str, max_image_bytes: int) -> bytes:
             raise bad_request(
                 "image_url.url must be an http(s) URL or a base64 data URL", param=param
             )
-        return blake3.blake3(url.encode()).digest()
+        return blake3.blake3(url.encode()).digest(), DEFAULT_IMAGE_TOKENS
     header, sep, payload = url.partition(",")
     if not sep or not header.endswith(";base64"):
         raise GatewayError(
@@ -87,7 +94,12 @@ def _image_digest(url: Any, param: str, max_image_bytes: int) -> bytes:
         ) from None
     if not data:
         raise GatewayError(422, "image data is empty", code="invalid_image", param=param)
-    return blake3.blake3(data).digest()
+    size = read_image_header(data)
+    tokens = (
+        llava_onevision_image_tokens(size.width, size.height) if size is not None
+        else DEFAULT_IMAGE_TOKENS
+    )
+    return blake3.blake3(data).digest(), tokens
 
 
 def _check_messages(body: JSONObject, call: Call, max_image_bytes: int) -> None:
@@ -124,10 +136,9 @@ def _check_messages(body: JSONObject, call: Call, max_image_bytes: int) -> None:
             elif kind == "image_url":
                 image = part.get("image_url")
                 url = image.get("url") if isinstance(image, dict) else image
-                call.image_digests.append(
-                    _image_digest(url, f"{part_where}.image_url.url", max_image_bytes)
-                )
-                call.image_tokens.append(DEFAULT_IMAGE_TOKENS)
+                digest, tokens = _image_digest(url, f"{part_where}.image_url.url", max_image_bytes)
+                call.image_digests.append(digest)
+                call.image_tokens.append(tokens)
 
 
 def _check_prompt(body: JSONObject) -> None:
