@@ -27,13 +27,23 @@ async def test_percentiles_match_injected_latencies() -> None:
         result = await run_load(url, requests, LoadSpec(mode="closed", concurrency=12))
     summary = summarize(result)
     assert summary["requests"]["ok"] == 120
+    measured_by_key = {
+        "ttft_ms": sorted(r.ttft_s * 1000 for r in result.records if r.ttft_s is not None),
+        "latency_ms": sorted(r.latency_s * 1000 for r in result.records),
+    }
     for key, injected in (("ttft_ms", ttft_ms), ("latency_ms", total_ms)):
         expected = sorted(float(v) for v in injected)
+        measured_sorted = measured_by_key[key]
         for q in (50, 90, 95, 99):
             measured = summary[key][f"p{q}"]
-            # Sleeping never ends early; loopback, parsing and a shared event loop add a little.
-            assert percentile(expected, q) - 1.0 <= measured <= percentile(expected, q) + 12.0, (
-                key, q, measured)
+            # The summary's percentiles are those of the records it was given.
+            assert measured == pytest.approx(percentile(measured_sorted, q), abs=0.01)
+            # Sleeping never ends early, so nothing is measured below what was injected.
+            assert measured >= percentile(expected, q) - 1.0, (key, q, measured)
+        # Loopback, parsing and a shared event loop add a little to every request; a busy
+        # machine adds spikes to some. The median excess ignores the spikes.
+        excess = sorted(m - e for m, e in zip(measured_sorted, expected, strict=True))
+        assert excess[len(excess) // 2] < 8.0, (key, excess[len(excess) // 2])
     assert summary["tokens"]["output"] == 120 * 6
     # (total - ttft) / (tokens - 1) = 30 / 5 = 6 ms between tokens.
     assert summary["tpot_ms"]["p50"] == pytest.approx(6.0, abs=2.0)
