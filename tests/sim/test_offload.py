@@ -50,3 +50,14 @@ def test_cpu_tier_is_bounded_and_reports_events() -> None:
     assert cpu_stored and cpu_removed
     assert len(cpu_stored) - len(cpu_removed) == 8  # exactly the tier's capacity is resident
     assert all(len(e.token_ids) == B for e in cpu_stored)
+
+
+def test_cpu_hit_survives_spills_from_its_own_allocation() -> None:
+    # A's head stays on the GPU, the next 8 blocks of A sit in a CPU tier of exactly 8; A's
+    # revisit must evict B's blocks to make room, and those spills refill the whole tier.
+    engine, _ = make_engine(LLAMA, num_gpu_blocks=40, cpu_offload_blocks=8)
+    run_alone(engine, request([*_prefix(1, 30), 1], num_output=1))
+    run_alone(engine, request([*_prefix(2, 30), 1], num_output=1), at_s=1.0)
+    stats = run_alone(engine, request([*_prefix(1, 30), 2], num_output=1), at_s=2.0)
+    assert stats.num_offloaded_tokens == 8 * B
+    assert engine.offload is not None and engine.offload.num_loaded_blocks_total == 8

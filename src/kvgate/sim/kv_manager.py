@@ -116,10 +116,12 @@ class KVCacheManager:
             self.pool.touch(hit.gpu_blocks)
             request.blocks.extend(hit.gpu_blocks)
             request.num_cached_blocks += len(hit.gpu_blocks)
-        request.blocks.extend(self.pool.get_new_blocks(num_new_blocks))
         if hit.num_offload_blocks and self.offload is not None:
+            # NOTE: before taking new blocks: their evictions spill into the CPU tier and may
+            # push out the very blocks this request is about to load from it.
             first = len(hit.gpu_blocks)
             self.offload.load(request.block_hashes[first:first + hit.num_offload_blocks])
+        request.blocks.extend(self.pool.get_new_blocks(num_new_blocks))
         if self.pool.enable_caching:
             self._cache_full_blocks(request, min(num_total, request.num_tokens) // self.block_size)
         return True
