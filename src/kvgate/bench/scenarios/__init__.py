@@ -48,6 +48,11 @@ SCENARIOS: Mapping[str, ScenarioEntry] = MappingProxyType({
         "kvgate.bench.scenarios.demo",
         "start `kvgate run` (built-in demo, mock providers) and load-test it; under a minute",
     ),
+    "precise": ScenarioEntry(
+        "kvgate.bench.scenarios.precise",
+        "precise_kv vs prefix_kv_aware on `kvgate sim --kv-events` under memory pressure "
+        "(working set 3x KV); about 3 minutes",
+    ),
 })
 
 

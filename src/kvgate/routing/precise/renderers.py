@@ -77,12 +77,29 @@ class SimRenderer:
         from kvgate.sim.prompt import PromptRenderer as SimPromptRenderer
         from kvgate.sim.tokenizer import SimTokenizer
 
+        class _MemoTokenizer(SimTokenizer):
+            """Remembers long texts (shared system prompts recur across requests)."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self._texts: dict[str, list[int]] = {}
+
+            def encode(self, text: str) -> list[int]:
+                if len(text) < 512:
+                    return super().encode(text)
+                ids = self._texts.get(text)
+                if ids is None:
+                    if len(self._texts) >= 1024:
+                        self._texts.clear()  # bounded; O(1) amortised
+                    ids = self._texts[text] = super().encode(text)
+                return list(ids)
+
         try:
             base = get_profile(profile)
         except KeyError as exc:
             raise ValueError(f"tokenizer {SIM_SCHEME}{profile}: unknown profile") from exc
         self._renderer = SimPromptRenderer(
-            base.with_overrides(served_model_name=model_id), SimTokenizer(), image_tokens
+            base.with_overrides(served_model_name=model_id), _MemoTokenizer(), image_tokens
         )
 
     def render(self, call: Call) -> RenderedPrompt:
@@ -232,7 +249,7 @@ class HFRenderer:
         header = read_image_header(data)
         count = self._image_tokens
         if count is None and self._llava_onevision and header is not None:
-            from kvgate.sim.profiles import llava_onevision_image_tokens
+            from kvgate.vllm_compat.vision_tokens import llava_onevision_image_tokens
 
             count = llava_onevision_image_tokens(header.width, header.height)
         if count is None:

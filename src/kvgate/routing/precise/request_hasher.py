@@ -29,6 +29,7 @@ from kvgate.vllm_compat.hashing import (
     BlockHasher,
     LoraKey,
     MMPlaceholder,
+    iter_block_spans,
     resolve_none_hash_seed,
     to_event_hash,
 )
@@ -53,14 +54,22 @@ NO_BLOCKS = RequestBlocks((), 0, 1)
 
 
 class RequestHasher:
-    """Hashes requests for every deployment that shares one (tokenizer, hash) configuration."""
+    """Hashes requests for every deployment that shares one (tokenizer, hash) configuration.
+
+    NOTE: block digests are memoized (bounded, LRU-ish): requests sharing a prefix share its
+    blocks, and a dict lookup on (parent, tokens, keys) costs a fraction of vLLM's
+    pickle + SHA-256 per block.
+    """
 
     def __init__(self, renderer: PromptRenderer, hasher: BlockHasher, block_size: int,
-                 lora: LoraKey | None = None) -> None:
+                 lora: LoraKey | None = None, *, memo_blocks: int = 65_536) -> None:
         self.renderer = renderer
         self.block_size = block_size
         self._hasher = hasher
         self._lora = lora
+        #: (parent digest, block tokens, extra keys) -> (event key, digest).
+        self._memo: dict[tuple[object, ...], tuple[int, bytes]] = {}
+        self._memo_blocks = memo_blocks
 
     def hash_call(self, call: Call) -> RequestBlocks:
         """The request's block keys; empty when it cannot be rendered exactly."""
@@ -72,13 +81,31 @@ class RequestHasher:
         if prompt.exact_tokens < len(token_ids):
             token_ids = token_ids[:prompt.exact_tokens]
         salt = call.body.get("cache_salt")
-        hashes = self._hasher.hash_blocks(
-            token_ids, self.block_size,
-            mm_items=prompt.mm_items, lora=self._lora,
-            cache_salt=salt if isinstance(salt, str) and salt else None,
-        )
-        return RequestBlocks(tuple(to_event_hash(h) for h in hashes), len(prompt.token_ids),
-                             self.block_size)
+        keys = self._event_keys(token_ids, prompt.mm_items,
+                                salt if isinstance(salt, str) and salt else None)
+        return RequestBlocks(keys, len(prompt.token_ids), self.block_size)
+
+    def _event_keys(self, token_ids: Sequence[int], mm_items: Sequence[MMPlaceholder],
+                    cache_salt: str | None) -> tuple[int, ...]:
+        memo, hasher = self._memo, self._hasher
+        keys: list[int] = []
+        parent: bytes | None = None
+        for start, end, extra in iter_block_spans(len(token_ids), self.block_size, 0, mm_items,
+                                                  self._lora, cache_salt):
+            block = tuple(token_ids[start:end])
+            memo_key = (parent, block, extra)
+            found = memo.get(memo_key)
+            if found is None:
+                digest = hasher.hash_block(parent, block, extra)
+                found = memo[memo_key] = (to_event_hash(digest), digest)
+                if len(memo) > self._memo_blocks:
+                    # NOTE: dropping the older half at once keeps memory bounded at O(1)
+                    # amortised per block; an exact LRU would reorder on every hit.
+                    for key in list(memo)[: len(memo) // 2]:
+                        del memo[key]
+            keys.append(found[0])
+            parent = found[1]
+        return tuple(keys)
 
 
 def hasher_key(settings: DeploymentSettings) -> tuple[object, ...]:

@@ -1,0 +1,239 @@
+"""``precise``: precise routing from KV events vs approximate affinity, under memory pressure.
+
+For each arm a fresh simulated fleet (``kvgate sim --kv-events``: replicas of
+``llama-3.1-8b-h100`` with a small KV pool each) and a fresh gateway in front of it, then the
+same open-loop (Poisson) workload: ``num_groups`` shared system prompts with Zipf popularity,
+each request one of them plus a unique question. The prompts' working set is about three times
+the fleet's total KV capacity, so replicas keep evicting and affinity learned from routing
+history goes stale. Arms:
+
+- ``approximate``: ``prefix_kv_aware`` (fingerprint + affinity index with TTL + load guard);
+- ``precise``: ``precise_kv`` with the replicas' tokenizer (``kvgate-sim:<profile>``): exact
+  block hashes matched against each replica's KV events;
+- ``precise_events_only``: ``precise_kv`` without a tokenizer (affinity on the replicas'
+  eviction clock).
+
+The hit rate is the replicas' own (``vllm:prefix_cache_hits_total`` /
+``vllm:prefix_cache_queries_total``, read before and after each arm); TTFT is the client's.
+About 2.5 minutes (``--quick``: about 40 s, numbers not meaningful).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from kvgate.bench.api import BenchResult, comparison_document, run_benchmark
+from kvgate.bench.loadgen import LoadSpec
+from kvgate.bench.processes import ProcessStartError, free_port, local_gateway
+from kvgate.bench.request import BenchRequest
+from kvgate.bench.scenarios import ScenarioOptions
+from kvgate.bench.text import filler, seeded_rng
+from kvgate.bench.workloads.base import WorkloadOptions, chat_request
+from kvgate.sim.fleet import Fleet, FleetError
+from kvgate.sim.profiles import get_profile
+from kvgate.sim.settings import ReplicaSettings
+
+MODEL = "fleet"
+PROFILE = "llama-3.1-8b-h100"
+ARMS: dict[str, dict[str, Any]] = {
+    "approximate": {"strategy": "prefix_kv_aware"},
+    "precise": {"strategy": "precise_kv", "tokenizer": f"kvgate-sim:{PROFILE}"},
+    "precise_events_only": {"strategy": "precise_kv"},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    replicas: int = 4
+    kv_blocks: int = 500  # per replica: 499 usable x 16 tokens
+    #: Below 1 the modelled GPU is slower than real time, so latency is the model's (cache
+    #: hits, queueing) rather than this small host's CPU, which the fleet shares.
+    time_scale: float = 0.5
+    num_groups: int = 48
+    prefix_tokens: int = 2000
+    question_tokens: int = 48
+    output_tokens: int = 24
+    zipf_s: float = 0.8
+    num_requests: int = 900
+    rate_per_s: float = 18.0
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.replicas * (self.kv_blocks - 1) * get_profile(PROFILE).block_size
+
+    @property
+    def working_set_tokens(self) -> int:
+        return self.num_groups * self.prefix_tokens
+
+
+FULL = Setup()
+QUICK = Setup(replicas=2, kv_blocks=200, num_groups=12, prefix_tokens=800, num_requests=120,
+              rate_per_s=20.0, time_scale=2.0)
+
+
+def build_requests(setup: Setup, seed: int) -> list[BenchRequest]:
+    """Zipf-popular shared prefixes, each request with its own question; deterministic."""
+    options = WorkloadOptions(model=MODEL, seed=seed, stream=True, ignore_eos=True)
+    rng = seeded_rng("precise.order", seed)
+    weights = [1.0 / (rank + 1) ** setup.zipf_s for rank in range(setup.num_groups)]
+    prefixes = [filler(setup.prefix_tokens, "precise.prefix", seed, g)
+                for g in range(setup.num_groups)]
+    requests = []
+    groups = rng.choices(range(setup.num_groups), weights, k=setup.num_requests)
+    for index, group in enumerate(groups):
+        question = filler(setup.question_tokens, "precise.question", seed, index)
+        messages = [{"role": "system", "content": prefixes[group]},
+                    {"role": "user", "content": question}]
+        requests.append(chat_request(options, messages, setup.output_tokens,
+                                     prompt_tokens_hint=setup.prefix_tokens
+                                     + setup.question_tokens, tag=f"group{group}"))
+    return requests
+
+
+@contextlib.contextmanager
+def _fleet(setup: Setup) -> Iterator[list[ReplicaSettings]]:
+    replicas = [
+        ReplicaSettings(index=i, port=free_port(), profile=PROFILE, kv_blocks=setup.kv_blocks,
+                        time_scale=setup.time_scale,
+                        kv_events_endpoint=f"tcp://127.0.0.1:{free_port()}",
+                        kv_events_replay_endpoint=f"tcp://127.0.0.1:{free_port()}")
+        for i in range(setup.replicas)
+    ]
+    fleet = Fleet(replicas)
+    try:
+        fleet.start(timeout_s=60)
+    except FleetError as exc:
+        raise ProcessStartError(f"kvgate sim: {exc}") from None
+    try:
+        yield replicas
+    finally:
+        fleet.stop()
+
+
+def gateway_config(replicas: list[ReplicaSettings], arm: dict[str, Any]) -> dict[str, Any]:
+    served = get_profile(PROFILE).served_model_name
+    deployments = []
+    for replica in replicas:
+        deployment: dict[str, Any] = {"provider": f"replica-{replica.index}", "model": served,
+                                      "id": f"replica-{replica.index}"}
+        if arm["strategy"] == "precise_kv":
+            deployment["kv_events"] = {"endpoint": replica.kv_events_endpoint,
+                                       "replay_endpoint": replica.kv_events_replay_endpoint}
+            if "tokenizer" in arm:
+                deployment["tokenizer"] = arm["tokenizer"]
+        deployments.append(deployment)
+    return {
+        "server": {"log_level": "warning"},
+        "providers": {f"replica-{r.index}": {"type": "openai_compatible",
+                                             "api_base": r.url + "/v1"} for r in replicas},
+        "models": [{"name": MODEL, "deployments": deployments}],
+        "routing": {"strategy": arm["strategy"], "max_attempts": 1},
+        "cache": {"exact": {"enabled": False}},
+    }
+
+
+def _counters(replicas: list[ReplicaSettings]) -> list[dict[str, float]]:
+    wanted = {"vllm:prefix_cache_hits_total": "hits", "vllm:prefix_cache_queries_total":
+              "queries", "vllm:num_preemptions_total": "preemptions",
+              "vllm:time_to_first_token_seconds_sum": "ttft_sum_s",
+              "vllm:time_to_first_token_seconds_count": "ttft_count",
+              "vllm:request_queue_time_seconds_sum": "queue_sum_s"}
+    readings = []
+    for replica in replicas:
+        with urllib.request.urlopen(replica.url + "/metrics", timeout=10) as response:
+            text = response.read().decode("utf-8")
+        values = dict.fromkeys(wanted.values(), 0.0)
+        for line in text.splitlines():
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name in wanted:
+                values[wanted[name]] += float(line.rsplit(" ", 1)[1])
+        readings.append(values)
+    return readings
+
+
+def _admin_stats(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url + "/admin/stats", timeout=10) as response:
+        stats: dict[str, Any] = json.loads(response.read())
+    return stats
+
+
+def _run_arm(name: str, setup: Setup, requests: list[BenchRequest], options: ScenarioOptions,
+             ) -> tuple[BenchResult, dict[str, Any]]:
+    arm = ARMS[name]
+    with _fleet(setup) as replicas, tempfile.TemporaryDirectory(prefix="kvgate-precise-") as tmp:
+        path = Path(tmp) / "gateway.yaml"
+        path.write_text(json.dumps(gateway_config(replicas, arm), indent=2))
+        with local_gateway(path) as gateway:
+            before = _counters(replicas)
+            load = LoadSpec(mode="poisson", rate_per_s=setup.rate_per_s, seed=options.seed,
+                            request_timeout_s=120.0)
+            result = run_benchmark(gateway.url, requests, load, label=name,
+                                   console=options.console, meta={"arm": arm})
+            after = _counters(replicas)
+            stats = _admin_stats(gateway.url)
+    def delta(key: str) -> float:
+        return sum(a[key] - b[key] for a, b in zip(after, before, strict=True))
+
+    hits, queries, preemptions = delta("hits"), delta("queries"), delta("preemptions")
+    ttft_count = delta("ttft_count")
+    kv_state = {d["id"]: d.get("kv_cache") for d in stats["models"][0]["deployments"]}
+    engine = {
+        "prefix_cache_hits_tokens": hits,
+        "prefix_cache_queries_tokens": queries,
+        "prefix_cache_hit_rate": round(hits / queries, 4) if queries else None,
+        "preemptions": preemptions,
+        # The engines' own view (simulated seconds), without the gateway and the network.
+        "engine_ttft_mean_ms": round(delta("ttft_sum_s") / ttft_count * 1000, 3)
+        if ttft_count else None,
+        "engine_queue_mean_ms": round(delta("queue_sum_s") / ttft_count * 1000, 3)
+        if ttft_count else None,
+        "kv_state_at_end": kv_state,
+    }
+    return result, engine
+
+
+def run(options: ScenarioOptions) -> dict[str, Any]:
+    if options.target is not None:
+        raise ValueError("the precise scenario starts its own fleets and gateways (no --target)")
+    setup = QUICK if options.quick else FULL
+    requests = build_requests(setup, options.seed)
+    console = options.console
+    if console is not None:
+        console.print(
+            f"[bold]kvgate bench precise[/]: {len(requests)} requests at {setup.rate_per_s}/s "
+            f"per arm; working set {setup.working_set_tokens:,} tokens = "
+            f"{setup.working_set_tokens / setup.capacity_tokens:.1f}x the fleet's KV "
+            f"capacity ({setup.capacity_tokens:,})"
+        )
+    results: list[BenchResult] = []
+    engines: dict[str, dict[str, Any]] = {}
+    for name in ARMS:
+        result, engine = _run_arm(name, setup, requests, options)
+        results.append(result)
+        engines[name] = engine
+        if console is not None:
+            ttft = result.summary.get("ttft_ms") or {}
+            console.print(f"{name}: prefix-cache hit rate {engine['prefix_cache_hit_rate']}, "
+                          f"TTFT p50 {ttft.get('p50')} ms, p95 {ttft.get('p95')} ms, "
+                          f"errors {result.summary['requests']['errors']}")
+    approximate, precise = results[0].summary, results[1].summary
+    targets = {
+        "hit_rate_higher": (engines["precise"]["prefix_cache_hit_rate"] or 0)
+        > (engines["approximate"]["prefix_cache_hit_rate"] or 0),
+        "ttft_p95_lower": ((precise.get("ttft_ms") or {}).get("p95") or float("inf"))
+        < ((approximate.get("ttft_ms") or {}).get("p95") or float("inf")),
+    }
+    return comparison_document(
+        "precise", results, quick=options.quick, include_records=False,
+        setup={**asdict(setup), "profile": PROFILE,
+               "capacity_tokens": setup.capacity_tokens,
+               "working_set_tokens": setup.working_set_tokens},
+        engine=engines, targets=targets,
+    )
