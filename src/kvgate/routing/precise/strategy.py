@@ -18,7 +18,8 @@ Per request:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +78,7 @@ class PreciseKVAware:
         load: LoadView,
         *,
         zmq_context: zmq.asyncio.Context | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._deployments = list(deployments)
         self._ids = [d.id for d in deployments]
@@ -93,7 +95,7 @@ class PreciseKVAware:
             if ds.kv_events is not None:
                 state = ReplicaEventState(ReplicaKVIndex(
                     max_blocks=precise.max_blocks_per_deployment,
-                    pending_ttl_s=precise.pending_ttl_s,
+                    pending_ttl_s=precise.pending_ttl_s, clock=clock,
                 ))
                 self._subscribers.append(KVEventSubscriber(
                     deployment.id, ds.kv_events, state,
