@@ -141,7 +141,11 @@ class HFRenderer:
                 "mask_token")
         }
         template = _chat_template(directory, config)
-        self._template = _compile(template) if template else None
+        try:
+            self._template = _compile(template) if template else None
+        except TemplateError as exc:
+            raise ValueError(f"tokenizer {directory}: chat template does not compile: {exc}"
+                             ) from exc
         self._string_content = template is None or not _ITERATES_CONTENT.search(template)
         self._image_placeholder = str(config.get("image_token") or "<image>")
         self._image_token_id = self._tokenizer.token_to_id(self._image_placeholder)
