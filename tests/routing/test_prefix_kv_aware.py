@@ -7,6 +7,7 @@ import base64
 import random
 from collections import Counter
 
+import httpx
 import orjson
 
 from kvgate.api.request import parse_call
@@ -17,6 +18,7 @@ from kvgate.routing.deployment import Deployment
 from kvgate.routing.load import InFlightLoad
 from kvgate.routing.prefix_kv_aware import PrefixKVAware
 from tests.routing.factories import deployment
+from tests.support.processes import run_gateway
 
 DOCS = [f"Document {i}: " + ("lorem ipsum dolor sit amet " * 60) + f" end of document {i}."
         for i in range(8)]
@@ -128,3 +130,21 @@ def test_failover_attempt_excludes_the_failed_replica_and_records_there() -> Non
     decision = s.choose(call, survivor)
     assert decision.deployment is survivor[0]
     assert decision.explanation["outcome"] == "spill"
+
+
+def test_admin_stats_show_the_affinity_table_size() -> None:
+    config = """
+providers: { a: { type: mock }, b: { type: mock } }
+models:
+  - name: m
+    deployments: [ { provider: a, model: m }, { provider: b, model: m } ]
+routing: { strategy: prefix_kv_aware, prefix: { block_chars: 64 } }
+"""
+    with run_gateway(config) as gateway:
+        before = httpx.get(gateway.url + "/admin/stats").json()["models"][0]
+        assert before["affinity_entries"] == 0
+        httpx.post(gateway.base_url + "/chat/completions", json={
+            "model": "m", "messages": [{"role": "user", "content": "x" * 700}]})
+        after = httpx.get(gateway.url + "/admin/stats").json()["models"][0]
+        # 10 bytes of role marker + 700 chars = 710 bytes: 11 whole 64-byte blocks.
+        assert after["affinity_entries"] == 11

@@ -35,10 +35,13 @@ def stats(gateway: Gateway) -> dict[str, Any]:
                 # precise_kv: mode (precise / degraded / approximate), blocks tracked, last
                 # event sequence, lag.
                 deployments[-1]["kv_cache"] = kv_state[deployment.id]
+        affinity_entries = getattr(route.strategy, "affinity_entries", None)
         models.append({
             "name": route.name,
             "strategy": route.strategy.name,
             "max_attempts": route.max_attempts,
+            # prefix_kv_aware: the affinity table's size in (deployment, block) entries.
+            "affinity_entries": affinity_entries() if callable(affinity_entries) else None,
             "deployments": deployments,
         })
     return {

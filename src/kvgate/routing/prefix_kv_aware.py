@@ -148,6 +148,10 @@ class PrefixKVAware:
         if state is not None and state.fingerprint.hashes:
             self._index.record(deployment.id, state.fingerprint.hashes)
 
+    def affinity_entries(self) -> int:
+        """(deployment, block) pairs the affinity index tracks; -1 when the backend can't tell."""
+        return self._index.size()
+
 
 def cumulative_tokens(tokens: Sequence[int]) -> list[int]:
     """``out[k]`` = tokens in the first ``k`` links."""
