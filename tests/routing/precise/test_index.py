@@ -15,10 +15,10 @@ class Clock:
 
 
 def stored(hashes: list[int], parent: int | None = None, medium: str | None = "GPU",
-           ) -> BlockStored:
+           block_size: int = 16) -> BlockStored:
     return BlockStored(block_hashes=list(hashes), parent_block_hash=parent,
-                       token_ids=[7] * 16 * len(hashes), block_size=16, lora_id=None,
-                       medium=medium, lora_name=None)
+                       token_ids=[7] * block_size * len(hashes), block_size=block_size,
+                       lora_id=None, medium=medium, lora_name=None)
 
 
 def removed(hashes: list[int | bytes], medium: str | None = "GPU") -> BlockRemoved:
@@ -90,3 +90,14 @@ def test_bound_drops_least_recently_stored() -> None:
     idx.apply([stored(list(range(1500)))])
     assert idx.num_gpu_blocks == 1000
     assert not idx.holds(0) and idx.holds(1499)
+
+
+def test_offload_chunks_announced_by_their_last_block() -> None:
+    # LMCache stores 64-token chunks (4 GPU blocks) and names each by its last block's hash.
+    idx = index()
+    idx.apply([stored([1, 2])])  # GPU: blocks 0-1 of the prompt
+    idx.apply([stored([4, 8], medium="cpu", block_size=64)])  # chunks 0-3 and 4-7
+    prompt = list(range(1, 11))  # block keys 1..10
+    assert idx.match(prompt) == PrefixMatch(2, 6)  # GPU 0-1, then the rest of chunks 0 and 1
+    idx.apply([removed([4], medium="cpu")])
+    assert idx.match(prompt) == PrefixMatch(2, 0)

@@ -86,6 +86,9 @@ class ReplicaKVIndex:
         self.peak_gpu_blocks = 0
         #: Bumped by every ``clear``: what was learned before it no longer describes the replica.
         self.epoch = 0
+        # Block sizes seen in events: the GPU's, and the offload tier's chunk (in GPU blocks).
+        self._gpu_block_size = 0
+        self._offload_span_blocks = 1
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -127,10 +130,16 @@ class ReplicaKVIndex:
         offloaded = self._offloaded
         num_offloaded = 0
         if offloaded:
-            for key in keys[num_gpu:]:
-                if key not in offloaded:
+            # An offload tier may announce whole chunks (LMCache: 256 tokens) under the hash of
+            # the chunk's last block; chunks are aligned to the prompt's start.
+            span = self._offload_span_blocks
+            position = num_gpu
+            while position < len(keys):
+                chunk_end = (position // span + 1) * span - 1
+                if chunk_end >= len(keys) or keys[chunk_end] not in offloaded:
                     break
-                num_offloaded += 1
+                position = chunk_end + 1
+            num_offloaded = position - num_gpu
         return PrefixMatch(num_gpu, num_offloaded) if num_gpu or num_offloaded else NO_MATCH
 
     # -- dispatches -------------------------------------------------------------------------
@@ -182,8 +191,11 @@ class ReplicaKVIndex:
         keys = [event_key(h) for h in event.block_hashes]
         self.stored_blocks_total += len(keys)
         if not is_gpu_medium(event.medium):
+            if self._gpu_block_size and event.block_size > self._gpu_block_size:
+                self._offload_span_blocks = event.block_size // self._gpu_block_size
             _add_all(self._offloaded, keys, self._max_blocks)
             return
+        self._gpu_block_size = event.block_size
         gpu = self._gpu
         parent = event.parent_block_hash
         if parent is not None:
