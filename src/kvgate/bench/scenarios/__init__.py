@@ -53,6 +53,16 @@ SCENARIOS: Mapping[str, ScenarioEntry] = MappingProxyType({
         "precise_kv vs prefix_kv_aware on `kvgate sim --kv-events` under memory pressure "
         "(working set 3x KV); about 3 minutes",
     ),
+    "offload": ScenarioEntry(
+        "kvgate.bench.scenarios.offload",
+        "one simulated replica under memory pressure (working set 2.5x its KV), CPU offload "
+        "tier off vs on; in-process, about 3 minutes",
+    ),
+    "scale": ScenarioEntry(
+        "kvgate.bench.scenarios.scale",
+        "the gateway's strategies routing 8, 64 and 256 in-process simulated replicas: hit "
+        "rate, TTFT p95, load spread, router microseconds and index memory; a few minutes",
+    ),
 })
 
 

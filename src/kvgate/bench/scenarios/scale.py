@@ -1,0 +1,380 @@
+"""``scale``: the gateway's strategies in front of 8, 64 and 256 simulated replicas.
+
+Simulator figures: in-process llama-3.1-8b-h100 engines on a virtual clock, routed by the
+gateway's own parsing and strategy code (:mod:`kvgate.bench.routed_fleet`). Each strategy gets
+the same users:
+
+* ``users_per_replica`` x replicas users (2,048 at 256 replicas), ``users_per_app`` of them per
+  app, each app with its own 512-token system prompt;
+* a user's first turn adds a 1,024-token personal history; every turn asks a 64-token question
+  and gets 32 tokens back; the next turn, after a think time, resends the conversation with the
+  engine's actual answer, as a chat client does; 4 turns per user;
+* each replica's GPU KV is scaled down to 2,000 blocks (32k tokens) so that 256 engines fit in
+  this machine's memory: a replica can hold its own users' conversations, not everyone's.
+
+Per strategy and fleet size: the engines' prefix-cache hit rate (cached prompt tokens /
+prompt tokens), TTFT p50/p95, load spread (max / mean of per-replica busy time and requests),
+the router's cost per decision (prepare + choose + on_dispatched: wall time, and CPU time,
+which a busy machine does not inflate) and its index (entries, and bytes measured with
+``tracemalloc`` by replaying the run's writes). A second table times prefix_kv_aware's
+decisions alone as prompts grow to 128k tokens, against a warm index. ``--quick``: tiny sizes,
+seconds; its figures only show directions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+
+from kvgate import __version__
+from kvgate.api.request import parse_call
+from kvgate.bench.api import RESULT_FORMAT, host_info
+from kvgate.bench.routed_fleet import (
+    MAX_IMAGE_BYTES,
+    QUANTUM_S,
+    RoutedFleet,
+    VirtualClock,
+    build_router,
+    index_bytes,
+    make_deployments,
+)
+from kvgate.bench.scenarios import ScenarioOptions
+from kvgate.bench.stats import distribution_ms
+from kvgate.bench.text import filler, seeded_rng
+from kvgate.bench.virtual_fleet import RequestBuilder
+from kvgate.config.schema import RoutingSettings
+from kvgate.routing.deployment import Deployment
+from kvgate.sim.engine import Engine, EngineConfig
+from kvgate.sim.profiles import get_profile
+
+PROFILE = "llama-3.1-8b-h100"
+STRATEGIES: tuple[str, ...] = ("round_robin", "least_busy", "prefix_kv_aware")
+COMMAND = "kvgate bench scenario scale --out benchmarks/results/scale.json"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatShape:
+    """Per-user conversations (token counts are the simulator's, 4 characters each)."""
+
+    system_tokens: int = 512
+    history_tokens: int = 1024
+    question_tokens: int = 64
+    output_tokens: int = 32
+    rounds: int = 4
+    users_per_replica: int = 8
+    users_per_app: int = 16
+    #: Users start uniformly within this window, then think ``min_think_s`` + Exp(mean).
+    ramp_s: float = 5.0
+    mean_think_s: float = 2.5
+    min_think_s: float = QUANTUM_S
+
+
+@dataclass(frozen=True, slots=True)
+class FleetCase:
+    replicas: int
+    kv_blocks: int
+    shape: ChatShape
+
+
+def fleet_cases(quick: bool) -> list[FleetCase]:
+    if quick:
+        shape = ChatShape(system_tokens=256, history_tokens=512, question_tokens=32,
+                          output_tokens=16, rounds=3, users_per_replica=4, users_per_app=8,
+                          ramp_s=2.0, mean_think_s=1.0)
+        return [FleetCase(replicas, 500, shape) for replicas in (4, 16)]
+    return [FleetCase(replicas, 2000, ChatShape()) for replicas in (8, 64, 256)]
+
+
+def cost_grid(quick: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(replica counts, prompt lengths in tokens) for the decision-cost table."""
+    if quick:
+        return (4, 16), (1024, 8192)
+    return (8, 64, 256), (1024, 8192, 32768, 131072)
+
+
+class Users:
+    """Conversations, built turn by turn so that the engine's real answers are resent.
+
+    User ``u`` belongs to app ``u % num_apps`` (its system prompt); the first turn adds a
+    personal history, every turn a new question.
+    """
+
+    def __init__(self, shape: ChatShape, num_users: int, model: str, seed: int) -> None:
+        self.shape = shape
+        self.model = model
+        self.seed = seed
+        num_apps = max(1, num_users // shape.users_per_app)
+        systems = [filler(shape.system_tokens, "scale.system", seed, app)
+                   for app in range(num_apps)]
+        self.conversations: list[list[dict[str, str]]] = [
+            [{"role": "system", "content": systems[user % num_apps]}]
+            for user in range(num_users)
+        ]
+        self.turns_done = [0] * num_users
+
+    def next_body(self, user: int) -> bytes:
+        turn = self.turns_done[user]
+        question = filler(self.shape.question_tokens, "scale.question", self.seed, user, turn)
+        if turn == 0:
+            history = filler(self.shape.history_tokens, "scale.history", self.seed, user)
+            question = history + question
+        conversation = self.conversations[user]
+        conversation.append({"role": "user", "content": question})
+        return orjson.dumps({"model": self.model, "messages": conversation, "stream": True,
+                             "max_tokens": self.shape.output_tokens, "ignore_eos": True})
+
+    def answered(self, user: int, answer: str) -> bool:
+        self.conversations[user].append({"role": "assistant", "content": answer})
+        self.turns_done[user] += 1
+        if self.turns_done[user] >= self.shape.rounds:
+            self.conversations[user] = []  # done: let the text go
+            return False
+        return True
+
+
+async def run_fleet(case: FleetCase, strategy_name: str, seed: int) -> dict[str, Any]:
+    """One strategy on one fleet size; returns the run's figures."""
+    wall_start_s = time.perf_counter()
+    profile = get_profile(PROFILE)
+    builder = RequestBuilder(profile)
+    shape = case.shape
+    num_users = case.replicas * shape.users_per_replica
+    # NOTE: xxhash block hashes: sha256's byte-exactness is not needed here and costs more.
+    engines = [Engine(profile, EngineConfig(num_gpu_blocks=case.kv_blocks, hash_algo="xxhash"))
+               for _ in range(case.replicas)]
+    routing = RoutingSettings(seed=seed)
+    fleet = RoutedFleet(engines, builder, strategy_name, routing)
+    rng = random.Random(f"scale.arrivals:{seed}")
+    first_arrivals_s = [rng.uniform(0, shape.ramp_s) for _ in range(num_users)]
+    outcome = await fleet.run(
+        Users(shape, num_users, builder.model, seed), first_arrivals_s,
+        think_s=lambda: shape.min_think_s + rng.expovariate(1 / shape.mean_think_s))
+    stats = [s for _, s in outcome.finished]
+    prompt_tokens = sum(s.num_prompt_tokens for s in stats)
+    result: dict[str, Any] = {
+        "strategy": strategy_name,
+        "replicas": case.replicas,
+        "users": num_users,
+        "requests": len(stats),
+        "simulated_s": round(outcome.simulated_s, 3),
+        "hit_ratio": round(sum(s.num_cached_tokens for s in stats) / prompt_tokens, 4)
+        if prompt_tokens else None,
+        "ttft_ms": distribution_ms(s.ttft_s for s in stats if s.ttft_s is not None),
+        "output_tokens_per_s": round(sum(s.num_output_tokens for s in stats)
+                                     / outcome.simulated_s, 1),
+        "preempted_requests": sum(1 for s in stats if s.num_preemptions),
+        "load": {
+            "requests_max_over_mean": _max_over_mean(outcome.requests_per_replica),
+            "busy_max_over_mean": _max_over_mean(outcome.busy_s_per_replica),
+            "requests_cv": _cv(outcome.requests_per_replica),
+        },
+        "router": {
+            "decision_us": _us_distribution(outcome.decision_ns),
+            "decision_cpu_us": _us_distribution(outcome.decision_cpu_ns),
+            "outcomes": outcome.outcomes,
+        },
+    }
+    if outcome.index is not None:
+        max_blocks = max(1, routing.prefix.max_tracked_blocks // case.replicas)
+        entries, used = index_bytes(outcome.index.writes, max_blocks, routing.prefix.ttl_s)
+        result["router"]["index_entries"] = entries
+        result["router"]["index_bytes"] = used
+        result["router"]["index_bytes_per_entry"] = round(used / entries, 1) if entries else None
+    result["wall_s"] = round(time.perf_counter() - wall_start_s, 2)
+    return result
+
+
+def _max_over_mean(values: Sequence[float]) -> float | None:
+    mean = statistics.fmean(values) if values else 0.0
+    return round(max(values) / mean, 3) if mean else None
+
+
+def _cv(values: Sequence[float]) -> float | None:
+    mean = statistics.fmean(values) if values else 0.0
+    return round(statistics.pstdev(values) / mean, 3) if mean else None
+
+
+def _us_distribution(values_ns: Sequence[int]) -> dict[str, float] | None:
+    if not values_ns:
+        return None
+    ordered = sorted(values_ns)
+    count = len(ordered)
+    return {
+        "count": count,
+        "mean": round(statistics.fmean(ordered) / 1000, 2),
+        "p50": round(ordered[count // 2] / 1000, 2),
+        "p99": round(ordered[min(count - 1, count * 99 // 100)] / 1000, 2),
+    }
+
+
+# -- decision cost as prompts grow --------------------------------------------------------------
+
+async def decision_cost(replicas: int, prompt_tokens: int, seed: int, samples: int
+                        ) -> dict[str, Any]:
+    """prefix_kv_aware's cost per decision for prompts of ``prompt_tokens`` on ``replicas``.
+
+    The index is first warmed with one distinct prompt of the same length per replica, so a
+    lookup walks real dicts (at 256 replicas and 128k tokens the default bound, 1M entries
+    split across replicas, no longer holds two such prompts per replica: older links go).
+    Three kinds of prompt are timed: ``cold`` (no replica has any of it), ``warm`` (one
+    replica has all of it, the others none) and ``shared`` (every replica has it: the walk is
+    matched links x replicas, the worst case).
+    """
+    deployments = make_deployments(replicas)
+    clock = VirtualClock()
+    routing = RoutingSettings(seed=seed)
+    strategy, _ = build_router("prefix_kv_aware", deployments, routing, clock)
+    prepare = getattr(strategy, "prepare")  # noqa: B009 - prefix_kv_aware always has one
+    model = "fleet"
+    models = frozenset({model})
+
+    # Prompts differ in their first 64 tokens and share the rest: the chains part at block 0,
+    # and building hundreds of distinct 128k-token texts is avoided.
+    tail = filler(prompt_tokens - 64, "scale.cost.tail", seed)
+
+    def body(*parts: object) -> bytes:
+        text = filler(64, "scale.cost.head", seed, *parts) + tail
+        return orjson.dumps({"model": model, "messages": [{"role": "user", "content": text}]})
+
+    async def route(raw: bytes, to: Deployment | None = None) -> int:
+        call = parse_call(raw, "chat", models=models, max_image_bytes=MAX_IMAGE_BYTES,
+                          received_s=0.0, request_id="c")
+        started_ns = time.perf_counter_ns()
+        await prepare(call)
+        decision = strategy.choose(call, deployments)
+        strategy.on_dispatched(call, to or decision.deployment)
+        return time.perf_counter_ns() - started_ns
+
+    shared = body("shared")
+    for replica, deployment in enumerate(deployments):
+        await route(body("own", replica), deployment)
+        await route(shared, deployment)
+    rng = seeded_rng("scale.cost", seed)
+    timings: dict[str, list[int]] = {"cold": [], "warm": [], "shared": []}
+    for sample in range(samples):
+        timings["cold"].append(await route(body("cold", sample)))
+        timings["warm"].append(await route(body("own", rng.randrange(replicas))))
+        timings["shared"].append(await route(shared))
+    return {"replicas": replicas, "prompt_tokens": prompt_tokens,
+            **{kind: _us_distribution(values) for kind, values in timings.items()}}
+
+
+# -- the scenario ------------------------------------------------------------------------------
+
+def run(options: ScenarioOptions) -> dict[str, Any]:
+    console = options.console
+    document: dict[str, Any] = {
+        "kvgate_bench": {"format": RESULT_FORMAT, "version": __version__},
+        "scenario": "scale",
+        "quick": options.quick,
+        "host": host_info(),
+        "source": "simulator (in-process engines, virtual clock) + the gateway's routing code",
+        "command": COMMAND,
+        "profile": PROFILE,
+        "routing": RoutingSettings().prefix.model_dump(),
+        "fleets": [],
+        "decision_cost": [],
+    }
+    for case in fleet_cases(options.quick):
+        if console is not None:
+            console.print(f"[bold]scale[/]: {case.replicas} replicas x {case.kv_blocks:,} KV "
+                          f"blocks, {case.replicas * case.shape.users_per_replica:,} users")
+        runs = []
+        for name in STRATEGIES:
+            result = asyncio.run(run_fleet(case, name, options.seed))
+            runs.append(result)
+            if console is not None:
+                console.print(f"  {name}: {result['requests']:,} requests, "
+                              f"{result['wall_s']:.1f} s")
+        document["fleets"].append({"replicas": case.replicas, "kv_blocks": case.kv_blocks,
+                                   "shape": asdict(case.shape), "runs": runs})
+    replica_counts, prompt_lengths = cost_grid(options.quick)
+    for replicas in replica_counts:
+        for tokens in prompt_lengths:
+            samples = 20 if options.quick else 100 if tokens <= 8192 else 30
+            document["decision_cost"].append(
+                asyncio.run(decision_cost(replicas, tokens, options.seed, samples)))
+    if console is not None:
+        print_tables(document, console)
+    return document
+
+
+FLEET_HEADERS = ("replicas", "strategy", "hit rate", "TTFT p50 ms", "TTFT p95 ms",
+                 "TTFT p99 ms", "busy max/mean", "requests max/mean", "decision us p50",
+                 "decision us p99", "decision CPU us p99", "index entries", "index MB")
+#: The columns an 80-column terminal shows, by index into FLEET_HEADERS.
+SHORT_FLEET_COLUMNS = {0: "n", 1: "strategy", 2: "hit", 3: "TTFT p50", 4: "p95", 6: "busy",
+                       8: "us p50", 9: "p99", 10: "cpu p99", 12: "index MB"}
+
+
+def fleet_rows(document: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for fleet in document["fleets"]:
+        for run in fleet["runs"]:
+            router = run["router"]
+            decision = router["decision_us"] or {}
+            cpu = router["decision_cpu_us"] or {}
+            index_bytes_ = router.get("index_bytes")
+            rows.append([
+                f"{run['replicas']}", run["strategy"], f"{run['hit_ratio']:.1%}",
+                f"{run['ttft_ms']['p50']:,.0f}", f"{run['ttft_ms']['p95']:,.0f}",
+                f"{run['ttft_ms']['p99']:,.0f}", f"{run['load']['busy_max_over_mean']:.2f}",
+                f"{run['load']['requests_max_over_mean']:.2f}",
+                f"{decision.get('p50', 0):,.1f}", f"{decision.get('p99', 0):,.1f}",
+                f"{cpu.get('p99', 0):,.1f}", f"{router.get('index_entries', 0):,}",
+                "-" if index_bytes_ is None else f"{index_bytes_ / 1e6:.1f}",
+            ])
+    return rows
+
+
+COST_HEADERS = ("replicas", "prompt tokens", "cold p50 us", "warm p50 us", "shared p50 us",
+                "shared p99 us")
+
+
+def cost_rows(document: dict[str, Any]) -> list[list[str]]:
+    return [
+        [f"{row['replicas']}", f"{row['prompt_tokens']:,}", f"{row['cold']['p50']:,.0f}",
+         f"{row['warm']['p50']:,.0f}", f"{row['shared']['p50']:,.0f}",
+         f"{row['shared']['p99']:,.0f}"]
+        for row in document["decision_cost"]
+    ]
+
+
+def print_tables(document: dict[str, Any], console: Any) -> None:
+    from rich import box
+    from rich.table import Table
+
+    fleets = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0),
+                   title="scale: routing quality and router cost (simulated time; router "
+                         "microseconds measured here)", title_justify="left")
+    for header in SHORT_FLEET_COLUMNS.values():
+        fleets.add_column(header, justify="left" if header == "strategy" else "right",
+                          no_wrap=True)
+    for row in fleet_rows(document):
+        fleets.add_row(*(row[i] for i in SHORT_FLEET_COLUMNS))
+    console.print(fleets)
+    costs = Table(box=box.SIMPLE_HEAD, pad_edge=False, title="prefix_kv_aware: microseconds "
+                  "per decision as prompts grow (warm index)", title_justify="left")
+    for header in ("replicas", "prompt tokens", "cold p50", "warm p50", "shared p50",
+                   "shared p99"):
+        costs.add_column(header, justify="right", no_wrap=True)
+    for row in cost_rows(document):
+        costs.add_row(*row)
+    console.print(costs)
+
+
+def markdown_tables(document: dict[str, Any]) -> str:
+    """Both tables in Markdown, for docs/BENCHMARK_REPORT.md."""
+    def table(headers: Sequence[str], rows: list[list[str]]) -> list[str]:
+        return (["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+                + ["| " + " | ".join(row) + " |" for row in rows])
+
+    return "\n".join([*table(FLEET_HEADERS, fleet_rows(document)), "",
+                      *table(COST_HEADERS, cost_rows(document))])

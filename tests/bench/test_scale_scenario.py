@@ -1,0 +1,134 @@
+"""`kvgate bench scenario scale --quick`: structure, routing quality and the router's cost."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from kvgate.bench.routed_fleet import (
+    QUANTUM_S,
+    RoutedFleet,
+    VirtualClock,
+    build_router,
+    index_bytes,
+    make_deployments,
+)
+from kvgate.bench.scenarios import SCENARIOS
+from kvgate.bench.scenarios.scale import (
+    FLEET_HEADERS,
+    STRATEGIES,
+    ChatShape,
+    Users,
+    markdown_tables,
+)
+from kvgate.bench.virtual_fleet import RequestBuilder
+from kvgate.cli import main
+from kvgate.config.schema import RoutingSettings
+from kvgate.sim.engine import Engine, EngineConfig
+from kvgate.sim.profiles import get_profile
+
+
+@pytest.fixture(scope="module")
+def document(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("scale") / "scale.json"
+    assert main(["bench", "scenario", "scale", "--quick", "--quiet", "--out", str(out)]) == 0
+    loaded: dict[str, Any] = json.loads(out.read_text())
+    return loaded
+
+
+def test_registered() -> None:
+    assert SCENARIOS["scale"].module == "kvgate.bench.scenarios.scale"
+
+
+def test_every_strategy_serves_every_turn(document: dict[str, Any]) -> None:
+    assert document["scenario"] == "scale" and document["quick"] is True
+    assert len(document["fleets"]) == 2
+    for fleet in document["fleets"]:
+        shape = fleet["shape"]
+        users = fleet["replicas"] * shape["users_per_replica"]
+        assert [run["strategy"] for run in fleet["runs"]] == list(STRATEGIES)
+        for run in fleet["runs"]:
+            assert run["users"] == users
+            assert run["requests"] == users * shape["rounds"]
+            assert run["router"]["decision_us"]["count"] == run["requests"]
+            assert run["router"]["decision_us"]["p50"] > 0
+            assert run["ttft_ms"]["count"] == run["requests"]
+
+
+def test_prefix_kv_aware_beats_the_others_on_hit_rate(document: dict[str, Any]) -> None:
+    for fleet in document["fleets"]:
+        runs = {run["strategy"]: run for run in fleet["runs"]}
+        aware = runs["prefix_kv_aware"]
+        for other in ("round_robin", "least_busy"):
+            assert aware["hit_ratio"] > runs[other]["hit_ratio"] + 0.2
+            assert aware["ttft_ms"]["p50"] < runs[other]["ttft_ms"]["p50"]
+        assert aware["router"]["outcomes"].get("hit", 0) > 0
+    # Round robin's hits shrink as the fleet grows (each user's turns scatter wider);
+    # prefix_kv_aware's do not.
+    small, large = ({r["strategy"]: r["hit_ratio"] for r in f["runs"]}
+                    for f in document["fleets"])
+    assert large["round_robin"] < small["round_robin"]
+    assert large["prefix_kv_aware"] >= small["prefix_kv_aware"] - 0.05
+
+
+def test_only_prefix_kv_aware_keeps_an_index(document: dict[str, Any]) -> None:
+    for fleet in document["fleets"]:
+        for run in fleet["runs"]:
+            router = run["router"]
+            if run["strategy"] == "prefix_kv_aware":
+                assert router["index_entries"] > 0 and router["index_bytes"] > 0
+            else:
+                assert "index_entries" not in router and router["outcomes"] == {}
+
+
+def test_decision_cost_table(document: dict[str, Any]) -> None:
+    rows = document["decision_cost"]
+    assert {(r["replicas"], r["prompt_tokens"]) for r in rows} == {
+        (4, 1024), (4, 8192), (16, 1024), (16, 8192)}
+    for row in rows:
+        for kind in ("cold", "warm", "shared"):
+            assert row[kind]["count"] == 20 and row[kind]["p50"] > 0
+    lines = markdown_tables(document).splitlines()
+    assert lines[0].count("|") == len(FLEET_HEADERS) + 1
+    assert len(lines) == 2 + 6 + 1 + 2 + 4
+
+
+def test_in_flight_returns_to_zero_and_load_guard_sees_load() -> None:
+    profile = get_profile("llama-3.1-8b-h100")
+    builder = RequestBuilder(profile)
+    engines = [Engine(profile, EngineConfig(num_gpu_blocks=300)) for _ in range(3)]
+    fleet = RoutedFleet(engines, builder, "least_busy", RoutingSettings(seed=1))
+    shape = ChatShape(system_tokens=64, history_tokens=64, question_tokens=8, output_tokens=8,
+                      rounds=2, users_per_app=4)
+    # Six users arrive at once: least_busy only spreads them if in_flight follows the engines.
+    outcome = asyncio.run(fleet.run(Users(shape, 6, builder.model, 0), [0.0] * 6,
+                                    think_s=lambda: QUANTUM_S))
+    assert len(outcome.finished) == 12
+    assert all(d.stats.in_flight == 0 for d in fleet.deployments)
+    assert outcome.requests_per_replica == [4, 4, 4]
+
+
+def test_think_times_shorter_than_the_quantum_are_refused() -> None:
+    profile = get_profile("llama-3.1-8b-h100")
+    builder = RequestBuilder(profile)
+    fleet = RoutedFleet([Engine(profile, EngineConfig(num_gpu_blocks=300))], builder,
+                        "round_robin", RoutingSettings(seed=1))
+    shape = ChatShape(system_tokens=16, history_tokens=16, question_tokens=4, output_tokens=2,
+                      rounds=2)
+    with pytest.raises(ValueError, match="think times"):
+        asyncio.run(fleet.run(Users(shape, 1, builder.model, 0), [0.0], think_s=lambda: 0.0))
+
+
+def test_index_memory_replay_counts_entries() -> None:
+    deployments = make_deployments(2)
+    _, index = build_router("prefix_kv_aware", deployments, RoutingSettings(seed=0),
+                            VirtualClock())
+    assert index is not None
+    index.record("replica-0", list(range(1000)))
+    index.record("replica-1", list(range(500)))
+    entries, used = index_bytes(index.writes, max_blocks_per_deployment=10_000, ttl_s=300)
+    assert entries == index.size() == 1500
+    assert 40 * entries < used < 200 * entries  # ~75 B an entry (docs/HOW_ROUTING_WORKS.md)
