@@ -82,6 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scenario.add_argument("--seed", type=int, default=0)
     scenario.add_argument("--target", default=None,
                           help="measure this running gateway instead of starting one")
+    scenario.add_argument("--no-peers", dest="peers", action="store_false",
+                          help="leave out the peer systems (nginx, LiteLLM, vllm-router, "
+                               "sglang-router): KVGate's side only, nothing installed")
     _add_output_flags(scenario)
 
     sub.add_parser("list", help="list workloads (with parameters) and scenarios")
@@ -199,7 +202,8 @@ def _scenario(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.name)
     console = _console(args.quiet)
     document = scenario(ScenarioOptions(quick=args.quick, seed=args.seed, target=args.target,
-                                        plots_dir=args.plots, console=console))
+                                        plots_dir=args.plots, console=console,
+                                        peers=getattr(args, "peers", True)))
     if args.out is not None:
         _note(console, f"results: {write_json(args.out, document)}")
     return 0

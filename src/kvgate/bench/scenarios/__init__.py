@@ -29,6 +29,9 @@ class ScenarioOptions:
     plots_dir: Path | None = None
     #: A rich Console for progress and tables; None runs silently.
     console: Any = None
+    #: Install and start the peer systems a scenario compares with (``--no-peers``: KVGate's
+    #: side only, installing nothing).
+    peers: bool = True
 
 
 class Scenario(Protocol):
@@ -47,6 +50,16 @@ SCENARIOS: Mapping[str, ScenarioEntry] = MappingProxyType({
     "demo": ScenarioEntry(
         "kvgate.bench.scenarios.demo",
         "start `kvgate run` (built-in demo, mock providers) and load-test it; under a minute",
+    ),
+    "overhead": ScenarioEntry(
+        "kvgate.bench.scenarios.overhead",
+        "one hop over a zero-latency upstream: direct, nginx, KVGate, LiteLLM, vllm-router; "
+        "c=1 and c=32, streamed and not; about 8 minutes (peers install on first run)",
+    ),
+    "peers": ScenarioEntry(
+        "kvgate.bench.scenarios.peers",
+        "routing workloads through vllm-router and sglang-router beside KVGate's strategies "
+        "on one `kvgate sim` fleet: TTFT p95, throughput, replica prefix-cache hit rate",
     ),
     "precise": ScenarioEntry(
         "kvgate.bench.scenarios.precise",

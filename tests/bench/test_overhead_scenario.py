@@ -1,0 +1,75 @@
+"""`kvgate bench scenario overhead --quick --no-peers`, and a run whose peers all fail."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvgate.bench.peers import PeerUnavailable
+from kvgate.bench.scenarios import SCENARIOS, ScenarioOptions, overhead
+from kvgate.cli import main
+
+
+def _assert_measured(document: dict[str, Any], name: str) -> None:
+    c1 = document["c1_blocking_ms"][name]
+    assert c1["count"] == overhead.QUICK.requests_c1
+    assert 0 < c1["p50"] <= c1["p99"]
+    stream = document["c1_stream_ttft_ms"][name]
+    assert stream["count"] == overhead.QUICK.stream_requests_c1
+    for phase in ("c32_blocking", "c32_stream"):
+        c32 = document[phase][name]
+        assert c32["requests_per_s"] > 0 and c32["non_2xx"] == c32["socket_errors"] == 0, c32
+        assert len(c32["rounds"]) == overhead.QUICK.rounds_c32
+        assert c32["cpu_us_per_request"] is not None
+    assert document["rss_mb"][name]["idle"] > 1.0
+
+
+def test_quick_without_peers_measures_direct_and_kvgate(tmp_path: Path) -> None:
+    assert "overhead" in SCENARIOS
+    out = tmp_path / "overhead.json"
+    assert main(["bench", "scenario", "overhead", "--quick", "--no-peers", "--quiet",
+                 "--out", str(out)]) == 0
+    document = json.loads(out.read_text())
+    assert document["scenario"] == "overhead" and document["quick"] is True
+    assert document["peers"] is False
+    assert document["command"].endswith("--quick --no-peers")
+    assert list(document["targets"]) == ["direct", "kvgate"]
+    assert document["unavailable"] == {} and document["failed"] == {}
+    for name in ("direct", "kvgate"):
+        _assert_measured(document, name)
+    kvgate = document["c1_blocking_ms"]["kvgate"]
+    assert "added_p50" in kvgate and "added_p99" in kvgate
+    assert "added_p50" not in document["c1_blocking_ms"]["direct"]
+    row = document["comparison"]["kvgate"]
+    assert set(row) >= {"added_p50_ms", "added_p99_ms", "stream_ttft_p50_ms",
+                        "c32_requests_per_s", "c32_stream_requests_per_s",
+                        "cpu_us_per_request"}
+    assert document["load_generator"]
+
+
+def test_peers_that_cannot_install_are_recorded_and_the_run_goes_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_package(executable: str, package: str, **_: Any) -> tuple[str, float]:
+        raise PeerUnavailable(f"apt-get install -y {package} exited with 100: no network")
+
+    def no_venv(self: Any, package: Any) -> Any:
+        raise PeerUnavailable(f"{package.name}: pip install {package.requirement} exited with 1")
+
+    monkeypatch.setattr(overhead, "ensure_debian_package", no_package)
+    monkeypatch.setattr(overhead.PeerInstaller, "ensure", no_venv)
+    document = overhead.run(ScenarioOptions(quick=True, peers=True))
+    assert document["unavailable"] == {
+        "nginx": "apt-get install -y nginx exited with 100: no network",
+        "litellm": "litellm: pip install litellm[proxy]==1.81.13 exited with 1",
+        "vllm-router": "vllm-router: pip install vllm-router==0.1.17 exited with 1",
+    }
+    assert list(document["targets"]) == ["direct", "kvgate"]
+    _assert_measured(document, "kvgate")
+
+
+def test_target_is_refused() -> None:
+    with pytest.raises(ValueError, match="does not take --target"):
+        overhead.run(ScenarioOptions(quick=True, target="http://127.0.0.1:1"))

@@ -1,0 +1,79 @@
+"""`kvgate bench scenario peers --quick --no-peers`: KVGate's strategies on the sim fleet."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from kvgate.bench.peers import PeerUnavailable
+from kvgate.bench.request import BenchRequest
+from kvgate.bench.scenarios import SCENARIOS, ScenarioOptions, peers
+from kvgate.cli import main
+
+KVGATE_LABELS = [r.label for r in peers.KVGATE_ROUTERS]
+
+
+def _assert_runs(section: dict[str, Any], labels: list[str]) -> None:
+    assert sorted(section["routers"]) == sorted(labels)
+    requests = section["workload"]["requests"]
+    for label in labels:
+        numbers = section["routers"][label]
+        assert numbers["requests"] == requests and numbers["errors"] == 0, numbers
+        assert numbers["ttft_ms"]["p95"] >= numbers["ttft_ms"]["p50"] > 0
+        assert numbers["requests_per_s"] > 0 and numbers["output_tokens_per_s"] > 0
+        assert 0.0 <= numbers["replica_hit_rate"] <= 1.0
+        shares = numbers["replica_share"]
+        assert len(shares) == section["fleet"]["replicas"]
+        assert sum(shares) == pytest.approx(1.0, abs=0.01)
+
+
+@pytest.mark.timeout(600)  # 3 fleets and 9 gateways start; slow on a busy 2-core machine
+def test_quick_without_peers_runs_every_case_through_kvgate(tmp_path: Path) -> None:
+    assert "peers" in SCENARIOS
+    out = tmp_path / "peers.json"
+    assert main(["bench", "scenario", "peers", "--quick", "--no-peers", "--quiet",
+                 "--out", str(out)]) == 0
+    document = json.loads(out.read_text())
+    assert document["scenario"] == "peers" and document["peers"] is False
+    assert document["installs"] == {} and document["unavailable"] == {}
+    assert list(document["cases"]) == ["images", "chat", "shared_prefix"]
+    for name, section in document["cases"].items():
+        _assert_runs(section, KVGATE_LABELS)
+        row = document["comparison"][name]
+        assert list(row) == KVGATE_LABELS
+        assert set(row["kvgate/prefix_kv_aware"]) >= {"ttft_p95_ms", "requests_per_s",
+                                                      "replica_hit_rate"}
+
+
+def test_failed_peer_installs_are_recorded_and_kvgate_still_runs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_venv(self: Any, package: Any) -> Any:
+        raise PeerUnavailable(f"{package.name}: pip install {package.requirement} exited with 1")
+
+    monkeypatch.setattr(peers.PeerInstaller, "ensure", no_venv)
+    first_case = peers.cases(True)[:1]
+    monkeypatch.setattr(peers, "cases", lambda quick: first_case)
+    monkeypatch.setattr(peers, "KVGATE_ROUTERS", peers.KVGATE_ROUTERS[-1:])
+    document = peers.run(ScenarioOptions(quick=True, peers=True))
+    assert set(document["unavailable"]) == {"sglang-router", "vllm-router"}
+    assert document["unavailable"]["vllm-router"].endswith("vllm-router==0.1.17 exited with 1")
+    assert list(document["comparison"]["images"]) == ["kvgate/prefix_kv_aware"]
+    _assert_runs(document["cases"]["images"], ["kvgate/prefix_kv_aware"])
+
+
+def test_counters_parse_vllm_metrics_and_requests_carry_their_user_key() -> None:
+    text = ('# HELP vllm:prefix_cache_hits_total x\n'
+            'vllm:prefix_cache_hits_total{model_name="m"} 30.0\n'
+            'vllm:prefix_cache_queries_total{model_name="m"} 100.0\n'
+            'vllm:request_success_total{finished_reason="length",model_name="m"} 3.0\n'
+            'vllm:request_success_total{finished_reason="stop",model_name="m"} 2.0\n')
+    counters = peers.parse_counters(text)
+    assert (counters.prefix_cache_hits, counters.prefix_cache_queries, counters.requests) == (
+        30.0, 100.0, 5.0)
+    assert counters.minus(peers.ReplicaCounters(requests=1.0)).requests == 4.0
+    keyed = peers.with_user_keys([BenchRequest(body=b'{"model":"m"}', stream=True, tag="g1")])
+    assert orjson.loads(keyed[0].body) == {"model": "m", "user": "g1"}
