@@ -142,7 +142,7 @@ class DeploymentSettings(_Frozen):
     hash_algo: Literal["sha256", "sha256_cbor", "xxhash", "xxhash_cbor"] = "sha256"
     #: The replica's PYTHONHASHSEED, which seeds vLLM's NONE_HASH; None = unset there (vLLM
     #: then uses a fixed seed for sha256*, and a secret random one for xxhash*, which makes
-    #: xxhash hashes unreproducible: precise routing falls back to the events' own tokens).
+    #: xxhash hashes unreproducible: precise routing then keys blocks by the events' tokens).
     hash_seed: str | None = None
     #: vLLM's ``--model`` (the model id its image hashes include); None = ``model``.
     mm_model_id: str | None = None

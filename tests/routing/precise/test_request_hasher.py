@@ -149,3 +149,47 @@ def test_simulator_tokenizer_matches_the_replica_renderer() -> None:
                                                  mm_items=rendered.mm_items)
     assert rendered.mm_items[0].identifier == RGB_PNG_MM_HASH
     assert h.hash_call(call).keys == tuple(to_event_hash(x) for x in expected)
+
+
+def test_token_blocks_match_a_replica_whose_hashes_are_secret() -> None:
+    """xxhash with vLLM's random seed: the gateway keys blocks by the events' token ids."""
+    import os
+
+    from kvgate.routing.precise.index import ReplicaKVIndex
+    from kvgate.sim.engine import Engine, EngineConfig
+    from kvgate.sim.events import CollectingSink
+    from kvgate.sim.profiles import get_profile
+    from kvgate.sim.prompt import PromptRenderer
+    from kvgate.sim.request import EngineRequest
+    from kvgate.sim.tokenizer import SimTokenizer
+    from kvgate.vllm_compat.kv_events import KVEventBatch, decode_event_batch, encode_event_batch
+
+    profile = get_profile("llava-onevision-7b-a40")
+    sink = CollectingSink()
+    engine = Engine(profile, EngineConfig(num_gpu_blocks=400, hash_algo="xxhash",
+                                          none_hash_seed=os.urandom(16).hex(),
+                                          enable_kv_events=True), sink=sink)
+    url = "data:image/png;base64," + base64.b64encode(RGB_PNG).decode()
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                             {"type": "text", "text": "tell me " * 40}]}]
+    rendered = PromptRenderer(profile, SimTokenizer(), 20).render_chat(messages)
+    engine.submit(EngineRequest("a", rendered.token_ids, [7] * 3, mm_items=rendered.mm_items,
+                                cache_salt="s1"), 0.0)
+    now = 0.0
+    while engine.has_unfinished_requests():
+        step, _ = engine.step(now)
+        assert step is not None
+        now = step.end_s
+
+    index = ReplicaKVIndex(max_blocks=10_000, pending_ttl_s=0, token_blocks=True)
+    for ts, events in sink.batches:  # through the wire format, as the subscriber sees them
+        index.apply(decode_event_batch(encode_event_batch(KVEventBatch(ts, events))).events)
+    h = build_request_hasher(DeploymentSettings(
+        provider="p", model=MODEL, tokenizer="kvgate-sim:llava-onevision-7b-a40",
+        hash_algo="xxhash", image_tokens=20), token_blocks=True)
+    body = {"model": MODEL, "messages": messages, "cache_salt": "s1"}
+    blocks = h.hash_call(as_call(body))
+    assert len(blocks.keys) == len(rendered.token_ids) // 16
+    assert index.match(blocks.keys).gpu_blocks == len(blocks.keys)
+    other_salt = h.hash_call(as_call({**body, "cache_salt": "s2"}))
+    assert index.match(other_salt.keys).gpu_blocks == 0

@@ -135,3 +135,11 @@ def test_without_tokenizer_affinity_expires_with_the_replica_eviction_clock() ->
     result = route(s, chat(DOC + " three"), d)
     assert result["candidates"][home.id]["matched_tokens"] == 0
     assert result["source"] == "event_clock"
+
+
+def test_secret_replica_hashes_switch_to_token_blocks() -> None:
+    d = fleet(2, hash_algo="xxhash")  # no hash_seed: vLLM seeds xxhash with a random secret
+    s = strategy(d)
+    assert {v["matching"] for v in s.describe().values()} == {"token_blocks"}
+    keys_ = keys(s, DOC + " q")
+    assert s._hashers[0].token_blocks and len(keys_) > 10

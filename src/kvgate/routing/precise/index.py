@@ -17,14 +17,24 @@ Three refinements keep the set useful between events:
   parent is unknown proves the parent (and, through a pending chain, its ancestors) is held.
   This is how blocks cached before the gateway started listening are learned.
 
+With ``token_blocks`` keying the index does not trust the replica's hashes at all: every stored
+block is re-keyed by ``token_block_key`` over its parent's key, its token ids and its extra keys
+(all carried by the event), so a gateway that can tokenize but not reproduce the replica's hash
+(``xxhash`` with vLLM's secret random seed) still matches exactly.
+
 Lookups cost O(matched blocks); the sets are bounded (LRU) as a guard against lost removals.
 """
 
 from __future__ import annotations
 
 import time
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import xxhash
 
 from kvgate.vllm_compat.hashing import to_event_hash
 from kvgate.vllm_compat.kv_events import (
@@ -48,6 +58,15 @@ def is_gpu_medium(medium: str | None) -> bool:
     return medium in _GPU_MEDIA
 
 
+def token_block_key(parent: int, token_ids: Sequence[int], extra_keys: Any) -> int:
+    """A block's identity from its content alone: XXH3-64 of its token ids and its (untagged,
+    event-form) extra keys, seeded with the parent block's key (0 for the first block)."""
+    data = array("q", token_ids).tobytes()
+    if extra_keys:
+        data += orjson.dumps(extra_keys)
+    return xxhash.xxh3_64_intdigest(data, seed=parent)
+
+
 @dataclass(frozen=True, slots=True)
 class PrefixMatch:
     """Leading blocks of a prompt a replica holds: on the GPU, then in an offload tier."""
@@ -68,8 +87,11 @@ class ReplicaKVIndex:
         max_blocks: int,
         pending_ttl_s: float,
         clock: Callable[[], float] = time.monotonic,
+        token_blocks: bool = False,
     ) -> None:
         self._max_blocks = max_blocks
+        #: Replica hash -> token-block key, when keying by content (``token_blocks``).
+        self._token_keys: dict[int, int] | None = {} if token_blocks else None
         self._pending_ttl_s = pending_ttl_s
         self._clock = clock
         # NOTE: plain dicts in insertion order double as LRU queues (re-inserting moves a key
@@ -188,8 +210,11 @@ class ReplicaKVIndex:
         self.epoch += 1
 
     def _stored(self, event: BlockStored) -> None:
-        keys = [event_key(h) for h in event.block_hashes]
-        self.stored_blocks_total += len(keys)
+        self.stored_blocks_total += len(event.block_hashes)
+        keys = (self._keys_by_content(event) if self._token_keys is not None
+                else [event_key(h) for h in event.block_hashes])
+        if keys is None:
+            return
         if not is_gpu_medium(event.medium):
             if self._gpu_block_size and event.block_size > self._gpu_block_size:
                 self._offload_span_blocks = event.block_size // self._gpu_block_size
@@ -199,8 +224,10 @@ class ReplicaKVIndex:
         gpu = self._gpu
         parent = event.parent_block_hash
         if parent is not None:
-            parent_key = event_key(parent)
-            if parent_key not in gpu:
+            parent_key: int | None = event_key(parent)
+            if self._token_keys is not None:
+                parent_key = self._token_keys.get(event_key(parent))
+            if parent_key is not None and parent_key not in gpu:
                 self._infer_held(parent_key)
         pending = self._pending
         for key in keys:
@@ -208,6 +235,28 @@ class ReplicaKVIndex:
         _add_all(gpu, keys, self._max_blocks)
         if len(gpu) > self.peak_gpu_blocks:
             self.peak_gpu_blocks = len(gpu)
+
+    def _keys_by_content(self, event: BlockStored) -> list[int] | None:
+        """Token-block keys of the event's blocks; None when its parent was never seen (the
+        chain's content before it is unknown, so its blocks cannot be keyed)."""
+        token_keys = self._token_keys
+        assert token_keys is not None
+        parent = 0
+        if event.parent_block_hash is not None:
+            known = token_keys.get(event_key(event.parent_block_hash))
+            if known is None:
+                return None
+            parent = known
+        size = event.block_size
+        extras = event.extra_keys or ()
+        keys = []
+        for i, block_hash in enumerate(event.block_hashes):
+            extra = extras[i] if i < len(extras) else None
+            parent = token_block_key(parent, event.token_ids[i * size:(i + 1) * size], extra)
+            token_keys[event_key(block_hash)] = parent
+            keys.append(parent)
+        _trim(token_keys, 2 * self._max_blocks)
+        return keys
 
     def _infer_held(self, key: int) -> None:
         """``key`` is the parent of a newly stored block, so the replica holds it."""
@@ -222,8 +271,11 @@ class ReplicaKVIndex:
 
     def _removed(self, event: BlockRemoved) -> None:
         target = self._gpu if is_gpu_medium(event.medium) else self._offloaded
+        token_keys = self._token_keys
         for block_hash in event.block_hashes:
             key = event_key(block_hash)
+            if token_keys is not None:
+                key = token_keys.get(key, -1)
             count = target.get(key)
             if target is self._gpu:
                 self.removed_gpu_blocks_total += 1

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from kvgate.config.schema import DeploymentSettings
 from kvgate.gateway.call import Call
+from kvgate.routing.precise.index import token_block_key
 from kvgate.routing.precise.renderers import PromptRenderer, RenderError, load_renderer
 from kvgate.vllm_compat.hashing import (
     BlockHasher,
@@ -31,6 +32,7 @@ from kvgate.vllm_compat.hashing import (
     MMPlaceholder,
     iter_block_spans,
     resolve_none_hash_seed,
+    to_event_extra_keys,
     to_event_hash,
 )
 
@@ -62,8 +64,11 @@ class RequestHasher:
     """
 
     def __init__(self, renderer: PromptRenderer, hasher: BlockHasher, block_size: int,
-                 lora: LoraKey | None = None, *, memo_blocks: int = 65_536) -> None:
+                 lora: LoraKey | None = None, *, memo_blocks: int = 65_536,
+                 token_blocks: bool = False) -> None:
         self.renderer = renderer
+        #: Key blocks by ``index.token_block_key`` instead of the replica's hash.
+        self.token_blocks = token_blocks
         self.block_size = block_size
         self._hasher = hasher
         self._lora = lora
@@ -81,9 +86,20 @@ class RequestHasher:
         if prompt.exact_tokens < len(token_ids):
             token_ids = token_ids[:prompt.exact_tokens]
         salt = call.body.get("cache_salt")
-        keys = self._event_keys(token_ids, prompt.mm_items,
-                                salt if isinstance(salt, str) and salt else None)
+        salt = salt if isinstance(salt, str) and salt else None
+        keys = (self._token_block_keys(token_ids, prompt.mm_items, salt) if self.token_blocks
+                else self._event_keys(token_ids, prompt.mm_items, salt))
         return RequestBlocks(keys, len(prompt.token_ids), self.block_size)
+
+    def _token_block_keys(self, token_ids: Sequence[int], mm_items: Sequence[MMPlaceholder],
+                          cache_salt: str | None) -> tuple[int, ...]:
+        keys: list[int] = []
+        parent = 0
+        for start, end, extra in iter_block_spans(len(token_ids), self.block_size, 0, mm_items,
+                                                  self._lora, cache_salt):
+            parent = token_block_key(parent, token_ids[start:end], to_event_extra_keys(extra))
+            keys.append(parent)
+        return tuple(keys)
 
     def _event_keys(self, token_ids: Sequence[int], mm_items: Sequence[MMPlaceholder],
                     cache_salt: str | None) -> tuple[int, ...]:
@@ -115,7 +131,7 @@ def hasher_key(settings: DeploymentSettings) -> tuple[object, ...]:
 
 
 def unreproducible_reason(settings: DeploymentSettings) -> str | None:
-    """Why this deployment's hashes cannot be computed in the gateway, or None."""
+    """Why this deployment's block hashes cannot be computed in the gateway, or None."""
     if settings.tokenizer is None:
         return "no tokenizer configured"
     if settings.hash_algo in _NON_CRYPTO and settings.hash_seed is None:
@@ -124,8 +140,10 @@ def unreproducible_reason(settings: DeploymentSettings) -> str | None:
     return None
 
 
-def build_request_hasher(settings: DeploymentSettings) -> RequestHasher:
-    """The hasher for one deployment; call only when ``unreproducible_reason`` is None."""
+def build_request_hasher(settings: DeploymentSettings, *, token_blocks: bool = False,
+                         ) -> RequestHasher:
+    """The hasher for one deployment (which needs a tokenizer). ``token_blocks``: key blocks
+    by their content (for replicas whose own hashes cannot be reproduced)."""
     assert settings.tokenizer is not None
     model_id = settings.mm_model_id or settings.model
     renderer = load_renderer(settings.tokenizer, model_id=model_id,
@@ -133,7 +151,7 @@ def build_request_hasher(settings: DeploymentSettings) -> RequestHasher:
     seed = resolve_none_hash_seed(settings.hash_algo, settings.hash_seed)
     lora = LoraKey(settings.model, settings.lora_path) if settings.lora_path else None
     return RequestHasher(renderer, BlockHasher(settings.hash_algo, seed), settings.block_size,
-                         lora)
+                         lora, token_blocks=token_blocks)
 
 
 __all__ = [

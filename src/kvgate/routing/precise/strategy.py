@@ -91,24 +91,26 @@ class PreciseKVAware:
         groups: dict[tuple[object, ...], int] = {}
         for deployment in deployments:
             ds = deployment.settings
+            reason = unreproducible_reason(ds)
+            # A tokenizer but no reproducible hash: key blocks by their tokens instead.
+            token_blocks = reason is not None and ds.tokenizer is not None
             state = None
             if ds.kv_events is not None:
                 state = ReplicaEventState(ReplicaKVIndex(
                     max_blocks=precise.max_blocks_per_deployment,
-                    pending_ttl_s=precise.pending_ttl_s, clock=clock,
+                    pending_ttl_s=precise.pending_ttl_s, clock=clock, token_blocks=token_blocks,
                 ))
                 self._subscribers.append(KVEventSubscriber(
                     deployment.id, ds.kv_events, state,
                     replay_timeout_s=precise.replay_timeout_s, idle_probe_s=precise.idle_probe_s,
                     context=zmq_context,
                 ))
-            reason = unreproducible_reason(ds)
             group = None
-            if reason is None and state is not None:
-                key = hasher_key(ds)
+            if ds.tokenizer is not None and state is not None:
+                key = (*hasher_key(ds), token_blocks)
                 if key not in groups:
                     groups[key] = len(self._hashers)
-                    self._hashers.append(build_request_hasher(ds))
+                    self._hashers.append(build_request_hasher(ds, token_blocks=token_blocks))
                 group = groups[key]
             self._plans[deployment] = _Plan(state, group, reason)
         self._event_clock = EventClockedAffinity(
@@ -208,15 +210,19 @@ class PreciseKVAware:
             if plan.state is None:
                 out[deployment.id] = {"mode": "approximate", "reason": "no kv_events configured"}
                 continue
-            matching = "block_hashes" if plan.hasher is not None else "event_clock"
-            entry = {**plan.state.describe(), "matching": matching}
+            ds = deployment.settings
             if plan.hasher is None:
-                entry["hashing"] = f"off ({plan.unhashed_reason}): fingerprint affinity " \
-                                   "expired by the replica's eviction clock"
-                entry["links_tracked"] = self._event_clock.size(deployment.id)
+                entry = {**plan.state.describe(), "matching": "event_clock",
+                         "hashing": f"off ({plan.unhashed_reason}): fingerprint affinity "
+                                    "expired by the replica's eviction clock",
+                         "links_tracked": self._event_clock.size(deployment.id)}
+            elif plan.unhashed_reason is not None:
+                entry = {**plan.state.describe(), "matching": "token_blocks",
+                         "hashing": f"blocks keyed by the events' token ids ({ds.tokenizer}); "
+                                    f"replica hashes not used: {plan.unhashed_reason}"}
             else:
-                ds = deployment.settings
-                entry["hashing"] = f"{ds.hash_algo}, block {ds.block_size}, {ds.tokenizer}"
+                entry = {**plan.state.describe(), "matching": "block_hashes",
+                         "hashing": f"{ds.hash_algo}, block {ds.block_size}, {ds.tokenizer}"}
             out[deployment.id] = entry
         return out
 
