@@ -18,18 +18,20 @@ their own (``VLLM_CPU_OMP_THREADS_BIND``), so two replicas do not spin against e
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import http.client
 import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 from kvgate.testing.vllm.models import BuiltModel
 from kvgate.testing.vllm.venv import VllmVenv
@@ -239,8 +241,12 @@ class ReplicaFleet:
     options: ReplicaOptions = field(default_factory=ReplicaOptions)
     #: Keep replica logs here (default: a temporary directory removed on stop).
     log_dir: Path | None = None
+    #: Wait until no other exclusive fleet runs on this machine (a file lock), so tests and
+    #: benchmarks started side by side never run more than one fleet's servers at once.
+    exclusive: bool = True
     replicas: list[VllmReplica] = field(default_factory=list)
     _tmp: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
+    _lock: IO[str] | None = field(default=None, repr=False)
 
     def __enter__(self) -> ReplicaFleet:
         self.start()
@@ -252,6 +258,8 @@ class ReplicaFleet:
     def start(self) -> None:
         """Spawn every replica at once and wait until all answer /health (start-up overlaps:
         most of it is Python imports and engine set-up, on any free core)."""
+        if self.exclusive and self._lock is None:
+            self._lock = _acquire_fleet_lock()
         if self.log_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="kvgate-vllm-")
             log_dir = Path(self._tmp.name)
@@ -299,6 +307,9 @@ class ReplicaFleet:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the flock
+            self._lock = None
 
     def _make(self, index: int, log_dir: Path, cores: int) -> VllmReplica:
         options = self.options
@@ -347,6 +358,23 @@ class ReplicaFleet:
         return VllmReplica(index=index, port=port, model=self.model, options=options,
                            args=args, env=env, log_path=log_dir / f"replica{index}.log",
                            kv_events_port=events_port, kv_replay_port=replay_port)
+
+
+def fleet_lock_path() -> Path:
+    return Path.home() / ".cache" / "kvgate" / "vllm-fleet.lock"
+
+
+def _acquire_fleet_lock() -> IO[str]:
+    path = fleet_lock_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(path, "a")  # noqa: SIM115 - held until ReplicaFleet.stop()
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"kvgate.testing.vllm: another vLLM fleet runs on this machine; waiting for it "
+              f"to stop ({path})", file=sys.stderr, flush=True)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
 
 
 def free_port() -> int:
