@@ -89,8 +89,11 @@ def test_decision_cost_table(document: dict[str, Any]) -> None:
     assert {(r["replicas"], r["prompt_tokens"]) for r in rows} == {
         (4, 1024), (4, 8192), (16, 1024), (16, 8192)}
     for row in rows:
+        assert row["links"] == row["prompt_tokens"] // 64  # 256-character fingerprint blocks
         for kind in ("cold", "warm", "shared"):
-            assert row[kind]["count"] == 20 and row[kind]["p50"] > 0
+            assert row[kind]["cpu_us"]["count"] == 20 and row[kind]["cpu_us"]["p50"] > 0
+            assert row[kind]["wall_us"]["count"] == 20
+        assert sum(row["cpu_share"].values()) == pytest.approx(1.0, abs=0.01)
     lines = markdown_tables(document).splitlines()
     assert lines[0].count("|") == len(FLEET_HEADERS) + 1
     assert len(lines) == 2 + 6 + 1 + 2 + 4

@@ -50,7 +50,8 @@ from kvgate.bench.stats import distribution_ms
 from kvgate.bench.text import filler, seeded_rng
 from kvgate.bench.virtual_fleet import RequestBuilder
 from kvgate.config.schema import RoutingSettings
-from kvgate.routing.deployment import Deployment
+from kvgate.gateway.call import Call
+from kvgate.routing.fingerprint import fingerprint
 from kvgate.sim.engine import Engine, EngineConfig
 from kvgate.sim.profiles import get_profile
 
@@ -220,50 +221,68 @@ async def decision_cost(replicas: int, prompt_tokens: int, seed: int, samples: i
                         ) -> dict[str, Any]:
     """prefix_kv_aware's cost per decision for prompts of ``prompt_tokens`` on ``replicas``.
 
-    The index is first warmed with one distinct prompt of the same length per replica, so a
-    lookup walks real dicts (at 256 replicas and 128k tokens the default bound, 1M entries
-    split across replicas, no longer holds two such prompts per replica: older links go).
-    Three kinds of prompt are timed: ``cold`` (no replica has any of it), ``warm`` (one
-    replica has all of it, the others none) and ``shared`` (every replica has it: the walk is
-    matched links x replicas, the worst case).
+    The index is first filled as ``on_dispatched`` would: each replica with a prompt of its own
+    and one prompt every replica shares (at 256 replicas and 128k tokens the default bound, 1M
+    entries split across replicas, cannot hold both whole: the oldest links go). Three kinds of
+    prompt are then timed: ``cold`` (no replica has any of it), ``warm`` (one replica has it,
+    the others none) and ``shared`` (every replica has it: the lookup walks matched links x
+    replicas, the worst case). CPU time per phase, and wall time of the whole decision.
     """
     deployments = make_deployments(replicas)
-    clock = VirtualClock()
     routing = RoutingSettings(seed=seed)
-    strategy, _ = build_router("prefix_kv_aware", deployments, routing, clock)
+    strategy, index = build_router("prefix_kv_aware", deployments, routing, VirtualClock())
     prepare = getattr(strategy, "prepare")  # noqa: B009 - prefix_kv_aware always has one
+    assert index is not None
     model = "fleet"
     models = frozenset({model})
-
     # Prompts differ in their first 64 tokens and share the rest: the chains part at block 0,
-    # and building hundreds of distinct 128k-token texts is avoided.
+    # and hundreds of distinct 128k-token texts need not be generated.
     tail = filler(prompt_tokens - 64, "scale.cost.tail", seed)
 
-    def body(*parts: object) -> bytes:
+    def call(*parts: object) -> Call:
         text = filler(64, "scale.cost.head", seed, *parts) + tail
-        return orjson.dumps({"model": model, "messages": [{"role": "user", "content": text}]})
-
-    async def route(raw: bytes, to: Deployment | None = None) -> int:
-        call = parse_call(raw, "chat", models=models, max_image_bytes=MAX_IMAGE_BYTES,
+        body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": text}]})
+        return parse_call(body, "chat", models=models, max_image_bytes=MAX_IMAGE_BYTES,
                           received_s=0.0, request_id="c")
-        started_ns = time.perf_counter_ns()
-        await prepare(call)
-        decision = strategy.choose(call, deployments)
-        strategy.on_dispatched(call, to or decision.deployment)
-        return time.perf_counter_ns() - started_ns
 
-    shared = body("shared")
+    block_chars = routing.prefix.block_chars
+    shared_hashes = fingerprint(call("shared"), block_chars=block_chars).hashes
     for replica, deployment in enumerate(deployments):
-        await route(body("own", replica), deployment)
-        await route(shared, deployment)
+        own = fingerprint(call("own", replica), block_chars=block_chars)
+        index.record(deployment.id, own.hashes)
+        index.record(deployment.id, shared_hashes)
+
+    kinds = ("cold", "warm", "shared")
+    wall_ns: dict[str, list[int]] = {kind: [] for kind in kinds}
+    cpu_ns: dict[str, list[int]] = {kind: [] for kind in kinds}
+    phase_ns = {"prepare": 0, "choose": 0, "on_dispatched": 0}
+
+    async def route(kind: str, request: Call) -> None:
+        started_ns, started_cpu_ns = time.perf_counter_ns(), time.thread_time_ns()
+        await prepare(request)
+        prepared_cpu_ns = time.thread_time_ns()
+        decision = strategy.choose(request, deployments)
+        chosen_cpu_ns = time.thread_time_ns()
+        strategy.on_dispatched(request, decision.deployment)
+        ended_cpu_ns, ended_ns = time.thread_time_ns(), time.perf_counter_ns()
+        wall_ns[kind].append(ended_ns - started_ns)
+        cpu_ns[kind].append(ended_cpu_ns - started_cpu_ns)
+        phase_ns["prepare"] += prepared_cpu_ns - started_cpu_ns
+        phase_ns["choose"] += chosen_cpu_ns - prepared_cpu_ns
+        phase_ns["on_dispatched"] += ended_cpu_ns - chosen_cpu_ns
+
     rng = seeded_rng("scale.cost", seed)
-    timings: dict[str, list[int]] = {"cold": [], "warm": [], "shared": []}
     for sample in range(samples):
-        timings["cold"].append(await route(body("cold", sample)))
-        timings["warm"].append(await route(body("own", rng.randrange(replicas))))
-        timings["shared"].append(await route(shared))
-    return {"replicas": replicas, "prompt_tokens": prompt_tokens,
-            **{kind: _us_distribution(values) for kind, values in timings.items()}}
+        await route("cold", call("cold", sample))
+        await route("warm", call("own", rng.randrange(replicas)))
+        await route("shared", call("shared"))
+    total_ns = sum(phase_ns.values()) or 1
+    return {
+        "replicas": replicas, "prompt_tokens": prompt_tokens, "links": len(shared_hashes),
+        **{kind: {"cpu_us": _us_distribution(cpu_ns[kind]),
+                  "wall_us": _us_distribution(wall_ns[kind])} for kind in kinds},
+        "cpu_share": {phase: round(ns / total_ns, 3) for phase, ns in phase_ns.items()},
+    }
 
 
 # -- the scenario ------------------------------------------------------------------------------
@@ -298,7 +317,7 @@ def run(options: ScenarioOptions) -> dict[str, Any]:
     replica_counts, prompt_lengths = cost_grid(options.quick)
     for replicas in replica_counts:
         for tokens in prompt_lengths:
-            samples = 20 if options.quick else 100 if tokens <= 8192 else 30
+            samples = 20 if options.quick else 100 if tokens <= 8192 else 20
             document["decision_cost"].append(
                 asyncio.run(decision_cost(replicas, tokens, options.seed, samples)))
     if console is not None:
@@ -307,42 +326,40 @@ def run(options: ScenarioOptions) -> dict[str, Any]:
 
 
 FLEET_HEADERS = ("replicas", "strategy", "hit rate", "TTFT p50 ms", "TTFT p95 ms",
-                 "TTFT p99 ms", "busy max/mean", "requests max/mean", "decision us p50",
-                 "decision us p99", "decision CPU us p99", "index entries", "index MB")
+                 "TTFT p99 ms", "busy max/mean", "requests max/mean", "decision CPU us p50",
+                 "decision CPU us p99", "decision wall us p50", "index entries", "index MB")
 #: The columns an 80-column terminal shows, by index into FLEET_HEADERS.
-SHORT_FLEET_COLUMNS = {0: "n", 1: "strategy", 2: "hit", 3: "TTFT p50", 4: "p95", 6: "busy",
-                       8: "us p50", 9: "p99", 10: "cpu p99", 12: "index MB"}
+SHORT_FLEET_COLUMNS = {0: "n", 1: "strategy", 2: "hit", 3: "TTFT p50", 4: "p95", 5: "p99",
+                       6: "busy", 8: "us p50", 9: "p99", 12: "index MB"}
 
 
 def fleet_rows(document: dict[str, Any]) -> list[list[str]]:
     rows = []
     for fleet in document["fleets"]:
         for run in fleet["runs"]:
-            router = run["router"]
-            decision = router["decision_us"] or {}
-            cpu = router["decision_cpu_us"] or {}
-            index_bytes_ = router.get("index_bytes")
+            router, ttft, load = run["router"], run["ttft_ms"], run["load"]
+            cpu, wall = router["decision_cpu_us"] or {}, router["decision_us"] or {}
+            used = router.get("index_bytes")
             rows.append([
                 f"{run['replicas']}", run["strategy"], f"{run['hit_ratio']:.1%}",
-                f"{run['ttft_ms']['p50']:,.0f}", f"{run['ttft_ms']['p95']:,.0f}",
-                f"{run['ttft_ms']['p99']:,.0f}", f"{run['load']['busy_max_over_mean']:.2f}",
-                f"{run['load']['requests_max_over_mean']:.2f}",
-                f"{decision.get('p50', 0):,.1f}", f"{decision.get('p99', 0):,.1f}",
-                f"{cpu.get('p99', 0):,.1f}", f"{router.get('index_entries', 0):,}",
-                "-" if index_bytes_ is None else f"{index_bytes_ / 1e6:.1f}",
+                f"{ttft['p50']:,.0f}", f"{ttft['p95']:,.0f}", f"{ttft['p99']:,.0f}",
+                f"{load['busy_max_over_mean']:.2f}", f"{load['requests_max_over_mean']:.2f}",
+                f"{cpu.get('p50', 0):,.0f}", f"{cpu.get('p99', 0):,.0f}",
+                f"{wall.get('p50', 0):,.0f}", f"{router.get('index_entries', 0):,}",
+                "-" if used is None else f"{used / 1e6:.1f}",
             ])
     return rows
 
 
-COST_HEADERS = ("replicas", "prompt tokens", "cold p50 us", "warm p50 us", "shared p50 us",
-                "shared p99 us")
+COST_HEADERS = ("replicas", "prompt tokens", "links", "cold CPU us p50", "warm CPU us p50",
+                "shared CPU us p50", "shared wall us p50", "CPU in choose")
 
 
 def cost_rows(document: dict[str, Any]) -> list[list[str]]:
     return [
-        [f"{row['replicas']}", f"{row['prompt_tokens']:,}", f"{row['cold']['p50']:,.0f}",
-         f"{row['warm']['p50']:,.0f}", f"{row['shared']['p50']:,.0f}",
-         f"{row['shared']['p99']:,.0f}"]
+        [f"{row['replicas']}", f"{row['prompt_tokens']:,}", f"{row['links']:,}",
+         *(f"{row[kind]['cpu_us']['p50']:,.0f}" for kind in ("cold", "warm", "shared")),
+         f"{row['shared']['wall_us']['p50']:,.0f}", f"{row['cpu_share']['choose']:.0%}"]
         for row in document["decision_cost"]
     ]
 
@@ -352,18 +369,18 @@ def print_tables(document: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
     fleets = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0),
-                   title="scale: routing quality and router cost (simulated time; router "
-                         "microseconds measured here)", title_justify="left")
+                   title="scale: routing quality (simulated ms) and router CPU us per "
+                         "decision (measured here)", title_justify="left")
     for header in SHORT_FLEET_COLUMNS.values():
         fleets.add_column(header, justify="left" if header == "strategy" else "right",
                           no_wrap=True)
     for row in fleet_rows(document):
         fleets.add_row(*(row[i] for i in SHORT_FLEET_COLUMNS))
     console.print(fleets)
-    costs = Table(box=box.SIMPLE_HEAD, pad_edge=False, title="prefix_kv_aware: microseconds "
-                  "per decision as prompts grow (warm index)", title_justify="left")
-    for header in ("replicas", "prompt tokens", "cold p50", "warm p50", "shared p50",
-                   "shared p99"):
+    costs = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0), title_justify="left",
+                  title="prefix_kv_aware: CPU microseconds per decision as prompts grow")
+    for header in ("n", "tokens", "links", "cold", "warm", "shared", "shared wall",
+                   "in choose"):
         costs.add_column(header, justify="right", no_wrap=True)
     for row in cost_rows(document):
         costs.add_row(*row)
