@@ -20,15 +20,18 @@ KVGATE_LABELS = [r.label for r in peers.KVGATE_ROUTERS]
 def _assert_runs(section: dict[str, Any], labels: list[str]) -> None:
     assert sorted(section["routers"]) == sorted(labels)
     requests = section["workload"]["requests"]
+    assert section["rounds"] == peers.QUICK_ROUNDS
     for label in labels:
         numbers = section["routers"][label]
         assert numbers["requests"] == requests and numbers["errors"] == 0, numbers
         assert numbers["ttft_ms"]["p95"] >= numbers["ttft_ms"]["p50"] > 0
         assert numbers["requests_per_s"] > 0 and numbers["output_tokens_per_s"] > 0
         assert 0.0 <= numbers["replica_hit_rate"] <= 1.0
-        shares = numbers["replica_share"]
+        assert len(numbers["per_round"]) == peers.QUICK_ROUNDS
+        shares = numbers["per_round"][0]["replica_share"]
         assert len(shares) == section["fleet"]["replicas"]
         assert sum(shares) == pytest.approx(1.0, abs=0.01)
+        assert numbers["max_share"] == max(shares)
 
 
 @pytest.mark.timeout(600)  # 3 fleets and 9 gateways start; slow on a busy 2-core machine
@@ -75,5 +78,20 @@ def test_counters_parse_vllm_metrics_and_requests_carry_their_user_key() -> None
     assert (counters.prefix_cache_hits, counters.prefix_cache_queries, counters.requests) == (
         30.0, 100.0, 5.0)
     assert counters.minus(peers.ReplicaCounters(requests=1.0)).requests == 4.0
-    keyed = peers.with_user_keys([BenchRequest(body=b'{"model":"m"}', stream=True, tag="g1")])
+    keyed = peers.with_session_keys([BenchRequest(body=b'{"model":"m"}', stream=True,
+                                                  tag="g1")])
     assert orjson.loads(keyed[0].body) == {"model": "m", "user": "g1"}
+    assert keyed[0].headers == {"x-session-id": "g1"}
+
+
+def test_medians_over_rounds_keep_every_round() -> None:
+    def one(ttft_p95: float, hit: float, share: float) -> dict[str, Any]:
+        return {"requests": 10, "errors": 0, "ttft_ms": {"p50": 1.0, "p95": ttft_p95,
+                                                         "p99": ttft_p95},
+                "latency_ms": None, "requests_per_s": 2.0, "output_tokens_per_s": 20.0,
+                "replica_hit_rate": hit, "max_share": share}
+    rounds = [one(300.0, 0.5, 1.0), one(100.0, 0.7, 0.5), one(200.0, 0.6, 0.5)]
+    numbers = peers.median_figures(rounds)
+    assert numbers["ttft_ms"]["p95"] == 200.0 and numbers["replica_hit_rate"] == 0.6
+    assert numbers["max_share"] == 0.5 and numbers["latency_ms"]["p50"] is None
+    assert numbers["per_round"] == rounds

@@ -46,8 +46,10 @@ class Client:
         started = time.perf_counter()
         record.start_s = started - self._origin_s
         try:
+            request_headers = (self._headers if request.headers is None
+                               else {**self._headers, **request.headers})
             async with self._session.post(url, data=request.body,
-                                          headers=self._headers) as response:
+                                          headers=request_headers) as response:
                 record.status = response.status
                 headers = response.headers
                 record.deployment = headers.get(DEPLOYMENT_HEADER, "")

@@ -6,6 +6,7 @@ only hands bytes to the socket and timestamps what comes back.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,9 @@ class BenchRequest:
     max_output_tokens: int = 0
     #: Free-form label for analysis: a prefix group, an image, a user.
     tag: str = ""
+    #: Headers for this request only, over the run's (e.g. a session key that a router's
+    #: consistent hashing reads); None for none.
+    headers: Mapping[str, str] | None = None
 
 
 def encode_body(body: dict[str, Any]) -> bytes:

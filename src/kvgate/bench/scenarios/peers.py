@@ -15,12 +15,16 @@ Cases (the shapes of the ``routing`` scenario, plus a shared-prefix one):
 * ``chat``: 4 replicas; multi-turn conversations sharing a system prompt.
 * ``shared_prefix``: 4 replicas; groups of prompts sharing a long system prompt.
 
-Every request carries ``"user": <its image / user / group>``, the key consistent hashing
-uses (vllm-router reads ``user`` from the body); the others ignore it.
+Every request carries its image / user / prompt group as a session key, both as ``"user"`` in
+the body and as an ``x-session-id`` header: what consistent hashing is deployed with. (vllm-router
+0.1.17 reads only the header for chat requests; without it every request hashes to one worker.)
+The other routers ignore both.
 
 Per router: TTFT percentiles and throughput (modelled GPU time: wall clock x the fleet's time
 scale, as in ``routing``), and the replicas' own prefix-cache hit rate and request shares read
-from their ``/metrics`` before and after the run. Peers install on first use into
+from their ``/metrics`` before and after the run. Each router runs :data:`ROUNDS` times per
+case, the order rotated every round so that drift on a shared machine hits all alike; tables
+show medians, every round is kept in the JSON. Peers install on first use into
 ``benchmarks/.venvs/``; one that cannot be installed or started is recorded under
 ``unavailable`` with the exact error. ``--no-peers`` runs KVGate's strategies only.
 """
@@ -37,6 +41,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import orjson
@@ -75,6 +80,9 @@ QUICK_TIME_SCALE = 8.0
 IMAGE_KV_SHARE = 0.55
 COMMAND = "kvgate bench scenario peers"
 RESULT_PATH = Path("benchmarks/results/peers.json")
+SESSION_HEADER = "x-session-id"
+#: Every router runs this many times per case, rounds interleaved; tables show the medians.
+ROUNDS, QUICK_ROUNDS = 3, 1
 #: KVGate's prefix_kv_aware defaults for its time-based settings, in modelled seconds; divided
 #: by the time scale so the gateway's notion of time matches the sped-up replicas'.
 PREFIX_TTL_S = 300.0
@@ -116,8 +124,11 @@ class PeerCase:
     time_scale: float
 
     def replica_settings(self) -> list[ReplicaSettings]:
+        # log_level error: sglang-router probes workers with a request their HTTP/1.1 server
+        # rejects, and each rejection would print a warning into the scenario's output.
         return [ReplicaSettings(index=i, port=free_port(), profile=PROFILE,
-                                kv_blocks=self.kv_blocks, time_scale=self.time_scale)
+                                kv_blocks=self.kv_blocks, time_scale=self.time_scale,
+                                log_level="error")
                 for i in range(self.replicas)]
 
     def describe(self) -> dict[str, Any]:
@@ -284,9 +295,12 @@ def started_peer(router: Router, urls: Sequence[str], installs: dict[str, Instal
         yield process.url
 
 
-def with_user_keys(requests: Sequence[BenchRequest]) -> list[BenchRequest]:
-    """Each request with ``"user": <its tag>`` in the body: the key consistent hashing uses."""
-    return [replace(r, body=orjson.dumps({**orjson.loads(r.body), "user": r.tag}))
+def with_session_keys(requests: Sequence[BenchRequest]) -> list[BenchRequest]:
+    """Each request keyed by its tag (image, user, prompt group) the two ways routers read a
+    session: ``"user"`` in the body (OpenAI's field) and an ``x-session-id`` header (what
+    vllm-router's consistent hashing reads; 0.1.17 ignores the body of chat requests)."""
+    return [replace(r, body=orjson.dumps({**orjson.loads(r.body), "user": r.tag}),
+                    headers={SESSION_HEADER: r.tag})
             for r in requests]
 
 
@@ -330,6 +344,28 @@ def figures(result: BenchResult, engine: Sequence[ReplicaCounters], time_scale: 
     }
 
 
+def median_figures(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each headline figure over a router's rounds, with every round kept.
+    Per-replica shares stay per round: a herd lands on a different replica each time, and a
+    median per replica would hide it (``max_share`` shows it)."""
+    def middle(values: Sequence[float | None], digits: int = 4) -> float | None:
+        present = [v for v in values if v is not None]
+        return round(median(present), digits) if present else None
+
+    return {
+        "requests": min(r["requests"] for r in rounds),
+        "errors": sum(r["errors"] for r in rounds),
+        "ttft_ms": {q: middle([(r["ttft_ms"] or {}).get(q) for r in rounds], 1)
+                    for q in ("p50", "p95", "p99")},
+        "latency_ms": {q: middle([(r["latency_ms"] or {}).get(q) for r in rounds], 1)
+                       for q in ("p50", "p95", "p99")},
+        **{key: middle([r[key] for r in rounds])
+           for key in ("requests_per_s", "output_tokens_per_s", "replica_hit_rate",
+                       "max_share")},
+        "per_round": list(rounds),
+    }
+
+
 def headline(numbers: dict[str, Any]) -> dict[str, Any]:
     ttft = numbers["ttft_ms"] or {}
     return {"ttft_p50_ms": ttft.get("p50"), "ttft_p95_ms": ttft.get("p95"),
@@ -343,8 +379,9 @@ def print_tables(document: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
     for name, section in document["cases"].items():
-        table = Table(title=f"peers / {name}: {section['title']} (modelled GPU time; TTFT "
-                            "in ms; hits: the replicas' prefix-cache hit rate)",
+        table = Table(title=f"peers / {name}: {section['title']} (median of "
+                            f"{section['rounds']} rounds; modelled GPU time; TTFT in ms; hits: "
+                            "the replicas' prefix-cache hit rate)",
                       title_justify="left")
         table.add_column("router/policy", no_wrap=True)
         for column in ("TTFT p50", "TTFT p95", "req/s", "tok/s", "hits", "max share", "err"):
@@ -382,17 +419,18 @@ def _install_peers(options: ScenarioOptions, unavailable: dict[str, str]
 
 
 def run_case(case: PeerCase, routers: Sequence[Router], installs: dict[str, Installed],
-             options: ScenarioOptions, unavailable: dict[str, str]) -> dict[str, Any]:
-    """Every router in turn in front of one fleet. KVGate runs one gateway for the case with
-    a model per strategy (requests differ only in ``model``); each peer router is started for
-    its own run."""
+             options: ScenarioOptions, unavailable: dict[str, str], *, rounds: int = 1,
+             ) -> dict[str, Any]:
+    """Every router ``rounds`` times in front of one fleet, the order rotated each round.
+    KVGate runs one gateway for the case with a model per strategy (requests differ only in
+    ``model``); each peer router is started for its own run."""
     console = options.console
     served_model = get_profile(PROFILE).served_model_name
     load = LoadSpec(mode="closed", concurrency=case.concurrency, request_timeout_s=120.0,
                     seed=options.seed)
 
     def requests_for(model: str) -> list[BenchRequest]:
-        return with_user_keys(case.workload.build(workload_options(model)))
+        return with_session_keys(case.workload.build(workload_options(model)))
 
     def workload_options(model: str) -> WorkloadOptions:
         # Exactly max_tokens per answer, so routers are compared on equal work.
@@ -403,36 +441,41 @@ def run_case(case: PeerCase, routers: Sequence[Router], installs: dict[str, Inst
         "workload": {"name": case.workload.name, "parameters": parameters(case.workload),
                      "options": parameters(workload_options("<strategy or served model>")),
                      "requests": len(requests_for(served_model))},
-        "load": load.describe(), "routers": {},
+        "load": load.describe(), "rounds": rounds, "routers": {},
     }
     if console is not None:
         console.print(f"[bold]peers / {case.name}[/]: {case.title}; "
                       f"{section['fleet']['command']}")
     strategies = [r.policy for r in routers if r.system == "kvgate"]
+    per_round: dict[str, list[dict[str, Any]]] = {}
     with running_fleet(case) as urls, kvgate_gateway(urls, served_model, strategies,
                                                      case.time_scale) as gateway_url:
-        for router in routers:
-            if router.system != "kvgate" and router.system not in installs:
-                continue
-            flush(urls)
-            before, load_before = read_counters(urls), round(os.getloadavg()[0], 2)
-            label = f"{case.name}/{router.label}"
-            try:
-                with contextlib.ExitStack() as stack:
-                    if router.system == "kvgate":
-                        url, model = gateway_url, router.policy
-                    else:
-                        url = stack.enter_context(started_peer(router, urls, installs))
-                        model = served_model
-                    result = run_benchmark(url, requests_for(model), load, label=label,
-                                           console=console)
-            except PeerUnavailable as exc:
-                unavailable[label] = str(exc)
-                continue
-            engine = [b.minus(a) for a, b in zip(before, read_counters(urls), strict=True)]
-            numbers = figures(result, engine, case.time_scale)
-            numbers["load_average_1m"] = [load_before, round(os.getloadavg()[0], 2)]
-            section["routers"][router.label] = numbers
+        for round_index in range(rounds):
+            shift = round_index % len(routers)
+            for router in list(routers[shift:]) + list(routers[:shift]):
+                if router.system != "kvgate" and router.system not in installs:
+                    continue
+                flush(urls)
+                before, load_before = read_counters(urls), round(os.getloadavg()[0], 2)
+                label = f"{case.name}/{router.label}"
+                try:
+                    with contextlib.ExitStack() as stack:
+                        if router.system == "kvgate":
+                            url, model = gateway_url, router.policy
+                        else:
+                            url = stack.enter_context(started_peer(router, urls, installs))
+                            model = served_model
+                        result = run_benchmark(url, requests_for(model), load, label=label,
+                                               console=console)
+                except PeerUnavailable as exc:
+                    unavailable[label] = str(exc)
+                    continue
+                engine = [b.minus(a) for a, b in zip(before, read_counters(urls), strict=True)]
+                numbers = figures(result, engine, case.time_scale)
+                numbers["load_average_1m"] = [load_before, round(os.getloadavg()[0], 2)]
+                per_round.setdefault(router.label, []).append(numbers)
+    section["routers"] = {r.label: median_figures(per_round[r.label]) for r in routers
+                          if r.label in per_round}
     return section
 
 
@@ -460,8 +503,9 @@ def run(options: ScenarioOptions) -> dict[str, Any]:
     for turn, case in enumerate(cases(options.quick)):
         # Rotate the order per case so that no router always runs first (or last).
         shift = turn % len(routers)
-        document["cases"][case.name] = run_case(case, routers[shift:] + routers[:shift],
-                                                installs, options, unavailable)
+        document["cases"][case.name] = run_case(
+            case, routers[shift:] + routers[:shift], installs, options, unavailable,
+            rounds=QUICK_ROUNDS if options.quick else ROUNDS)
     document["comparison"] = {
         name: {r.label: headline(section["routers"][r.label]) for r in routers
                if r.label in section["routers"]}
