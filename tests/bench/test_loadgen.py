@@ -43,7 +43,7 @@ async def test_percentiles_match_injected_latencies() -> None:
         # Loopback, parsing and a shared event loop add a little to every request; a busy
         # machine adds spikes to some. The median excess ignores the spikes.
         excess = sorted(m - e for m, e in zip(measured_sorted, expected, strict=True))
-        assert excess[len(excess) // 2] < 8.0, (key, excess[len(excess) // 2])
+        assert excess[len(excess) // 2] < 20.0, (key, excess[len(excess) // 2])
     assert summary["tokens"]["output"] == 120 * 6
     # (total - ttft) / (tokens - 1) = 30 / 5 = 6 ms between tokens.
     assert summary["tpot_ms"]["p50"] == pytest.approx(6.0, abs=2.0)
