@@ -76,6 +76,11 @@ SCENARIOS: Mapping[str, ScenarioEntry] = MappingProxyType({
         "the gateway's strategies routing 8, 64 and 256 in-process simulated replicas: hit "
         "rate, TTFT p95, load spread, router microseconds and index memory; a few minutes",
     ),
+    "realvllm": ScenarioEntry(
+        "kvgate.bench.scenarios.realvllm",
+        "KVGate's strategies and vllm-router's cache_aware in front of 2 real vLLM replicas "
+        "(CPU build, tiny models; images and shared documents); about 11 minutes",
+    ),
 })
 
 
