@@ -148,3 +148,43 @@ routing: { strategy: prefix_kv_aware, prefix: { block_chars: 64 } }
         after = httpx.get(gateway.url + "/admin/stats").json()["models"][0]
         # 10 bytes of role marker + 700 chars = 710 bytes: 11 whole 64-byte blocks.
         assert after["affinity_entries"] == 11
+
+
+def test_a_short_shared_prefix_does_not_pull_new_conversations() -> None:
+    # One system prompt for everyone, short next to each user's own context: new users are
+    # placed by load (cold), not piled onto the replica that served the system prompt first.
+    fleet = [deployment(f"r{i}") for i in range(4)]
+    s = strategy(fleet)
+    system = "You are a helpful assistant. " * 20  # ~560 chars
+    homes: dict[int, Deployment] = {}
+    for user in range(8):
+        context = f"user {user} history: " + ("notes " * 300)  # ~1,800 chars, all their own
+        call = chat(system, context + "first question?")
+        homes[user] = route(s, call, fleet)
+        homes[user].stats.in_flight += 1  # the user's conversation keeps it busy
+        assert call.route["outcome"] == "cold"
+    assert set(homes.values()) == set(fleet)
+    # A user's next turn covers mostly their own context: it follows it home.
+    call = chat(system, f"user 3 history: {'notes ' * 300}first question? And then?")
+    assert route(s, call, fleet) is homes[3]
+    assert call.route["outcome"] == "hit"
+
+
+def test_min_match_ratio_zero_follows_any_match() -> None:
+    fleet = [deployment(f"r{i}") for i in range(4)]
+    s = strategy(fleet, min_match_ratio=0.0)
+    system = "You are a helpful assistant. " * 20
+    first = route(s, chat(system, "user 0 " + "notes " * 300), fleet)
+    first.stats.in_flight += 1
+    call = chat(system, "user 1 " + "notes " * 300)
+    assert route(s, call, fleet) is first  # the system prompt's blocks win over load
+    assert call.route["outcome"] == "hit"
+
+
+def test_a_new_image_is_cold_even_where_other_images_were_served() -> None:
+    fleet = [deployment("a"), deployment("b")]
+    s = strategy(fleet)
+    route(s, chat("Describe.", "what is this?", bytes([1]) * 5000), fleet)
+    call = chat("Describe.", "what is this?", bytes([2]) * 5000)
+    route(s, call, fleet)
+    assert call.route["outcome"] == "cold"

@@ -183,8 +183,17 @@ class PrefixRoutingSettings(_Frozen):
     ttl_s: float = Field(300.0, gt=0)
     #: Load guard: a deployment may take a request while its load is at most
     #: ``max(max_excess_requests, max_excess_ratio x mean load)`` above the least loaded.
-    max_excess_requests: float = Field(4.0, ge=0)
+    #: NOTE: in-flight counts on continuous-batching engines swing by several requests with
+    #: nothing wrong (a replica slowed by one long prefill briefly holds more of a closed loop's
+    #: requests), while each spill costs a full prefill elsewhere and evicts something there;
+    #: 16 is AIBrix's threshold (SGLang's: 64 and 1.5x). Evidence: BENCHMARK_REPORT.md, routing.
+    max_excess_requests: float = Field(16.0, ge=0)
     max_excess_ratio: float = Field(0.5, ge=0)
+    #: A cached prefix draws a request only when it covers at least this share of the prompt's
+    #: estimated tokens; a shorter best match is placed like a cold prompt (least loaded), so a
+    #: shared system prompt does not pull every new conversation onto the replicas that hold
+    #: it. SGLang's cache_threshold; 0 follows any match.
+    min_match_ratio: float = Field(0.5, ge=0, le=1)
     #: How often engine metrics (vLLM's /metrics: running, waiting, KV usage) are scraped
     #: for ``openai_compatible`` deployments; 0 turns scraping off.
     engine_metrics_interval_s: float = Field(1.0, ge=0)

@@ -7,7 +7,8 @@ Per request, in order:
    load is within ``max(max_excess_requests, max_excess_ratio x mean load)`` of the least
    loaded candidate — then the eligible deployment with the most matched tokens; matches within
    one block of each other count as a tie, and ties (including cold prompts that match nowhere)
-   go to the least loaded, rotating among equals.
+   go to the least loaded, rotating among equals. A match covering less than
+   ``min_match_ratio`` of the prompt is not followed: the request is placed as a cold one.
 3. ``on_dispatched``: record the prompt's links for the chosen deployment. A request spilled by
    the load guard warms its new deployment, so a hot prefix ends up cached on several replicas
    instead of queueing on one.
@@ -61,12 +62,14 @@ class LoadGuardedScorer:
         candidates: Sequence[Deployment],
         matched_tokens: Mapping[Deployment, float],
         details: Mapping[Deployment, Mapping[str, Any]] | None = None,
+        prompt_tokens: float = 0.0,
     ) -> tuple[RouteDecision, int]:
         """The decision and the index of the chosen candidate.
 
         ``matched_tokens`` covers every deployment of the model (not only candidates), so a
         failover attempt away from the replica holding the prefix is told apart as a spill.
-        ``details`` adds per-candidate fields to the explanation.
+        ``details`` adds per-candidate fields to the explanation. With ``prompt_tokens``, a best
+        match below ``min_match_ratio`` of it counts as no match (0 = every match counts).
         """
         loads = [self.load.load(d) for d in candidates]
         least = min(loads)
@@ -76,14 +79,19 @@ class LoadGuardedScorer:
         best_match = max(matched_tokens.values(), default=0)
         eligible = [i for i, load in enumerate(loads) if load <= least + slack]
         best_eligible_match = max(matched[i] for i in eligible)
+        # NOTE: a prefix shared by many prompts but short next to each (a system prompt before
+        # a long per-user context) would otherwise pull every new conversation onto the
+        # replicas that already hold it, starving the rest; SGLang's cache_threshold.
+        follow_tokens = self._settings.min_match_ratio * prompt_tokens
         # Cold and tied prompts: everything within one block of the best counts as equal.
-        tied = [i for i in eligible if matched[i] >= best_eligible_match - self._tie_tokens]
+        window = best_eligible_match if best_eligible_match < follow_tokens else self._tie_tokens
+        tied = [i for i in eligible if matched[i] >= best_eligible_match - window]
         lowest = min(loads[i] for i in tied)
         least_loaded = [i for i in tied if loads[i] == lowest]
         self._rotation += 1
         pick = least_loaded[self._rotation % len(least_loaded)]
         outcome = (
-            "cold" if best_match == 0
+            "cold" if best_match == 0 or best_match < follow_tokens
             else "hit" if matched[pick] > 0 and matched[pick] >= best_match - self._tie_tokens
             else "spill"
         )
@@ -137,7 +145,8 @@ class PrefixKVAware:
 
     def choose(self, call: Call, candidates: Sequence[Deployment]) -> RouteDecision:
         state: _PrefixState = call.routing_state
-        decision, _ = self._scorer.choose(candidates, state.matched_tokens)
+        decision, _ = self._scorer.choose(candidates, state.matched_tokens,
+                                          prompt_tokens=state.fingerprint.total_tokens)
         explanation = decision.explanation
         explanation["matched_blocks"] = state.matched_blocks.get(decision.deployment, 0)
         explanation["prompt_tokens_est"] = state.fingerprint.total_tokens
