@@ -33,7 +33,9 @@ LOAD_MODES: tuple[LoadMode, ...] = ("closed", "fixed", "poisson", "timestamps")
 @dataclass(frozen=True, slots=True)
 class LoadSpec:
     """How requests are offered. ``rate_per_s`` is for fixed/poisson; ``speedup`` divides the
-    gaps of a trace's own timestamps; ``duration_s`` stops starting new requests."""
+    gaps of a trace's own timestamps; ``duration_s`` stops starting new requests;
+    ``think_s`` (closed loop) is the pause between an answer and its conversation's next turn,
+    during which the worker holds that conversation (a user reading and typing)."""
 
     mode: LoadMode = "closed"
     concurrency: int = 16
@@ -44,6 +46,7 @@ class LoadSpec:
     #: Open-loop cap on connections (file descriptors); requests beyond it queue in the client.
     max_connections: int = 1000
     seed: int = 0
+    think_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in LOAD_MODES:
@@ -56,6 +59,8 @@ class LoadSpec:
             raise ValueError("speedup must be > 0")
         if self.duration_s is not None and self.duration_s <= 0:
             raise ValueError("duration_s must be > 0")
+        if self.think_s < 0:
+            raise ValueError("think_s must be >= 0")
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)
@@ -171,10 +176,14 @@ class _Run:
     async def closed_loop(self) -> None:
         chains: Iterator[list[int]] = iter(_chains(self.requests))
 
+        think_s = self.spec.think_s
+
         async def worker() -> None:
             # Sharing one iterator is safe: next() never awaits, so no two workers interleave.
             for chain in chains:
-                for index in chain:
+                for turn, index in enumerate(chain):
+                    if turn and think_s:
+                        await asyncio.sleep(think_s)
                     now_s = self._now_s()
                     if now_s >= self.deadline_s:
                         return
