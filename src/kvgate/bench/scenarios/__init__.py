@@ -66,6 +66,11 @@ SCENARIOS: Mapping[str, ScenarioEntry] = MappingProxyType({
         "precise_kv vs prefix_kv_aware on `kvgate sim --kv-events` under memory pressure "
         "(working set 3x KV); about 3 minutes",
     ),
+    "routing": ScenarioEntry(
+        "kvgate.bench.scenarios.routing",
+        "prefix_kv_aware vs round_robin and least_busy on `kvgate sim` fleets and on the "
+        "engine model in virtual time (images on 2 replicas, multi-turn chat on 4); ~6 minutes",
+    ),
     "offload": ScenarioEntry(
         "kvgate.bench.scenarios.offload",
         "one simulated replica under memory pressure (working set 2.5x its KV), CPU offload "
