@@ -186,6 +186,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--duration-s", type=int, default=10)
+    parser.add_argument("--http-server", choices=["granian", "uvicorn"], default="granian")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/gateway_overhead.json"))
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -196,7 +197,7 @@ def main() -> None:
                                            "--port", str(up_port)]), stdout=subprocess.DEVNULL)
     config_path = Path(tempfile.mkdtemp()) / "overhead.yaml"
     config_path.write_text(f"""
-server: {{ log_level: warning }}
+server: {{ log_level: warning, http_server: {args.http_server} }}
 providers:
   zero: {{ type: openai_compatible, api_base: "http://127.0.0.1:{up_port}/v1" }}
 models:
@@ -239,6 +240,7 @@ cache: {{ exact: {{ enabled: false }} }}
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
         "command": "python benchmarks/gateway_overhead.py " + " ".join(sys.argv[1:]),
+        "http_server": args.http_server,
         "concurrency_1_blocking_ms": {"direct": d, "gateway": g,
                                       "added_p50": round(g["p50"] - d["p50"], 4),
                                       "added_p99": round(g["p99"] - d["p99"], 4)},
