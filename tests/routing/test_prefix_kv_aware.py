@@ -188,3 +188,14 @@ def test_a_new_image_is_cold_even_where_other_images_were_served() -> None:
     call = chat("Describe.", "what is this?", bytes([2]) * 5000)
     route(s, call, fleet)
     assert call.route["outcome"] == "cold"
+
+
+def test_explanation_is_bounded_on_large_fleets() -> None:
+    fleet = [deployment(f"r{i}") for i in range(40)]
+    s = strategy(fleet)
+    home = route(s, chat(DOCS[3], "first"), fleet)
+    call = chat(DOCS[3], "second")
+    chosen = route(s, call, fleet)
+    assert chosen is home
+    assert len(call.route["candidates"]) == 8
+    assert home.id in call.route["candidates"]

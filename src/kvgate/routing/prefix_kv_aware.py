@@ -16,6 +16,7 @@ Per request, in order:
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,10 @@ class _PrefixState:
     fingerprint: Fingerprint
     matched_tokens: dict[Deployment, int]
     matched_blocks: dict[Deployment, int]
+
+
+#: Candidates listed in a decision's explanation, at most.
+_EXPLAINED_CANDIDATES = 8
 
 
 class LoadGuardedScorer:
@@ -95,14 +100,22 @@ class LoadGuardedScorer:
             else "hit" if matched[pick] > 0 and matched[pick] >= best_match - self._tie_tokens
             else "spill"
         )
+        # The explanation names at most _EXPLAINED_CANDIDATES candidates (the chosen one and the
+        # best matches): building an entry per replica dominated decisions on large fleets.
+        shown = range(len(candidates))
+        if len(candidates) > _EXPLAINED_CANDIDATES:
+            best = heapq.nlargest(_EXPLAINED_CANDIDATES - 1, shown, key=matched.__getitem__)
+            shown = sorted({pick, *best})  # type: ignore[assignment]
+        eligible_set = set(eligible)
         explanation: dict[str, Any] = {
             "strategy": self.name,
             "outcome": outcome,
             "matched_tokens": _tokens(matched[pick]),
             "candidates": {
-                d.id: {"matched_tokens": _tokens(matched[i]), "load": loads[i],
-                       "eligible": i in eligible, **(details or {}).get(d, {})}
-                for i, d in enumerate(candidates)
+                candidates[i].id: {"matched_tokens": _tokens(matched[i]), "load": loads[i],
+                                   "eligible": i in eligible_set,
+                                   **(details or {}).get(candidates[i], {})}
+                for i in shown
             },
         }
         return RouteDecision(candidates[pick], explanation), pick
