@@ -197,5 +197,5 @@ def test_explanation_is_bounded_on_large_fleets() -> None:
     call = chat(DOCS[3], "second")
     chosen = route(s, call, fleet)
     assert chosen is home
-    assert len(call.route["candidates"]) == 8
+    assert len(call.route["candidates"]) <= 8
     assert home.id in call.route["candidates"]
