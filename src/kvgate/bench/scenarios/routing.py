@@ -378,6 +378,7 @@ def run(options: ScenarioOptions) -> dict[str, Any]:
                                            options.plots_dir)
         if options.console is not None:
             options.console.print("plots: " + ", ".join(str(p) for p in paths))
-    document["runs"] = {f"{case}/{strategy}": result.document()
+    # Summaries only: the per-request records of ~5,000 requests would make the file megabytes.
+    document["runs"] = {f"{case}/{strategy}": result.document(include_records=False)
                         for case, results in runs.items() for strategy, result in results.items()}
     return document

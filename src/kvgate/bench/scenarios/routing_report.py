@@ -197,7 +197,7 @@ def _plot_summary(section: Mapping[str, Any], path: Path, title: str) -> Path:
     figs = [section["strategies"][s] for s in strategies]
     colours = [f"C{i}" for i in range(len(strategies))]
     positions = range(len(strategies))
-    figure = Figure(figsize=(13, 3.8), layout="constrained")
+    figure = Figure(figsize=(14, 3.9), layout="constrained")
     ttft_ax, tput_ax, aff_ax, share_ax = figure.subplots(1, 4)
 
     width = 0.38
@@ -205,15 +205,15 @@ def _plot_summary(section: Mapping[str, Any], path: Path, title: str) -> Path:
         values = [(f["ttft_ms"] or {}).get(key, 0.0) for f in figs]
         ttft_ax.bar([p + offset for p in positions], values, width, color=colours, hatch=hatch,
                     edgecolor="black", linewidth=0.4, label=f"TTFT {key}")
-    ttft_ax.set_title("TTFT p50 (plain) / p95 (hatched), modelled ms")
+    ttft_ax.set_title("TTFT, ms: p50 / p95 (hatched)", fontsize="medium")
     tput_ax.bar(positions, [f["requests_per_s"] or 0.0 for f in figs], color=colours)
-    tput_ax.set_title("throughput, requests per modelled s")
+    tput_ax.set_title("requests per second", fontsize="medium")
     for offset, key, hatch in ((-width / 2, "affinity", ""),
                                (width / 2, "replica_hit_rate", "//")):
         aff_ax.bar([p + offset for p in positions], [f[key] or 0.0 for f in figs], width,
                    color=colours, hatch=hatch, edgecolor="black", linewidth=0.4)
     aff_ax.set_ylim(0, 1.05)
-    aff_ax.set_title("affinity (plain) / replica hit rate (hatched)")
+    aff_ax.set_title("affinity / prefix-cache hit rate (hatched)", fontsize="medium")
     replicas = list(figs[0]["replica_share"]) if figs else []
     bottoms = [0.0] * len(figs)
     for index, replica in enumerate(replicas):
@@ -222,13 +222,13 @@ def _plot_summary(section: Mapping[str, Any], path: Path, title: str) -> Path:
                      edgecolor="white", linewidth=0.6, label=replica)
         bottoms = [b + s for b, s in zip(bottoms, shares, strict=True)]
     share_ax.set_ylim(0, 1.0)
-    share_ax.set_title("share of requests per replica")
+    share_ax.set_title("share of requests per replica", fontsize="medium")
     share_ax.legend(fontsize="x-small", loc="lower right")
     for axes in (ttft_ax, tput_ax, aff_ax, share_ax):
         axes.set_xticks(list(positions), [s.replace("_", "\n") for s in strategies],
                         fontsize="small")
         axes.grid(True, axis="y", alpha=0.3)
-    figure.suptitle(title)
+    figure.suptitle(title + "; times and rates in modelled GPU time")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png", dpi=110)
     return path
