@@ -177,13 +177,22 @@ class PreciseKVAware:
 
     def choose(self, call: Call, candidates: Sequence[Deployment]) -> RouteDecision:
         state: _PreciseState = call.routing_state
-        decision, _ = self._scorer.choose(candidates, state.matched_tokens, state.details)
+        # The same score as prefix_kv_aware, min_match_ratio included: a best match covering
+        # little of the prompt (a shared system prompt) is placed by load, not followed.
+        decision, _ = self._scorer.choose(candidates, state.matched_tokens, state.details,
+                                          prompt_tokens=self._prompt_tokens(state))
         plan = self._plans[decision.deployment]
         prompt_tokens = (state.blocks[plan.hasher].num_prompt_tokens if plan.hasher is not None
                          else state.fingerprint.total_tokens)
         decision.explanation["source"] = state.details[decision.deployment]["source"]
         decision.explanation["prompt_tokens"] = prompt_tokens
         return decision
+
+    @staticmethod
+    def _prompt_tokens(state: _PreciseState) -> float:
+        """The prompt's length in the engines' tokens when known, else the estimate."""
+        return max((b.num_prompt_tokens for b in state.blocks),
+                   default=state.fingerprint.total_tokens)
 
     def on_dispatched(self, call: Call, deployment: Deployment) -> None:
         state: _PreciseState | None = call.routing_state
