@@ -59,7 +59,8 @@ SCENARIOS: Mapping[str, ScenarioEntry] = MappingProxyType({
     "peers": ScenarioEntry(
         "kvgate.bench.scenarios.peers",
         "routing workloads through vllm-router and sglang-router beside KVGate's strategies "
-        "on one `kvgate sim` fleet: TTFT p95, throughput, replica prefix-cache hit rate",
+        "on one `kvgate sim` fleet: TTFT p95, throughput, replica prefix-cache hit rate; "
+        "about 25 minutes",
     ),
     "precise": ScenarioEntry(
         "kvgate.bench.scenarios.precise",

@@ -337,6 +337,11 @@ def comparison(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "c32_requests_per_s": c32.get("requests_per_s"),
             "c32_stream_requests_per_s": c32s.get("requests_per_s"),
             "cpu_us_per_request": c32.get("cpu_us_per_request"),
+            "stream_cpu_us_per_request": c32s.get("cpu_us_per_request"),
+            # What one core would serve if the hop had it alone: unlike req/s, not lowered by
+            # other work on a shared machine.
+            "one_core_requests_per_s": (round(1e6 / c32["cpu_us_per_request"])
+                                        if c32.get("cpu_us_per_request") else None),
             "rss_idle_mb": document["rss_mb"].get(name, {}).get("idle"),
         }
     return rows
@@ -347,12 +352,14 @@ def print_table(document: dict[str, Any], console: Any) -> None:
 
     table = Table(title="overhead: one hop in front of a zero-latency upstream. c=1: +p50, "
                         "+p99 = added ms (target - direct), TTFT = streamed time to first "
-                        "content chunk, ms; c=32: requests/s, hop CPU per request",
+                        "content chunk, ms; c=32: requests/s, hop CPU per request and the "
+                        "requests/s one core would serve at that cost",
                   title_justify="left")
     columns = (("target", None), ("+p50", "added_p50_ms"), ("+p99", "added_p99_ms"),
                ("TTFT", "stream_ttft_p50_ms"), ("+TTFT", "stream_ttft_added_p50_ms"),
                ("rps", "c32_requests_per_s"), ("rps stream", "c32_stream_requests_per_s"),
-               ("CPU us/req", "cpu_us_per_request"), ("RSS MB", "rss_idle_mb"))
+               ("CPU us/req", "cpu_us_per_request"), ("1-core rps", "one_core_requests_per_s"),
+               ("RSS MB", "rss_idle_mb"))
     table.add_column("target", no_wrap=True)
     for title, _ in columns[1:]:
         table.add_column(title, justify="right")
