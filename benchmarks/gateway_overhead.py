@@ -186,7 +186,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--duration-s", type=int, default=10)
-    parser.add_argument("--http-server", choices=["granian", "uvicorn"], default="granian")
+    parser.add_argument("--http-server", choices=["granian", "uvicorn"], default="uvicorn")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/gateway_overhead.json"))
     args = parser.parse_args()
     if shutil.which("wrk") is None:

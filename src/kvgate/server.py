@@ -1,4 +1,4 @@
-"""Serve the app with granian (default) or uvicorn, in one process or several workers."""
+"""Serve the app with uvicorn (default) or granian, in one process or several workers."""
 
 from __future__ import annotations
 

@@ -35,9 +35,10 @@ class ServerSettings(_Frozen):
     request_timeout_s: float = Field(600.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = False
-    #: The HTTP server under the ASGI app. granian (Rust) parses and writes HTTP at a fraction
-    #: of uvicorn's cost per request; uvicorn is kept as the pure-Python fallback.
-    http_server: Literal["granian", "uvicorn"] = "granian"
+    #: The HTTP server under the ASGI app. uvicorn (uvloop + httptools) gave the lowest added
+    #: latency and one process per worker in docs/BENCHMARK_REPORT.md; granian (Rust HTTP, a
+    #: supervisor process per server) did better only while the machine was overloaded.
+    http_server: Literal["granian", "uvicorn"] = "uvicorn"
 
     @field_validator("admin_key")
     @classmethod
