@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import orjson
@@ -116,3 +118,27 @@ def test_process_accounting_reads_proc(zero: LocalProcess) -> None:
 def test_pinning_prefixes_taskset_only_when_asked() -> None:
     assert pinned(None, ["x"]) == ["x"]
     assert pinned(0, ["x"])[-1] == "x"
+
+
+def test_a_connection_the_server_closed_while_idle_is_reopened_untimed() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port: int = listener.getsockname()[1]
+    response = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"
+
+    def serve() -> None:  # answers one request per connection, then closes it
+        for _ in range(2):
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(response)
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    client = RawClient(port)
+    client.send(request_bytes(port, "/", b"{}"))
+    deadline_s = time.monotonic() + 5
+    while not select.select([client._sock], [], [], 0)[0] and time.monotonic() < deadline_s:
+        time.sleep(0.01)  # until the server's close has arrived
+    total_s, _ = client.send(request_bytes(port, "/", b"{}"))
+    assert client.reconnects == 1 and total_s > 0
+    client.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import select
 import shutil
 import socket
 import subprocess
@@ -53,12 +54,30 @@ class RawClient:
 
     def __init__(self, port: int, *, timeout_s: float = 30.0) -> None:
         self.port = port
-        self._sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._timeout_s = timeout_s
+        self._sock = self._connect()
         self._buffer = b""
+        #: Times the server had closed the idle connection and a new one was opened.
+        self.reconnects = 0
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=self._timeout_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
 
     def close(self) -> None:
         self._sock.close()
+
+    def _reopen_if_closed(self) -> None:
+        """Servers close keep-alive connections left idle (uvicorn after 5 s), e.g. while the
+        other targets take their turn; reconnect then, outside the timed section. Costs one
+        non-blocking poll per request."""
+        readable, _, _ = select.select([self._sock], [], [], 0)
+        if readable and not self._sock.recv(1, socket.MSG_PEEK):
+            self._sock.close()
+            self._sock = self._connect()
+            self._buffer = b""
+            self.reconnects += 1
 
     def _recv(self) -> None:
         data = self._sock.recv(65536)
@@ -68,6 +87,7 @@ class RawClient:
 
     def send(self, request: bytes, marker: bytes | None = None) -> tuple[float, float | None]:
         """(seconds to the end of the response, seconds to the first chunk with ``marker``)."""
+        self._reopen_if_closed()
         started_s = time.perf_counter()
         self._sock.sendall(request)
         while (end := self._buffer.find(_HEAD_END)) < 0:

@@ -63,6 +63,7 @@ from kvgate.bench.rawhttp import (
 )
 from kvgate.bench.scenarios import ScenarioOptions
 from kvgate.bench.stats import percentile
+from kvgate.config.schema import ServerSettings
 
 #: The hop's CPU; the upstream, wrk and the measuring client share the other one.
 HOP_CPU, CLIENT_CPU = 1, 0
@@ -193,6 +194,7 @@ class _Targets:
     def kvgate(self) -> tuple[LocalProcess, dict[str, Any]]:
         process = self.stack.enter_context(_kvgate(self.upstream_port))
         return process, {"version": __version__,
+                         "http_server": ServerSettings().http_server,
                          "notes": "kvgate run, 1 worker, exact cache off"}
 
 
@@ -211,9 +213,11 @@ def _drop(targets: list[Target], failed: dict[str, str], target: Target, what: s
 
 
 def latency_c1(targets: list[Target], body: bytes, total: int, sizes: Sizes, *,
-               stream: bool, failed: dict[str, str]) -> dict[str, list[float]]:
+               stream: bool, failed: dict[str, str], reconnects: dict[str, int],
+               ) -> dict[str, list[float]]:
     """Seconds per request (streams: to the first content chunk) for each target, measured in
-    interleaved blocks on one keep-alive connection each."""
+    interleaved blocks on one keep-alive connection each (reopened, untimed, when the server
+    closed it while idle; counted in ``reconnects``)."""
     marker = CONTENT_MARKER if stream else None
     clients: dict[str, RawClient] = {}
     requests = {t.name: request_bytes(t.port, CHAT_PATH, body) for t in targets}
@@ -239,7 +243,8 @@ def latency_c1(targets: list[Target], body: bytes, total: int, sizes: Sizes, *,
                 except (OSError, ValueError) as exc:  # HttpFramingError is an OSError
                     _drop(targets, failed, target, "concurrency 1", exc)
     finally:
-        for client in clients.values():
+        for name, client in clients.items():
+            reconnects[name] = reconnects.get(name, 0) + client.reconnects
             client.close()
     return {name: values for name, values in samples.items() if any(
         t.name == name for t in targets)}
@@ -392,6 +397,7 @@ def run(options: ScenarioOptions) -> dict[str, Any]:
             ensure_debian_package("wrk", "wrk")
             use_wrk = wrk_path() is not None
     failed: dict[str, str] = {}
+    reconnects: dict[str, int] = {}
     with contextlib.ExitStack() as stack:
         up_port = free_port()
         upstream = stack.enter_context(local_process(
@@ -411,9 +417,9 @@ def run(options: ScenarioOptions) -> dict[str, Any]:
             console.print(f"measuring {', '.join(t.name for t in running)} ...")
         with _client_pinned():
             c1 = latency_c1(running, BLOCKING_BODY, sizes.requests_c1, sizes, stream=False,
-                            failed=failed)
+                            failed=failed, reconnects=reconnects)
             c1_stream = latency_c1(running, STREAM_BODY, sizes.stream_requests_c1, sizes,
-                                   stream=True, failed=failed)
+                                   stream=True, failed=failed, reconnects=reconnects)
             c32 = throughput_c32(running, BLOCKING_BODY, sizes, use_wrk=use_wrk, failed=failed)
             c32_stream = throughput_c32(running, STREAM_BODY, sizes, use_wrk=use_wrk,
                                         failed=failed)
@@ -437,6 +443,7 @@ def run(options: ScenarioOptions) -> dict[str, Any]:
         "targets": facts,
         "unavailable": unavailable,
         "failed": failed,
+        "c1_idle_reconnects": reconnects,
         "c1_blocking_ms": _with_added(c1),
         "c1_stream_ttft_ms": _with_added(c1_stream),
         "c32_blocking": _summarise_c32(c32),
