@@ -68,6 +68,8 @@ class LoadGuardedScorer:
         matched_tokens: Mapping[Deployment, float],
         details: Mapping[Deployment, Mapping[str, Any]] | None = None,
         prompt_tokens: float = 0.0,
+        history_tokens: Mapping[Deployment, float] | None = None,
+        covered_tokens: Mapping[Deployment, float] | None = None,
     ) -> tuple[RouteDecision, int]:
         """The decision and the index of the chosen candidate.
 
@@ -75,6 +77,10 @@ class LoadGuardedScorer:
         failover attempt away from the replica holding the prefix is told apart as a spill.
         ``details`` adds per-candidate fields to the explanation. With ``prompt_tokens``, a best
         match below ``min_match_ratio`` of it counts as no match (0 = every match counts).
+        ``history_tokens`` (tokens of the prompt each deployment served recently, whether or
+        not it still holds them) breaks ties among the least loaded for a cold prompt.
+        ``covered_tokens`` is what the ``min_match_ratio`` test reads when ``matched_tokens``
+        are weighted (an offloaded token scores less than a GPU one but covers as much).
         """
         loads = [self.load.load(d) for d in candidates]
         least = min(loads)
@@ -84,19 +90,34 @@ class LoadGuardedScorer:
         best_match = max(matched_tokens.values(), default=0)
         eligible = [i for i, load in enumerate(loads) if load <= least + slack]
         best_eligible_match = max(matched[i] for i in eligible)
+        covered = covered_tokens if covered_tokens is not None else matched_tokens
         # NOTE: a prefix shared by many prompts but short next to each (a system prompt before
         # a long per-user context) would otherwise pull every new conversation onto the
         # replicas that already hold it, starving the rest; SGLang's cache_threshold.
         follow_tokens = self._settings.min_match_ratio * prompt_tokens
+        cold = best_match == 0 or max(covered.values(), default=0) < follow_tokens
+        eligible_cold = best_eligible_match == 0 or max(
+            covered.get(candidates[i], 0) for i in eligible) < follow_tokens
         # Cold and tied prompts: everything within one block of the best counts as equal.
-        window = best_eligible_match if best_eligible_match < follow_tokens else self._tie_tokens
+        window = best_eligible_match if eligible_cold else self._tie_tokens
         tied = [i for i in eligible if matched[i] >= best_eligible_match - window]
         lowest = min(loads[i] for i in tied)
         least_loaded = [i for i in tied if loads[i] == lowest]
+        returned_home = False
+        if cold and history_tokens and len(least_loaded) > 1:
+            # NOTE: a prompt known to be cached nowhere costs a full prefill wherever it goes;
+            # sent back to where its prefix was served last it stays in that replica's share of
+            # the working set, where spreading it by load alone would copy every prefix onto
+            # every replica over time (measured: BENCHMARK_REPORT.md, precise).
+            served = [history_tokens.get(candidates[i], 0) for i in least_loaded]
+            most = max(served)
+            if most > 0:
+                least_loaded = [i for i, s in zip(least_loaded, served, strict=True) if s == most]
+                returned_home = True
         self._rotation += 1
         pick = least_loaded[self._rotation % len(least_loaded)]
         outcome = (
-            "cold" if best_match == 0 or best_match < follow_tokens
+            "cold" if cold
             else "hit" if matched[pick] > 0 and matched[pick] >= best_match - self._tie_tokens
             else "spill"
         )
@@ -111,6 +132,7 @@ class LoadGuardedScorer:
             "strategy": self.name,
             "outcome": outcome,
             "matched_tokens": _tokens(matched[pick]),
+            **({"returned_home": True} if returned_home else {}),
             "candidates": {
                 candidates[i].id: {"matched_tokens": _tokens(matched[i]), "load": loads[i],
                                    "eligible": i in eligible_set,

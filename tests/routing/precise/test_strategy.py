@@ -143,3 +143,24 @@ def test_secret_replica_hashes_switch_to_token_blocks() -> None:
     assert {v["matching"] for v in s.describe().values()} == {"token_blocks"}
     keys_ = keys(s, DOC + " q")
     assert s._hashers[0].token_blocks and len(keys_) > 10
+
+
+def test_a_prompt_evicted_everywhere_goes_back_to_its_last_home_if_not_busier() -> None:
+    d = fleet(3)
+    s = strategy(d)
+    first = route(s, chat(DOC + " one"), d)
+    home = first["deployment"]
+    assert first["outcome"] == "cold" and "returned_home" not in first
+    # The replica ran it and later evicted it: no replica holds any of the prompt now.
+    feed(replica(s, home), stored(keys(s, DOC + " one")))
+    feed(replica(s, home), BlockRemoved(block_hashes=list(keys(s, DOC + " one")), medium="GPU"))
+    for k in range(3):  # placed by load alone these would rotate over the three replicas
+        again = route(s, chat(DOC + f" again {k}"), d)
+        assert again["outcome"] == "cold" and again["matched_tokens"] == 0
+        assert again["deployment"] is home and again["returned_home"] is True
+        feed(replica(s, home), BlockRemoved(block_hashes=list(keys(s, DOC + f" again {k}")),
+                                            medium="GPU"))
+    # Its home busier than another replica: a cold prompt still goes to the least loaded.
+    home.stats.in_flight = 1
+    away = route(s, chat(DOC + " busy"), d)
+    assert away["deployment"] is not home and "returned_home" not in away

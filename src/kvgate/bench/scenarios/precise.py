@@ -2,10 +2,18 @@
 
 For each arm a fresh simulated fleet (``kvgate sim --kv-events``: replicas of
 ``llama-3.1-8b-h100`` with a small KV pool each) and a fresh gateway in front of it, then the
-same open-loop (Poisson) workload: ``num_groups`` shared system prompts with Zipf popularity,
-each request one of them plus a unique question. The prompts' working set is about three times
-the fleet's total KV capacity, so replicas keep evicting and affinity learned from routing
-history goes stale. Arms:
+same open-loop workload: ``num_groups`` shared system prompts with Zipf popularity, each
+request one of them plus a unique question, arriving as a Poisson stream in which 5% of the
+arrivals are fan-outs (24 requests on one prompt at once: an agent's parallel calls, a batch
+over one document). The prompts' working set is about three times the fleet's total KV
+capacity, so replicas keep evicting and affinity learned from routing history goes stale.
+
+Why the fan-outs: with steady single arrivals, approximate affinity never names more than one
+replica per prefix, so stale entries send a prompt back to the replica that evicted it, where
+it is recomputed as it would be anywhere else (a static partition of the prompts, which keeps
+its hit rate; the virtual-time steady run is reported alongside for that). A fan-out overflows
+the load guard and leaves the prefix recorded on several replicas; once some of them evict it,
+approximate picks among them by load while precise knows which one still holds it. Arms:
 
 - ``approximate``: ``prefix_kv_aware`` (fingerprint + affinity index with TTL + load guard);
 - ``precise``: ``precise_kv`` with the replicas' tokenizer (``kvgate-sim:<profile>``): exact
@@ -27,7 +35,7 @@ import json
 import tempfile
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +72,13 @@ class Setup:
     output_tokens: int = 24
     zipf_s: float = 0.8
     num_requests: int = 900
+    #: Mean request rate (wall seconds on the fleet).
     rate_per_s: float = 18.0
+    #: Share of arrivals that are a fan-out: ``burst_size`` requests on one prefix at once
+    #: (an agent's parallel calls, a batch over one document). 0 = plain Poisson arrivals.
+    burst_share: float = 0.05
+    burst_size: int = 24
+    burst_gap_s: float = 0.004
 
     @property
     def capacity_tokens(self) -> int:
@@ -77,25 +91,38 @@ class Setup:
 
 FULL = Setup()
 QUICK = Setup(replicas=2, kv_blocks=200, num_groups=12, prefix_tokens=800, num_requests=120,
-              rate_per_s=20.0, time_scale=2.0)
+              rate_per_s=20.0, time_scale=2.0, burst_size=8)
 
 
 def build_requests(setup: Setup, seed: int) -> list[BenchRequest]:
-    """Zipf-popular shared prefixes, each request with its own question; deterministic."""
+    """Zipf-popular shared prefixes, each request with its own question, arriving as a Poisson
+    stream of single requests and fan-outs (``at_s``, wall seconds); deterministic."""
     options = WorkloadOptions(model=MODEL, seed=seed, stream=True, ignore_eos=True)
     rng = seeded_rng("precise.order", seed)
     weights = [1.0 / (rank + 1) ** setup.zipf_s for rank in range(setup.num_groups)]
     prefixes = [filler(setup.prefix_tokens, "precise.prefix", seed, g)
                 for g in range(setup.num_groups)]
+    # Arrival events are rarer than requests by the mean event size, so the request rate
+    # stays rate_per_s whatever the burst settings.
+    mean_event_size = 1 + setup.burst_share * (setup.burst_size - 1)
+    event_rate_per_s = setup.rate_per_s / mean_event_size
+    arrivals: list[tuple[float, int]] = []
+    now_s = 0.0
+    while len(arrivals) < setup.num_requests:
+        group = rng.choices(range(setup.num_groups), weights)[0]
+        size = setup.burst_size if rng.random() < setup.burst_share else 1
+        arrivals.extend((now_s + i * setup.burst_gap_s, group) for i in range(size))
+        now_s += rng.expovariate(event_rate_per_s)
+    arrivals = sorted(arrivals[: setup.num_requests])
     requests = []
-    groups = rng.choices(range(setup.num_groups), weights, k=setup.num_requests)
-    for index, group in enumerate(groups):
+    for index, (at_s, group) in enumerate(arrivals):
         question = filler(setup.question_tokens, "precise.question", seed, index)
         messages = [{"role": "system", "content": prefixes[group]},
                     {"role": "user", "content": question}]
-        requests.append(chat_request(options, messages, setup.output_tokens,
-                                     prompt_tokens_hint=setup.prefix_tokens
-                                     + setup.question_tokens, tag=f"group{group}"))
+        request = chat_request(options, messages, setup.output_tokens,
+                               prompt_tokens_hint=setup.prefix_tokens + setup.question_tokens,
+                               tag=f"group{group}")
+        requests.append(replace(request, at_s=at_s))
     return requests
 
 
@@ -174,8 +201,7 @@ def _run_arm(name: str, setup: Setup, requests: list[BenchRequest], options: Sce
         path.write_text(json.dumps(gateway_config(replicas, arm), indent=2))
         with local_gateway(path) as gateway:
             before = _counters(replicas)
-            load = LoadSpec(mode="poisson", rate_per_s=setup.rate_per_s, seed=options.seed,
-                            request_timeout_s=120.0)
+            load = LoadSpec(mode="timestamps", seed=options.seed, request_timeout_s=120.0)
             result = run_benchmark(gateway.url, requests, load, label=name,
                                    console=options.console, meta={"arm": arm})
             after = _counters(replicas)
@@ -210,23 +236,17 @@ def run(options: ScenarioOptions) -> dict[str, Any]:
     if console is not None:
         console.print(
             f"[bold]kvgate bench precise[/]: {len(requests)} requests at {setup.rate_per_s}/s "
-            f"per arm; working set {setup.working_set_tokens:,} tokens = "
+            f"per arm ({setup.burst_share:.0%} of arrivals a fan-out of {setup.burst_size}); "
+            f"working set {setup.working_set_tokens:,} tokens = "
             f"{setup.working_set_tokens / setup.capacity_tokens:.1f}x the fleet's KV "
             f"capacity ({setup.capacity_tokens:,})"
         )
-    # Deterministic first: the same policies on the engine model in virtual time.
-    from kvgate.bench.scenarios.precise_virtual import run_virtual_arm
-
-    virtual_rate = setup.rate_per_s / setup.time_scale  # the same load, in simulated seconds
-    virtual: dict[str, dict[str, Any]] = {}
-    for name, arm in ARMS.items():
-        virtual[name] = run_virtual_arm(arm, requests, profile_name=PROFILE,
-                                        replicas=setup.replicas, kv_blocks=setup.kv_blocks,
-                                        rate_per_s=virtual_rate, seed=options.seed)
-        if console is not None:
-            v = virtual[name]
-            console.print(f"virtual {name}: prefix-cache hit rate {v['prefix_cache_hit_rate']},"
-                          f" TTFT p50 {v['ttft_ms']['p50']} ms, p95 {v['ttft_ms']['p95']} ms")
+    # Deterministic first: the same policies on the engine model in virtual time, with the
+    # fan-outs and (for comparison, not a target) without them.
+    virtual = _virtual_arms(setup, requests, "virtual", console)
+    steady = replace(setup, burst_share=0.0)
+    virtual_steady = _virtual_arms(steady, build_requests(steady, options.seed),
+                                   "virtual, steady", console)
     results: list[BenchResult] = []
     engines: dict[str, dict[str, Any]] = {}
     for name in ARMS:
@@ -258,6 +278,24 @@ def run(options: ScenarioOptions) -> dict[str, Any]:
         setup={**asdict(setup), "profile": PROFILE,
                "capacity_tokens": setup.capacity_tokens,
                "working_set_tokens": setup.working_set_tokens},
-        engine=engines, virtual={"rate_per_s": virtual_rate, "arms": virtual},
+        engine=engines,
+        virtual={"rate_per_s": setup.rate_per_s / setup.time_scale, "arms": virtual},
+        virtual_steady={"rate_per_s": steady.rate_per_s / steady.time_scale,
+                        "arms": virtual_steady},
         targets=targets,
     )
+
+
+def _virtual_arms(setup: Setup, requests: list[BenchRequest], label: str,
+                  console: Any) -> dict[str, dict[str, Any]]:
+    from kvgate.bench.scenarios.precise_virtual import run_virtual_arm
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, arm in ARMS.items():
+        out[name] = v = run_virtual_arm(arm, requests, profile_name=PROFILE,
+                                        replicas=setup.replicas, kv_blocks=setup.kv_blocks,
+                                        time_scale=setup.time_scale)
+        if console is not None:
+            console.print(f"{label} {name}: prefix-cache hit rate {v['prefix_cache_hit_rate']},"
+                          f" TTFT p50 {v['ttft_ms']['p50']} ms, p95 {v['ttft_ms']['p95']} ms")
+    return out

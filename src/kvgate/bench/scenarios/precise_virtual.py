@@ -11,7 +11,6 @@ engines' own (simulated seconds). Deterministic: same seed, same figures.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,14 +69,19 @@ def _deployments(count: int, arm: dict[str, Any]) -> list[Deployment]:
 
 
 def run_virtual_arm(arm: dict[str, Any], requests: Sequence[BenchRequest], *, profile_name: str,
-                    replicas: int, kv_blocks: int, rate_per_s: float, seed: int,
-                    ) -> dict[str, Any]:
-    """One arm on ``replicas`` in-process engines; Poisson arrivals at ``rate_per_s``."""
-    return asyncio.run(_run(arm, requests, profile_name, replicas, kv_blocks, rate_per_s, seed))
+                    replicas: int, kv_blocks: int, time_scale: float) -> dict[str, Any]:
+    """One arm on ``replicas`` in-process engines. Each request arrives at its ``at_s`` (wall
+    seconds on the fleet) x ``time_scale``: the fleet's simulated seconds, the same load."""
+    arrivals_s = []
+    for request in requests:
+        if request.at_s is None:
+            raise ValueError("the virtual arm needs requests with arrival times (at_s)")
+        arrivals_s.append(request.at_s * time_scale)
+    return asyncio.run(_run(arm, requests, arrivals_s, profile_name, replicas, kv_blocks))
 
 
-async def _run(arm: dict[str, Any], requests: Sequence[BenchRequest], profile_name: str,
-               replicas: int, kv_blocks: int, rate_per_s: float, seed: int) -> dict[str, Any]:
+async def _run(arm: dict[str, Any], requests: Sequence[BenchRequest], arrivals_s: list[float],
+               profile_name: str, replicas: int, kv_blocks: int) -> dict[str, Any]:
     profile = get_profile(profile_name)
     clock = _Clock()
     sinks = [CollectingSink() for _ in range(replicas)]
@@ -106,11 +110,8 @@ async def _run(arm: dict[str, Any], requests: Sequence[BenchRequest], profile_na
 
     cluster = VirtualCluster(engines, on_output=on_output)
     renderer = PromptRenderer(profile, SimTokenizer())
-    rng = random.Random(f"precise.virtual:{seed}")
     outcomes: dict[str, int] = {}
-    now = 0.0
-    for number, request in enumerate(requests):
-        now += rng.expovariate(rate_per_s)
+    for number, (request, now) in enumerate(zip(requests, arrivals_s, strict=True)):
         cluster.advance_to(now)
         clock.now_s = now
         if precise is not None:  # events of every step that has ended by now
@@ -128,6 +129,8 @@ async def _run(arm: dict[str, Any], requests: Sequence[BenchRequest], profile_na
         decision = strategy.choose(call, deployments)
         strategy.on_dispatched(call, decision.deployment)
         outcome = str(decision.explanation.get("outcome"))
+        if decision.explanation.get("returned_home"):
+            outcome += " (returned home)"
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
         index = deployments.index(decision.deployment)
         decision.deployment.stats.in_flight += 1

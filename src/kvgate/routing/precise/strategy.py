@@ -63,8 +63,16 @@ class _Plan:
 class _PreciseState:
     fingerprint: Fingerprint
     blocks: list[RequestBlocks]
+    #: Scored hit tokens per deployment (offloaded ones weighted by ``cpu_hit_weight``).
     matched_tokens: dict[Deployment, float]
+    #: Hit tokens per deployment in any tier, unweighted (for ``min_match_ratio``).
+    covered_tokens: dict[Deployment, float]
     details: dict[Deployment, dict[str, Any]]
+    #: The prompt's length in the engines' tokens when known, else the estimate.
+    prompt_tokens: float
+    #: For a prompt cached nowhere: tokens of it each deployment served recently (routing
+    #: history), so it goes back to its last home when that is among the least loaded.
+    history_tokens: dict[Deployment, float] | None
 
 
 class PreciseKVAware:
@@ -138,11 +146,12 @@ class PreciseKVAware:
         blocks = await self._hash(call, fp)
         plans = self._plans
         approximate = None
-        if any(p.state is None or not p.state.is_precise for p in plans.values()):
-            approximate = await self._affinity.match(fp.hashes, self._ids) if fp.hashes else None
+        if fp.hashes and any(p.state is None or not p.state.is_precise for p in plans.values()):
+            approximate = await self._affinity.match(fp.hashes, self._ids)
         cumulative = cumulative_tokens(fp.tokens)
         weight = self._precise.cpu_hit_weight
         matched: dict[Deployment, float] = {}
+        covered: dict[Deployment, float] = {}
         details: dict[Deployment, dict[str, Any]] = {}
         for position, deployment in enumerate(self._deployments):
             plan = plans[deployment]
@@ -155,17 +164,27 @@ class PreciseKVAware:
                     request.hit_tokens(match.gpu_blocks + match.offloaded_blocks) - gpu_tokens
                 )
                 matched[deployment] = gpu_tokens + weight * offloaded_tokens
+                covered[deployment] = gpu_tokens + offloaded_tokens
                 details[deployment] = {"source": "precise", "gpu_tokens": gpu_tokens,
                                        "offloaded_tokens": offloaded_tokens}
             elif state is not None and state.is_precise:
                 links = self._event_clock.match(fp.hashes, deployment.id, state.index)
-                matched[deployment] = cumulative[links]
+                matched[deployment] = covered[deployment] = cumulative[links]
                 details[deployment] = {"source": "event_clock"}
             else:
                 links = approximate[position] if approximate is not None else 0
-                matched[deployment] = cumulative[links]
+                matched[deployment] = covered[deployment] = cumulative[links]
                 details[deployment] = {"source": "approximate" if state is None else "degraded"}
-        call.routing_state = _PreciseState(fp, blocks, matched, details)
+        history: dict[Deployment, float] | None = None
+        prompt_tokens = max((b.num_prompt_tokens for b in blocks), default=fp.total_tokens)
+        if fp.hashes and max(covered.values(), default=0) < (
+                self._prefix.min_match_ratio * prompt_tokens or 1):
+            if approximate is None:
+                approximate = await self._affinity.match(fp.hashes, self._ids)
+            history = {d: cumulative[links]
+                       for d, links in zip(self._deployments, approximate, strict=True) if links}
+        call.routing_state = _PreciseState(fp, blocks, matched, covered, details, prompt_tokens,
+                                           history)
 
     async def _hash(self, call: Call, fp: Fingerprint) -> list[RequestBlocks]:
         if not self._hashers:
@@ -180,19 +199,15 @@ class PreciseKVAware:
         # The same score as prefix_kv_aware, min_match_ratio included: a best match covering
         # little of the prompt (a shared system prompt) is placed by load, not followed.
         decision, _ = self._scorer.choose(candidates, state.matched_tokens, state.details,
-                                          prompt_tokens=self._prompt_tokens(state))
+                                          prompt_tokens=state.prompt_tokens,
+                                          history_tokens=state.history_tokens,
+                                          covered_tokens=state.covered_tokens)
         plan = self._plans[decision.deployment]
         prompt_tokens = (state.blocks[plan.hasher].num_prompt_tokens if plan.hasher is not None
                          else state.fingerprint.total_tokens)
         decision.explanation["source"] = state.details[decision.deployment]["source"]
         decision.explanation["prompt_tokens"] = prompt_tokens
         return decision
-
-    @staticmethod
-    def _prompt_tokens(state: _PreciseState) -> float:
-        """The prompt's length in the engines' tokens when known, else the estimate."""
-        return max((b.num_prompt_tokens for b in state.blocks),
-                   default=state.fingerprint.total_tokens)
 
     def on_dispatched(self, call: Call, deployment: Deployment) -> None:
         state: _PreciseState | None = call.routing_state
