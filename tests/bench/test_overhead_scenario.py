@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from kvgate.bench.peers import PeerUnavailable
-from kvgate.bench.scenarios import SCENARIOS, ScenarioOptions, overhead
+from kvgate.bench.scenarios import SCENARIOS, ScenarioOptions, overhead, overhead_targets
 from kvgate.cli import main
 
 
@@ -58,8 +58,9 @@ def test_peers_that_cannot_install_are_recorded_and_the_run_goes_on(
     def no_venv(self: Any, package: Any) -> Any:
         raise PeerUnavailable(f"{package.name}: pip install {package.requirement} exited with 1")
 
-    monkeypatch.setattr(overhead, "ensure_debian_package", no_package)
-    monkeypatch.setattr(overhead.PeerInstaller, "ensure", no_venv)
+    monkeypatch.setattr(overhead, "ensure_debian_package", no_package)  # wrk
+    monkeypatch.setattr(overhead_targets, "ensure_debian_package", no_package)  # nginx
+    monkeypatch.setattr(overhead_targets.PeerInstaller, "ensure", no_venv)
     document = overhead.run(ScenarioOptions(quick=True, peers=True))
     assert document["unavailable"] == {
         "nginx": "apt-get install -y nginx exited with 100: no network",

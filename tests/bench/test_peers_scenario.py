@@ -11,7 +11,7 @@ import pytest
 
 from kvgate.bench.peers import PeerUnavailable
 from kvgate.bench.request import BenchRequest
-from kvgate.bench.scenarios import SCENARIOS, ScenarioOptions, peers
+from kvgate.bench.scenarios import SCENARIOS, ScenarioOptions, peers, peers_report
 from kvgate.cli import main
 
 KVGATE_LABELS = [r.label for r in peers.KVGATE_ROUTERS]
@@ -68,16 +68,7 @@ def test_failed_peer_installs_are_recorded_and_kvgate_still_runs(
     _assert_runs(document["cases"]["images"], ["kvgate/prefix_kv_aware"])
 
 
-def test_counters_parse_vllm_metrics_and_requests_carry_their_user_key() -> None:
-    text = ('# HELP vllm:prefix_cache_hits_total x\n'
-            'vllm:prefix_cache_hits_total{model_name="m"} 30.0\n'
-            'vllm:prefix_cache_queries_total{model_name="m"} 100.0\n'
-            'vllm:request_success_total{finished_reason="length",model_name="m"} 3.0\n'
-            'vllm:request_success_total{finished_reason="stop",model_name="m"} 2.0\n')
-    counters = peers.parse_counters(text)
-    assert (counters.prefix_cache_hits, counters.prefix_cache_queries, counters.requests) == (
-        30.0, 100.0, 5.0)
-    assert counters.minus(peers.ReplicaCounters(requests=1.0)).requests == 4.0
+def test_requests_carry_their_user_key() -> None:
     keyed = peers.with_session_keys([BenchRequest(body=b'{"model":"m"}', stream=True,
                                                   tag="g1")])
     assert orjson.loads(keyed[0].body) == {"model": "m", "user": "g1"}
@@ -91,7 +82,7 @@ def test_medians_over_rounds_keep_every_round() -> None:
                 "latency_ms": None, "requests_per_s": 2.0, "output_tokens_per_s": 20.0,
                 "replica_hit_rate": hit, "max_share": share}
     rounds = [one(300.0, 0.5, 1.0), one(100.0, 0.7, 0.5), one(200.0, 0.6, 0.5)]
-    numbers = peers.median_figures(rounds)
+    numbers = peers_report.median_figures(rounds)
     assert numbers["ttft_ms"]["p95"] == 200.0 and numbers["replica_hit_rate"] == 0.6
     assert numbers["max_share"] == 0.5 and numbers["latency_ms"]["p50"] is None
     assert numbers["per_round"] == rounds

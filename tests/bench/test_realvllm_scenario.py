@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from kvgate.bench.engine_counters import EngineCounters
 from kvgate.bench.scenarios import SCENARIOS
 from kvgate.bench.scenarios.realvllm import _hit_rate, cases
 from kvgate.bench.workloads import WorkloadOptions
@@ -41,15 +42,16 @@ def test_working_sets_exceed_one_replica_but_fit_the_pair() -> None:
 
 
 def test_hit_rate_is_the_counter_delta_over_both_replicas() -> None:
-    keys = ("queries", "hits", "prompt_tokens", "preemptions", "requests")
-    before = [dict.fromkeys(keys, 10.0), dict.fromkeys(keys, 0.0)]
-    after = [{"queries": 110.0, "hits": 60.0, "prompt_tokens": 110.0, "preemptions": 10.0,
-              "requests": 13.0},
-             {"queries": 100.0, "hits": 30.0, "prompt_tokens": 100.0, "preemptions": 0.0,
-              "requests": 4.0}]
+    before = [EngineCounters(prefix_cache_queries=10.0, prefix_cache_hits=10.0,
+                             prompt_tokens=10.0, preemptions=10.0, requests=10.0),
+              EngineCounters()]
+    after = [EngineCounters(prefix_cache_queries=110.0, prefix_cache_hits=60.0,
+                            prompt_tokens=110.0, preemptions=10.0, requests=13.0),
+             EngineCounters(prefix_cache_queries=100.0, prefix_cache_hits=30.0,
+                            prompt_tokens=100.0, requests=4.0)]
     figures = _hit_rate(before, after)
     assert figures["prefix_cache_hit_rate"] == pytest.approx(80 / 200)
     assert figures["prefix_cache_hit_tokens"] == 80
+    assert figures["prompt_tokens"] == 200 and figures["preemptions"] == 0
     assert figures["requests_per_replica"] == [3, 4]
-    assert _hit_rate([dict.fromkeys(keys, 0.0)], [dict.fromkeys(keys, 0.0)])[
-        "prefix_cache_hit_rate"] is None
+    assert _hit_rate([EngineCounters()], [EngineCounters()])["prefix_cache_hit_rate"] is None

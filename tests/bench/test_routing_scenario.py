@@ -1,4 +1,4 @@
-"""The routing scenario: its affinity measure, engine counters, targets, and a --quick run."""
+"""The routing scenario: its affinity measure, targets, and a --quick run."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 from kvgate.bench.request import RequestRecord
 from kvgate.bench.scenarios.routing import STRATEGIES, affinity, modelled, prefix_settings
 from kvgate.bench.scenarios.routing_report import check_targets, markdown_tables
-from kvgate.bench.sim_fleet import EngineCounters, parse_counters
 from kvgate.cli import main
 
 
@@ -40,25 +39,6 @@ def test_modelled_records_scale_every_time() -> None:
 
 def test_prefix_settings_keep_modelled_time() -> None:
     assert prefix_settings(4.0) == {"engine_metrics_interval_s": 0.25, "ttl_s": 75.0}
-
-
-def test_engine_counters_from_vllm_metrics_text() -> None:
-    text = "\n".join([
-        "# HELP vllm:prefix_cache_queries_total Prefix cache queries.",
-        'vllm:prefix_cache_queries_total{engine="0",model_name="m"} 1000.0',
-        'vllm:prefix_cache_hits_total{engine="0",model_name="m"} 750.0',
-        'vllm:num_preemptions_total{engine="0",model_name="m"} 2.0',
-        'vllm:time_to_first_token_seconds_sum{engine="0",model_name="m"} 3.5',
-        'vllm:time_to_first_token_seconds_count{engine="0",model_name="m"} 7.0',
-        'kvgate_sim_engine_busy_seconds_total{engine="0",model_name="m"} 12.0',
-        'vllm:prefix_cache_hits_created{engine="0",model_name="m"} 99.0',
-    ])
-    counters = parse_counters(text)
-    assert counters.hit_rate == 0.75
-    assert counters.preemptions == 2.0 and counters.busy_s == 12.0
-    delta = counters.delta(EngineCounters(prefix_cache_queries=500.0, prefix_cache_hits=500.0))
-    assert delta.hit_rate == 0.5
-    assert EngineCounters().hit_rate is None
 
 
 def _figures(p95: float, rps: float, affinity_share: float, shares: list[float]

@@ -10,8 +10,16 @@ from pathlib import Path
 import pytest
 
 from kvgate.config.loader import parse_settings
-from kvgate.testing.vllm import TINY_LLAMA, TINY_LLAVA, BuiltModel, dump_config, gateway_config
-from kvgate.testing.vllm.replicas import ReplicaFleet, ReplicaOptions, VllmReplica
+from kvgate.testing.vllm import (
+    TINY_LLAMA,
+    TINY_LLAVA,
+    BuiltModel,
+    ReplicaFleet,
+    ReplicaOptions,
+    VllmReplica,
+    dump_config,
+    gateway_config,
+)
 from kvgate.testing.vllm.venv import MARKER_NAME, VllmVenv, expected_marker, find_venv
 
 VENV = VllmVenv(Path("/nonexistent"), {"installed": {"torch": "2.13.0+cpu",

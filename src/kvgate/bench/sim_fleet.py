@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kvgate.bench.engine_counters import EngineCounters, read_counters
 from kvgate.bench.processes import LocalProcess, ProcessStartError, free_port, local_gateway
 from kvgate.sim.fleet import Fleet, FleetError
 from kvgate.sim.profiles import DEFAULT_PROFILE, get_profile
@@ -69,63 +70,6 @@ class FleetSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class EngineCounters:
-    """One replica's cumulative counters from its ``/metrics`` (times in simulated seconds)."""
-
-    prefix_cache_queries: float = 0.0
-    prefix_cache_hits: float = 0.0
-    prompt_tokens: float = 0.0
-    generation_tokens: float = 0.0
-    preemptions: float = 0.0
-    busy_s: float = 0.0
-    ttft_sum_s: float = 0.0
-    ttft_count: float = 0.0
-
-    def delta(self, earlier: EngineCounters) -> EngineCounters:
-        """What happened between ``earlier`` and this reading."""
-        return EngineCounters(**{f.name: getattr(self, f.name) - getattr(earlier, f.name)
-                                 for f in dataclasses.fields(self)})
-
-    @property
-    def hit_rate(self) -> float | None:
-        """vLLM's prefix-cache hit rate: cached prompt tokens / prompt tokens queried."""
-        if not self.prefix_cache_queries:
-            return None
-        return self.prefix_cache_hits / self.prefix_cache_queries
-
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {f.name: round(getattr(self, f.name), 4)
-                                for f in dataclasses.fields(self)}
-        data["hit_rate"] = None if self.hit_rate is None else round(self.hit_rate, 4)
-        return data
-
-
-_SERIES = {
-    "vllm:prefix_cache_queries_total": "prefix_cache_queries",
-    "vllm:prefix_cache_hits_total": "prefix_cache_hits",
-    "vllm:prompt_tokens_total": "prompt_tokens",
-    "vllm:generation_tokens_total": "generation_tokens",
-    "vllm:num_preemptions_total": "preemptions",
-    "kvgate_sim_engine_busy_seconds_total": "busy_s",
-    "vllm:time_to_first_token_seconds_sum": "ttft_sum_s",
-    "vllm:time_to_first_token_seconds_count": "ttft_count",
-}
-
-
-def parse_counters(text: str) -> EngineCounters:
-    """The counters of one ``/metrics`` body, summed over label sets."""
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        field = _SERIES.get(name)
-        if field is not None:
-            values[field] = values.get(field, 0.0) + float(line.rsplit(" ", 1)[1])
-    return EngineCounters(**values)
-
-
-@dataclass(frozen=True, slots=True)
 class RunningFleet:
     spec: FleetSpec
     #: Replica root URLs (``http://127.0.0.1:PORT``), in replica order.
@@ -137,11 +81,7 @@ class RunningFleet:
 
     def counters(self, *, timeout_s: float = 10.0) -> list[EngineCounters]:
         """Every replica's counters now, in replica order."""
-        readings = []
-        for url in self.urls:
-            with urllib.request.urlopen(url + "/metrics", timeout=timeout_s) as response:
-                readings.append(parse_counters(response.read().decode("utf-8")))
-        return readings
+        return read_counters(self.urls, timeout_s=timeout_s)
 
     def flush(self, *, timeout_s: float = 10.0) -> None:
         """Empty every replica's prefix and encoder caches (vLLM's ``/reset_prefix_cache``).

@@ -17,7 +17,9 @@ Measured, per target:
     process tree, which other load on the machine does not inflate the way it does req/s;
   * resident memory of the hop when idle and after the load.
 With two or more CPUs the hop runs on CPU 1 and the upstream, wrk and this client on CPU 0, so
-the two sides do not steal each other's core.
+the two sides do not steal each other's core. The hops are started by
+:mod:`~kvgate.bench.scenarios.overhead_targets`; the summaries and the table are
+:mod:`~kvgate.bench.scenarios.overhead_report`'s.
 """
 
 from __future__ import annotations
@@ -26,28 +28,17 @@ import contextlib
 import os
 import subprocess
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from statistics import median
 from typing import Any
 
 import orjson
 
 from kvgate import __version__
 from kvgate.bench.api import RESULT_FORMAT, host_info, write_json
-from kvgate.bench.peers import (
-    PEER_PACKAGES,
-    PeerInstaller,
-    PeerUnavailable,
-    default_venvs_dir,
-    ensure_debian_package,
-    litellm_proxy,
-    nginx_proxy,
-    vllm_router,
-)
-from kvgate.bench.processes import LocalProcess, free_port, local_process
+from kvgate.bench.peers import PeerUnavailable, ensure_debian_package
+from kvgate.bench.processes import free_port, local_process
 from kvgate.bench.rawhttp import (
     HttpFramingError,
     RawClient,
@@ -62,12 +53,21 @@ from kvgate.bench.rawhttp import (
     wrk_path,
 )
 from kvgate.bench.scenarios import ScenarioOptions
-from kvgate.bench.stats import percentile
-from kvgate.config.schema import ServerSettings
+from kvgate.bench.scenarios.overhead_report import (
+    comparison,
+    print_table,
+    summarise_c32,
+    with_added,
+)
+from kvgate.bench.scenarios.overhead_targets import (
+    CLIENT_CPU,
+    HOP_CPU,
+    MODEL,
+    Target,
+    Targets,
+    client_cpu,
+)
 
-#: The hop's CPU; the upstream, wrk and the measuring client share the other one.
-HOP_CPU, CLIENT_CPU = 1, 0
-MODEL = "zero"
 CHAT_PATH = "/v1/chat/completions"
 BLOCKING_BODY = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
                               "max_tokens": 8})
@@ -96,106 +96,6 @@ FULL = Sizes(requests_c1=3000, stream_requests_c1=1500, block=100, warmup=200, r
              duration_c32_s=5.0)
 QUICK = Sizes(requests_c1=100, stream_requests_c1=50, block=25, warmup=10, rounds_c32=1,
               duration_c32_s=1.0)
-
-
-@dataclass(slots=True)
-class Target:
-    """A running hop in front of the zero upstream (``direct``: the upstream itself)."""
-
-    name: str
-    process: LocalProcess
-    facts: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def port(self) -> int:
-        return int(self.process.url.rsplit(":", 1)[1])
-
-    @property
-    def pid(self) -> int:
-        return self.process.process.pid
-
-
-def _hop_cpu() -> int | None:
-    return HOP_CPU if can_pin() else None
-
-
-def _client_cpu() -> int | None:
-    return CLIENT_CPU if can_pin() else None
-
-
-@contextlib.contextmanager
-def _kvgate(upstream_port: int) -> Iterator[LocalProcess]:
-    port = free_port()
-    config = {
-        "server": {"log_level": "warning", "access_log": False},
-        "providers": {MODEL: {"type": "openai_compatible",
-                              "api_base": f"http://127.0.0.1:{upstream_port}/v1"}},
-        "models": [{"name": MODEL, "deployments": [{"provider": MODEL, "model": MODEL}]}],
-        "cache": {"exact": {"enabled": False}},
-    }
-    with tempfile.TemporaryDirectory(prefix="kvgate-overhead-") as tmp:
-        path = Path(tmp) / "overhead.yaml"
-        path.write_bytes(orjson.dumps(config))  # JSON is YAML
-        args = pinned(_hop_cpu(), [sys.executable, "-m", "kvgate", "run", "-c", str(path),
-                                   "--host", "127.0.0.1", "--port", str(port)])
-        with local_process(args, f"http://127.0.0.1:{port}") as gateway:
-            yield gateway
-
-
-def _nginx_version(executable: str) -> str:
-    done = subprocess.run([executable, "-v"], capture_output=True, text=True, check=False)
-    return (done.stderr or done.stdout).strip().rsplit("/", 1)[-1]
-
-
-class _Targets:
-    """Starts the targets into one exit stack, recording the peers that cannot run."""
-
-    def __init__(self, stack: contextlib.ExitStack, upstream_port: int) -> None:
-        self.stack = stack
-        self.upstream_port = upstream_port
-        self.running: list[Target] = []
-        self.unavailable: dict[str, str] = {}
-        self.installer = PeerInstaller(default_venvs_dir())
-
-    def add(self, name: str, start: Callable[[], tuple[LocalProcess, dict[str, Any]]],
-            console: Any) -> None:
-        if console is not None:
-            console.print(f"starting {name} ...")
-        try:
-            process, facts = start()
-        except PeerUnavailable as exc:
-            self.unavailable[name] = str(exc)
-            if console is not None:
-                console.print(f"[yellow]{name} unavailable[/]: {exc}")
-            return
-        self.running.append(Target(name, process, facts))
-
-    def nginx(self) -> tuple[LocalProcess, dict[str, Any]]:
-        executable, install_s = ensure_debian_package("nginx", "nginx")
-        process = self.stack.enter_context(nginx_proxy(executable, self.upstream_port,
-                                                       cpu=_hop_cpu()))
-        return process, {"version": _nginx_version(executable), "install_s": round(install_s, 1),
-                         "notes": "1 worker, proxy_pass with upstream keepalive 64, "
-                                  "proxy_buffering off"}
-
-    def litellm(self) -> tuple[LocalProcess, dict[str, Any]]:
-        install = self.installer.ensure(PEER_PACKAGES["litellm"])
-        process = self.stack.enter_context(litellm_proxy(
-            install, MODEL, f"http://127.0.0.1:{self.upstream_port}/v1", cpu=_hop_cpu()))
-        return process, {**install.describe(), "notes": "1 worker, no database or master key"}
-
-    def vllm_router(self) -> tuple[LocalProcess, dict[str, Any]]:
-        install = self.installer.ensure(PEER_PACKAGES["vllm-router"])
-        process = self.stack.enter_context(vllm_router(
-            install, [f"http://127.0.0.1:{self.upstream_port}"], "round_robin",
-            cpu=_hop_cpu()))
-        return process, {**install.describe(), "notes": "policy round_robin, one worker URL"}
-
-    def kvgate(self) -> tuple[LocalProcess, dict[str, Any]]:
-        process = self.stack.enter_context(_kvgate(self.upstream_port))
-        return process, {"version": __version__,
-                         "http_server": ServerSettings().http_server,
-                         "notes": "kvgate run, 1 worker, exact cache off"}
 
 
 # -- measuring ---------------------------------------------------------------------------------
@@ -275,47 +175,15 @@ def _closed_loop(target: Target, body: bytes, sizes: Sizes, *, use_wrk: bool
                  ) -> ThroughputSample:
     if use_wrk:
         return run_wrk(target.process.url + CHAT_PATH, body, connections=sizes.connections,
-                       duration_s=sizes.duration_c32_s, cpu=_client_cpu())
+                       duration_s=sizes.duration_c32_s, cpu=client_cpu())
     return closed_loop_rps(target.port, request_bytes(target.port, CHAT_PATH, body),
                            connections=sizes.connections, duration_s=sizes.duration_c32_s)
-
-
-def percentiles_ms(samples_s: list[float]) -> dict[str, float]:
-    ordered = sorted(samples_s)
-    result = {f"p{q}": round(percentile(ordered, q) * 1000, 4) for q in (50, 90, 99)}
-    result["mean"] = round(sum(ordered) / len(ordered) * 1000, 4)
-    result["count"] = len(ordered)
-    return result
-
-
-def _with_added(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]:
-    table = {name: percentiles_ms(values) for name, values in samples.items() if values}
-    base = table.get("direct")
-    for name, row in table.items():
-        if base is not None and name != "direct":
-            row["added_p50"] = round(row["p50"] - base["p50"], 4)
-            row["added_p99"] = round(row["p99"] - base["p99"], 4)
-    return table
-
-
-def _median_of(rounds: list[dict[str, Any]], key: str) -> float | None:
-    values = [r[key] for r in rounds if r.get(key) is not None]
-    return round(median(values), 1) if values else None
-
-
-def _summarise_c32(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    return {name: {"requests_per_s": _median_of(values, "requests_per_s"),
-                   "cpu_us_per_request": _median_of(values, "cpu_us_per_request"),
-                   "p50_ms": _median_of(values, "p50_ms"), "p99_ms": _median_of(values, "p99_ms"),
-                   "non_2xx": sum(r["non_2xx"] for r in values),
-                   "socket_errors": sum(r["socket_errors"] for r in values), "rounds": values}
-            for name, values in rounds.items()}
 
 
 @contextlib.contextmanager
 def _client_pinned() -> Iterator[None]:
     """This process (the c=1 client, the fallback c=32 generator) on the client CPU."""
-    cpu = _client_cpu()
+    cpu = client_cpu()
     if cpu is None:
         yield
         return
@@ -325,63 +193,6 @@ def _client_pinned() -> Iterator[None]:
         yield
     finally:
         os.sched_setaffinity(0, previous)
-
-
-def comparison(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The headline per target: what the table prints and the report quotes."""
-    rows: dict[str, dict[str, Any]] = {}
-    for name in document["targets"]:
-        c1 = document["c1_blocking_ms"].get(name, {})
-        st = document["c1_stream_ttft_ms"].get(name, {})
-        c32 = document["c32_blocking"].get(name, {})
-        c32s = document["c32_stream"].get(name, {})
-        rows[name] = {
-            "c1_p50_ms": c1.get("p50"), "added_p50_ms": c1.get("added_p50"),
-            "added_p99_ms": c1.get("added_p99"),
-            "stream_ttft_p50_ms": st.get("p50"), "stream_ttft_added_p50_ms": st.get("added_p50"),
-            "c32_requests_per_s": c32.get("requests_per_s"),
-            "c32_stream_requests_per_s": c32s.get("requests_per_s"),
-            "cpu_us_per_request": c32.get("cpu_us_per_request"),
-            "stream_cpu_us_per_request": c32s.get("cpu_us_per_request"),
-            # What one core would serve if the hop had it alone: unlike req/s, not lowered by
-            # other work on a shared machine.
-            "one_core_requests_per_s": (round(1e6 / c32["cpu_us_per_request"])
-                                        if c32.get("cpu_us_per_request") else None),
-            "rss_idle_mb": document["rss_mb"].get(name, {}).get("idle"),
-        }
-    return rows
-
-
-def print_table(document: dict[str, Any], console: Any) -> None:
-    from rich.table import Table
-
-    table = Table(title="overhead: one hop in front of a zero-latency upstream. c=1: +p50, "
-                        "+p99 = added ms (target - direct), TTFT = streamed time to first "
-                        "content chunk, ms; c=32: requests/s, hop CPU per request and the "
-                        "requests/s one core would serve at that cost",
-                  title_justify="left")
-    columns = (("target", None), ("+p50", "added_p50_ms"), ("+p99", "added_p99_ms"),
-               ("TTFT", "stream_ttft_p50_ms"), ("+TTFT", "stream_ttft_added_p50_ms"),
-               ("rps", "c32_requests_per_s"), ("rps stream", "c32_stream_requests_per_s"),
-               ("CPU us/req", "cpu_us_per_request"), ("1-core rps", "one_core_requests_per_s"),
-               ("RSS MB", "rss_idle_mb"))
-    table.add_column("target", no_wrap=True)
-    for title, _ in columns[1:]:
-        table.add_column(title, justify="right")
-    for name, row in document["comparison"].items():
-        cells = [name]
-        for _, key in columns[1:]:
-            value = row.get(key)
-            cells.append("-" if value is None else f"{value:,.3f}" if abs(value) < 10
-                         else f"{value:,.0f}")
-        table.add_row(*cells)
-    console.print(table)
-    for name, error in {**document["unavailable"], **document["failed"]}.items():
-        first_line = error.strip().splitlines()[0] if error.strip() else error
-        console.print(f"[yellow]{name}[/]: {first_line}")
-    console.print(f"load generator at c=32: {document['load_generator']}; load average "
-                  f"{document['load_average_1m']['before']} -> "
-                  f"{document['load_average_1m']['after']}")
 
 
 def run(options: ScenarioOptions) -> dict[str, Any]:
@@ -401,10 +212,10 @@ def run(options: ScenarioOptions) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         up_port = free_port()
         upstream = stack.enter_context(local_process(
-            pinned(_client_cpu(), [sys.executable, "-m", "kvgate.bench.zero_upstream",
-                                   "--port", str(up_port)]),
+            pinned(client_cpu(), [sys.executable, "-m", "kvgate.bench.zero_upstream",
+                                  "--port", str(up_port)]),
             f"http://127.0.0.1:{up_port}", ready_path="/v1/models"))
-        targets = _Targets(stack, up_port)
+        targets = Targets(stack, up_port)
         targets.running.append(Target("direct", upstream, {"notes": "the zero upstream itself"}))
         targets.add("kvgate", targets.kvgate, console)
         if options.peers:
@@ -444,10 +255,10 @@ def run(options: ScenarioOptions) -> dict[str, Any]:
         "unavailable": unavailable,
         "failed": failed,
         "c1_idle_reconnects": reconnects,
-        "c1_blocking_ms": _with_added(c1),
-        "c1_stream_ttft_ms": _with_added(c1_stream),
-        "c32_blocking": _summarise_c32(c32),
-        "c32_stream": _summarise_c32(c32_stream),
+        "c1_blocking_ms": with_added(c1),
+        "c1_stream_ttft_ms": with_added(c1_stream),
+        "c32_blocking": summarise_c32(c32),
+        "c32_stream": summarise_c32(c32_stream),
         "rss_mb": rss,
     }
     document["comparison"] = comparison(document)

@@ -26,7 +26,8 @@ from their ``/metrics`` before and after the run. Each router runs :data:`ROUNDS
 case, the order rotated every round so that drift on a shared machine hits all alike; tables
 show medians, every round is kept in the JSON. Peers install on first use into
 ``benchmarks/.venvs/``; one that cannot be installed or started is recorded under
-``unavailable`` with the exact error. ``--no-peers`` runs KVGate's strategies only.
+``unavailable`` with the exact error. ``--no-peers`` runs KVGate's strategies only. The
+figures and tables are :mod:`kvgate.bench.scenarios.peers_report`'s.
 """
 
 from __future__ import annotations
@@ -41,13 +42,13 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from statistics import median
 from typing import Any
 
 import orjson
 
 from kvgate import __version__
-from kvgate.bench.api import RESULT_FORMAT, BenchResult, host_info, run_benchmark, write_json
+from kvgate.bench.api import RESULT_FORMAT, host_info, run_benchmark, write_json
+from kvgate.bench.engine_counters import read_counters
 from kvgate.bench.loadgen import LoadSpec
 from kvgate.bench.peers import (
     PEER_PACKAGES,
@@ -61,7 +62,7 @@ from kvgate.bench.peers import (
 from kvgate.bench.processes import ProcessStartError, free_port, local_gateway
 from kvgate.bench.request import BenchRequest
 from kvgate.bench.scenarios import ScenarioOptions
-from kvgate.bench.stats import distribution_ms
+from kvgate.bench.scenarios.peers_report import figures, headline, median_figures, print_tables
 from kvgate.bench.workloads import (
     MultimodalWorkload,
     MultiRoundChatWorkload,
@@ -170,57 +171,6 @@ def cases(quick: bool) -> list[PeerCase]:
 # -- the fleet ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ReplicaCounters:
-    """One replica's cumulative counters from its ``/metrics``."""
-
-    requests: float = 0.0
-    prefix_cache_queries: float = 0.0
-    prefix_cache_hits: float = 0.0
-    prompt_tokens: float = 0.0
-    generation_tokens: float = 0.0
-    preemptions: float = 0.0
-
-    def minus(self, earlier: ReplicaCounters) -> ReplicaCounters:
-        return ReplicaCounters(*(a - b for a, b in zip(_values(self), _values(earlier),
-                                                        strict=True)))
-
-
-def _values(counters: ReplicaCounters) -> tuple[float, ...]:
-    return (counters.requests, counters.prefix_cache_queries, counters.prefix_cache_hits,
-            counters.prompt_tokens, counters.generation_tokens, counters.preemptions)
-
-
-_SERIES = {
-    "vllm:request_success_total": "requests",
-    "vllm:prefix_cache_queries_total": "prefix_cache_queries",
-    "vllm:prefix_cache_hits_total": "prefix_cache_hits",
-    "vllm:prompt_tokens_total": "prompt_tokens",
-    "vllm:generation_tokens_total": "generation_tokens",
-    "vllm:num_preemptions_total": "preemptions",
-}
-
-
-def parse_counters(text: str) -> ReplicaCounters:
-    """The counters of a ``/metrics`` body, each summed over its label sets."""
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        field = _SERIES.get(line.split("{", 1)[0].split(" ", 1)[0])
-        if field is not None:
-            values[field] = values.get(field, 0.0) + float(line.rsplit(" ", 1)[1])
-    return ReplicaCounters(**values)
-
-
-def read_counters(urls: Sequence[str]) -> list[ReplicaCounters]:
-    readings = []
-    for url in urls:
-        with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
-            readings.append(parse_counters(response.read().decode()))
-    return readings
-
-
 def flush(urls: Sequence[str], *, timeout_s: float = 30.0) -> None:
     """Empty every replica's prefix cache; a replica refuses (400) while requests still run,
     e.g. streams a router has not finished cancelling, so retry until the deadline."""
@@ -304,101 +254,6 @@ def with_session_keys(requests: Sequence[BenchRequest]) -> list[BenchRequest]:
             for r in requests]
 
 
-# -- figures -----------------------------------------------------------------------------------
-
-
-def _rounded(value: float | None, digits: int = 4) -> float | None:
-    return None if value is None else round(value, digits)
-
-
-def figures(result: BenchResult, engine: Sequence[ReplicaCounters], time_scale: float
-            ) -> dict[str, Any]:
-    """One router's numbers; times and rates in modelled GPU time."""
-    summary = result.summary
-    ok = [r for r in result.records if r.ok]
-    ttft = distribution_ms(r.ttft_s * time_scale for r in ok if r.ttft_s is not None)
-    latency = distribution_ms(r.latency_s * time_scale for r in ok)
-    queries = sum(c.prefix_cache_queries for c in engine)
-    hits = sum(c.prefix_cache_hits for c in engine)
-    served = sum(c.requests for c in engine)
-    shares = [_rounded(c.requests / served if served else None) for c in engine]
-    throughput = summary["throughput"]
-    return {
-        "requests": summary["requests"]["ok"],
-        "errors": summary["requests"]["errors"],
-        "error_kinds": summary["requests"]["error_kinds"],
-        "wall_s": summary["wall_s"],
-        "ttft_ms": ttft,
-        "latency_ms": latency,
-        "requests_per_s": _rounded(throughput["requests_per_s"] / time_scale
-                                   if throughput["requests_per_s"] else None, 3),
-        "output_tokens_per_s": _rounded(throughput["output_tokens_per_s"] / time_scale
-                                        if throughput["output_tokens_per_s"] else None, 1),
-        "replica_hit_rate": _rounded(hits / queries if queries else None),
-        "replica_hit_rate_by_replica": [
-            _rounded(c.prefix_cache_hits / c.prefix_cache_queries
-                     if c.prefix_cache_queries else None) for c in engine],
-        "replica_share": shares,
-        "max_share": max((s for s in shares if s is not None), default=None),
-        "preemptions": int(sum(c.preemptions for c in engine)),
-    }
-
-
-def median_figures(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The median of each headline figure over a router's rounds, with every round kept.
-    Per-replica shares stay per round: a herd lands on a different replica each time, and a
-    median per replica would hide it (``max_share`` shows it)."""
-    def middle(values: Sequence[float | None], digits: int = 4) -> float | None:
-        present = [v for v in values if v is not None]
-        return round(median(present), digits) if present else None
-
-    return {
-        "requests": min(r["requests"] for r in rounds),
-        "errors": sum(r["errors"] for r in rounds),
-        "ttft_ms": {q: middle([(r["ttft_ms"] or {}).get(q) for r in rounds], 1)
-                    for q in ("p50", "p95", "p99")},
-        "latency_ms": {q: middle([(r["latency_ms"] or {}).get(q) for r in rounds], 1)
-                       for q in ("p50", "p95", "p99")},
-        **{key: middle([r[key] for r in rounds])
-           for key in ("requests_per_s", "output_tokens_per_s", "replica_hit_rate",
-                       "max_share")},
-        "per_round": list(rounds),
-    }
-
-
-def headline(numbers: dict[str, Any]) -> dict[str, Any]:
-    ttft = numbers["ttft_ms"] or {}
-    return {"ttft_p50_ms": ttft.get("p50"), "ttft_p95_ms": ttft.get("p95"),
-            "requests_per_s": numbers["requests_per_s"],
-            "output_tokens_per_s": numbers["output_tokens_per_s"],
-            "replica_hit_rate": numbers["replica_hit_rate"], "max_share": numbers["max_share"],
-            "errors": numbers["errors"]}
-
-
-def print_tables(document: dict[str, Any], console: Any) -> None:
-    from rich.table import Table
-
-    for name, section in document["cases"].items():
-        table = Table(title=f"peers / {name}: {section['title']} (median of "
-                            f"{section['rounds']} rounds; modelled GPU time; TTFT in ms; hits: "
-                            "the replicas' prefix-cache hit rate)",
-                      title_justify="left")
-        table.add_column("router/policy", no_wrap=True)
-        for column in ("TTFT p50", "TTFT p95", "req/s", "tok/s", "hits", "max share", "err"):
-            table.add_column(column, justify="right")
-        for label, row in document["comparison"][name].items():
-            def cell(value: Any, fmt: str) -> str:
-                return "-" if value is None else format(value, fmt)
-            table.add_row(label, cell(row["ttft_p50_ms"], ",.0f"), cell(row["ttft_p95_ms"], ",.0f"),
-                          cell(row["requests_per_s"], ",.2f"),
-                          cell(row["output_tokens_per_s"], ",.0f"),
-                          cell(row["replica_hit_rate"], ".1%"), cell(row["max_share"], ".0%"),
-                          str(row["errors"]))
-        console.print(table)
-    for label, error in document["unavailable"].items():
-        console.print(f"[yellow]{label} unavailable[/]: {error.strip().splitlines()[0]}")
-
-
 # -- the run -----------------------------------------------------------------------------------
 
 
@@ -470,7 +325,7 @@ def run_case(case: PeerCase, routers: Sequence[Router], installs: dict[str, Inst
                 except PeerUnavailable as exc:
                     unavailable[label] = str(exc)
                     continue
-                engine = [b.minus(a) for a, b in zip(before, read_counters(urls), strict=True)]
+                engine = [b.delta(a) for a, b in zip(before, read_counters(urls), strict=True)]
                 numbers = figures(result, engine, case.time_scale)
                 numbers["load_average_1m"] = [load_before, round(os.getloadavg()[0], 2)]
                 per_round.setdefault(router.label, []).append(numbers)

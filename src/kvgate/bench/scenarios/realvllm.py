@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from kvgate.bench.api import BenchResult, comparison_document, run_benchmark
+from kvgate.bench.engine_counters import EngineCounters, read_counters
 from kvgate.bench.loadgen import LoadSpec
 from kvgate.bench.processes import local_gateway
 from kvgate.bench.request import BenchRequest
@@ -94,18 +95,18 @@ def _requests(case: Case, model_name: str, seed: int) -> list[BenchRequest]:
     return case.workload.build(options)
 
 
-def _hit_rate(before: Sequence[dict[str, float]], after: Sequence[dict[str, float]],
+def _hit_rate(before: Sequence[EngineCounters], after: Sequence[EngineCounters],
               ) -> dict[str, Any]:
     """The replicas' own prefix-cache figures over one run (counter deltas)."""
-    delta = [{key: a[key] - b[key] for key in a} for b, a in zip(before, after, strict=True)]
-    queries = sum(d["queries"] for d in delta)
-    hits = sum(d["hits"] for d in delta)
-    requests = [int(d["requests"]) for d in delta]
+    delta = [a.delta(b) for b, a in zip(before, after, strict=True)]
+    queries = sum(d.prefix_cache_queries for d in delta)
+    hits = sum(d.prefix_cache_hits for d in delta)
+    requests = [int(d.requests) for d in delta]
     return {
         "prefix_cache_hit_rate": round(hits / queries, 4) if queries else None,
         "prefix_cache_hit_tokens": int(hits),
-        "prompt_tokens": int(sum(d["prompt_tokens"] for d in delta)),
-        "preemptions": int(sum(d["preemptions"] for d in delta)),
+        "prompt_tokens": int(sum(d.prompt_tokens for d in delta)),
+        "preemptions": int(sum(d.preemptions for d in delta)),
         "requests_per_replica": requests,
     }
 
@@ -125,11 +126,12 @@ def _measure(label: str, target: str, requests: Sequence[BenchRequest], case: Ca
              fleet: ReplicaFleet, console: Any) -> tuple[BenchResult, dict[str, Any]]:
     for replica in fleet.replicas:
         replica.reset_caches()
-    before = [replica.prefix_cache_counters() for replica in fleet.replicas]
+    urls = [replica.url for replica in fleet.replicas]
+    before = read_counters(urls, timeout_s=5.0)
     load = LoadSpec(mode="closed", concurrency=case.concurrency, request_timeout_s=300.0)
     result = run_benchmark(target, requests, load, label=label, console=console,
                            meta={"case": case.name})
-    after = [replica.prefix_cache_counters() for replica in fleet.replicas]
+    after = read_counters(urls, timeout_s=5.0)
     return result, _hit_rate(before, after)
 
 

@@ -38,10 +38,11 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from kvgate.bench.api import BenchResult, host_info, run_benchmark
+from kvgate.bench.engine_counters import EngineCounters
 from kvgate.bench.loadgen import LoadSpec
 from kvgate.bench.request import RequestRecord
 from kvgate.bench.scenarios import ScenarioOptions
-from kvgate.bench.sim_fleet import EngineCounters, FleetSpec, fleet_gateway, sim_fleet
+from kvgate.bench.sim_fleet import FleetSpec, fleet_gateway, sim_fleet
 from kvgate.bench.stats import deployment_shares, distribution_ms
 from kvgate.bench.workloads import (
     MultimodalWorkload,

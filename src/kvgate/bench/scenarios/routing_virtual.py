@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 import orjson
 
 from kvgate.api.request import parse_call
+from kvgate.bench.engine_counters import EngineCounters
 from kvgate.bench.request import BenchRequest, RequestRecord
-from kvgate.bench.sim_fleet import EngineCounters
 from kvgate.config.schema import DeploymentSettings, MockProviderSettings, RoutingSettings
 from kvgate.providers.mock import MockProvider
 from kvgate.routing import RoutingContext, build_strategy

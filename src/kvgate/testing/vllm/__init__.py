@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvgate.testing.vllm.fleet import ReplicaFleet, running_fleet
 from kvgate.testing.vllm.gateway import deployment_id, dump_config, gateway_config
 from kvgate.testing.vllm.models import (
     MODELS,
@@ -30,13 +31,7 @@ from kvgate.testing.vllm.models import (
     ModelSpec,
     ensure_model,
 )
-from kvgate.testing.vllm.replicas import (
-    ReplicaFleet,
-    ReplicaOptions,
-    ReplicaStartError,
-    VllmReplica,
-    running_fleet,
-)
+from kvgate.testing.vllm.replicas import ReplicaOptions, ReplicaStartError, VllmReplica
 from kvgate.testing.vllm.venv import Log, VenvError, VllmVenv, ensure_venv, find_venv
 
 

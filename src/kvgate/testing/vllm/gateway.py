@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from kvgate.testing.vllm.replicas import KV_EVENTS_TOPIC, ReplicaFleet
+from kvgate.testing.vllm.fleet import KV_EVENTS_TOPIC, ReplicaFleet
 
 
 def deployment_id(index: int) -> str:
