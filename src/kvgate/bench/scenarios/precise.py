@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from kvgate.bench.api import BenchResult, comparison_document, run_benchmark
+from kvgate.bench.engine_counters import read_counters
 from kvgate.bench.loadgen import LoadSpec
 from kvgate.bench.processes import ProcessStartError, free_port, local_gateway
 from kvgate.bench.request import BenchRequest
@@ -168,25 +169,6 @@ def gateway_config(replicas: list[ReplicaSettings], arm: dict[str, Any]) -> dict
     }
 
 
-def _counters(replicas: list[ReplicaSettings]) -> list[dict[str, float]]:
-    wanted = {"vllm:prefix_cache_hits_total": "hits", "vllm:prefix_cache_queries_total":
-              "queries", "vllm:num_preemptions_total": "preemptions",
-              "vllm:time_to_first_token_seconds_sum": "ttft_sum_s",
-              "vllm:time_to_first_token_seconds_count": "ttft_count",
-              "vllm:request_queue_time_seconds_sum": "queue_sum_s"}
-    readings = []
-    for replica in replicas:
-        with urllib.request.urlopen(replica.url + "/metrics", timeout=10) as response:
-            text = response.read().decode("utf-8")
-        values = dict.fromkeys(wanted.values(), 0.0)
-        for line in text.splitlines():
-            name = line.split("{", 1)[0].split(" ", 1)[0]
-            if name in wanted:
-                values[wanted[name]] += float(line.rsplit(" ", 1)[1])
-        readings.append(values)
-    return readings
-
-
 def _admin_stats(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url + "/admin/stats", timeout=10) as response:
         stats: dict[str, Any] = json.loads(response.read())
@@ -200,17 +182,19 @@ def _run_arm(name: str, setup: Setup, requests: list[BenchRequest], options: Sce
         path = Path(tmp) / "gateway.yaml"
         path.write_text(json.dumps(gateway_config(replicas, arm), indent=2))
         with local_gateway(path) as gateway:
-            before = _counters(replicas)
+            before = read_counters(r.url for r in replicas)
             load = LoadSpec(mode="timestamps", seed=options.seed, request_timeout_s=120.0)
             result = run_benchmark(gateway.url, requests, load, label=name,
                                    console=options.console, meta={"arm": arm})
-            after = _counters(replicas)
+            after = read_counters(r.url for r in replicas)
             stats = _admin_stats(gateway.url)
-    def delta(key: str) -> float:
-        return sum(a[key] - b[key] for a, b in zip(after, before, strict=True))
-
-    hits, queries, preemptions = delta("hits"), delta("queries"), delta("preemptions")
-    ttft_count = delta("ttft_count")
+    counters = [a.delta(b) for a, b in zip(after, before, strict=True)]
+    hits = sum(c.prefix_cache_hits for c in counters)
+    queries = sum(c.prefix_cache_queries for c in counters)
+    preemptions = sum(c.preemptions for c in counters)
+    ttft_count = sum(c.ttft_count for c in counters)
+    ttft_sum_s = sum(c.ttft_sum_s for c in counters)
+    queue_sum_s = sum(c.queue_time_sum_s for c in counters)
     kv_state = {d["id"]: d.get("kv_cache") for d in stats["models"][0]["deployments"]}
     engine = {
         "prefix_cache_hits_tokens": hits,
@@ -218,9 +202,9 @@ def _run_arm(name: str, setup: Setup, requests: list[BenchRequest], options: Sce
         "prefix_cache_hit_rate": round(hits / queries, 4) if queries else None,
         "preemptions": preemptions,
         # The engines' own view (simulated seconds), without the gateway and the network.
-        "engine_ttft_mean_ms": round(delta("ttft_sum_s") / ttft_count * 1000, 3)
+        "engine_ttft_mean_ms": round(ttft_sum_s / ttft_count * 1000, 3)
         if ttft_count else None,
-        "engine_queue_mean_ms": round(delta("queue_sum_s") / ttft_count * 1000, 3)
+        "engine_queue_mean_ms": round(queue_sum_s / ttft_count * 1000, 3)
         if ttft_count else None,
         "kv_state_at_end": kv_state,
     }
