@@ -106,7 +106,7 @@ class LoadGuardedScorer:
         returned_home = False
         if cold and history_tokens and len(least_loaded) > 1:
             # NOTE: a prompt known to be cached nowhere costs a full prefill wherever it goes;
-            # sent back to where its prefix was served last it stays in that replica's share of
+            # sent back to where its prefix was served before it stays in that replica's share of
             # the working set, where spreading it by load alone would copy every prefix onto
             # every replica over time (measured: BENCHMARK_REPORT.md, precise).
             served = [history_tokens.get(candidates[i], 0) for i in least_loaded]

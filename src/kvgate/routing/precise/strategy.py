@@ -71,7 +71,7 @@ class _PreciseState:
     #: The prompt's length in the engines' tokens when known, else the estimate.
     prompt_tokens: float
     #: For a prompt cached nowhere: tokens of it each deployment served recently (routing
-    #: history), so it goes back to its last home when that is among the least loaded.
+    #: history), so it goes back home when that is among the least loaded.
     history_tokens: dict[Deployment, float] | None
 
 
