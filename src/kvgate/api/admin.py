@@ -47,6 +47,8 @@ def stats(gateway: Gateway) -> dict[str, Any]:
     return {
         "models": models,
         "cache": {"exact_entries": gateway.cache.size if gateway.cache else None},
+        # Tenants with limits: their limits and what was left as of their latest request.
+        "tenants": gateway.limits.describe() if gateway.limits else {},
     }
 
 

@@ -191,6 +191,7 @@ class KVGateApp:
             (b"x-kvgate-cache", outcome.cache.encode()),
             (b"x-kvgate-deployment", deployment_id.encode()),
             *_route_headers(call),
+            *call.response_headers,
         ]
         await send_bytes(send, 200, orjson.dumps(body), headers, JSON_TYPE)
 
@@ -205,6 +206,7 @@ class KVGateApp:
             (b"x-kvgate-cache", outcome.cache.encode()),
             (b"x-kvgate-deployment", deployment_id.encode()),
             *_route_headers(call),
+            *call.response_headers,
         ]})
         include_usage = call.include_usage
         chunks = outcome.chunks

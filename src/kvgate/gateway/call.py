@@ -38,6 +38,12 @@ class Call:
     #: What a strategy's ``prepare`` computed for this call (e.g. its fingerprint and
     #: affinity matches), read by its ``choose`` on every attempt.
     routing_state: Any = None
+    #: Tokens (prompt + completion) and spend billed for this call so far, over every
+    #: attempt; the limits stage charges them to the tenant when the call ends.
+    billed_tokens: int = 0
+    billed_usd: float = 0.0
+    #: Extra response headers a stage wants the client to see (rate-limit state).
+    response_headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 @dataclass(slots=True)

@@ -11,6 +11,8 @@ from kvgate.cache.exact import ExactCacheStage
 from kvgate.cache.store import MemoryResponseStore
 from kvgate.config.schema import DeploymentSettings, RoutingSettings, Settings
 from kvgate.gateway.call import Stage
+from kvgate.limits import LimitsStage, MemoryLimitStore, RedisLimitStore, TenantPolicy
+from kvgate.limits.store import LimitStore
 from kvgate.observability.metrics import Metrics
 from kvgate.providers import Provider, build_provider
 from kvgate.resilience.breaker import BreakerBoard, CircuitBreakerBoard
@@ -35,6 +37,7 @@ class Gateway:
     breakers: BreakerBoard
     providers: dict[str, Provider]
     cache: ExactCacheStage | None = None
+    limits: LimitsStage | None = None
     model_names: list[str] = field(default_factory=list)
     health: HealthChecker | None = None
     engine_metrics: EngineMetricsScraper | None = None
@@ -170,6 +173,18 @@ def build_gateway(settings: Settings) -> Gateway:
         )
         cache = ExactCacheStage(pipeline, store, metrics)
         pipeline = cache
+    limits = None
+    closers: list[Callable[[], Awaitable[None]]] = []
+    policies = [p for p in map(TenantPolicy.from_settings, settings.tenants) if p is not None]
+    if policies:
+        limit_store: LimitStore = (
+            RedisLimitStore(redis.get()) if settings.limits_backend == "redis"
+            else MemoryLimitStore()
+        )
+        limits = LimitsStage(pipeline, limit_store, policies, metrics)
+        pipeline = limits
+        closers.append(limit_store.aclose)
+    closers.append(redis.aclose)
     health = None
     if settings.routing.health_check_interval_s > 0:
         health = HealthChecker(
@@ -185,7 +200,7 @@ def build_gateway(settings: Settings) -> Gateway:
     return Gateway(
         engine_metrics=engine_metrics,
         background=background,
-        closers=[redis.aclose],
+        closers=closers,
         settings=settings,
         pipeline=pipeline,
         routes=routes,
@@ -193,6 +208,7 @@ def build_gateway(settings: Settings) -> Gateway:
         breakers=breakers,
         providers=providers,
         cache=cache,
+        limits=limits,
         model_names=[m.name for m in settings.models],
         health=health,
     )

@@ -114,6 +114,16 @@ class Metrics:
             "Streams cut mid-answer and continued on another deployment",
             ["model", "outcome"], registry=r,
         )
+        self.limit_rejections = Counter(
+            "kvgate_limit_rejections_total",
+            "Requests refused by a tenant's limits: requests or tokens per minute (429), "
+            "budget (402)",
+            ["tenant", "limit"], registry=r,
+        )
+        self.tenant_spend_usd = Counter(
+            "kvgate_tenant_spend_usd_total", "Spend charged to each tenant's budget",
+            ["tenant"], registry=r,
+        )
 
         # Memoised label children for everything the request path touches.
         self.requests_for = LabelCache(self.requests)
@@ -124,6 +134,8 @@ class Metrics:
         self.attempts_for = LabelCache(self.attempts)
         self.routing_decisions_for = LabelCache(self.routing_decisions)
         self.stream_resumes_for = LabelCache(self.stream_resumes)
+        self.limit_rejections_for = LabelCache(self.limit_rejections)
+        self.tenant_spend_for = LabelCache(self.tenant_spend_usd)
 
     def watch_deployments(
         self,

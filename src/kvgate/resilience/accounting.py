@@ -27,9 +27,10 @@ def upstream_body(call: Call, deployment: Deployment) -> JSONObject:
 
 
 def record_usage(
-    metrics: Metrics, model: str, deployment: Deployment, usage: object
+    metrics: Metrics, call: Call, model: str, deployment: Deployment, usage: object
 ) -> float:
-    """Count tokens and spend for a finished attempt; return its cost in USD."""
+    """Count tokens and spend for a finished attempt (also on the call, for the tenant's
+    limits); return its cost in USD."""
     if not isinstance(usage, dict):
         return 0.0
     prompt = int(usage.get("prompt_tokens") or 0)
@@ -38,6 +39,8 @@ def record_usage(
     cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
     cost = deployment.cost_usd(prompt, completion)
     deployment.stats.cost_usd_total += cost
+    call.billed_tokens += prompt + completion
+    call.billed_usd += cost
     tokens = metrics.tokens_for
     tokens(model, deployment.id, "prompt").inc(prompt)
     tokens(model, deployment.id, "completion").inc(completion)

@@ -178,7 +178,7 @@ class Failover:
                     deployment, ttft_s=None,
                     ms_per_token=elapsed_s * 1000 / max(1, completion_tokens),
                 )
-                cost = record_usage(self._metrics, route.name, deployment, usage)
+                cost = record_usage(self._metrics, call, route.name, deployment, usage)
                 return Completion(body, deployment, "miss", cost, deployment.upstream_model)
             finally:
                 stats.in_flight -= 1

@@ -50,6 +50,8 @@ class StreamRelay:
         self._text_parts: list[str] = []
         #: Content chunks relayed from the current attempt (≈ tokens, for usage on resume).
         self._chunks_this_attempt = 0
+        #: Whether this attempt's tokens were billed (its usage chunk, or its relayed chunks).
+        self._billed_this_attempt = False
         self._chunks_before_resume = 0
         body = self._call.body
         # Only one answer, and for legacy completions one string prompt, can be continued by
@@ -134,6 +136,7 @@ class StreamRelay:
                 self._upstream = upstream
                 self._attempt_active = True
                 self._chunks_this_attempt = 0
+                self._billed_this_attempt = False
                 return first
             deployment.stats.in_flight -= 1
             await upstream.aclose()
@@ -175,6 +178,7 @@ class StreamRelay:
                 # client holds the whole answer, and continuing a finished message would only
                 # append text the model never meant to write.
                 self._closed = True
+                self._bill_cut_attempt()
                 logger.warning(
                     "stream %s from %s cut after its last chunk: %s",
                     self._call.request_id, self.deployment.id if self.deployment else "?",
@@ -183,6 +187,7 @@ class StreamRelay:
                 raise StopAsyncIteration from None
             if not (self._resumable and error.retryable):
                 self._closed = True
+                self._bill_cut_attempt()
                 raise
             chunk = await self._resume(error)
         return self._observe(chunk)
@@ -211,10 +216,14 @@ class StreamRelay:
         return first
 
     def _bill_cut_attempt(self) -> None:
-        """A cut attempt sent no usage; bill its relayed chunks as completion tokens."""
+        """A cut attempt (or one the client left) sent no usage; bill its relayed chunks as
+        completion tokens. Its prompt tokens are not known, so they are not billed."""
+        if self._billed_this_attempt:
+            return
+        self._billed_this_attempt = True
         if self.deployment is not None and self._chunks_this_attempt:
             record_usage(
-                self._metrics, self._route.name, self.deployment,
+                self._metrics, self._call, self._route.name, self.deployment,
                 {"prompt_tokens": 0, "completion_tokens": self._chunks_this_attempt},
             )
 
@@ -247,7 +256,8 @@ class StreamRelay:
                     self._first_token_arrived()
         usage = chunk.get("usage")
         if usage and self.deployment is not None:
-            record_usage(self._metrics, self._route.name, self.deployment, usage)
+            self._billed_this_attempt = True
+            record_usage(self._metrics, self._call, self._route.name, self.deployment, usage)
             if self._chunks_before_resume:
                 # Report the whole answer as completion tokens, not part of the resent prompt.
                 usage["completion_tokens"] = (usage.get("completion_tokens") or 0) + (
@@ -276,6 +286,8 @@ class StreamRelay:
             return
         self._closed = True
         if self._attempt_active and self.deployment is not None:
+            # The client left (or the API layer stopped relaying) mid-answer.
+            self._bill_cut_attempt()
             self._attempt_active = False
             self.deployment.stats.in_flight -= 1
         if self._upstream is not None:
