@@ -91,14 +91,18 @@ class _ChargedOnClose:
 
     async def aclose(self) -> None:
         charge, self._charge = self._charge, None
-        if charge is not None:
-            charge()  # first, and synchronously: a cancelled close must not lose it
-        await self._chunks.aclose()
+        try:
+            # First: closing bills an attempt the client left mid-answer.
+            await self._chunks.aclose()
+        finally:  # also when the close itself is cancelled
+            if charge is not None:
+                charge()
 
 
 def refusal(policy: TenantPolicy, admission: Admission) -> GatewayError:
     retry_after_s = max(1, math.ceil(admission.retry_after_s))
-    headers = {"retry-after": str(retry_after_s)}
+    headers = {k.decode(): v.decode() for k, v in rate_limit_headers(policy, admission)}
+    headers["retry-after"] = str(retry_after_s)
     if admission.refused == "budget":
         window = (f"{policy.budget_window}-second window" if isinstance(policy.budget_window, int)
                   else {"daily": "day (UTC)", "monthly": "month (UTC)"}[policy.budget_window])
