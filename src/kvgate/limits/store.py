@@ -47,7 +47,8 @@ class _Bucket:
 class _TenantState:
     requests: _Bucket
     tokens: _Bucket
-    window: str = ""
+    #: The current budget window ends at this wall-clock time (Unix s); spend is its.
+    window_ends_s: float = 0.0
     spent_usd: float = 0.0
 
 
@@ -70,9 +71,10 @@ class MemoryLimitStore:
         if policy.tpm:
             state.tokens.refill(policy.tpm, now_s)
         if policy.budget_usd:
-            window, _ = budget_window(policy.budget_window, self._wall_clock())
-            if window != state.window:
-                state.window, state.spent_usd = window, 0.0
+            now_unix_s = self._wall_clock()
+            if now_unix_s >= state.window_ends_s:  # a new window (or the first)
+                _, state.window_ends_s = budget_window(policy.budget_window, now_unix_s)
+                state.spent_usd = 0.0
         return state
 
     async def admit(self, policy: TenantPolicy) -> Admission:
@@ -85,8 +87,7 @@ class MemoryLimitStore:
             return Admission(reason, retry_after_s, requests, tokens, state.spent_usd)
 
         if policy.budget_usd and state.spent_usd >= policy.budget_usd:
-            _, ends_s = budget_window(policy.budget_window, self._wall_clock())
-            return refuse("budget", ends_s - self._wall_clock())
+            return refuse("budget", state.window_ends_s - self._wall_clock())
         if policy.rpm and state.requests.level < 1:
             return refuse("requests", (1 - state.requests.level) * SECONDS_PER_MINUTE / policy.rpm)
         if policy.tpm and state.tokens.level <= 0:
