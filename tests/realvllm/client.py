@@ -146,6 +146,17 @@ class RealGateway:
         return result
 
 
+    def engines_idle(self) -> bool:
+        """No replica is running or queueing anything (per vLLM's own gauges)."""
+        for replica in self.fleet.replicas:
+            text = httpx.get(replica.url + "/metrics", timeout=10).text
+            gauges = ("vllm:num_requests_running", "vllm:num_requests_waiting")
+            if any(line.startswith(gauges) and float(line.rsplit(" ", 1)[1]) > 0
+                   for line in text.splitlines()):
+                return False
+        return True
+
+
 def wait_for(condition: Callable[[], bool], timeout_s: float = 20.0, what: str = "") -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():

@@ -7,6 +7,8 @@ help it; the gateway's exact cache is off, so repeats reach the engines.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.realvllm.client import (
@@ -16,6 +18,7 @@ from tests.realvllm.client import (
     image_messages,
     question,
     text_messages,
+    wait_for,
 )
 
 pytestmark = [pytest.mark.realvllm, pytest.mark.timeout(900)]
@@ -88,6 +91,11 @@ def test_same_image_recomputes_with_round_robin(gateway: RealGateway) -> None:
 
 def test_different_images_spread_over_both_replicas(gateway: RealGateway) -> None:
     """Cold prompts go to the least loaded replica, rotating: images do not pile on one."""
+    # An earlier test's abandoned stream may still be decoding on one replica, and the
+    # gateway's load includes the engines' own queues: start from idle engines, and give the
+    # gateway's scrape (every second) time to see it.
+    wait_for(gateway.engines_idle, what="both replicas idle")
+    time.sleep(1.5)
     deployments = {gateway.ask("kv", image_messages(image(f"spread-{i}"), "what is it?"))
                    .deployment for i in range(4)}
     assert len(deployments) == 2
