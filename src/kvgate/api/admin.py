@@ -46,7 +46,8 @@ def stats(gateway: Gateway) -> dict[str, Any]:
         })
     return {
         "models": models,
-        "cache": {"exact_entries": gateway.cache.size if gateway.cache else None},
+        # exact_entries is -1 with the Redis backend (not counted per request).
+        "cache": gateway.cache.describe() if gateway.cache else {"exact_entries": None},
         # Tenants with limits: their limits and what was left as of their latest request.
         "tenants": gateway.limits.describe() if gateway.limits else {},
     }

@@ -1,4 +1,4 @@
-"""The exact-match cache stage: a canonical request key, served without calling upstream.
+"""The exact-match cache's key, and cached answers replayed as streams.
 
 Only deterministic requests are cached (``temperature`` 0 or a ``seed``), one choice each, and
 the key holds the tenant as a hard partition: tenant B can never read tenant A's entry.
@@ -6,16 +6,13 @@ the key holds the tenant as a hard partition: tenant B can never read tenant A's
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import time
 from collections.abc import AsyncGenerator
 
 import orjson
 
-from kvgate.cache.store import CachedResponse, ResponseStore
-from kvgate.gateway.call import Call, Completion, Outcome, Stage, StreamingCompletion
-from kvgate.observability.metrics import Metrics
+from kvgate.gateway.call import Call
 from kvgate.providers.base import JSONObject
 
 #: Fields that change how an answer is delivered, not what it says.
@@ -63,41 +60,3 @@ async def replay_as_stream(
                                         "logprobs": None}]}
     if include_usage and body.get("usage"):
         yield {**base, "choices": [], "usage": body["usage"]}
-
-
-class ExactCacheStage:
-    """Implements :class:`~kvgate.gateway.call.Stage`."""
-
-    def __init__(self, next_stage: Stage, store: ResponseStore, metrics: Metrics) -> None:
-        self._next = next_stage
-        self._store = store
-        self._lookups = {
-            result: metrics.cache_lookups.labels(result) for result in ("exact", "miss")
-        }
-
-    async def __call__(self, call: Call) -> Outcome:
-        if not is_cacheable(call.body):
-            return await self._next(call)
-        key = cache_key(call)
-        hit = self._store.get(key)
-        if hit is not None:
-            self._lookups["exact"].inc()
-            call.route = {"strategy": "cache", "deployment": hit.deployment_id}
-            if call.stream:
-                return StreamingCompletion(
-                    replay_as_stream(hit.body, True), None, "exact", hit.upstream_model
-                )
-            return Completion(copy.deepcopy(hit.body), None, "exact", 0.0, hit.upstream_model)
-        self._lookups["miss"].inc()
-        outcome = await self._next(call)
-        if isinstance(outcome, Completion) and outcome.deployment is not None:
-            stored = copy.deepcopy(outcome.body)
-            stored.pop("kvgate", None)
-            self._store.put(
-                key, CachedResponse(stored, outcome.upstream_model, outcome.deployment.id)
-            )
-        return outcome
-
-    @property
-    def size(self) -> int:
-        return len(self._store)

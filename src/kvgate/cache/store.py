@@ -20,11 +20,17 @@ class CachedResponse:
 class ResponseStore(Protocol):
     """Where cached responses live. ``get`` never returns an entry older than its TTL."""
 
-    def get(self, key: bytes) -> CachedResponse | None: ...
+    async def get(self, key: bytes) -> CachedResponse | None: ...
 
-    def put(self, key: bytes, value: CachedResponse) -> None: ...
+    def put(self, key: bytes, value: CachedResponse) -> None:
+        """Store ``value``; must not block (a remote store queues the write)."""
+        ...
 
-    def __len__(self) -> int: ...
+    def size(self) -> int:
+        """Entries held; -1 when the store cannot tell cheaply."""
+        ...
+
+    async def aclose(self) -> None: ...
 
 
 class MemoryResponseStore:
@@ -39,7 +45,10 @@ class MemoryResponseStore:
         self._ttl_s = ttl_s
         self._entries: OrderedDict[bytes, tuple[float, CachedResponse]] = OrderedDict()
 
-    def get(self, key: bytes) -> CachedResponse | None:
+    async def get(self, key: bytes) -> CachedResponse | None:
+        return self.get_now(key)
+
+    def get_now(self, key: bytes) -> CachedResponse | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -56,5 +65,8 @@ class MemoryResponseStore:
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
 
-    def __len__(self) -> int:
+    def size(self) -> int:
         return len(self._entries)
+
+    async def aclose(self) -> None:
+        return None

@@ -260,11 +260,18 @@ class ExactCacheSettings(_Frozen):
 
 class SemanticCacheSettings(_Frozen):
     enabled: bool = False
+    #: Cosine similarity of the last user message's text to a cached one, at least.
     threshold: float = Field(0.95, gt=0, le=1)
+    #: hashing (built in: near-identical wording) or minilm (all-MiniLM-L6-v2: rewordings;
+    #: `python -m kvgate.cache.minilm fetch` once).
     embedder: Literal["hashing", "minilm"] = "hashing"
+    ttl_s: float = Field(3600.0, gt=0)
+    #: Entries kept in this process, oldest evicted first (never shared through Redis).
+    max_entries: int = Field(10_000, ge=1)
 
 
 class CacheSettings(_Frozen):
+    #: Where exact-cache entries live: this process, or Redis (shared by every gateway).
     backend: Literal["memory", "redis"] = "memory"
     exact: ExactCacheSettings = ExactCacheSettings()
     semantic: SemanticCacheSettings = SemanticCacheSettings()

@@ -42,6 +42,8 @@ class Call:
     #: attempt; the limits stage charges them to the tenant when the call ends.
     billed_tokens: int = 0
     billed_usd: float = 0.0
+    #: Upstream attempts that failed before the answer (failover happened when > 0).
+    failed_attempts: int = 0
     #: Extra response headers a stage wants the client to see (rate-limit state).
     response_headers: tuple[tuple[bytes, bytes], ...] = ()
 

@@ -7,8 +7,11 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as redis_async
 
-from kvgate.cache.exact import ExactCacheStage
-from kvgate.cache.store import MemoryResponseStore
+from kvgate.cache.embedders import build_embedder
+from kvgate.cache.semantic import SemanticIndex
+from kvgate.cache.stage import ResponseCacheStage, SemanticCache
+from kvgate.cache.store import MemoryResponseStore, ResponseStore
+from kvgate.cache.store_redis import RedisResponseStore
 from kvgate.config.schema import DeploymentSettings, RoutingSettings, Settings
 from kvgate.gateway.call import Stage
 from kvgate.limits import LimitsStage, MemoryLimitStore, RedisLimitStore, TenantPolicy
@@ -36,7 +39,7 @@ class Gateway:
     metrics: Metrics
     breakers: BreakerBoard
     providers: dict[str, Provider]
-    cache: ExactCacheStage | None = None
+    cache: ResponseCacheStage | None = None
     limits: LimitsStage | None = None
     model_names: list[str] = field(default_factory=list)
     health: HealthChecker | None = None
@@ -118,6 +121,25 @@ def _affinity_factory(
     return build
 
 
+def _cache_stage(settings: Settings, pipeline: Stage, metrics: Metrics, redis: _SharedRedis,
+                 ) -> ResponseCacheStage:
+    exact, semantic = settings.cache.exact, settings.cache.semantic
+    store: ResponseStore = (
+        RedisResponseStore(redis.get(), max_entries=exact.max_entries, ttl_s=exact.ttl_s)
+        if settings.cache.backend == "redis"
+        else MemoryResponseStore(max_entries=exact.max_entries, ttl_s=exact.ttl_s)
+    )
+    semantic_cache = None
+    if semantic.enabled:
+        embedder = build_embedder(semantic.embedder)
+        index = SemanticIndex(dimensions=embedder.dimensions, max_entries=semantic.max_entries,
+                              ttl_s=semantic.ttl_s)
+        semantic_cache = SemanticCache(index, embedder, semantic.threshold,
+                                       embed_off_loop=semantic.embedder != "hashing")
+    return ResponseCacheStage(pipeline, store, metrics, semantic_cache,
+                              exact_enabled=exact.enabled)
+
+
 def build_gateway(settings: Settings) -> Gateway:
     providers = {name: build_provider(name, ps) for name, ps in settings.providers.items()}
     metrics = Metrics()
@@ -167,14 +189,12 @@ def build_gateway(settings: Settings) -> Gateway:
         routes, breakers, metrics, request_timeout_s=settings.server.request_timeout_s
     )
     cache = None
-    if settings.cache.exact.enabled:
-        store = MemoryResponseStore(
-            max_entries=settings.cache.exact.max_entries, ttl_s=settings.cache.exact.ttl_s
-        )
-        cache = ExactCacheStage(pipeline, store, metrics)
-        pipeline = cache
-    limits = None
     closers: list[Callable[[], Awaitable[None]]] = []
+    if settings.cache.exact.enabled or settings.cache.semantic.enabled:
+        cache = _cache_stage(settings, pipeline, metrics, redis)
+        pipeline = cache
+        closers.append(cache.aclose)
+    limits = None
     policies = [p for p in map(TenantPolicy.from_settings, settings.tenants) if p is not None]
     if policies:
         limit_store: LimitStore = (

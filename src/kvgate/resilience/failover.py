@@ -99,6 +99,7 @@ class Failover:
             )
         else:
             deployment.stats.failures_total += 1
+            call.failed_attempts += 1
             if error.retryable:
                 self._breakers.record_failure(deployment)
             else:
