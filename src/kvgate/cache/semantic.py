@@ -108,11 +108,10 @@ class SemanticIndex:
         if part is None or not part.ids:
             return None
         similarities = part.vectors[: len(part.ids)] @ vector
+        above = np.flatnonzero(similarities >= threshold)  # usually none or a few: sort only them
         now = self._clock()
-        for row in np.argsort(-similarities):
+        for row in above[np.argsort(-similarities[above])]:
             similarity = float(similarities[row])
-            if similarity < threshold:
-                return None
             entry_id = part.ids[row]
             if entry_id < 0:
                 continue
