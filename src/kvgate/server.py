@@ -44,6 +44,8 @@ def serve(
           f"on http://{host}:{port} ({workers} worker(s), {server.http_server})", flush=True)
     # Workers build their own gateway from the file their parent validated (or the demo);
     # routing state is shared between them only through Redis.
+    for warning in per_process_state_warnings(settings, workers):
+        logging.getLogger("kvgate").warning(warning)
     if config_path is not None:
         os.environ[CONFIG_FILE_ENV] = str(Path(config_path).resolve())
     else:
@@ -95,3 +97,20 @@ def _serve_uvicorn(settings: Settings, host: str, port: int, workers: int) -> No
                     **common)  # type: ignore[arg-type]
     else:
         uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
+
+
+def per_process_state_warnings(settings: Settings, workers: int) -> list[str]:
+    """What several workers would each keep for themselves, that users expect to be one."""
+    if workers <= 1:
+        return []
+    warnings = []
+    limited = [t.name for t in settings.tenants if t.rate_limit or t.budget]
+    if limited and settings.limits_backend == "memory":
+        warnings.append(
+            f"{workers} workers with limits_backend: memory: each worker enforces the rate limits "
+            f"and budgets of {', '.join(limited)} on its own, so together they allow up to "
+            f"{workers}x; set limits_backend: redis to share them")
+    if settings.cache.exact.enabled and settings.cache.backend == "memory":
+        warnings.append(f"{workers} workers with cache.backend: memory: each keeps its own "
+                        "exact cache; set cache.backend: redis to share it")
+    return warnings
