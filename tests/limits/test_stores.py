@@ -133,3 +133,14 @@ async def test_memory_budget_renews_with_the_window() -> None:
     wall[0] += 60
     renewed = await store.admit(policy)
     assert renewed.refused is None and renewed.spent_usd == 0.0
+
+
+async def test_redis_unreachable_admits_and_drops_charges() -> None:
+    """Fail open: a Redis outage must not take the gateway down with it."""
+    client = redis_async.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+    store = RedisLimitStore(client)
+    policy = TenantPolicy("t", rpm=1, tpm=1, budget_usd=0.01, budget_window="daily")
+    for _ in range(3):
+        assert (await store.admit(policy)).refused is None
+    await charged(store, policy, 1000, 1.0)  # logged and dropped, not raised
+    await client.aclose()
