@@ -167,3 +167,19 @@ def test_admin_stats_in_flight_returns_to_zero(gateway: RunningGateway) -> None:
     assert {d["id"] for d in deployments} == {"mock-a/mock-small", "mock-b/mock-small"}
     assert all(d["in_flight"] == 0 for d in deployments)
     assert sum(d["requests_total"] for d in deployments) > 0
+
+
+def test_gateway_overhead_is_observed_once_per_upstream_request(
+        gateway: RunningGateway, client: openai.OpenAI) -> None:
+    def count() -> float:
+        for line in httpx.get(gateway.url + "/metrics").text.splitlines():
+            if line.startswith("kvgate_gateway_overhead_seconds_count"):
+                return float(line.rsplit(" ", 1)[1])
+        raise AssertionError("no kvgate_gateway_overhead_seconds_count")
+
+    before = count()
+    client.chat.completions.create(model="demo", messages=[{"role": "user", "content": "o1"}])
+    stream = client.chat.completions.create(
+        model="demo", messages=[{"role": "user", "content": "o2"}], stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert count() == before + 2

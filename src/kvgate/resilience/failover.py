@@ -87,6 +87,11 @@ class Failover:
         self._breakers.on_dispatched(decision.deployment)
         return decision.deployment
 
+    def observe_overhead(self, call: Call, dispatched_s: float) -> None:
+        """The gateway's own time before the first upstream call: parse, auth, limits, cache
+        lookup, routing."""
+        self._metrics.overhead_seconds.observe(dispatched_s - call.received_s)
+
     def _record_attempt(
         self, call: Call, route: ModelRoute, deployment: Deployment, error: UpstreamError | None
     ) -> None:
@@ -151,6 +156,8 @@ class Failover:
             stats.in_flight += 1
             stats.requests_total += 1
             started_s = time.perf_counter()
+            if len(tried) == 1:
+                self.observe_overhead(call, started_s)
             try:
                 async with asyncio.timeout(remaining_s):
                     attempt = UpstreamCall(

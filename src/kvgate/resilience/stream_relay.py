@@ -116,6 +116,8 @@ class StreamRelay:
             deployment.stats.in_flight += 1
             deployment.stats.requests_total += 1
             self._attempt_started_s = time.perf_counter()
+            if self._attempts == 1:
+                failover.observe_overhead(call, self._attempt_started_s)
             try:
                 async with asyncio.timeout(max(0.0, deadline_s - self._attempt_started_s)):
                     first = await upstream.__anext__()
