@@ -139,6 +139,7 @@ class Failover:
         deadline_s = call.received_s + self._request_timeout_s
         tried: set[Deployment] = set()
         last_error: UpstreamError | None = None
+        deadline_passed = False
         for _ in range(route.max_attempts):
             remaining_s = deadline_s - time.perf_counter()
             if remaining_s <= 0:
@@ -168,6 +169,9 @@ class Failover:
                 last_error = UpstreamTimeout(
                     f"request deadline of {self._request_timeout_s}s passed at {deployment.id}"
                 )
+                # NOTE: the loop's timer may fire a hair before perf_counter says the deadline
+                # passed; without this, a last sliver of time went to the next deployment.
+                deadline_passed = True
             except UpstreamError as error:
                 last_error = error
             else:
@@ -191,7 +195,7 @@ class Failover:
             finally:
                 stats.in_flight -= 1
             self._record_attempt(call, route, deployment, last_error)
-            if not last_error.retryable:
+            if deadline_passed or not last_error.retryable:
                 break
         raise self.exhausted(route, tried, last_error)
 

@@ -95,6 +95,7 @@ class StreamRelay:
         failover, route, call = self._failover, self._route, self._call
         deadline_s = call.received_s + failover.request_timeout_s
         last_error: UpstreamError | None = None
+        deadline_passed = False
         if self._text_parts:
             # Resuming: deployments that cannot continue a message are out before the strategy
             # ranks (and a half-open circuit lends its probe to) anything.
@@ -127,6 +128,7 @@ class StreamRelay:
                 last_error = UpstreamTimeout(
                     f"no first chunk from {deployment.id} before the request deadline"
                 )
+                deadline_passed = True  # even if perf_counter is a hair short of it
             except UpstreamError as error:
                 last_error = error
             except BaseException:
@@ -143,7 +145,7 @@ class StreamRelay:
             deployment.stats.in_flight -= 1
             await upstream.aclose()
             failover.record_attempt(call, route, deployment, last_error)
-            if not last_error.retryable:
+            if deadline_passed or not last_error.retryable:
                 break
         raise failover.exhausted(route, self._tried, last_error)
 
