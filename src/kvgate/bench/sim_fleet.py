@@ -102,6 +102,21 @@ class RunningFleet:
 
 
 @contextlib.contextmanager
+def running_replicas(settings: Sequence[ReplicaSettings], *, ready_timeout_s: float = 60.0,
+                     ) -> Iterator[Sequence[ReplicaSettings]]:
+    """``kvgate sim`` replica processes, ready when the block starts, stopped when it exits."""
+    fleet = Fleet(list(settings))
+    try:
+        fleet.start(timeout_s=ready_timeout_s)
+    except FleetError as exc:
+        raise ProcessStartError(f"kvgate sim: {exc}") from None
+    try:
+        yield settings
+    finally:
+        fleet.stop()
+
+
+@contextlib.contextmanager
 def sim_fleet(spec: FleetSpec, *, ready_timeout_s: float = 60.0) -> Iterator[RunningFleet]:
     """Start the replicas on free loopback ports; stop them when the block exits."""
     settings = [
@@ -109,15 +124,8 @@ def sim_fleet(spec: FleetSpec, *, ready_timeout_s: float = 60.0) -> Iterator[Run
                         time_scale=spec.time_scale, image_tokens=spec.image_tokens)
         for i in range(spec.replicas)
     ]
-    fleet = Fleet(settings)
-    try:
-        fleet.start(timeout_s=ready_timeout_s)
-    except FleetError as exc:
-        raise ProcessStartError(f"kvgate sim: {exc}") from None
-    try:
+    with running_replicas(settings, ready_timeout_s=ready_timeout_s):
         yield RunningFleet(spec, tuple(s.url for s in settings))
-    finally:
-        fleet.stop()
 
 
 def gateway_config(fleet: RunningFleet, strategies: Sequence[str],

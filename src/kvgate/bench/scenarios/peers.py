@@ -59,10 +59,11 @@ from kvgate.bench.peers import (
     sglang_router,
     vllm_router,
 )
-from kvgate.bench.processes import ProcessStartError, free_port, local_gateway
+from kvgate.bench.processes import free_port, local_gateway
 from kvgate.bench.request import BenchRequest
 from kvgate.bench.scenarios import ScenarioOptions
 from kvgate.bench.scenarios.peers_report import figures, headline, median_figures, print_tables
+from kvgate.bench.sim_fleet import running_replicas
 from kvgate.bench.workloads import (
     MultimodalWorkload,
     MultiRoundChatWorkload,
@@ -70,7 +71,6 @@ from kvgate.bench.workloads import (
     WorkloadOptions,
     parameters,
 )
-from kvgate.sim.fleet import Fleet, FleetError
 from kvgate.sim.profiles import get_profile
 from kvgate.sim.settings import ReplicaSettings
 
@@ -190,16 +190,8 @@ def flush(urls: Sequence[str], *, timeout_s: float = 30.0) -> None:
 @contextlib.contextmanager
 def running_fleet(case: PeerCase) -> Iterator[list[str]]:
     """The case's replicas on free loopback ports; yields their root URLs."""
-    settings = case.replica_settings()
-    fleet = Fleet(settings)
-    try:
-        fleet.start(timeout_s=60.0)
-    except FleetError as exc:
-        raise ProcessStartError(f"kvgate sim: {exc}") from None
-    try:
+    with running_replicas(case.replica_settings()) as settings:
         yield [s.url for s in settings]
-    finally:
-        fleet.stop()
 
 
 # -- routers -----------------------------------------------------------------------------------

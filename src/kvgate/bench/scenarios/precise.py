@@ -34,7 +34,7 @@ import contextlib
 import json
 import tempfile
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -42,12 +42,12 @@ from typing import Any
 from kvgate.bench.api import BenchResult, comparison_document, run_benchmark
 from kvgate.bench.engine_counters import read_counters
 from kvgate.bench.loadgen import LoadSpec
-from kvgate.bench.processes import ProcessStartError, free_port, local_gateway
+from kvgate.bench.processes import free_port, local_gateway
 from kvgate.bench.request import BenchRequest
 from kvgate.bench.scenarios import ScenarioOptions
+from kvgate.bench.sim_fleet import running_replicas
 from kvgate.bench.text import filler, seeded_rng
 from kvgate.bench.workloads.base import WorkloadOptions, chat_request
-from kvgate.sim.fleet import Fleet, FleetError
 from kvgate.sim.profiles import get_profile
 from kvgate.sim.settings import ReplicaSettings
 
@@ -128,7 +128,7 @@ def build_requests(setup: Setup, seed: int) -> list[BenchRequest]:
 
 
 @contextlib.contextmanager
-def _fleet(setup: Setup) -> Iterator[list[ReplicaSettings]]:
+def _fleet(setup: Setup) -> Iterator[Sequence[ReplicaSettings]]:
     replicas = [
         ReplicaSettings(index=i, port=free_port(), profile=PROFILE, kv_blocks=setup.kv_blocks,
                         time_scale=setup.time_scale,
@@ -136,18 +136,11 @@ def _fleet(setup: Setup) -> Iterator[list[ReplicaSettings]]:
                         kv_events_replay_endpoint=f"tcp://127.0.0.1:{free_port()}")
         for i in range(setup.replicas)
     ]
-    fleet = Fleet(replicas)
-    try:
-        fleet.start(timeout_s=60)
-    except FleetError as exc:
-        raise ProcessStartError(f"kvgate sim: {exc}") from None
-    try:
-        yield replicas
-    finally:
-        fleet.stop()
+    with running_replicas(replicas) as running:
+        yield running
 
 
-def gateway_config(replicas: list[ReplicaSettings], arm: dict[str, Any]) -> dict[str, Any]:
+def gateway_config(replicas: Sequence[ReplicaSettings], arm: dict[str, Any]) -> dict[str, Any]:
     served = get_profile(PROFILE).served_model_name
     deployments = []
     for replica in replicas:
