@@ -78,8 +78,9 @@ class RunningDashboard:
 
 @contextlib.contextmanager
 def run_dashboard(gateway_url: str, *, results_dir: Path | None = None,
-                  admin_key: str | None = None) -> Iterator[RunningDashboard]:
-    """`npm run start` on a free loopback port, polling `gateway_url` every 0.5 s."""
+                  admin_key: str | None = None, script: str = "start",
+                  ) -> Iterator[RunningDashboard]:
+    """`npm run start` (or `dev`) on a free loopback port, polling `gateway_url` every 0.5 s."""
     port = free_port()
     env = {**os.environ, **_NPM_ENV, "KVGATE_URL": gateway_url, "KVGATE_POLL_MS": "500"}
     env.pop("KVGATE_ADMIN_KEY", None)
@@ -94,7 +95,7 @@ def run_dashboard(gateway_url: str, *, results_dir: Path | None = None,
             # Its own session: npm starts sh, which starts next-server; ending the group ends all
             # three, and only them.
             process = subprocess.Popen(
-                ["npm", "run", "start", "--", "-p", str(port), "-H", "127.0.0.1"],
+                ["npm", "run", script, "--", "-p", str(port), "-H", "127.0.0.1"],
                 cwd=DASHBOARD, env=env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )

@@ -209,6 +209,17 @@ def test_a_missing_result_file_says_not_run_yet(offline_dashboard: RunningDashbo
     assert page["pageErrors"] == []
 
 
+def test_npm_run_dev_serves_the_same_pages(built: None, gateway: RunningGateway) -> None:
+    """SPEC 9's command: `npm run dev` (default port 3000; a free one here)."""
+    with run_dashboard(gateway.url, script="dev") as running:
+        page = browse(running.url, "benchmarks")
+        live = browse(running.url, "live", "--min-requests", str(REQUESTS_SENT))
+    routing = section(page, "routing.json")
+    assert routing["status"] == "ok" and routing["charts"][0]["hasSvg"]
+    assert {d["id"] for d in live["deployments"]} == DEMO_DEPLOYMENTS
+    assert page["pageErrors"] == [] and live["pageErrors"] == []
+
+
 # -- docs -------------------------------------------------------------------------------------
 
 def test_docs_tab_renders_the_readme_with_its_tables(dashboard: RunningDashboard) -> None:
