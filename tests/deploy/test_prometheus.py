@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import yaml
 
+from kvgate.bench.processes import stop_process
 from tests.deploy.stack import (
     DEPLOY,
     PROMETHEUS_FILE,
@@ -81,12 +82,7 @@ def run_prometheus(config: dict[str, Any], port: int) -> Iterator[str]:
                 raise RuntimeError(f"{exc}\n{(Path(tmp) / 'prometheus.log').read_text()}") from exc
             yield url
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
             log.close()
 
 

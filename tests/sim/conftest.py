@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import pytest
 
+from kvgate.bench.processes import stop_process
 from kvgate.sim.engine import Engine, EngineConfig
 from kvgate.sim.events import CollectingSink
 from kvgate.sim.profiles import Profile, get_profile
@@ -128,12 +129,7 @@ def replica_process(**fields: object) -> Iterator[tuple[ReplicaSettings, subproc
         wait_healthy(settings.host, settings.port, process)
         yield settings, process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 @pytest.fixture(scope="module")

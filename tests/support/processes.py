@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from kvgate.bench.processes import stop_process
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -71,12 +73,7 @@ def run_gateway(config_yaml: str | None = None, *, env: dict[str, str] | None = 
             wait_http(url + "/healthz", process=process)
             yield RunningGateway(url, process)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
 
 
 @dataclass

@@ -86,12 +86,7 @@ def local_process(args: Sequence[str], url: str, *, ready_path: str = "/healthz"
             wait_until_serving(local, ready_path, timeout_s=ready_timeout_s)
             yield local
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
 
 
 @contextlib.contextmanager
@@ -107,3 +102,13 @@ def local_gateway(config_path: str | Path | None = None, *, port: int | None = N
     with local_process(args, f"http://127.0.0.1:{port}", ready_timeout_s=ready_timeout_s,
                        ) as local:
         yield local
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited after ``timeout_s``; reaped either way."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
