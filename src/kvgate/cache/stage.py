@@ -13,6 +13,8 @@ import asyncio
 import copy
 from typing import Any
 
+import numpy as np
+
 from kvgate.cache.embedders import Embedder
 from kvgate.cache.exact import cache_key, is_cacheable, replay_as_stream
 from kvgate.cache.semantic import SemanticIndex, semantic_key
@@ -33,7 +35,7 @@ class SemanticCache:
         # in its matrix products); the hashing one takes tens of microseconds.
         self._embed_off_loop = embed_off_loop
 
-    async def embed(self, text: str) -> Any:
+    async def embed(self, text: str) -> np.ndarray:
         if self._embed_off_loop:
             return await asyncio.to_thread(self.embedder.embed, text)
         return self.embedder.embed(text)
