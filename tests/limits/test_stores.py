@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as redis_async
 
+from kvgate.limits import store_redis
 from kvgate.limits.policy import TenantPolicy
 from kvgate.limits.store import LimitStore, MemoryLimitStore
 from kvgate.limits.store_redis import RedisLimitStore
@@ -143,4 +144,15 @@ async def test_redis_unreachable_admits_and_drops_charges() -> None:
     for _ in range(3):
         assert (await store.admit(policy)).refused is None
     await charged(store, policy, 1000, 1.0)  # logged and dropped, not raised
+    await client.aclose()
+
+
+async def test_queued_charges_are_bounded_while_redis_stalls() -> None:
+    client = redis_async.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+    store = RedisLimitStore(client)
+    policy = TenantPolicy("t", rpm=None, tpm=10, budget_usd=None, budget_window="daily")
+    for _ in range(store_redis.MAX_PENDING_WRITES + 50):
+        store.charge(policy, 1, 0.0)
+    assert len(store._pending) == store_redis.MAX_PENDING_WRITES
+    await store.aclose()
     await client.aclose()

@@ -19,6 +19,8 @@ from redis.exceptions import NoScriptError, RedisError
 from kvgate.cache.store import CachedResponse
 
 logger = logging.getLogger("kvgate.cache")
+#: Queued writes beyond this are dropped (logged) instead of piling up behind a stalled Redis.
+MAX_PENDING_WRITES = 10_000
 
 # KEYS: the entry, the LRU set. ARGV: the entry's id in the set.
 _GET = """
@@ -80,6 +82,8 @@ class RedisResponseStore:
         return CachedResponse(data["body"], data["upstream_model"], data["deployment_id"])
 
     def put(self, key: bytes, value: CachedResponse) -> None:
+        if len(self._pending) >= MAX_PENDING_WRITES:  # Redis stalled: do not pile up tasks
+            return
         task = asyncio.get_running_loop().create_task(self._put(key.hex(), value))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)

@@ -21,6 +21,8 @@ from kvgate.limits.admission import Admission, Refusal
 from kvgate.limits.policy import TenantPolicy, budget_window
 
 logger = logging.getLogger("kvgate.limits")
+#: Queued writes beyond this are dropped (logged) instead of piling up behind a stalled Redis.
+MAX_PENDING_WRITES = 10_000
 
 # KEYS: request bucket, token bucket, spend. ARGV: rpm, tpm, budget_usd (0 = none).
 # Buckets are hashes {level, ts}; a missing bucket is full (the minute is store.py's). Returns
@@ -126,6 +128,10 @@ class RedisLimitStore:
 
     def charge(self, policy: TenantPolicy, tokens: int, usd: float) -> None:
         if not (tokens and policy.tpm) and not usd:
+            return
+        if len(self._pending) >= MAX_PENDING_WRITES:  # Redis stalled: do not pile up tasks
+            logger.warning("charge for %s dropped: %d writes already waiting on Redis",
+                           policy.name, len(self._pending))
             return
         task = asyncio.get_running_loop().create_task(self._charge(policy, tokens, usd))
         self._pending.add(task)
