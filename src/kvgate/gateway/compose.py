@@ -96,7 +96,10 @@ class _SharedRedis:
 
     def get(self) -> redis_async.Redis:
         if self.client is None:
-            self.client = redis_async.Redis.from_url(self._url)
+            # NOTE: without timeouts a stalled (not down) Redis would hang every request that
+            # waits on it (limits, affinity, cache); with them, each falls back as when down.
+            self.client = redis_async.Redis.from_url(
+                self._url, socket_connect_timeout=1.0, socket_timeout=2.0)
         return self.client
 
     async def aclose(self) -> None:
