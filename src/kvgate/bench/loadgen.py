@@ -125,7 +125,7 @@ def session_predecessors(requests: Sequence[BenchRequest]) -> list[int]:
     return previous
 
 
-def _chains(requests: Sequence[BenchRequest]) -> list[list[int]]:
+def conversation_chains(requests: Sequence[BenchRequest]) -> list[list[int]]:
     """Requests grouped into conversations, ordered by each one's first request."""
     chains: list[list[int]] = []
     by_session: dict[int, list[int]] = {}
@@ -174,7 +174,7 @@ class _Run:
             progress.errors += 1
 
     async def closed_loop(self) -> None:
-        chains: Iterator[list[int]] = iter(_chains(self.requests))
+        chains: Iterator[list[int]] = iter(conversation_chains(self.requests))
 
         think_s = self.spec.think_s
 

@@ -36,6 +36,7 @@ import orjson
 
 from kvgate.api.request import parse_call
 from kvgate.bench.engine_counters import EngineCounters
+from kvgate.bench.loadgen import conversation_chains
 from kvgate.bench.request import BenchRequest, RequestRecord
 from kvgate.config.schema import DeploymentSettings, MockProviderSettings, RoutingSettings
 from kvgate.providers.mock import MockProvider
@@ -89,22 +90,6 @@ def _deployments(count: int, model: str) -> list[Deployment]:
     return out
 
 
-def _chains(requests: Sequence[BenchRequest]) -> list[list[int]]:
-    """Requests grouped into conversations, in the order the load generator takes them."""
-    chains: list[list[int]] = []
-    by_session: dict[int, list[int]] = {}
-    for index, request in enumerate(requests):
-        if request.session < 0:
-            chains.append([index])
-            continue
-        chain = by_session.get(request.session)
-        if chain is None:
-            chain = by_session[request.session] = []
-            chains.append(chain)
-        chain.append(index)
-    return chains
-
-
 def _counters(engine: Engine) -> EngineCounters:
     stats = engine.stats
     return EngineCounters(
@@ -150,7 +135,7 @@ async def _run(requests: Sequence[BenchRequest], strategy_name: str, profile_nam
     records: list[RequestRecord | None] = [None] * len(requests)
     by_request_id: dict[str, tuple[int, int]] = {}  # request id -> (request index, worker)
     outcomes: Counter[str] = Counter()
-    chains: Iterator[list[int]] = iter(_chains(requests))
+    chains: Iterator[list[int]] = iter(conversation_chains(requests))
     # Each worker's current conversation and how many of its turns were sent.
     conversation: list[list[int]] = [[] for _ in range(concurrency)]
     sent = [0] * concurrency
