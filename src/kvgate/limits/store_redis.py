@@ -86,11 +86,19 @@ class RedisLimitStore:
         self._admit_sha: str | None = None
         self._charge_sha: str | None = None
         self._pending: set[asyncio.Task[None]] = set()
+        #: Per tenant, its keys for the current budget window and when that window ends
+        #: (rebuilt once per window, not per request; one entry per configured tenant).
+        self._keys_by_tenant: dict[str, tuple[str, str, str, float]] = {}
 
     def _keys(self, policy: TenantPolicy) -> tuple[str, str, str, float]:
-        window, ends_s = budget_window(policy.budget_window, time.time())
-        base = f"{self._prefix}:{policy.name}"
-        return f"{base}:requests", f"{base}:tokens", f"{base}:spend:{window}", ends_s
+        now_unix_s = time.time()
+        keys = self._keys_by_tenant.get(policy.name)
+        if keys is None or now_unix_s >= keys[3]:
+            window, ends_s = budget_window(policy.budget_window, now_unix_s)
+            base = f"{self._prefix}:{policy.name}"
+            keys = self._keys_by_tenant[policy.name] = (
+                f"{base}:requests", f"{base}:tokens", f"{base}:spend:{window}", ends_s)
+        return keys
 
     async def _eval(self, script: str, keys: list[str], args: list[str | int | float]) -> Any:
         client = self._client
