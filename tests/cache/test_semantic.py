@@ -6,12 +6,12 @@ import numpy as np
 import orjson
 import pytest
 
-from kvgate.api.request import parse_call
 from kvgate.cache.embedders import HashingEmbedder
 from kvgate.cache.minilm import MiniLMEmbedder, fetch
 from kvgate.cache.semantic import SemanticIndex, semantic_key
 from kvgate.cache.store import CachedResponse
-from kvgate.gateway.call import Call
+from kvgate.core.call import Call
+from kvgate.request.parse import parse_call
 
 PNG = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8"
        "z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")

@@ -19,8 +19,8 @@ import pytest
 from aiohttp import web
 
 from kvgate.config.schema import AnthropicSettings
+from kvgate.core.provider import UpstreamCall
 from kvgate.providers.anthropic import AnthropicProvider
-from kvgate.providers.base import UpstreamCall
 from kvgate.providers.errors import (
     UpstreamConnectError,
     UpstreamError,

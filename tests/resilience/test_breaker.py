@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from kvgate.config.schema import BreakerSettings
+from kvgate.core.deployment import Deployment
 from kvgate.resilience.breaker import (
     BreakerBoard,
     CircuitBreakerBoard,
     NoBreaker,
     RollingCounts,
 )
-from kvgate.routing.deployment import Deployment
 from tests.routing.factories import deployment
 
 

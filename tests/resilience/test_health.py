@@ -7,10 +7,10 @@ from collections.abc import AsyncGenerator
 from dataclasses import replace
 
 from kvgate.config.schema import BreakerSettings
-from kvgate.providers.base import JSONObject, UpstreamCall
+from kvgate.core.deployment import Deployment
+from kvgate.core.provider import JSONObject, UpstreamCall
 from kvgate.resilience.breaker import CircuitBreakerBoard
 from kvgate.resilience.health import HealthChecker
-from kvgate.routing.deployment import Deployment
 from tests.routing.factories import deployment
 
 

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 
 from kvgate.config.schema import BreakerSettings
-from kvgate.gateway.call import Call, StreamingCompletion
+from kvgate.core.call import Call, StreamingCompletion
+from kvgate.core.deployment import Deployment
+from kvgate.core.provider import JSONObject, UpstreamCall
 from kvgate.observability.metrics import Metrics
-from kvgate.providers.base import JSONObject, UpstreamCall
 from kvgate.providers.errors import UpstreamError, UpstreamRejected, UpstreamServerError
 from kvgate.resilience.breaker import CircuitBreakerBoard
 from kvgate.resilience.failover import Failover, ModelRoute
-from kvgate.routing.deployment import Deployment
 from kvgate.routing.round_robin import RoundRobin
 from tests.routing.factories import deployment, routing
 

@@ -6,11 +6,11 @@ import asyncio
 from typing import Any
 
 from kvgate.config.schema import DeploymentSettings, MockProviderSettings, RoutingSettings
-from kvgate.gateway.call import Call
+from kvgate.core.call import Call
+from kvgate.core.deployment import Deployment, DeploymentId
 from kvgate.providers.mock import MockProvider
 from kvgate.routing import RoutingContext, RoutingStrategy
 from kvgate.routing.affinity import MemoryAffinityIndex
-from kvgate.routing.deployment import Deployment, DeploymentId
 
 
 def deployment(name: str, **settings: Any) -> Deployment:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from kvgate.core.deployment import Deployment
 from kvgate.routing.cost import CheapestFirst
-from kvgate.routing.deployment import Deployment
 from tests.routing.factories import call, deployment, routing
 
 

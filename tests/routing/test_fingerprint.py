@@ -9,8 +9,8 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvgate.api.request import parse_call
-from kvgate.gateway.call import Call
+from kvgate.core.call import Call
+from kvgate.request.parse import parse_call
 from kvgate.routing.fingerprint import fingerprint
 
 BLOCK_CHARS = 64

@@ -5,8 +5,8 @@ from collections import Counter
 
 import pytest
 
+from kvgate.core.deployment import Deployment
 from kvgate.resilience.accounting import update_latency
-from kvgate.routing.deployment import Deployment
 from kvgate.routing.latency import LowestLatency
 from tests.routing.factories import call, deployment, routing
 

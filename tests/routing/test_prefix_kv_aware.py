@@ -10,11 +10,11 @@ from collections import Counter
 import httpx
 import orjson
 
-from kvgate.api.request import parse_call
 from kvgate.config.schema import PrefixRoutingSettings
-from kvgate.gateway.call import Call
+from kvgate.core.call import Call
+from kvgate.core.deployment import Deployment
+from kvgate.request.parse import parse_call
 from kvgate.routing.affinity import MemoryAffinityIndex
-from kvgate.routing.deployment import Deployment
 from kvgate.routing.load import InFlightLoad
 from kvgate.routing.prefix_kv_aware import PrefixKVAware
 from tests.routing.factories import deployment

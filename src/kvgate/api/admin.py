@@ -10,8 +10,7 @@ from kvgate.gateway.compose import Gateway
 def stats(gateway: Gateway) -> dict[str, Any]:
     models = []
     for route in gateway.routes.values():
-        describe = getattr(route.strategy, "describe", None)
-        kv_state: dict[str, dict[str, Any]] = describe() if callable(describe) else {}
+        kv_state = route.strategy.describe()
         deployments = []
         for deployment in route.deployments:
             s = deployment.stats
@@ -35,21 +34,20 @@ def stats(gateway: Gateway) -> dict[str, Any]:
                 # precise_kv: mode (precise / degraded / approximate), blocks tracked, last
                 # event sequence, lag.
                 deployments[-1]["kv_cache"] = kv_state[deployment.id]
-        affinity_entries = getattr(route.strategy, "affinity_entries", None)
         models.append({
             "name": route.name,
             "strategy": route.strategy.name,
             "max_attempts": route.max_attempts,
             # prefix_kv_aware: the affinity table's size in (deployment, block) entries.
-            "affinity_entries": affinity_entries() if callable(affinity_entries) else None,
+            "affinity_entries": route.strategy.affinity_entries(),
             "deployments": deployments,
         })
     return {
         "models": models,
         # exact_entries is -1 with the Redis backend (not counted per request).
-        "cache": gateway.cache.describe() if gateway.cache else {"exact_entries": None},
+        "cache": gateway.describe_stage("cache") or {"exact_entries": None},
         # Tenants with limits: their limits and what was left as of their latest request.
-        "tenants": gateway.limits.describe() if gateway.limits else {},
+        "tenants": gateway.describe_stage("limits") or {},
     }
 
 

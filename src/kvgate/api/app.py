@@ -1,7 +1,7 @@
 """The ASGI application: a fixed route table over the gateway built at start-up.
 
 A raw ASGI app rather than a framework: the hot path is one dict lookup, one body read, one
-JSON parse (in :func:`parse_call`) and one JSON serialisation, with response headers that do
+JSON parse (in the parse stage) and one JSON serialisation, with response headers that do
 not change per request built once here.
 """
 
@@ -29,13 +29,12 @@ from kvgate.api.asgi import (
     send_bytes,
 )
 from kvgate.api.openapi import DocsAssets
-from kvgate.api.request import parse_call
-from kvgate.auth.keys import KeyRing, is_admin
+from kvgate.auth.keys import is_admin
 from kvgate.config.schema import Settings
+from kvgate.core.call import Call, Completion, StreamingCompletion
+from kvgate.core.provider import Endpoint
 from kvgate.errors import GatewayError, error_body
-from kvgate.gateway.call import Call, Completion, StreamingCompletion
 from kvgate.gateway.compose import Gateway, build_gateway
-from kvgate.providers.base import Endpoint
 from kvgate.providers.errors import UpstreamError
 
 logger = logging.getLogger("kvgate.api")
@@ -59,8 +58,7 @@ class KVGateApp:
         self._pipeline = gateway.pipeline
         self._models = frozenset(gateway.model_names)
         self._max_body_bytes = settings.server.max_body_bytes
-        self._max_image_bytes = settings.server.max_image_bytes
-        self._keys = KeyRing(settings.tenants)
+        self._tenants_configured = bool(settings.tenants)
         self._admin_key = settings.server.admin_key
         self._metrics = gateway.metrics
         self._docs = DocsAssets(gateway.model_names)
@@ -116,20 +114,12 @@ class KVGateApp:
         received_s = time.perf_counter()
         request_id = os.urandom(16).hex()
         status = 200
-        model_label = "unknown"
+        call: Call | None = None
         watch: DisconnectWatch | None = None
         try:
-            tenant = (
-                self._keys.tenant_for(_header(scope, b"authorization"))
-                if self._keys.enabled else None
-            )
             raw = await read_body(scope, receive, self._max_body_bytes)
-            call = parse_call(
-                raw, endpoint, models=self._models, max_image_bytes=self._max_image_bytes,
-                received_s=received_s, request_id=request_id,
-            )
-            call.tenant = tenant
-            model_label = call.model
+            call = Call(request_id, endpoint, received_s, raw_body=raw,
+                        authorization=_header(scope, b"authorization"))
             watch = DisconnectWatch(receive)
             outcome = await self._pipeline(call)
             if isinstance(outcome, Completion):
@@ -161,6 +151,8 @@ class KVGateApp:
         finally:
             if watch is not None:
                 watch.stop()
+            # The model is known once the parse stage has run; "unknown" before (401, 400).
+            model_label = call.model if call is not None and call.model else "unknown"
             metrics = self._metrics
             metrics.requests_for(model_label, endpoint, str(status)).inc()
             metrics.request_seconds_for(model_label).observe(time.perf_counter() - received_s)
@@ -257,7 +249,7 @@ class KVGateApp:
                          (b"content-type", b"text/plain; version=0.0.4; charset=utf-8"))
 
     async def _admin_stats(self, scope: Scope, receive: Receive, send: Send) -> None:
-        auth_on = self._keys.enabled or self._admin_key is not None
+        auth_on = self._tenants_configured or self._admin_key is not None
         if auth_on and not is_admin(_header(scope, b"authorization"), self._admin_key):
             body = error_body("admin key required", "authentication_error", "admin_only", None)
             await send_bytes(send, 401, body, [], JSON_TYPE)

@@ -1,7 +1,7 @@
 """The gateway's routing code in front of in-process simulated engines, on a virtual clock.
 
 No HTTP and no gateway process, but the routing path is the gateway's own: each body is parsed
-by :func:`kvgate.api.request.parse_call`, and the strategy :func:`kvgate.routing.build_strategy`
+by :func:`kvgate.request.parse.parse_call`, and the strategy :func:`kvgate.routing.build_strategy`
 builds (with the in-memory affinity index ``gateway/compose.py`` builds) runs ``prepare`` /
 ``choose`` / ``on_dispatched`` on it, over :class:`Deployment` objects whose ``stats.in_flight``
 follows the engines, so the load guard sees their load. The chosen replica is an
@@ -24,13 +24,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kvgate.api.request import parse_call
 from kvgate.bench.virtual_fleet import RequestBuilder
 from kvgate.config.schema import DeploymentSettings, MockProviderSettings, RoutingSettings
+from kvgate.core.deployment import Deployment, DeploymentId
 from kvgate.providers.mock import MockProvider
+from kvgate.request.parse import parse_call
 from kvgate.routing import RoutingContext, RoutingStrategy, build_strategy
 from kvgate.routing.affinity import MemoryAffinityIndex
-from kvgate.routing.deployment import Deployment, DeploymentId
 from kvgate.sim.engine import Engine
 from kvgate.sim.request import RequestOutput, RequestStats
 from kvgate.sim.virtual import VirtualCluster

@@ -12,8 +12,8 @@ from collections.abc import AsyncGenerator
 
 import orjson
 
-from kvgate.gateway.call import Call
-from kvgate.providers.base import JSONObject
+from kvgate.core.call import Call
+from kvgate.core.provider import JSONObject
 
 #: Fields that change how an answer is delivered, not what it says.
 _DELIVERY_FIELDS = frozenset({"stream", "stream_options", "user", "metadata", "request_id"})

@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 
 from kvgate.cache.store import CachedResponse
-from kvgate.gateway.call import Call
+from kvgate.core.call import Call
 
 #: Fields that change how an answer is delivered, not what it says (as for the exact key).
 _DELIVERY_FIELDS = frozenset({"stream", "stream_options", "user", "metadata", "request_id"})

@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from kvgate.cache.embedders import Embedder
+from kvgate.cache.embedders import Embedder, build_embedder
 from kvgate.cache.exact import cache_key, is_cacheable, replay_as_stream
 from kvgate.cache.semantic import SemanticIndex, semantic_key
 from kvgate.cache.store import CachedResponse, ResponseStore
-from kvgate.gateway.call import CacheStatus, Call, Completion, Outcome, Stage, StreamingCompletion
+from kvgate.config.schema import SemanticCacheSettings
+from kvgate.core.call import CacheStatus, Call, Completion, Outcome, Stage, StreamingCompletion
 from kvgate.observability.metrics import Metrics
 
 
@@ -34,6 +35,14 @@ class SemanticCache:
         # NOTE: a model embedder takes milliseconds of CPU per prompt (numpy releases the GIL
         # in its matrix products); the hashing one takes tens of microseconds.
         self._embed_off_loop = embed_off_loop
+
+    @classmethod
+    def from_settings(cls, settings: SemanticCacheSettings) -> SemanticCache:
+        embedder = build_embedder(settings.embedder)
+        index = SemanticIndex(dimensions=embedder.dimensions, max_entries=settings.max_entries,
+                              ttl_s=settings.ttl_s)
+        return cls(index, embedder, settings.threshold,
+                   embed_off_loop=settings.embedder != "hashing")
 
     async def embed(self, text: str) -> np.ndarray:
         if self._embed_off_loop:

@@ -7,7 +7,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
 
-from kvgate.providers.base import JSONObject
+from kvgate.core.provider import JSONObject
 
 
 @dataclass(frozen=True, slots=True)

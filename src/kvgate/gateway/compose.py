@@ -1,32 +1,49 @@
-"""Build the whole journey from settings, once: the only place stages are wired together."""
+"""Build the whole journey from settings, once: the only place stages are wired together.
+
+The journey is one ordered list of stages, outermost first, folded into a pipeline by one loop
+(starlette's ``build_middleware_stack`` is the model)::
+
+    auth -> parse -> limits -> response cache -> failover (routing -> provider)
+
+A stage that is not configured (no tenants, no limits, no cache) is left out of the list, so
+it costs nothing per request. What each strategy and provider needs (background work, engine
+metrics, stream resume) comes from its registry entry: nothing here branches on a name.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-import redis.asyncio as redis_async
-
-from kvgate.cache.embedders import build_embedder
-from kvgate.cache.semantic import SemanticIndex
-from kvgate.cache.stage import ResponseCacheStage, SemanticCache
-from kvgate.cache.store import MemoryResponseStore, ResponseStore
-from kvgate.cache.store_redis import RedisResponseStore
+from kvgate.auth.keys import KeyRing
+from kvgate.auth.stage import AuthStage
 from kvgate.config.schema import DeploymentSettings, RoutingSettings, Settings
-from kvgate.gateway.call import Stage
-from kvgate.limits import LimitsStage, MemoryLimitStore, RedisLimitStore, TenantPolicy
-from kvgate.limits.store import LimitStore
+from kvgate.core.call import Stage
+from kvgate.core.deployment import Deployment, DeploymentId
 from kvgate.observability.metrics import Metrics
-from kvgate.providers import Provider, build_provider
+from kvgate.providers import Provider, build_provider, provider_entry
+from kvgate.request.stage import ParseStage
 from kvgate.resilience.breaker import BreakerBoard, CircuitBreakerBoard
 from kvgate.resilience.failover import Failover, ModelRoute
 from kvgate.resilience.health import HealthChecker
-from kvgate.routing import RoutingContext, build_strategy
+from kvgate.routing import RoutingContext, RoutingStrategy, strategy_entry
 from kvgate.routing.affinity import AffinityIndex, MemoryAffinityIndex
-from kvgate.routing.affinity_redis import RedisAffinityIndex
-from kvgate.routing.base import BackgroundStrategy
-from kvgate.routing.deployment import Deployment, DeploymentId
-from kvgate.routing.engine_metrics import EngineMetricsScraper, metrics_url
+from kvgate.routing.engine_metrics import EngineMetricsScraper
+
+if TYPE_CHECKING:
+    import redis.asyncio as redis_async
+
+#: Closes something the gateway owns, at shutdown.
+Closer = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    """One stage before dispatch: its name (for ``/admin/stats``) and how it wraps the next."""
+
+    name: str
+    wrap: Callable[[Stage], Stage]
 
 
 @dataclass
@@ -39,15 +56,15 @@ class Gateway:
     metrics: Metrics
     breakers: BreakerBoard
     providers: dict[str, Provider]
-    cache: ResponseCacheStage | None = None
-    limits: LimitsStage | None = None
+    #: The built stages by layer name, outermost first (failover not included).
+    stages: dict[str, Stage] = field(default_factory=dict)
     model_names: list[str] = field(default_factory=list)
     health: HealthChecker | None = None
     engine_metrics: EngineMetricsScraper | None = None
     #: Strategies with background work (KV event subscribers), started with the gateway.
-    background: list[BackgroundStrategy] = field(default_factory=list)
-    #: Awaited at shutdown after the providers: shared clients (Redis) and the like.
-    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    background: list[RoutingStrategy] = field(default_factory=list)
+    #: Awaited at shutdown after the providers: stores, shared clients (Redis) and the like.
+    closers: list[Closer] = field(default_factory=list)
 
     def is_ready(self) -> bool:
         """Every model has at least one deployment whose circuit admits traffic."""
@@ -55,6 +72,11 @@ class Gateway:
             any(self.breakers.allows(d) for d in route.deployments)
             for route in self.routes.values()
         )
+
+    def describe_stage(self, name: str) -> dict[str, Any] | None:
+        """A configured stage's live state for ``/admin/stats``; None when it is not built."""
+        stage = self.stages.get(name)
+        return None if stage is None else stage.describe()
 
     async def start(self) -> None:
         """Start background work (health checks); called once the event loop runs."""
@@ -78,17 +100,9 @@ class Gateway:
             await close()
 
 
-def _deployment_id(settings: DeploymentSettings, taken: set[str]) -> DeploymentId:
-    base = settings.id or f"{settings.provider}/{settings.model}"
-    candidate, suffix = base, 2
-    while candidate in taken:
-        candidate, suffix = f"{base}#{suffix}", suffix + 1
-    taken.add(candidate)
-    return DeploymentId(candidate)
-
-
-class _SharedRedis:
-    """One Redis client for every component that asks, created on first use."""
+class SharedRedis:
+    """One Redis client for every component that asks, created on first use (and the Redis
+    client library imported only then: a gateway without Redis never loads it)."""
 
     def __init__(self, url: str) -> None:
         self._url = url
@@ -96,6 +110,8 @@ class _SharedRedis:
 
     def get(self) -> redis_async.Redis:
         if self.client is None:
+            import redis.asyncio as redis_async
+
             # NOTE: without timeouts a stalled (not down) Redis would hang every request that
             # waits on it (limits, affinity, cache); with them, each falls back as when down.
             self.client = redis_async.Redis.from_url(
@@ -107,13 +123,17 @@ class _SharedRedis:
             await self.client.aclose()
 
 
-def _affinity_factory(
-    model: str, routing: RoutingSettings, num_deployments: int, redis: _SharedRedis
+def affinity_index_factory(
+    model: str, routing: RoutingSettings, num_deployments: int, redis: SharedRedis
 ) -> Callable[[], AffinityIndex]:
+    """Builds one model's affinity index (memory or Redis) for strategies that use one; the
+    benchmarks call this too, so they route exactly as the gateway does."""
     prefix = routing.prefix
 
     def build() -> AffinityIndex:
         if routing.affinity_backend == "redis":
+            from kvgate.routing.affinity_redis import RedisAffinityIndex
+
             return RedisAffinityIndex(redis.get(), key_prefix=f"kvgate:aff:{model}",
                                       ttl_s=prefix.ttl_s)
         return MemoryAffinityIndex(
@@ -124,114 +144,176 @@ def _affinity_factory(
     return build
 
 
-def _cache_stage(settings: Settings, pipeline: Stage, metrics: Metrics, redis: _SharedRedis,
-                 ) -> ResponseCacheStage:
+def _deployment_id(settings: DeploymentSettings, taken: set[str]) -> DeploymentId:
+    base = settings.id or f"{settings.provider}/{settings.model}"
+    candidate, suffix = base, 2
+    while candidate in taken:
+        candidate, suffix = f"{base}#{suffix}", suffix + 1
+    taken.add(candidate)
+    return DeploymentId(candidate)
+
+
+@dataclass
+class _Fleet:
+    """The routing side, built per model: routes, and what runs beside them."""
+
+    routes: dict[str, ModelRoute] = field(default_factory=dict)
+    watched: list[tuple[str, Deployment]] = field(default_factory=list)
+    scrape_targets: list[tuple[Deployment, str]] = field(default_factory=list)
+    background: list[RoutingStrategy] = field(default_factory=list)
+
+
+def _build_fleet(settings: Settings, providers: dict[str, Provider],
+                 breakers: CircuitBreakerBoard,
+                 redis: SharedRedis) -> _Fleet:
+    fleet = _Fleet()
+    for model in settings.models:
+        routing = settings.routing_for(model)
+        taken: set[str] = set()
+        deployments = []
+        for ds in model.deployments:
+            provider_settings = settings.providers[ds.provider]
+            deployments.append(Deployment(
+                id=_deployment_id(ds, taken),
+                provider_name=ds.provider,
+                provider=providers[ds.provider],
+                upstream_model=ds.model,
+                settings=ds,
+                resumes_streams=provider_entry(provider_settings).resumes_streams(
+                    provider_settings),
+            ))
+        for deployment in deployments:
+            deployment.stats.latency_half_life_s = routing.latency_half_life_s
+            if routing.breaker.enabled:
+                breakers.watch(deployment, routing.breaker)
+        fleet.watched.extend((model.name, d) for d in deployments)
+        entry = strategy_entry(routing.strategy)
+        context = RoutingContext(
+            affinity_index=affinity_index_factory(model.name, routing, len(deployments), redis)
+        )
+        strategy = entry.factory(deployments, routing, context)
+        fleet.routes[model.name] = ModelRoute(
+            model.name, deployments, strategy, routing.max_attempts,
+            prepare=strategy.prepare if entry.prepares else None,
+        )
+        if entry.runs_in_background:
+            fleet.background.append(strategy)
+        if entry.reads_engine_metrics and routing.prefix.engine_metrics_interval_s:
+            for deployment in deployments:
+                provider_settings = settings.providers[deployment.provider_name]
+                url = provider_entry(provider_settings).engine_metrics_url(provider_settings)
+                if url is not None:
+                    fleet.scrape_targets.append((deployment, url))
+    return fleet
+
+
+def _layers(settings: Settings, metrics: Metrics, redis: SharedRedis,
+            closers: list[Closer]) -> list[Layer]:
+    """The stages before dispatch, outermost first; unconfigured ones are left out."""
+    layers: list[Layer] = []
+    if settings.tenants:
+        keys = KeyRing(settings.tenants)
+        layers.append(Layer("auth", lambda inner: AuthStage(inner, keys)))
+    models = [m.name for m in settings.models]
+    max_image_bytes = settings.server.max_image_bytes
+    layers.append(Layer("parse", lambda inner: ParseStage(
+        inner, models=models, max_image_bytes=max_image_bytes)))
+    limits = _limits_layer(settings, metrics, redis, closers)
+    if limits is not None:
+        layers.append(limits)
+    if settings.cache.exact.enabled or settings.cache.semantic.enabled:
+        layers.append(_cache_layer(settings, metrics, redis, closers))
+    return layers
+
+
+def _limits_layer(settings: Settings, metrics: Metrics, redis: SharedRedis,
+                  closers: list[Closer]) -> Layer | None:
+    from kvgate.limits import LimitsStage, MemoryLimitStore, TenantPolicy
+    from kvgate.limits.store import LimitStore
+
+    policies = [p for p in map(TenantPolicy.from_settings, settings.tenants) if p is not None]
+    if not policies:
+        return None
+    store: LimitStore
+    if settings.limits_backend == "redis":
+        from kvgate.limits.store_redis import RedisLimitStore
+
+        store = RedisLimitStore(redis.get())
+    else:
+        store = MemoryLimitStore()
+    closers.append(store.aclose)
+    return Layer("limits", lambda inner: LimitsStage(inner, store, policies, metrics))
+
+
+def _cache_layer(settings: Settings, metrics: Metrics, redis: SharedRedis,
+                 closers: list[Closer]) -> Layer:
+    from kvgate.cache.stage import ResponseCacheStage
+    from kvgate.cache.store import MemoryResponseStore, ResponseStore
+
     exact, semantic = settings.cache.exact, settings.cache.semantic
-    store: ResponseStore = (
-        RedisResponseStore(redis.get(), max_entries=exact.max_entries, ttl_s=exact.ttl_s)
-        if settings.cache.backend == "redis"
-        else MemoryResponseStore(max_entries=exact.max_entries, ttl_s=exact.ttl_s)
-    )
+    store: ResponseStore
+    if settings.cache.backend == "redis":
+        from kvgate.cache.store_redis import RedisResponseStore
+
+        store = RedisResponseStore(redis.get(), max_entries=exact.max_entries, ttl_s=exact.ttl_s)
+    else:
+        store = MemoryResponseStore(max_entries=exact.max_entries, ttl_s=exact.ttl_s)
+    closers.append(store.aclose)
     semantic_cache = None
     if semantic.enabled:
-        embedder = build_embedder(semantic.embedder)
-        index = SemanticIndex(dimensions=embedder.dimensions, max_entries=semantic.max_entries,
-                              ttl_s=semantic.ttl_s)
-        semantic_cache = SemanticCache(index, embedder, semantic.threshold,
-                                       embed_off_loop=semantic.embedder != "hashing")
-    return ResponseCacheStage(pipeline, store, metrics, semantic_cache,
-                              exact_enabled=exact.enabled)
+        from kvgate.cache.stage import SemanticCache
+
+        semantic_cache = SemanticCache.from_settings(semantic)
+    return Layer("cache", lambda inner: ResponseCacheStage(
+        inner, store, metrics, semantic_cache, exact_enabled=exact.enabled))
+
+
+def build_pipeline(layers: list[Layer], innermost: Stage) -> tuple[Stage, dict[str, Stage]]:
+    """Fold ``layers`` (outermost first) around ``innermost``; also return each built stage
+    by name."""
+    pipeline = innermost
+    built: dict[str, Stage] = {}
+    for layer in reversed(layers):
+        pipeline = built[layer.name] = layer.wrap(pipeline)
+    return pipeline, dict(reversed(built.items()))
 
 
 def build_gateway(settings: Settings) -> Gateway:
     providers = {name: build_provider(name, ps) for name, ps in settings.providers.items()}
     metrics = Metrics()
     breakers = CircuitBreakerBoard()
-    routes: dict[str, ModelRoute] = {}
-    watched: list[tuple[str, Deployment]] = []
-    redis = _SharedRedis(settings.redis.url)
-    scrape_targets: list[tuple[Deployment, str]] = []
-    background: list[BackgroundStrategy] = []
-    for model in settings.models:
-        routing = settings.routing_for(model)
-        taken: set[str] = set()
-        deployments = [
-            Deployment(
-                id=_deployment_id(ds, taken),
-                provider_name=ds.provider,
-                provider=providers[ds.provider],
-                upstream_model=ds.model,
-                settings=ds,
-                resumes_streams=getattr(settings.providers[ds.provider], "resume_streams", False)
-                or settings.providers[ds.provider].type == "mock",
-            )
-            for ds in model.deployments
-        ]
-        for deployment in deployments:
-            deployment.stats.latency_half_life_s = routing.latency_half_life_s
-            if routing.breaker.enabled:
-                breakers.watch(deployment, routing.breaker)
-        watched.extend((model.name, d) for d in deployments)
-        context = RoutingContext(
-            affinity_index=_affinity_factory(model.name, routing, len(deployments), redis)
-        )
-        strategy = build_strategy(routing.strategy, deployments, routing, context)
-        routes[model.name] = ModelRoute.build(
-            model.name, deployments, strategy, routing.max_attempts
-        )
-        if callable(getattr(strategy, "start", None)):
-            background.append(strategy)  # type: ignore[arg-type]
-        if (routing.strategy in ("prefix_kv_aware", "precise_kv")
-                and routing.prefix.engine_metrics_interval_s):
-            for deployment in deployments:
-                api_base = getattr(settings.providers[deployment.provider_name], "api_base", None)
-                if settings.providers[deployment.provider_name].type == "openai_compatible":
-                    scrape_targets.append((deployment, metrics_url(str(api_base))))
-    metrics.watch_deployments(watched, breakers.state_code)
-    pipeline: Stage = Failover(
-        routes, breakers, metrics, request_timeout_s=settings.server.request_timeout_s
+    redis = SharedRedis(settings.redis.url)
+    fleet = _build_fleet(settings, providers, breakers, redis)
+    metrics.watch_deployments(fleet.watched, breakers.state_code)
+    failover = Failover(
+        fleet.routes, breakers, metrics, request_timeout_s=settings.server.request_timeout_s
     )
-    cache = None
-    closers: list[Callable[[], Awaitable[None]]] = []
-    if settings.cache.exact.enabled or settings.cache.semantic.enabled:
-        cache = _cache_stage(settings, pipeline, metrics, redis)
-        pipeline = cache
-        closers.append(cache.aclose)
-    limits = None
-    policies = [p for p in map(TenantPolicy.from_settings, settings.tenants) if p is not None]
-    if policies:
-        limit_store: LimitStore = (
-            RedisLimitStore(redis.get()) if settings.limits_backend == "redis"
-            else MemoryLimitStore()
-        )
-        limits = LimitsStage(pipeline, limit_store, policies, metrics)
-        pipeline = limits
-        closers.append(limit_store.aclose)
+    closers: list[Closer] = []
+    pipeline, stages = build_pipeline(_layers(settings, metrics, redis, closers), failover)
     closers.append(redis.aclose)
     health = None
     if settings.routing.health_check_interval_s > 0:
         health = HealthChecker(
-            [d for _, d in watched], breakers,
+            [d for _, d in fleet.watched], breakers,
             interval_s=settings.routing.health_check_interval_s,
             timeout_s=settings.routing.health_check_timeout_s,
         )
     engine_metrics = None
-    if scrape_targets:
+    if fleet.scrape_targets:
         engine_metrics = EngineMetricsScraper(
-            scrape_targets, interval_s=settings.routing.prefix.engine_metrics_interval_s
+            fleet.scrape_targets, interval_s=settings.routing.prefix.engine_metrics_interval_s
         )
     return Gateway(
-        engine_metrics=engine_metrics,
-        background=background,
-        closers=closers,
         settings=settings,
         pipeline=pipeline,
-        routes=routes,
+        routes=fleet.routes,
         metrics=metrics,
         breakers=breakers,
         providers=providers,
-        cache=cache,
-        limits=limits,
+        stages=stages,
         model_names=[m.name for m in settings.models],
         health=health,
+        engine_metrics=engine_metrics,
+        background=fleet.background,
+        closers=closers,
     )

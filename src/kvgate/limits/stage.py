@@ -13,13 +13,13 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from kvgate.core.call import Call, ChunkStream, Outcome, Stage, StreamingCompletion
+from kvgate.core.provider import JSONObject
 from kvgate.errors import GatewayError
-from kvgate.gateway.call import Call, ChunkStream, Outcome, Stage, StreamingCompletion
 from kvgate.limits.admission import Admission
 from kvgate.limits.policy import TenantPolicy
 from kvgate.limits.store import SECONDS_PER_MINUTE, LimitStore
 from kvgate.observability.metrics import Metrics
-from kvgate.providers.base import JSONObject
 
 
 class LimitsStage:

@@ -1,4 +1,4 @@
-"""Anthropic's Messages API behind the OpenAI-shaped :class:`~kvgate.providers.base.Provider`.
+"""Anthropic's Messages API behind the OpenAI-shaped :class:`~kvgate.core.provider.Provider`.
 
 The HTTP side (pooling, timeouts, status -> exception) is :class:`HTTPUpstream`, shared with
 the OpenAI-compatible providers; the shape mapping is :mod:`anthropic_translate`. What lives
@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator
 import orjson
 
 from kvgate.config.schema import AnthropicSettings
+from kvgate.core.provider import JSONObject, UpstreamCall
 from kvgate.providers.anthropic_translate import (
     OVERLOADED_STATUS,
     error_for_event,
@@ -23,7 +24,6 @@ from kvgate.providers.anthropic_translate import (
     to_openai_usage,
     tool_call,
 )
-from kvgate.providers.base import JSONObject, UpstreamCall
 from kvgate.providers.errors import (
     UpstreamError,
     UpstreamOverloaded,
@@ -132,7 +132,7 @@ def _as_overloaded(exc: UpstreamError) -> UpstreamOverloaded | None:
 
 
 class AnthropicProvider:
-    """Implements :class:`~kvgate.providers.base.Provider` over Anthropic's Messages API.
+    """Implements :class:`~kvgate.core.provider.Provider` over Anthropic's Messages API.
 
     Only the chat endpoint exists: Anthropic has no legacy text-completions API.
     """

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from kvgate.providers.base import JSONObject
+from kvgate.core.provider import JSONObject
 from kvgate.providers.errors import (
     UpstreamError,
     UpstreamOverloaded,

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from kvgate.config.schema import MockProviderSettings
-from kvgate.providers.base import JSONObject, UpstreamCall
+from kvgate.core.provider import JSONObject, UpstreamCall
 from kvgate.providers.errors import UpstreamServerError, error_for_status
 
 _VOCABULARY = (
@@ -66,7 +66,7 @@ def _answer_tokens(key: bytes, count: int) -> list[str]:
 
 
 class MockProvider:
-    """Implements :class:`~kvgate.providers.base.Provider` without any network."""
+    """Implements :class:`~kvgate.core.provider.Provider` without any network."""
 
     def __init__(self, name: str, settings: MockProviderSettings) -> None:
         self._name = name

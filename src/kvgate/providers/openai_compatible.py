@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator
 import orjson
 
 from kvgate.config.schema import OpenAICompatibleSettings
-from kvgate.providers.base import JSONObject, UpstreamCall
+from kvgate.core.provider import JSONObject, UpstreamCall
 from kvgate.providers.errors import (
     UpstreamServerError,
     error_for_status,
@@ -24,7 +24,7 @@ _DONE = b"[DONE]"
 
 
 class OpenAICompatibleProvider:
-    """Implements :class:`~kvgate.providers.base.Provider` over an OpenAI-shaped HTTP API."""
+    """Implements :class:`~kvgate.core.provider.Provider` over an OpenAI-shaped HTTP API."""
 
     def __init__(self, name: str, settings: OpenAICompatibleSettings) -> None:
         self._name = name

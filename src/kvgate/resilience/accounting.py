@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 import time
 
-from kvgate.gateway.call import Call
+from kvgate.core.call import Call
+from kvgate.core.deployment import Deployment
+from kvgate.core.provider import JSONObject
 from kvgate.observability.metrics import Metrics
-from kvgate.providers.base import JSONObject
-from kvgate.routing.deployment import Deployment
 
 #: Weight of the newest sample in the latency moving averages.
 _EWMA_ALPHA = 0.2

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Final, Protocol
 
 from kvgate.config.schema import BreakerSettings
-from kvgate.routing.deployment import Deployment
+from kvgate.core.deployment import Deployment
 
 logger = logging.getLogger("kvgate.breaker")
 

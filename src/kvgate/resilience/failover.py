@@ -12,17 +12,18 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from kvgate.core.call import Call, Completion, Outcome, StreamingCompletion
+from kvgate.core.deployment import Deployment
+from kvgate.core.provider import UpstreamCall
 from kvgate.errors import GatewayError
-from kvgate.gateway.call import Call, Completion, Outcome, StreamingCompletion
 from kvgate.observability.metrics import Metrics
-from kvgate.providers.base import UpstreamCall
 from kvgate.providers.errors import UpstreamError, UpstreamServerError, UpstreamTimeout
 from kvgate.resilience.accounting import record_usage, update_latency, upstream_body
 from kvgate.resilience.breaker import BreakerBoard
 from kvgate.resilience.stream_relay import StreamRelay
 from kvgate.routing.base import RoutingStrategy
-from kvgate.routing.deployment import Deployment
 
 logger = logging.getLogger("kvgate.failover")
 
@@ -34,17 +35,13 @@ class ModelRoute:
     deployments: Sequence[Deployment]
     strategy: RoutingStrategy
     max_attempts: int
-    #: The strategy's ``prepare``, looked up once here so the hot path never probes for it.
+    #: The strategy's ``prepare`` when its registry entry says it has real work there; None
+    #: otherwise, so the hot path never awaits a no-op.
     prepare: Callable[[Call], Awaitable[None]] | None = None
-
-    @classmethod
-    def build(cls, name: str, deployments: Sequence[Deployment], strategy: RoutingStrategy,
-              max_attempts: int) -> ModelRoute:
-        return cls(name, deployments, strategy, max_attempts, getattr(strategy, "prepare", None))
 
 
 class Failover:
-    """Implements :class:`~kvgate.gateway.call.Stage` as the last stage of the journey."""
+    """Implements :class:`~kvgate.core.call.Stage` as the last stage of the journey."""
 
     def __init__(
         self,
@@ -66,6 +63,9 @@ class Failover:
         if call.stream:
             return await self._open_stream(call, route)
         return await self._complete(call, route)
+
+    def describe(self) -> dict[str, Any]:
+        return {"models": sorted(self._routes)}
 
     def next_deployment(
         self, call: Call, route: ModelRoute, tried: set[Deployment]

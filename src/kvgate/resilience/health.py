@@ -15,9 +15,9 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from kvgate.providers.base import Provider
+from kvgate.core.deployment import Deployment
+from kvgate.core.provider import Provider
 from kvgate.resilience.breaker import BreakerBoard
-from kvgate.routing.deployment import Deployment
 
 logger = logging.getLogger("kvgate.health")
 

@@ -17,13 +17,13 @@ import time
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
+from kvgate.core.call import Call
+from kvgate.core.deployment import Deployment
+from kvgate.core.provider import JSONObject, UpstreamCall
 from kvgate.errors import GatewayError
-from kvgate.gateway.call import Call
 from kvgate.observability.metrics import Metrics
-from kvgate.providers.base import JSONObject, UpstreamCall
 from kvgate.providers.errors import UpstreamError, UpstreamServerError, UpstreamTimeout
 from kvgate.resilience.accounting import record_usage, update_latency, upstream_body
-from kvgate.routing.deployment import Deployment
 
 if TYPE_CHECKING:
     from kvgate.resilience.failover import Failover, ModelRoute

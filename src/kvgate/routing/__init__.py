@@ -6,10 +6,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from kvgate.config.schema import RoutingSettings
+from kvgate.core.deployment import Deployment, DeploymentId, RouteDecision
 from kvgate.routing.affinity import AffinityIndex
-from kvgate.routing.base import RouteDecision, RoutingStrategy
+from kvgate.routing.base import RoutingStrategy
 from kvgate.routing.cost import CheapestFirst
-from kvgate.routing.deployment import Deployment, DeploymentId
 from kvgate.routing.latency import LowestLatency
 from kvgate.routing.least_busy import LeastBusy
 from kvgate.routing.load import InFlightLoad, LoadView
@@ -31,6 +31,21 @@ class RoutingContext:
 StrategyFactory = Callable[[Sequence[Deployment], RoutingSettings, RoutingContext],
                            RoutingStrategy]
 
+
+@dataclass(frozen=True, slots=True)
+class StrategyEntry:
+    """A strategy in the registry: how to build it and what it needs, so the composer wires
+    each capability from these flags and never branches on a strategy's name."""
+
+    factory: StrategyFactory
+    #: Has per-request work before choosing: the failover stage awaits ``prepare``.
+    prepares: bool = False
+    #: Runs background work for the gateway's lifetime: ``start`` / ``stop`` are called.
+    runs_in_background: bool = False
+    #: Reads the engines' own load figures (vLLM ``/metrics``), scraped in the background.
+    reads_engine_metrics: bool = False
+
+
 def _precise_kv(
     deployments: Sequence[Deployment], settings: RoutingSettings, context: RoutingContext
 ) -> RoutingStrategy:
@@ -40,17 +55,35 @@ def _precise_kv(
     return PreciseKVAware(deployments, settings, context.affinity_index(), context.load)
 
 
-STRATEGIES: dict[str, StrategyFactory] = {
-    "round_robin": lambda deployments, settings, _: RoundRobin(deployments, settings),
-    "weighted": lambda deployments, settings, _: Weighted(deployments, settings),
-    "least_busy": lambda deployments, settings, _: LeastBusy(deployments, settings),
-    "latency": lambda deployments, settings, _: LowestLatency(deployments, settings),
-    "cost": lambda deployments, settings, _: CheapestFirst(deployments, settings),
-    "prefix_kv_aware": lambda deployments, settings, context: PrefixKVAware(
-        deployments, settings.prefix, context.affinity_index(), context.load
+STRATEGIES: dict[str, StrategyEntry] = {
+    "round_robin": StrategyEntry(lambda deployments, settings, _: RoundRobin(
+        deployments, settings)),
+    "weighted": StrategyEntry(lambda deployments, settings, _: Weighted(deployments, settings)),
+    "least_busy": StrategyEntry(lambda deployments, settings, _: LeastBusy(
+        deployments, settings)),
+    "latency": StrategyEntry(lambda deployments, settings, _: LowestLatency(
+        deployments, settings)),
+    "cost": StrategyEntry(lambda deployments, settings, _: CheapestFirst(deployments, settings)),
+    "prefix_kv_aware": StrategyEntry(
+        lambda deployments, settings, context: PrefixKVAware(
+            deployments, settings.prefix, context.affinity_index(), context.load
+        ),
+        prepares=True, reads_engine_metrics=True,
     ),
-    "precise_kv": _precise_kv,
+    "precise_kv": StrategyEntry(
+        _precise_kv, prepares=True, runs_in_background=True, reads_engine_metrics=True
+    ),
 }
+
+
+def strategy_entry(name: str) -> StrategyEntry:
+    """The registry entry for ``name``; ValueError naming the choices when there is none."""
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ValueError(
+            f"routing strategy {name!r} is not available (have: {', '.join(sorted(STRATEGIES))})"
+        ) from None
 
 
 def build_strategy(
@@ -59,13 +92,7 @@ def build_strategy(
     settings: RoutingSettings,
     context: RoutingContext,
 ) -> RoutingStrategy:
-    try:
-        factory = STRATEGIES[name]
-    except KeyError:
-        raise ValueError(
-            f"routing strategy {name!r} is not available (have: {', '.join(sorted(STRATEGIES))})"
-        ) from None
-    return factory(deployments, settings, context)
+    return strategy_entry(name).factory(deployments, settings, context)
 
 
 __all__ = [
@@ -75,6 +102,8 @@ __all__ = [
     "RouteDecision",
     "RoutingContext",
     "RoutingStrategy",
+    "StrategyEntry",
     "StrategyFactory",
     "build_strategy",
+    "strategy_entry",
 ]

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from kvgate.routing.deployment import Deployment
+from kvgate.core.deployment import Deployment, RouteDecision
 
 if TYPE_CHECKING:
-    from kvgate.gateway.call import Call
-
-
-@dataclass(slots=True)
-class RouteDecision:
-    deployment: Deployment
-    #: Why this deployment: goes to the response's ``kvgate.route`` object as is.
-    explanation: dict[str, Any] = field(default_factory=dict)
+    from kvgate.core.call import Call
 
 
 class RoutingStrategy(Protocol):
@@ -25,6 +17,10 @@ class RoutingStrategy(Protocol):
     ``candidates`` is never empty and already excludes deployments tried earlier for this
     request and those whose circuit is open, so a strategy only ranks. ``choose`` runs on the
     event loop for every attempt: it must not block and should cost microseconds.
+
+    The hooks after ``on_dispatched`` are optional work; :class:`StrategyDefaults` gives each a
+    no-op, and the strategy's registry entry (:class:`kvgate.routing.StrategyEntry`) says which
+    ones are real, so the composer wires only those and a plain strategy pays nothing for them.
     """
 
     name: str
@@ -37,33 +33,43 @@ class RoutingStrategy(Protocol):
         """Called once the attempt is committed to ``deployment`` (affinity bookkeeping)."""
         ...
 
+    async def prepare(self, call: Call) -> None:
+        """Heavier per-request work (fingerprints, index look-ups), once before the first
+        attempt; leaves its results in ``call.routing_state`` for ``choose``."""
+        ...
 
-class PreparingStrategy(RoutingStrategy, Protocol):
-    """A strategy that needs I/O or heavier work once per request before choosing.
+    def start(self) -> None:
+        """Start background work (e.g. following KV events); called on the running loop."""
+        ...
 
-    ``prepare`` runs once, before the first attempt, and leaves its results in
-    ``call.routing_state`` for ``choose``, which stays synchronous and cheap. The failover stage
-    looks for ``prepare`` once at start-up, so strategies without it pay nothing.
-    """
-
-    async def prepare(self, call: Call) -> None: ...
-
-
-class BackgroundStrategy(RoutingStrategy, Protocol):
-    """A strategy with background work (e.g. following KV events) for the gateway's lifetime.
-
-    The gateway looks for ``start`` once at start-up and calls it on the running event loop;
-    ``stop`` at shutdown.
-    """
-
-    def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-
-class DescribedStrategy(RoutingStrategy, Protocol):
-    """A strategy with live per-deployment state for ``/admin/stats``."""
+    async def stop(self) -> None:
+        """Stop the background work; called once at shutdown."""
+        ...
 
     def describe(self) -> dict[str, dict[str, Any]]:
-        """Per deployment id, JSON-ready."""
+        """Live per-deployment state for ``/admin/stats``, per deployment id, JSON-ready."""
         ...
+
+    def affinity_entries(self) -> int | None:
+        """(deployment, block) pairs an affinity index tracks; -1 when the backend can't
+        tell; None for strategies without one."""
+        ...
+
+
+class StrategyDefaults:
+    """No-op optional hooks of :class:`RoutingStrategy`, for strategies to inherit."""
+
+    async def prepare(self, call: Call) -> None:
+        return None
+
+    def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        return {}
+
+    def affinity_entries(self) -> int | None:
+        return None

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from kvgate.config.schema import RoutingSettings
-from kvgate.routing.base import RouteDecision
-from kvgate.routing.deployment import Deployment
+from kvgate.core.deployment import Deployment, RouteDecision
+from kvgate.routing.base import StrategyDefaults
 
 if TYPE_CHECKING:
-    from kvgate.gateway.call import Call
+    from kvgate.core.call import Call
 
 
 def price_per_1k(deployment: Deployment) -> float:
@@ -31,7 +31,7 @@ def price_per_1k(deployment: Deployment) -> float:
     return settings.cost_per_1k_input + settings.cost_per_1k_output
 
 
-class CheapestFirst:
+class CheapestFirst(StrategyDefaults):
     name = "cost"
 
     def __init__(self, deployments: Sequence[Deployment], settings: RoutingSettings) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import aiohttp
 
-from kvgate.routing.deployment import Deployment
+from kvgate.core.deployment import Deployment
 
 logger = logging.getLogger("kvgate.engine_metrics")
 
@@ -41,12 +41,6 @@ def parse_engine_metrics(text: str) -> tuple[float, float, float]:
         elif name in _KV_USAGE:
             usage = max(usage, value)
     return running, waiting, usage
-
-
-def metrics_url(api_base: str) -> str:
-    """vLLM serves /metrics at the server root, beside /v1."""
-    base = api_base.rstrip("/")
-    return (base[:-3] if base.endswith("/v1") else base) + "/metrics"
 
 
 class EngineMetricsScraper:

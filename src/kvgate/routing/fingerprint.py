@@ -21,7 +21,7 @@ import orjson
 import xxhash
 
 if TYPE_CHECKING:
-    from kvgate.gateway.call import Call
+    from kvgate.core.call import Call
 
 _hash = xxhash.xxh3_64_intdigest
 #: Roughly what one token of English text costs in characters.

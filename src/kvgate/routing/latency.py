@@ -24,14 +24,14 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from kvgate.config.schema import RoutingSettings
-from kvgate.routing.base import RouteDecision
-from kvgate.routing.deployment import Deployment
+from kvgate.core.deployment import Deployment, RouteDecision
+from kvgate.routing.base import StrategyDefaults
 
 if TYPE_CHECKING:
-    from kvgate.gateway.call import Call
+    from kvgate.core.call import Call
 
 
-class LowestLatency:
+class LowestLatency(StrategyDefaults):
     name = "latency"
 
     def __init__(

@@ -7,14 +7,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from kvgate.config.schema import RoutingSettings
-from kvgate.routing.base import RouteDecision
-from kvgate.routing.deployment import Deployment
+from kvgate.core.deployment import Deployment, RouteDecision
+from kvgate.routing.base import StrategyDefaults
 
 if TYPE_CHECKING:
-    from kvgate.gateway.call import Call
+    from kvgate.core.call import Call
 
 
-class LeastBusy:
+class LeastBusy(StrategyDefaults):
     """Fewest in flight wins; ties are broken uniformly at random.
 
     NOTE: ties are the common case (an idle fleet is all zeros). Taking the first tied

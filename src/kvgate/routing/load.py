@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from kvgate.routing.deployment import Deployment
+from kvgate.core.deployment import Deployment
 
 
 class LoadView(Protocol):

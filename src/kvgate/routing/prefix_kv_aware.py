@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kvgate.config.schema import PrefixRoutingSettings
+from kvgate.core.deployment import Deployment, RouteDecision
 from kvgate.routing.affinity import AffinityIndex
-from kvgate.routing.base import RouteDecision
-from kvgate.routing.deployment import Deployment
+from kvgate.routing.base import StrategyDefaults
 from kvgate.routing.fingerprint import Fingerprint, fingerprint
 from kvgate.routing.load import LoadView
 
 if TYPE_CHECKING:
-    from kvgate.gateway.call import Call
+    from kvgate.core.call import Call
 
 
 @dataclass(slots=True)
@@ -148,7 +148,7 @@ def _tokens(value: float) -> float | int:
     return int(value) if float(value).is_integer() else round(value, 1)
 
 
-class PrefixKVAware:
+class PrefixKVAware(StrategyDefaults):
     name = "prefix_kv_aware"
 
     def __init__(

@@ -6,14 +6,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from kvgate.config.schema import RoutingSettings
-from kvgate.routing.base import RouteDecision
-from kvgate.routing.deployment import Deployment
+from kvgate.core.deployment import Deployment, RouteDecision
+from kvgate.routing.base import StrategyDefaults
 
 if TYPE_CHECKING:
-    from kvgate.gateway.call import Call
+    from kvgate.core.call import Call
 
 
-class RoundRobin:
+class RoundRobin(StrategyDefaults):
     """Each pick is the first candidate at or after the cursor in the model's deployment ring.
 
     NOTE: the cursor is a position in the full list, not an index into ``candidates``. Indexing

@@ -12,14 +12,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from kvgate.config.schema import RoutingSettings
-from kvgate.routing.base import RouteDecision
-from kvgate.routing.deployment import Deployment
+from kvgate.core.deployment import Deployment, RouteDecision
+from kvgate.routing.base import StrategyDefaults
 
 if TYPE_CHECKING:
-    from kvgate.gateway.call import Call
+    from kvgate.core.call import Call
 
 
-class Weighted:
+class Weighted(StrategyDefaults):
     name = "weighted"
 
     def __init__(self, deployments: Sequence[Deployment], settings: RoutingSettings) -> None:

@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 import pytest
 
-from kvgate.api.request import parse_call
 from kvgate.config.schema import DeploymentSettings
-from kvgate.gateway.call import Call
+from kvgate.core.call import Call
+from kvgate.request.parse import parse_call
 from kvgate.routing.precise.request_hasher import (
     RequestHasher,
     build_request_hasher,

@@ -8,11 +8,11 @@ from typing import Any
 
 import orjson
 
-from kvgate.api.request import parse_call
 from kvgate.config.schema import KVEventsSettings, RoutingSettings
-from kvgate.gateway.call import Call
+from kvgate.core.call import Call
+from kvgate.core.deployment import Deployment
+from kvgate.request.parse import parse_call
 from kvgate.routing.affinity import MemoryAffinityIndex
-from kvgate.routing.deployment import Deployment
 from kvgate.routing.load import InFlightLoad
 from kvgate.routing.precise.replica import ReplicaEventState
 from kvgate.routing.precise.strategy import PreciseKVAware

@@ -16,7 +16,6 @@ from typing import Any
 
 import orjson
 
-from kvgate.api.request import parse_call
 from kvgate.bench.request import BenchRequest
 from kvgate.bench.stats import distribution_ms
 from kvgate.config.schema import (
@@ -25,10 +24,11 @@ from kvgate.config.schema import (
     MockProviderSettings,
     RoutingSettings,
 )
+from kvgate.core.deployment import Deployment, DeploymentId
 from kvgate.providers.mock import MockProvider
+from kvgate.request.parse import parse_call
 from kvgate.routing.affinity import MemoryAffinityIndex
 from kvgate.routing.base import RoutingStrategy
-from kvgate.routing.deployment import Deployment, DeploymentId
 from kvgate.routing.load import InFlightLoad
 from kvgate.routing.precise.strategy import PreciseKVAware
 from kvgate.routing.prefix_kv_aware import PrefixKVAware

@@ -6,7 +6,7 @@ Here the same requests go through the gateway's own routing code into the same `
 engines on one virtual clock, so the figures are the model's alone and reproducible exactly
 (same seed, same numbers):
 
-- each body is parsed by :func:`kvgate.api.request.parse_call` (image digests and vision-token
+- each body is parsed by :func:`kvgate.request.parse.parse_call` (image digests and vision-token
   counts included) and routed by the strategy :func:`kvgate.routing.build_strategy` builds, with
   the in-memory affinity index on the virtual clock and load = each deployment's in-flight
   count (what a single gateway knows exactly);
@@ -34,15 +34,15 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from kvgate.api.request import parse_call
 from kvgate.bench.engine_counters import EngineCounters
 from kvgate.bench.loadgen import conversation_chains
 from kvgate.bench.request import BenchRequest, RequestRecord
 from kvgate.config.schema import DeploymentSettings, MockProviderSettings, RoutingSettings
+from kvgate.core.deployment import Deployment, DeploymentId
 from kvgate.providers.mock import MockProvider
+from kvgate.request.parse import parse_call
 from kvgate.routing import RoutingContext, build_strategy
 from kvgate.routing.affinity import MemoryAffinityIndex
-from kvgate.routing.deployment import Deployment, DeploymentId
 from kvgate.sim import openai_api
 from kvgate.sim.engine import Engine, EngineConfig
 from kvgate.sim.prompt import PromptRenderer

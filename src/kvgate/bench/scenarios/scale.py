@@ -34,7 +34,6 @@ from typing import Any
 import orjson
 
 from kvgate import __version__
-from kvgate.api.request import parse_call
 from kvgate.bench.api import RESULT_FORMAT, host_info
 from kvgate.bench.routed_fleet import (
     MAX_IMAGE_BYTES,
@@ -50,7 +49,8 @@ from kvgate.bench.stats import distribution_ms
 from kvgate.bench.text import filler, seeded_rng
 from kvgate.bench.virtual_fleet import RequestBuilder
 from kvgate.config.schema import RoutingSettings
-from kvgate.gateway.call import Call
+from kvgate.core.call import Call
+from kvgate.request.parse import parse_call
 from kvgate.routing.fingerprint import fingerprint
 from kvgate.sim.engine import Engine, EngineConfig
 from kvgate.sim.profiles import get_profile

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from jinja2 import TemplateError
 
-from kvgate.gateway.call import Call
+from kvgate.core.call import Call
 from kvgate.vllm_compat.hashing import MMPlaceholder
 from kvgate.vllm_compat.image_header import read_image_header
 from kvgate.vllm_compat.mm_hash import mm_identifier

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kvgate.config.schema import DeploymentSettings
-from kvgate.gateway.call import Call
+from kvgate.core.call import Call
 from kvgate.routing.precise.index import token_block_key
 from kvgate.routing.precise.renderers import PromptRenderer, RenderError, load_renderer
 from kvgate.vllm_compat.hashing import (

@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 import zmq.asyncio
 
 from kvgate.config.schema import RoutingSettings
+from kvgate.core.deployment import Deployment, RouteDecision
 from kvgate.routing.affinity import AffinityIndex
-from kvgate.routing.base import RouteDecision
-from kvgate.routing.deployment import Deployment
+from kvgate.routing.base import StrategyDefaults
 from kvgate.routing.fingerprint import CHARS_PER_TOKEN, Fingerprint, fingerprint
 from kvgate.routing.load import LoadView
 from kvgate.routing.precise.event_clock import EventClockedAffinity
@@ -45,7 +45,7 @@ from kvgate.routing.precise.subscriber import KVEventSubscriber
 from kvgate.routing.prefix_kv_aware import LoadGuardedScorer, cumulative_tokens
 
 if TYPE_CHECKING:
-    from kvgate.gateway.call import Call
+    from kvgate.core.call import Call
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +75,7 @@ class _PreciseState:
     history_tokens: dict[Deployment, float] | None
 
 
-class PreciseKVAware:
+class PreciseKVAware(StrategyDefaults):
     name = "precise_kv"
 
     def __init__(

@@ -15,9 +15,9 @@ from typing import Any
 import blake3
 import orjson
 
+from kvgate.core.call import Call
+from kvgate.core.provider import Endpoint, JSONObject
 from kvgate.errors import GatewayError, bad_request
-from kvgate.gateway.call import Call
-from kvgate.providers.base import Endpoint, JSONObject
 from kvgate.vllm_compat.image_header import read_image_header
 from kvgate.vllm_compat.vision_tokens import llava_onevision_image_tokens
 
@@ -102,12 +102,23 @@ def _image_digest(url: Any, param: str, max_image_bytes: int) -> tuple[bytes, in
     return blake3.blake3(data).digest(), tokens
 
 
-def _check_messages(body: JSONObject, call: Call, max_image_bytes: int) -> None:
+#: Content part types OpenAI's chat API accepts besides text and images; anything else is a
+#: 400, as OpenAI and vLLM answer, rather than forwarded for the upstream to reject.
+_OTHER_PART_TYPES = frozenset({"input_audio", "file", "refusal", "video_url", "audio_url"})
+
+
+def _check_messages(body: JSONObject) -> list[tuple[Any, str]]:
+    """Check the messages' shape; return each image part's URL with its ``param`` path.
+
+    Images are only collected here: decoding and hashing them is the expensive part of parsing,
+    so it waits until every cheap check (the model included) has passed.
+    """
     messages = body.get("messages")
     if messages is None:
         raise bad_request("'messages' is required", param="messages")
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty array", param="messages")
+    images: list[tuple[Any, str]] = []
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
@@ -136,9 +147,14 @@ def _check_messages(body: JSONObject, call: Call, max_image_bytes: int) -> None:
             elif kind == "image_url":
                 image = part.get("image_url")
                 url = image.get("url") if isinstance(image, dict) else image
-                digest, tokens = _image_digest(url, f"{part_where}.image_url.url", max_image_bytes)
-                call.image_digests.append(digest)
-                call.image_tokens.append(tokens)
+                images.append((url, f"{part_where}.image_url.url"))
+            elif kind not in _OTHER_PART_TYPES:
+                raise bad_request(
+                    f"{part_where}.type {kind!r} is not a known content part type "
+                    "(text, image_url, input_audio, file, refusal)",
+                    param=f"{part_where}.type",
+                )
+    return images
 
 
 def _check_prompt(body: JSONObject) -> None:
@@ -166,7 +182,23 @@ def parse_call(
     request_id: str | None = None,
 ) -> Call:
     """Validate ``raw`` and return the Call every later stage reads."""
-    received = time.perf_counter() if received_s is None else received_s
+    call = Call(
+        request_id=request_id or uuid.uuid4().hex,
+        endpoint=endpoint,
+        received_s=time.perf_counter() if received_s is None else received_s,
+    )
+    parse_into(call, raw, models=models, max_image_bytes=max_image_bytes)
+    return call
+
+
+def parse_into(
+    call: Call, raw: bytes, *, models: Collection[str], max_image_bytes: int
+) -> None:
+    """Validate ``raw`` and fill ``call``'s request fields; raise ``GatewayError`` (400, 404,
+    413, 422) on the first problem.
+
+    Cheap checks first: JSON, types, the model; images are decoded and hashed last, once.
+    """
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -176,23 +208,22 @@ def parse_call(
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("'model' is required and must be a string", param="model")
-    _check_common(body)
-    call = Call(
-        request_id=request_id or uuid.uuid4().hex,
-        endpoint=endpoint,
-        body=body,
-        model=model,
-        stream=bool(body.get("stream")),
-        include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
-        received_s=received,
-    )
-    if endpoint == "chat":
-        _check_messages(body, call, max_image_bytes)
-    else:
-        _check_prompt(body)
     if model not in models:
         raise GatewayError(
             404, f"The model '{model}' does not exist or is not served by this gateway",
             code="model_not_found", param="model",
         )
-    return call
+    _check_common(body)
+    images: list[tuple[Any, str]] = []
+    if call.endpoint == "chat":
+        images = _check_messages(body)
+    else:
+        _check_prompt(body)
+    call.body = body
+    call.model = model
+    call.stream = bool(body.get("stream"))
+    call.include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    for url, param in images:
+        digest, tokens = _image_digest(url, param, max_image_bytes)
+        call.image_digests.append(digest)
+        call.image_tokens.append(tokens)

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from kvgate.providers.base import Endpoint, JSONObject
-from kvgate.routing.deployment import Deployment
+from kvgate.core.deployment import Deployment
+from kvgate.core.provider import Endpoint, JSONObject
 
 CacheStatus = Literal["miss", "exact", "semantic", "bypass"]
 
@@ -18,15 +18,20 @@ class Call:
 
     request_id: str
     endpoint: Endpoint
-    #: The client's JSON body as parsed; stages copy before changing it.
-    body: JSONObject
-    #: The logical model the client asked for.
-    model: str
-    stream: bool
-    #: Whether the client asked for the usage chunk (``stream_options.include_usage``).
-    include_usage: bool
     #: ``time.perf_counter()`` when the request arrived.
     received_s: float
+    #: The ``Authorization`` header as sent, for the auth stage.
+    authorization: bytes | None = None
+    #: The body as received, until the parse stage turns it into the fields below.
+    raw_body: bytes = b""
+    #: The client's JSON body as parsed; stages copy before changing it. The request fields
+    #: below are filled by the parser (:func:`kvgate.request.parse.parse_into`).
+    body: JSONObject = field(default_factory=dict)
+    #: The logical model the client asked for; empty until parsed.
+    model: str = ""
+    stream: bool = False
+    #: Whether the client asked for the usage chunk (``stream_options.include_usage``).
+    include_usage: bool = False
     #: Content digest per image part, in prompt order: of the decoded bytes for data URLs, of
     #: the URL string otherwise. Computed once while validating the request.
     image_digests: list[bytes] = field(default_factory=list)
@@ -91,4 +96,8 @@ class Stage(Protocol):
 
     async def __call__(self, call: Call) -> Outcome:
         """Answer ``call``; raise ``GatewayError`` or ``UpstreamError`` to refuse it."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """The stage's live state for ``/admin/stats``, JSON-ready (empty when it has none)."""
         ...

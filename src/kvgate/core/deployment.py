@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NewType
+from typing import Any, NewType
 
 from kvgate.config.schema import DeploymentSettings
-from kvgate.providers.base import Provider
+from kvgate.core.provider import Provider
 
 DeploymentId = NewType("DeploymentId", str)
 
@@ -57,3 +57,9 @@ class Deployment:
             prompt_tokens * self.settings.cost_per_1k_input
             + completion_tokens * self.settings.cost_per_1k_output
         ) / 1000.0
+
+@dataclass(slots=True)
+class RouteDecision:
+    deployment: Deployment
+    #: Why this deployment: goes to the response's ``kvgate.route`` object as is.
+    explanation: dict[str, Any] = field(default_factory=dict)
