@@ -353,8 +353,9 @@ async def test_completions_endpoint_is_refused_with_400(
     assert caught.value.upstream_status == 400
     assert caught.value.client_status == 400
     with pytest.raises(UpstreamRejected):
-        async for _ in provider.stream(call):
-            pass
+        async with provider.stream(call) as chunks:
+            async for _ in chunks:
+                pass
     assert upstream.bodies == []
 
 
@@ -467,8 +468,9 @@ async def test_http_errors_become_typed_upstream_errors(
             if attempt == "complete":
                 await provider.complete(_call(HELLO))
             else:
-                async for _ in provider.stream(_call(HELLO)):
-                    pass
+                async with provider.stream(_call(HELLO)) as chunks:
+                    async for _ in chunks:
+                        pass
         assert type(caught.value) is error_class
         assert caught.value.message == f"upstream says {error_type}"
         assert caught.value.upstream_status == status
@@ -599,7 +601,8 @@ async def test_stream_translates_events_to_chunks(
     upstream: FakeAnthropic, provider: AnthropicProvider
 ) -> None:
     upstream.events = _stream_events()
-    chunks = [chunk async for chunk in provider.stream(_call({**HELLO, "stream": True}))]
+    async with provider.stream(_call({**HELLO, "stream": True})) as stream:
+        chunks = [chunk async for chunk in stream]
 
     assert upstream.bodies[0]["stream"] is True
     assert upstream.headers[0]["x-api-key"] == API_KEY
@@ -659,8 +662,9 @@ async def test_stream_without_message_stop_raises(
     upstream.events = _stream_events(stop=False)
     received = []
     with pytest.raises(UpstreamServerError, match="without message_stop"):
-        async for chunk in provider.stream(_call(HELLO)):
-            received.append(chunk)
+        async with provider.stream(_call(HELLO)) as chunks:
+            async for chunk in chunks:
+                received.append(chunk)
     assert len(received) == 6  # every content chunk arrived before the cut was noticed
 
 
@@ -682,8 +686,9 @@ async def test_mid_stream_error_event_raises_matching_error(
     ]
     received = []
     with pytest.raises(error_class) as caught:
-        async for chunk in provider.stream(_call(HELLO)):
-            received.append(chunk)
+        async with provider.stream(_call(HELLO)) as chunks:
+            async for chunk in chunks:
+                received.append(chunk)
     assert [c["choices"][0]["delta"] for c in received] == [
         {"role": "assistant", "content": ""},
         {"content": "Let me "},
@@ -701,10 +706,10 @@ async def test_closing_the_stream_early_disconnects_upstream(
     ping: Event = ("ping", {"type": "ping"})
     upstream.events = [*_stream_events(stop=False)[:4], *([ping] * 200)]
     upstream.event_delay_s = 0.01
-    chunks = provider.stream(_call(HELLO))
-    first = await anext(chunks)
-    assert first["choices"][0]["delta"]["role"] == "assistant"
-    await chunks.aclose()  # type: ignore[attr-defined]
+    async with provider.stream(_call(HELLO)) as chunks:
+        first = await anext(chunks)
+        assert first["choices"][0]["delta"]["role"] == "assistant"
+    # Leaving the block closed the stream: the upstream sees the client leave.
     await asyncio.wait_for(upstream.client_left.wait(), timeout=5)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import replace
 from typing import Any
 
@@ -49,7 +50,10 @@ class Scripted:
     async def complete(self, call: UpstreamCall) -> JSONObject:
         raise NotImplementedError
 
-    async def stream(self, call: UpstreamCall) -> AsyncGenerator[JSONObject, None]:
+    def stream(self, call: UpstreamCall) -> aclosing[AsyncGenerator[JSONObject, None]]:
+        return aclosing(self._chunks(call))
+
+    async def _chunks(self, call: UpstreamCall) -> AsyncGenerator[JSONObject, None]:
         self.bodies.append(call.body)
         for step in self.scripts.pop(0):
             if isinstance(step, UpstreamError):

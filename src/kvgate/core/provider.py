@@ -7,7 +7,8 @@ provider only as :class:`~kvgate.providers.errors.UpstreamError` subclasses.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -41,13 +42,17 @@ class Provider(Protocol):
         """
         ...
 
-    def stream(self, call: UpstreamCall) -> AsyncGenerator[JSONObject, None]:
-        """Yield OpenAI chunk objects (``chat.completion.chunk`` or ``text_completion``).
+    def stream(
+        self, call: UpstreamCall
+    ) -> AbstractAsyncContextManager[AsyncIterator[JSONObject]]:
+        """A context manager over the stream's OpenAI chunk objects (``chat.completion.chunk``
+        or ``text_completion``), used as ``async with provider.stream(call) as chunks:``.
 
-        The final chunk carries ``usage``. The iterator raises an ``UpstreamError`` subclass if
-        the upstream fails before or during the stream, including a stream that ends without
-        the upstream's end marker. Closing the iterator early (``aclose``) must cancel the
-        upstream request at once, so the engine frees its KV blocks.
+        The final chunk carries ``usage``. Entering or iterating raises an ``UpstreamError``
+        subclass if the upstream fails before or during the stream, including a stream that
+        ends without the upstream's end marker. Leaving the context, however early, closes the
+        stream and cancels the upstream request at once, so the engine frees its KV blocks
+        (httpcore's ``stream()`` is the model: the stream cannot outlive its block).
         """
         ...
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 
 import orjson
 
@@ -176,7 +177,10 @@ class AnthropicProvider:
             raise overloaded from exc
         return to_chat_completion(message, created=int(time.time()))
 
-    async def stream(self, call: UpstreamCall) -> AsyncGenerator[JSONObject, None]:
+    def stream(self, call: UpstreamCall) -> aclosing[AsyncGenerator[JSONObject, None]]:
+        return aclosing(self._chunks(call))
+
+    async def _chunks(self, call: UpstreamCall) -> AsyncGenerator[JSONObject, None]:
         payload = self._payload(call, stream=True)
         translator = ChunkTranslator(model=call.body.get("model"), created=int(time.time()))
         events = self._http.stream_events(self._messages_url, payload)

@@ -12,6 +12,7 @@ import hashlib
 import random
 import time
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
 import orjson
@@ -92,13 +93,23 @@ class MockProvider:
             key_body = messages[:-1]
         key = orjson.dumps([body.get("model"), key_body, body.get("seed")])
         limit = body.get("max_tokens") or body.get("max_completion_tokens")
-        # The natural answer first, then the limit on what is still to come: a continuation's
-        # max_tokens counts only new tokens, as in vLLM.
-        tokens = _answer_tokens(key, self._settings.default_output_tokens)
+        if not isinstance(limit, int):
+            limit = None
+        # The answer is as long as the request allows (an engine under a load test told
+        # max_tokens=N writes N tokens); without a limit, default_output_tokens and "stop".
+        # A continuation is the rest of the same answer, and its max_tokens counts only new
+        # tokens, as in vLLM: the original length is the partial's tokens plus the limit.
+        if limit is None:
+            count = self._settings.default_output_tokens
+        else:
+            # Answers are prefixes of one another (one XOF stream per key), so a longer count
+            # only extends the same text.
+            count = limit + len(partial.split())
+        tokens = _answer_tokens(key, count)
         if partial:
             tokens = _remaining_after(tokens, partial)
         finish = "stop"
-        if isinstance(limit, int) and limit < len(tokens):
+        if limit is not None and limit <= len(tokens):
             tokens, finish = tokens[:limit], "length"
         return tokens, finish, _prompt_tokens(body)
 
@@ -147,7 +158,10 @@ class MockProvider:
             "usage": usage,
         }
 
-    async def stream(self, call: UpstreamCall) -> AsyncGenerator[JSONObject, None]:
+    def stream(self, call: UpstreamCall) -> aclosing[AsyncGenerator[JSONObject, None]]:
+        return aclosing(self._chunks(call))
+
+    async def _chunks(self, call: UpstreamCall) -> AsyncGenerator[JSONObject, None]:
         self._maybe_fail()
         tokens, finish, prompt_tokens = self._plan(call)
         chat = call.endpoint == "chat"

@@ -8,6 +8,7 @@ stream flags are set by the gateway before the call.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 
 import orjson
 
@@ -48,7 +49,10 @@ class OpenAICompatibleProvider:
     async def complete(self, call: UpstreamCall) -> JSONObject:
         return await self._http.post_json(self._urls[call.endpoint], orjson.dumps(call.body))
 
-    async def stream(self, call: UpstreamCall) -> AsyncGenerator[JSONObject, None]:
+    def stream(self, call: UpstreamCall) -> aclosing[AsyncGenerator[JSONObject, None]]:
+        return aclosing(self._chunks(call))
+
+    async def _chunks(self, call: UpstreamCall) -> AsyncGenerator[JSONObject, None]:
         url = self._urls[call.endpoint]
         events = self._http.stream_events(url, orjson.dumps(call.body))
         try:

@@ -14,19 +14,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator
+from typing import Any
 
 from kvgate.core.call import Call
 from kvgate.core.deployment import Deployment
-from kvgate.core.provider import JSONObject, UpstreamCall
+from kvgate.core.provider import JSONObject
 from kvgate.errors import GatewayError
 from kvgate.observability.metrics import Metrics
 from kvgate.providers.errors import UpstreamError, UpstreamServerError, UpstreamTimeout
 from kvgate.resilience.accounting import record_usage, update_latency, upstream_body
-
-if TYPE_CHECKING:
-    from kvgate.resilience.failover import Failover, ModelRoute
+from kvgate.resilience.attempts import Attempt, AttemptLoop
 
 logger = logging.getLogger("kvgate.stream_relay")
 
@@ -34,17 +32,15 @@ logger = logging.getLogger("kvgate.stream_relay")
 class StreamRelay:
     """An async iterator of OpenAI chunk objects; ``aclose`` must be awaited when done."""
 
-    def __init__(self, failover: Failover, call: Call, route: ModelRoute, metrics: Metrics) -> None:
-        self._failover = failover
-        self._call = call
-        self._route = route
+    def __init__(self, attempts: AttemptLoop, metrics: Metrics) -> None:
+        self._attempts = attempts
+        self._call: Call = attempts.call
+        self._route_name = attempts.route.name
         self._metrics = metrics
         self.deployment: Deployment | None = None
-        self._upstream: AsyncGenerator[JSONObject, None] | None = None
-        self._attempt_active = False
-        self._attempt_started_s = 0.0
-        self._attempts = 0
-        self._tried: set[Deployment] = set()
+        #: The attempt being relayed, until it ends (its in-flight count is released then).
+        self._attempt: Attempt | None = None
+        self._upstream: AsyncIterator[JSONObject] | None = None
         self._pending: JSONObject | None = None
         self._closed = False
         self._text_parts: list[str] = []
@@ -57,7 +53,7 @@ class StreamRelay:
         # Only one answer, and for legacy completions one string prompt, can be continued by
         # resending it with the partial answer appended.
         self._resumable = body.get("n") in (None, 1) and (
-            call.endpoint == "chat" or isinstance(body.get("prompt"), str)
+            self._call.endpoint == "chat" or isinstance(body.get("prompt"), str)
         )
         #: A choice's finish_reason has been relayed: the answer itself is complete.
         self._finished = False
@@ -92,70 +88,48 @@ class StreamRelay:
         return body
 
     async def _open_attempt(self) -> JSONObject:
-        failover, route, call = self._failover, self._route, self._call
-        deadline_s = call.received_s + failover.request_timeout_s
-        last_error: UpstreamError | None = None
-        deadline_passed = False
+        attempts = self._attempts
         if self._text_parts:
             # Resuming: deployments that cannot continue a message are out before the strategy
             # ranks (and a half-open circuit lends its probe to) anything.
-            self._tried.update(d for d in route.deployments if not d.resumes_streams)
-        while self._attempts < route.max_attempts:
-            if deadline_s <= time.perf_counter():
-                last_error = UpstreamTimeout(
-                    f"request deadline of {failover.request_timeout_s}s passed"
-                )
-                break
-            deployment = failover.next_deployment(call, route, self._tried)
-            if deployment is None:
-                break
-            self._attempts += 1
-            self._tried.add(deployment)
-            upstream = deployment.provider.stream(
-                UpstreamCall(call.endpoint, self._body_for(deployment), call.request_id)
-            )
-            deployment.stats.in_flight += 1
-            deployment.stats.requests_total += 1
-            self._attempt_started_s = time.perf_counter()
-            if self._attempts == 1:
-                failover.observe_overhead(call, self._attempt_started_s)
+            attempts.exclude(d for d in attempts.route.deployments if not d.resumes_streams)
+        while (attempt := attempts.next()) is not None:
+            deployment = attempt.deployment
+            await attempt.__aenter__()
             try:
-                async with asyncio.timeout(max(0.0, deadline_s - self._attempt_started_s)):
+                upstream = await attempt.open_stream(self._body_for(deployment))
+                async with asyncio.timeout(attempt.remaining_s):
                     first = await upstream.__anext__()
             except StopAsyncIteration:
-                last_error = UpstreamServerError(f"{deployment.id} sent an empty stream")
+                attempt.failed(UpstreamServerError(f"{deployment.id} sent an empty stream"))
             except TimeoutError:
-                last_error = UpstreamTimeout(
+                attempt.failed(UpstreamTimeout(
                     f"no first chunk from {deployment.id} before the request deadline"
-                )
-                deadline_passed = True  # even if perf_counter is a hair short of it
+                ), deadline=True)  # even if perf_counter is a hair short of it
             except UpstreamError as error:
-                last_error = error
+                attempt.failed(error)
             except BaseException:
-                deployment.stats.in_flight -= 1
-                await upstream.aclose()
+                await attempt.aclose()
                 raise
             else:
                 self.deployment = deployment
+                self._attempt = attempt
                 self._upstream = upstream
-                self._attempt_active = True
                 self._chunks_this_attempt = 0
                 self._billed_this_attempt = False
                 return first
-            deployment.stats.in_flight -= 1
-            await upstream.aclose()
-            failover.record_attempt(call, route, deployment, last_error)
-            if deadline_passed or not last_error.retryable:
-                break
-        raise failover.exhausted(route, self._tried, last_error)
+            await attempt.aclose()
+        raise attempts.exhausted()
 
-    def _end_attempt(self, error: UpstreamError | None) -> None:
-        deployment = self.deployment
-        if not self._attempt_active or deployment is None:
+    async def _end_attempt(self, error: UpstreamError | None) -> None:
+        attempt, self._attempt = self._attempt, None
+        if attempt is None:
             return
-        self._attempt_active = False
-        deployment.stats.in_flight -= 1
-        self._failover.record_attempt(self._call, self._route, deployment, error)
+        if error is None:
+            attempt.succeeded()
+        else:
+            attempt.failed(error)
+        await attempt.aclose()
 
     # -- iteration ------------------------------------------------------------------------
 
@@ -171,12 +145,11 @@ class StreamRelay:
         try:
             chunk = await self._upstream.__anext__()
         except StopAsyncIteration:
-            self._end_attempt(None)
-            await self.aclose()
+            self._closed = True
+            await self._end_attempt(None)
             raise
         except UpstreamError as error:
-            self._end_attempt(error)
-            await self._upstream.aclose()
+            await self._end_attempt(error)
             if self._finished:
                 # Cut after the finish_reason (only the usage chunk or [DONE] was lost): the
                 # client holds the whole answer, and continuing a finished message would only
@@ -204,17 +177,17 @@ class StreamRelay:
         except (UpstreamError, GatewayError) as error:
             # The client hears why its stream broke, not why no one could take it over.
             self._closed = True
-            self._metrics.stream_resumes_for(self._route.name, "failed").inc()
+            self._metrics.stream_resumes_for(self._route_name, "failed").inc()
             logger.warning(
                 "stream %s of %s cut after %d chunks and not resumed: %s",
-                self._call.request_id, self._route.name, self._chunks_before_resume, error,
+                self._call.request_id, self._route_name, self._chunks_before_resume, error,
             )
             raise cause from None
         self._resuming = True
-        self._metrics.stream_resumes_for(self._route.name, "resumed").inc()
+        self._metrics.stream_resumes_for(self._route_name, "resumed").inc()
         logger.info(
             "stream %s of %s cut after %d chunks, resumed on %s",
-            self._call.request_id, self._route.name, self._chunks_before_resume,
+            self._call.request_id, self._route_name, self._chunks_before_resume,
             self.deployment.id if self.deployment else "?",
         )
         return first
@@ -227,7 +200,7 @@ class StreamRelay:
         self._billed_this_attempt = True
         if self.deployment is not None and self._chunks_this_attempt:
             record_usage(
-                self._metrics, self._call, self._route.name, self.deployment,
+                self._metrics, self._call, self._route_name, self.deployment,
                 {"prompt_tokens": 0, "completion_tokens": self._chunks_this_attempt},
             )
 
@@ -261,7 +234,7 @@ class StreamRelay:
         usage = chunk.get("usage")
         if usage and self.deployment is not None:
             self._billed_this_attempt = True
-            record_usage(self._metrics, self._call, self._route.name, self.deployment, usage)
+            record_usage(self._metrics, self._call, self._route_name, self.deployment, usage)
             if self._chunks_before_resume:
                 # Report the whole answer as completion tokens, not part of the resent prompt.
                 usage["completion_tokens"] = (usage.get("completion_tokens") or 0) + (
@@ -276,23 +249,20 @@ class StreamRelay:
     def _first_token_arrived(self) -> None:
         self._first_chunk_seen = True
         now_s = time.perf_counter()
-        if self.deployment is not None:
+        if self.deployment is not None and self._attempt is not None:
             update_latency(
-                self.deployment, ttft_s=now_s - self._attempt_started_s, ms_per_token=None
+                self.deployment, ttft_s=now_s - self._attempt.started_s, ms_per_token=None
             )
-            self._metrics.ttft_seconds_for(self._route.name, self.deployment.id).observe(
+            self._metrics.ttft_seconds_for(self._route_name, self.deployment.id).observe(
                 now_s - self._call.received_s
             )
 
     async def aclose(self) -> None:
         """Stop the stream; if an attempt is still running it is cancelled upstream."""
-        if self._closed and not self._attempt_active:
-            return
         self._closed = True
-        if self._attempt_active and self.deployment is not None:
-            # The client left (or the API layer stopped relaying) mid-answer.
+        if self._attempt is not None:
+            # The client left (or the API layer stopped relaying) mid-answer: the attempt is
+            # abandoned, neither credited nor blamed, and its relayed chunks are billed.
             self._bill_cut_attempt()
-            self._attempt_active = False
-            self.deployment.stats.in_flight -= 1
-        if self._upstream is not None:
-            await self._upstream.aclose()
+            attempt, self._attempt = self._attempt, None
+            await attempt.aclose()
