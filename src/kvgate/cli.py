@@ -23,12 +23,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from kvgate.config import ConfigError, load_settings
+    from kvgate.config import check_config_file
 
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        print(f"invalid: {exc}", file=sys.stderr)
+    report = check_config_file(args.config)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for error in report.errors:
+        print(f"invalid: {error}", file=sys.stderr)
+    settings = report.settings
+    if settings is None:
         return 1
     from kvgate.gateway.compose import build_gateway
 

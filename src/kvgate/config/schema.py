@@ -5,9 +5,17 @@ Models are frozen: configuration is read once, and nothing at request time may c
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, TypeVar
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    field_validator,
+    model_validator,
+)
 
 
 class _Frozen(BaseModel):
@@ -314,21 +322,75 @@ class Settings(_Frozen):
             return self.routing
         return _overlay(self.routing, model.routing)
 
-    @model_validator(mode="after")
-    def _check_references(self) -> Settings:
-        seen: set[str] = set()
-        for index, model in enumerate(self.models):
-            if model.name in seen:
-                raise ValueError(f"models[{index}].name: duplicate model name {model.name!r}")
-            seen.add(model.name)
-            for dep_index, deployment in enumerate(model.deployments):
-                if deployment.provider not in self.providers:
-                    known = ", ".join(sorted(self.providers)) or "none"
-                    raise ValueError(
-                        f"models[{index}].deployments[{dep_index}].provider: unknown provider "
-                        f"{deployment.provider!r} (configured: {known})"
-                    )
-        return self
+    @model_validator(mode="wrap")
+    @classmethod
+    def _check_references(
+        cls, data: Any, handler: ModelWrapValidatorHandler[Settings]
+    ) -> Settings:
+        settings = handler(data)
+        problems = reference_problems(data) if isinstance(data, Mapping) else []
+        if problems:
+            raise ReferenceProblems(problems)
+        return settings
+
+
+#: Where in the config a value sits, as pydantic writes it: keys and list indexes.
+Location = tuple[int | str, ...]
+
+
+class ReferenceProblems(ValueError):
+    """Cross-field errors (every one found, each with its location), raised by ``Settings``."""
+
+    def __init__(self, problems: list[tuple[Location, str]]) -> None:
+        self.problems = problems
+        loc, message = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(f"{format_location(loc)}: {message}{more}")
+
+
+def reference_problems(data: Mapping[str, Any]) -> list[tuple[Location, str]]:
+    """Errors no single field can see: duplicate model names, deployments naming a provider
+    that is not configured.
+
+    Reads the raw (unvalidated) data and skips whatever has the wrong shape, since pydantic
+    reports that itself; so these are found even while other fields are invalid, and a config
+    file's every error can be reported at once.
+    """
+    providers = data.get("providers")
+    known = sorted(str(name) for name in providers) if isinstance(providers, Mapping) else None
+    models = data.get("models")
+    problems: list[tuple[Location, str]] = []
+    seen: set[str] = set()
+    for index, model in enumerate(models if isinstance(models, list) else []):
+        if not isinstance(model, Mapping):
+            continue
+        name = model.get("name")
+        if isinstance(name, str):
+            if name in seen:
+                problems.append((("models", index, "name"), f"duplicate model name {name!r}"))
+            seen.add(name)
+        deployments = model.get("deployments")
+        if known is None or not isinstance(deployments, list):
+            continue
+        for dep_index, deployment in enumerate(deployments):
+            provider = deployment.get("provider") if isinstance(deployment, Mapping) else None
+            if isinstance(provider, str) and provider not in known:
+                problems.append((
+                    ("models", index, "deployments", dep_index, "provider"),
+                    f"unknown provider {provider!r} (configured: {', '.join(known) or 'none'})",
+                ))
+    return problems
+
+
+def format_location(loc: Location) -> str:
+    """``("models", 0, "name")`` as ``models[0].name``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
 
 
 def _overlay(base: _FrozenT, override: _FrozenT) -> _FrozenT:
