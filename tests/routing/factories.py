@@ -43,8 +43,6 @@ def context() -> RoutingContext:
 
 
 def prepared(strategy: RoutingStrategy, request: Call) -> Call:
-    """Run the strategy's once-per-request ``prepare`` (if it has one), as failover does."""
-    prepare = getattr(strategy, "prepare", None)
-    if prepare is not None:
-        asyncio.run(prepare(request))
+    """Run the strategy's once-per-request ``prepare`` (a no-op for most), as failover does."""
+    asyncio.run(strategy.prepare(request))
     return request

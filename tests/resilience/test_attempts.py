@@ -1,0 +1,220 @@
+"""The attempt loop's accounting: every attempt's in-flight count is released exactly once and
+its outcome recorded (or not) on every path — answer, error, deadline, cancel, client gone."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from dataclasses import replace
+
+import pytest
+
+from kvgate.config.schema import BreakerSettings
+from kvgate.core.call import Call, Completion, StreamingCompletion
+from kvgate.core.deployment import Deployment
+from kvgate.core.provider import JSONObject, UpstreamCall
+from kvgate.errors import GatewayError
+from kvgate.observability.metrics import Metrics
+from kvgate.providers.errors import (
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamServerError,
+    UpstreamTimeout,
+)
+from kvgate.resilience.attempts import AttemptLoop, Dispatch, ModelRoute
+from kvgate.resilience.breaker import CircuitBreakerBoard
+from kvgate.resilience.failover import Failover
+from kvgate.routing.round_robin import RoundRobin
+from tests.routing.factories import deployment, routing
+
+
+class Controlled:
+    """A provider whose every call does what the test says: answer, raise, or wait."""
+
+    def __init__(self, *, error: UpstreamError | None = None, wait: bool = False) -> None:
+        self.error = error
+        self.wait = wait
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.calls = 0
+        self.streams_closed = 0
+
+    async def complete(self, call: UpstreamCall) -> JSONObject:
+        self.calls += 1
+        self.entered.set()
+        if self.wait:
+            await self.release.wait()
+        if self.error is not None:
+            raise self.error
+        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
+
+    def stream(self, call: UpstreamCall) -> aclosing[AsyncGenerator[JSONObject, None]]:
+        return aclosing(self._chunks())
+
+    async def _chunks(self) -> AsyncGenerator[JSONObject, None]:
+        self.calls += 1
+        try:
+            if self.error is not None:
+                raise self.error
+            for text in ("a", "b", "c"):
+                yield {"id": "x", "choices": [{"index": 0, "delta": {"content": text},
+                                               "finish_reason": None}]}
+                self.entered.set()
+                if self.wait:
+                    await self.release.wait()
+            yield {"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        finally:
+            self.streams_closed += 1
+
+    async def check_health(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        return None
+
+
+def on(provider: Controlled, name: str) -> Deployment:
+    return replace(deployment(name), provider=provider, provider_name=name)
+
+
+def failover_for(*deployments: Deployment, max_attempts: int = 3, timeout_s: float = 30.0,
+                 breakers: CircuitBreakerBoard | None = None) -> Failover:
+    route = ModelRoute("m", list(deployments), RoundRobin(deployments, routing()), max_attempts)
+    return Failover({"m": route}, breakers or CircuitBreakerBoard(), Metrics(),
+                    request_timeout_s=timeout_s)
+
+
+def call(*, stream: bool = False) -> Call:
+    return Call("r", "chat", time.perf_counter(), model="m", stream=stream,
+                body={"messages": [{"role": "user", "content": "hi"}]})
+
+
+def in_flight(*deployments: Deployment) -> list[int]:
+    return [d.stats.in_flight for d in deployments]
+
+
+async def test_an_answer_releases_its_attempt_and_records_success() -> None:
+    a = on(Controlled(), "a")
+    outcome = await failover_for(a)(call())
+    assert isinstance(outcome, Completion) and outcome.deployment is a
+    assert in_flight(a) == [0]
+    assert a.stats.requests_total == 1 and a.stats.failures_total == 0
+
+
+async def test_a_retryable_error_fails_over_and_each_attempt_is_released() -> None:
+    a, b = on(Controlled(error=UpstreamServerError("boom")), "a"), on(Controlled(), "b")
+    request = call()
+    outcome = await failover_for(a, b)(request)
+    assert isinstance(outcome, Completion) and outcome.deployment is b
+    assert in_flight(a, b) == [0, 0]
+    assert a.stats.failures_total == 1 and request.failed_attempts == 1
+
+
+async def test_a_fatal_error_ends_the_loop_without_trying_elsewhere() -> None:
+    rejected = UpstreamRejected("bad request", upstream_status=400)
+    a, b = on(Controlled(error=rejected), "a"), on(Controlled(), "b")
+    with pytest.raises(UpstreamRejected):
+        await failover_for(a, b)(call())
+    assert b.provider.calls == 0  # type: ignore[attr-defined]
+    assert in_flight(a, b) == [0, 0]
+
+
+async def test_max_attempts_bounds_the_loop_and_the_last_error_is_answered() -> None:
+    providers = [Controlled(error=UpstreamRateLimited("slow down")) for _ in range(3)]
+    deployments = [on(p, f"d{i}") for i, p in enumerate(providers)]
+    with pytest.raises(UpstreamRateLimited):
+        await failover_for(*deployments, max_attempts=2)(call())
+    assert sum(p.calls for p in providers) == 2
+    assert in_flight(*deployments) == [0, 0, 0]
+
+
+async def test_the_deadline_cuts_an_attempt_and_nothing_follows() -> None:
+    slow, spare = Controlled(wait=True), Controlled()
+    a, b = on(slow, "a"), on(spare, "b")
+    with pytest.raises(UpstreamTimeout):
+        await failover_for(a, b, timeout_s=0.05)(call())
+    assert spare.calls == 0
+    assert in_flight(a, b) == [0, 0]
+
+
+async def test_a_cancelled_blocking_call_releases_without_blaming_the_deployment() -> None:
+    slow = Controlled(wait=True)
+    a = on(slow, "a")
+    breakers = CircuitBreakerBoard()
+    breakers.watch(a, BreakerSettings(consecutive_failures=1))
+    task = asyncio.create_task(failover_for(a, breakers=breakers)(call()))
+    await asyncio.wait_for(slow.entered.wait(), 5)
+    assert in_flight(a) == [1]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert in_flight(a) == [0]
+    assert a.stats.failures_total == 0 and breakers.allows(a)
+
+
+async def test_a_client_leaving_mid_stream_releases_and_closes_the_upstream() -> None:
+    upstream = Controlled(wait=True)
+    a = on(upstream, "a")
+    outcome = await failover_for(a)(call(stream=True))
+    assert isinstance(outcome, StreamingCompletion)
+    first = await anext(outcome.chunks)
+    assert first["choices"][0]["delta"]["content"] == "a"
+    assert in_flight(a) == [1]
+    await outcome.chunks.aclose()
+    assert in_flight(a) == [0]
+    assert upstream.streams_closed == 1
+    assert a.stats.failures_total == 0
+    await outcome.chunks.aclose()  # closing twice releases nothing twice
+    assert in_flight(a) == [0]
+
+
+async def test_a_finished_stream_releases_once_and_records_success() -> None:
+    upstream = Controlled()
+    a = on(upstream, "a")
+    outcome = await failover_for(a)(call(stream=True))
+    assert isinstance(outcome, StreamingCompletion)
+    texts = [c["choices"][0]["delta"].get("content") async for c in outcome.chunks]
+    await outcome.chunks.aclose()
+    assert texts == ["a", "b", "c", None]
+    assert in_flight(a) == [0] and upstream.streams_closed == 1
+
+
+async def test_a_stream_that_fails_to_open_fails_over() -> None:
+    broken, spare = Controlled(error=UpstreamServerError("down")), Controlled()
+    a, b = on(broken, "a"), on(spare, "b")
+    outcome = await failover_for(a, b)(call(stream=True))
+    assert isinstance(outcome, StreamingCompletion) and outcome.deployment is b
+    await outcome.chunks.aclose()
+    assert in_flight(a, b) == [0, 0]
+    assert broken.streams_closed == 1 and a.stats.failures_total == 1
+
+
+async def test_all_circuits_open_is_a_503_with_retry_after() -> None:
+    a = on(Controlled(), "a")
+    breakers = CircuitBreakerBoard()
+    breakers.watch(a, BreakerSettings(consecutive_failures=1, cooldown_s=30))
+    breakers.record_failure(a)
+    loop = AttemptLoop(Dispatch(breakers, Metrics(), 30.0), call(),
+                       ModelRoute("m", [a], RoundRobin([a], routing()), 3))
+    assert loop.next() is None
+    error = loop.exhausted()
+    assert isinstance(error, GatewayError) and error.status == 503
+    assert int(error.headers["retry-after"]) >= 1
+
+
+async def test_excluded_deployments_are_never_chosen() -> None:
+    a, b = on(Controlled(), "a"), on(Controlled(), "b")
+    loop = AttemptLoop(Dispatch(CircuitBreakerBoard(), Metrics(), 30.0), call(),
+                       ModelRoute("m", [a, b], RoundRobin([a, b], routing()), 3))
+    loop.exclude([a])
+    attempt = loop.next()
+    assert attempt is not None and attempt.deployment is b
+    async with attempt:
+        assert in_flight(a, b) == [0, 1]
+    assert in_flight(a, b) == [0, 0]
+    assert loop.next() is None
