@@ -31,12 +31,6 @@ async def index(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator
     await redis_index.aclose()
 
 
-async def settle(index: AffinityIndex) -> None:
-    flush = getattr(index, "flush", None)
-    if flush is not None:
-        await flush()
-
-
 async def test_unknown_prompt_matches_nowhere(index: AffinityIndex) -> None:
     assert await index.match([1, 2, 3], ["a", "b"]) == [0, 0]
     assert await index.match([], ["a"]) == [0]
@@ -45,7 +39,7 @@ async def test_unknown_prompt_matches_nowhere(index: AffinityIndex) -> None:
 async def test_leading_run_per_deployment(index: AffinityIndex) -> None:
     index.record("a", [11, 12, 13, 14])
     index.record("b", [11, 12, 99])
-    await settle(index)
+    await index.flush()
     assert await index.match([11, 12, 13, 14, 15], ["a", "b", "c"]) == [4, 2, 0]
     assert await index.match([12, 13], ["a"]) == [2]
     assert await index.match([5, 11, 12], ["a", "b"]) == [0, 0]
@@ -53,23 +47,23 @@ async def test_leading_run_per_deployment(index: AffinityIndex) -> None:
 
 async def test_recording_again_extends_the_run(index: AffinityIndex) -> None:
     index.record("a", [1, 2])
-    await settle(index)
+    await index.flush()
     index.record("a", [1, 2, 3, 4])
-    await settle(index)
+    await index.flush()
     assert await index.match([1, 2, 3, 4], ["a"]) == [4]
 
 
 async def test_large_hashes_round_trip(index: AffinityIndex) -> None:
     big = [(1 << 63) + 5, (1 << 64) - 1]
     index.record("a", big)
-    await settle(index)
+    await index.flush()
     assert await index.match(big, ["a"]) == [2]
 
 
 async def test_concurrent_records_and_matches(index: AffinityIndex) -> None:
     for i in range(50):
         index.record(f"d{i % 5}", [i, i + 1000])
-    await settle(index)
+    await index.flush()
     results = await asyncio.gather(*(index.match([i, i + 1000], [f"d{i % 5}"])
                                      for i in range(50)))
     assert all(r == [2] for r in results)

@@ -30,7 +30,14 @@ class ResponseStore(Protocol):
         """Entries held; -1 when the store cannot tell cheaply."""
         ...
 
-    async def aclose(self) -> None: ...
+    async def flush(self) -> None:
+        """Return once every ``put`` made so far can be read by ``get`` (on every gateway
+        sharing the store); a store that writes synchronously returns at once."""
+        ...
+
+    async def aclose(self) -> None:
+        """Finish queued writes, then release the store (the Redis client is its owner's)."""
+        ...
 
 
 class MemoryResponseStore:
@@ -67,6 +74,9 @@ class MemoryResponseStore:
 
     def size(self) -> int:
         return len(self._entries)
+
+    async def flush(self) -> None:
+        return None  # put() stores synchronously
 
     async def aclose(self) -> None:
         return None

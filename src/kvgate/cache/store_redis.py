@@ -101,10 +101,10 @@ class RedisResponseStore:
     def size(self) -> int:
         return -1
 
-    async def drain(self) -> None:
-        """Wait until every write queued so far is done."""
+    async def flush(self) -> None:
+        """Wait until every write queued so far is done (or dropped, Redis being down)."""
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
 
     async def aclose(self) -> None:
-        await self.drain()
+        await self.flush()

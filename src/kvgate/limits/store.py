@@ -29,7 +29,14 @@ class LimitStore(Protocol):
         """Charge a finished request's tokens and spend; must not block."""
         ...
 
-    async def aclose(self) -> None: ...
+    async def flush(self) -> None:
+        """Return once every charge made so far is visible to ``admit`` (on every gateway
+        sharing the store); a store that writes synchronously returns at once."""
+        ...
+
+    async def aclose(self) -> None:
+        """Write what is queued, then release the store (the Redis client is its owner's)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -102,6 +109,9 @@ class MemoryLimitStore:
         if policy.tpm and tokens:
             state.tokens.level = max(-float(policy.tpm), state.tokens.level - tokens)
         state.spent_usd += usd
+
+    async def flush(self) -> None:
+        return None  # charges are applied synchronously in charge()
 
     async def aclose(self) -> None:
         return None

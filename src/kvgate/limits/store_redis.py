@@ -153,12 +153,12 @@ class RedisLimitStore:
         except RedisError as exc:
             logger.warning("charge for %s lost: Redis unavailable (%s)", policy.name, exc)
 
-    async def drain(self) -> None:
-        """Wait until every charge queued so far is written."""
+    async def flush(self) -> None:
+        """Wait until every charge queued so far is written (or dropped, Redis being down)."""
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
 
     async def aclose(self) -> None:
         """Write the queued charges (the client itself is closed by its owner)."""
-        await self.drain()
+        await self.flush()
 

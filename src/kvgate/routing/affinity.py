@@ -38,6 +38,11 @@ class AffinityIndex(Protocol):
         """Tracked (deployment, block) entries; -1 when the backend cannot tell cheaply."""
         ...
 
+    async def flush(self) -> None:
+        """Return once every ``record`` made so far is seen by ``match`` (on every gateway
+        sharing the index); a backend that records synchronously returns at once."""
+        ...
+
 
 class MemoryAffinityIndex:
     """One insertion-ordered dict per deployment: block hash -> the second it was last served.
@@ -108,6 +113,9 @@ class MemoryAffinityIndex:
 
     def size(self) -> int:
         return sum(len(b) for b in self._blocks.values())
+
+    async def flush(self) -> None:
+        return None  # record() writes synchronously
 
 
 #: Keys are kept to 60 bits so CPython stores them in a 32-byte int rather than 36.

@@ -106,7 +106,7 @@ class RedisAffinityIndex:
         return -1
 
     async def flush(self) -> None:
-        """Wait for queued writes (tests and shutdown)."""
+        """Wait until every write queued so far is done (or failed, Redis being down)."""
         if self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
