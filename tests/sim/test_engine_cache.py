@@ -84,7 +84,7 @@ def test_running_requests_are_pinned() -> None:
 
 def test_image_hash_changes_the_blocks_it_covers() -> None:
     engine, _ = make_engine(LLAVA, num_gpu_blocks=200)
-    image_tokens = [LLAVA.image_token_id] * (3 * B)
+    image_tokens = [LLAVA.prompt_format.image_token_id] * (3 * B)
     prompt = blocks(0, 1) + image_tokens + blocks(5) + [9]
     first = MMPlaceholder("image-a", 2 * B, 3 * B)
     run_alone(engine, request(prompt, mm=[first]))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from kvgate.sim.profiles import PROFILES, get_profile, llava_onevision_image_tokens
+from kvgate.sim.profiles import PROFILES, get_profile
+from kvgate.vllm_compat.sim_prompt import PROMPT_FORMATS
+from kvgate.vllm_compat.vision_tokens import llava_onevision_image_tokens
 
 
 @pytest.mark.parametrize(
@@ -21,11 +23,18 @@ def test_profile_lookup_and_overrides() -> None:
     with pytest.raises(KeyError, match="known"):
         get_profile("nope")
     llava = get_profile("llava-onevision-7b-a40")
-    assert llava.image_tokens(None, None) == llava.default_image_tokens
+    assert llava.image_tokens(None, None) == llava.prompt_format.default_image_tokens
     assert llava.image_tokens(384, 384) == 1485
     assert llava.with_overrides(num_gpu_blocks=10).num_gpu_blocks == 10
     assert llava.num_gpu_blocks != 10  # frozen original untouched
-    assert not get_profile("llama-3.1-8b-h100").accepts_images
+    assert not get_profile("llama-3.1-8b-h100").prompt_format.accepts_images
+
+
+def test_gateway_prompt_formats_are_the_profiles_formats() -> None:
+    """A gateway's ``kvgate-sim:<profile>`` tokenizer renders what that profile's replica does."""
+    assert set(PROMPT_FORMATS) == set(PROFILES)
+    for name, profile in PROFILES.items():
+        assert PROMPT_FORMATS[name] is profile.prompt_format
 
 
 def test_offload_transfer_is_cheaper_than_recomputing_a_block() -> None:

@@ -1,141 +1,63 @@
-"""Rendering OpenAI messages into token ids and image placeholders."""
+"""A replica's rendering: the shared prompt format plus the seed of the answer it generates."""
 
 from __future__ import annotations
 
 import base64
-import io
 
 import pytest
 
-from kvgate.sim.prompt import IM_END_ID, IM_START_ID, LLAMA3_BOS_ID, PromptError, PromptRenderer
-from kvgate.sim.tokenizer import SimTokenizer
+from kvgate.sim.filler import answer_seed
+from kvgate.sim.prompt import PromptError, PromptRenderer
 from kvgate.vllm_compat.mm_hash import image_mm_hash
+from kvgate.vllm_compat.sim_prompt import IM_END_ID, LLAMA3_EOT_ID
+from kvgate.vllm_compat.sim_tokenizer import SimTokenizer
 from tests.sim.conftest import LLAMA, LLAVA
 
 PNG_4X3 = bytes.fromhex(
     "89504e470d0a1a0a0000000d49484452000000040000000308020000003b9639910000001449444154789c"
     "63e4129163800126062480c20100093400428f0b6d120000000049454e44ae426082"
 )
+IMAGE_MESSAGE = {"role": "user", "content": [
+    {"type": "image_url", "image_url": {"url": "data:image/png;base64,"
+                                        + base64.b64encode(PNG_4X3).decode()}},
+    {"type": "text", "text": "what is this?"},
+]}
 
 
-def _data_url(data: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(data).decode()
+def test_eos_follows_the_profile_template() -> None:
+    assert PromptRenderer(LLAVA, SimTokenizer()).eos_token_id == IM_END_ID
+    assert PromptRenderer(LLAMA, SimTokenizer()).eos_token_id == LLAMA3_EOT_ID
 
 
-def _llava() -> PromptRenderer:
-    return PromptRenderer(LLAVA, SimTokenizer())
-
-
-def test_chatml_structure() -> None:
-    rendered = _llava().render_chat([{"role": "user", "content": "hi"}])
-    ids = rendered.token_ids
-    assert ids[0] == IM_START_ID and IM_END_ID in ids
-    # The generation prompt opens an assistant turn.
-    assert ids[-1 - SimTokenizer.count("assistant\n")] == IM_START_ID
-    assert rendered.partial_answer == "" and rendered.mm_items == ()
-
-
-def test_llama3_starts_with_bos() -> None:
-    rendered = PromptRenderer(LLAMA, SimTokenizer()).render_chat(
-        [{"role": "user", "content": "hi"}]
-    )
-    assert rendered.token_ids[0] == LLAMA3_BOS_ID
-
-
-def test_editing_a_later_message_keeps_earlier_tokens() -> None:
-    renderer = _llava()
-    system = {"role": "system", "content": "You are a careful assistant. " * 20}
-    a = renderer.render_chat([system, {"role": "user", "content": "first question"}]).token_ids
-    b = renderer.render_chat([system, {"role": "user", "content": "other question"}]).token_ids
-    common = next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
-    assert common > 150
-
-
-def test_image_placeholder_from_data_url() -> None:
-    renderer = _llava()
-    rendered = renderer.render_chat([{"role": "user", "content": [
-        {"type": "text", "text": "what is this?"},
-        {"type": "image_url", "image_url": {"url": _data_url(PNG_4X3)}},
-    ]}])
+def test_seed_is_taken_from_the_prompt_and_its_images() -> None:
+    renderer = PromptRenderer(LLAVA, SimTokenizer())
+    rendered = renderer.render_chat([IMAGE_MESSAGE])
     (item,) = rendered.mm_items
     assert item.identifier == image_mm_hash(PNG_4X3, LLAVA.served_model_name)
-    assert item.length == LLAVA.image_tokens(4, 3)
-    # Images come first in their message, as vLLM places them.
-    span = rendered.token_ids[item.offset:item.offset + item.length]
-    assert set(span) == {LLAVA.image_token_id}
-    assert item.offset == 1 + len(SimTokenizer().encode("user\n"))
+    assert rendered.answer_seed == answer_seed(rendered.token_ids, (item.identifier,))
+    assert rendered.num_image_tokens == item.length == LLAVA.image_tokens(4, 3)
+    completion = renderer.render_completion("abcdefgh")
+    assert completion.answer_seed == answer_seed(completion.token_ids)
 
 
-def test_http_image_url_is_hashed_not_fetched() -> None:
-    renderer = _llava()
-    identifier, tokens = renderer.resolve_image("https://example.com/cat.png")
-    assert identifier == renderer.resolve_image("https://example.com/cat.png")[0]
-    assert identifier != renderer.resolve_image("https://example.com/dog.png")[0]
-    assert tokens == LLAVA.default_image_tokens
-    assert renderer.resolve_image("https://example.com/cat.png", uuid="u1")[0] == "u1"
+def test_served_model_name_keys_image_hashes() -> None:
+    renamed = LLAVA.with_overrides(served_model_name="my-llava")
+    (item,) = PromptRenderer(renamed, SimTokenizer()).render_chat([IMAGE_MESSAGE]).mm_items
+    assert item.identifier == image_mm_hash(PNG_4X3, "my-llava")
 
 
-def test_fixed_image_tokens_override() -> None:
+def test_continuation_keeps_the_fresh_requests_seed() -> None:
+    renderer = PromptRenderer(LLAVA, SimTokenizer())
+    question = {"role": "user", "content": "tell me a story"}
+    continued = renderer.render_chat([question, {"role": "assistant", "content": " the and"}],
+                                     add_generation_prompt=False, continue_final_message=True)
+    assert continued.partial_answer == " the and"
+    assert continued.answer_seed == renderer.render_chat([question]).answer_seed
+    assert continued.answer_seed != renderer.render_chat([question, question]).answer_seed
+
+
+def test_fixed_image_tokens_and_errors_pass_through() -> None:
     renderer = PromptRenderer(LLAVA, SimTokenizer(), image_tokens=100)
-    assert renderer.resolve_image(_data_url(PNG_4X3))[1] == 100
-
-
-def test_continue_final_message_extends_the_fresh_prompt() -> None:
-    renderer = _llava()
-    history = [{"role": "user", "content": "tell me a story"}]
-    fresh = renderer.render_chat(history)
-    partial = " the and for"
-    cont = renderer.render_chat(
-        [*history, {"role": "assistant", "content": partial}],
-        add_generation_prompt=False, continue_final_message=True,
-    )
-    assert cont.answer_seed == fresh.answer_seed
-    assert cont.partial_answer == partial
-    assert cont.token_ids == fresh.token_ids + SimTokenizer().encode(partial)
-
-
-@pytest.mark.parametrize("messages", [
-    [],
-    [{"content": "no role"}],
-    [{"role": "user", "content": [{"type": "input_audio"}]}],
-    [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "file:///x"}}]}],
-])
-def test_bad_messages(messages: list[object]) -> None:
-    with pytest.raises(PromptError):
-        _llava().render_chat(messages)
-
-
-def test_continue_needs_assistant_and_excludes_generation_prompt() -> None:
-    renderer = _llava()
-    with pytest.raises(PromptError):
-        renderer.render_chat([{"role": "user", "content": "x"}], add_generation_prompt=False,
-                             continue_final_message=True)
-    with pytest.raises(PromptError):
-        renderer.render_chat([{"role": "assistant", "content": "x"}],
-                             continue_final_message=True)
-
-
-def test_text_only_model_rejects_images() -> None:
-    renderer = PromptRenderer(LLAMA, SimTokenizer())
+    assert renderer.resolve_image("https://example.com/cat.png")[1] == 100
     with pytest.raises(PromptError, match="image"):
-        renderer.render_chat([{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}])
-
-
-def test_completion_prompts() -> None:
-    renderer = _llava()
-    assert renderer.render_completion("abcdefgh").token_ids == SimTokenizer().encode("abcdefgh")
-    assert renderer.render_completion([5, 6, 7]).token_ids == [5, 6, 7]
-    assert renderer.render_completion(["abcd"]).token_ids == SimTokenizer().encode("abcd")
-    with pytest.raises(PromptError):
-        renderer.render_completion({"x": 1})
-
-
-def test_jpeg_size_sets_token_count() -> None:
-    pil = pytest.importorskip("PIL.Image")
-    buffer = io.BytesIO()
-    pil.new("RGB", (640, 480), (1, 2, 3)).save(buffer, "JPEG")
-    _, tokens = _llava().resolve_image(
-        "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
-    )
-    assert tokens == 2929
+        PromptRenderer(LLAMA, SimTokenizer()).render_chat([IMAGE_MESSAGE])

@@ -11,7 +11,7 @@ VISION_TOKENS = 6561  # the "6.5k vision tokens" of the seed's measurements
 
 def _image_prompt(question: int) -> tuple[list[int], list[MMPlaceholder]]:
     head = [400 + i for i in range(24)]
-    tokens = head + [LLAVA.image_token_id] * VISION_TOKENS + [900 + question] * 40
+    tokens = head + [LLAVA.prompt_format.image_token_id] * VISION_TOKENS + [900 + question] * 40
     return tokens, [MMPlaceholder("photo", len(head), VISION_TOKENS)]
 
 

@@ -11,12 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Literal
 
-from kvgate.vllm_compat.vision_tokens import llava_onevision_image_tokens
-
-ChatTemplateKind = Literal["chatml", "llama3"]
-VisionTokenRule = Literal["llava_onevision", "fixed"]
+from kvgate.vllm_compat.sim_prompt import LLAMA_31, LLAVA_ONEVISION_QWEN2, PromptFormat
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +21,9 @@ class Profile:
 
     name: str
     served_model_name: str
-    chat_template: ChatTemplateKind
+    # Chat template, image token and vision-token rule: shared with a gateway that routes
+    # in front of simulated replicas, so they live in the neutral package.
+    prompt_format: PromptFormat
     # Capacity and scheduler limits (vLLM names).
     block_size: int
     num_gpu_blocks: int
@@ -43,9 +41,6 @@ class Profile:
     frontend_s: float
     image_preprocess_s_per_token: float
     # Vision.
-    vision_token_rule: VisionTokenRule
-    image_token_id: int
-    default_image_tokens: int
     vision_encoder_s_per_token: float
     encoder_cache_tokens: int
     # KV geometry and the CPU offload link.
@@ -58,16 +53,9 @@ class Profile:
         """Time to bring one block back from the CPU tier over the host link."""
         return self.block_size * self.kv_bytes_per_token / self.offload_bandwidth_bytes_per_s
 
-    @property
-    def accepts_images(self) -> bool:
-        """Whether the model takes image inputs (vLLM rejects them for text-only models)."""
-        return self.vision_token_rule == "llava_onevision" or self.default_image_tokens > 0
-
     def image_tokens(self, width: int | None, height: int | None) -> int:
         """Placeholder tokens one image occupies (the image's size when known)."""
-        if self.vision_token_rule == "llava_onevision" and width and height:
-            return llava_onevision_image_tokens(width, height)
-        return self.default_image_tokens
+        return self.prompt_format.image_tokens(width, height)
 
     def with_overrides(self, **changes: object) -> Profile:
         """A copy with some fields replaced (e.g. num_gpu_blocks from --kv-blocks)."""
@@ -87,7 +75,7 @@ class Profile:
 LLAVA_ONEVISION_7B_A40 = Profile(
     name="llava-onevision-7b-a40",
     served_model_name="llava-hf/llava-onevision-qwen2-7b-ov-hf",
-    chat_template="chatml",
+    prompt_format=LLAVA_ONEVISION_QWEN2,  # 6,561 tokens (9 crops x 729) for an unsized image
     block_size=16,
     num_gpu_blocks=26_000,
     max_num_seqs=256,
@@ -101,9 +89,6 @@ LLAVA_ONEVISION_7B_A40 = Profile(
     per_seq_overhead_s=0.0002,
     frontend_s=0.004,
     image_preprocess_s_per_token=33.5e-6,
-    vision_token_rule="llava_onevision",
-    image_token_id=151_646,
-    default_image_tokens=6_561,  # 9 crops x 729, the "6.5k" of the seed's measurements
     vision_encoder_s_per_token=15e-6,  # SigLIP-400M: 2 x 0.4e9 FLOPs/patch at ~55 TFLOPS
     encoder_cache_tokens=16_384,
     kv_bytes_per_token=57_344,
@@ -119,7 +104,7 @@ LLAVA_ONEVISION_7B_A40 = Profile(
 LLAMA_31_8B_H100 = Profile(
     name="llama-3.1-8b-h100",
     served_model_name="meta-llama/Llama-3.1-8B-Instruct",
-    chat_template="llama3",
+    prompt_format=LLAMA_31,  # text-only: image parts are rejected with 400, as vLLM does
     block_size=16,
     num_gpu_blocks=24_800,
     max_num_seqs=1024,
@@ -133,9 +118,6 @@ LLAMA_31_8B_H100 = Profile(
     per_seq_overhead_s=0.00005,
     frontend_s=0.0015,
     image_preprocess_s_per_token=0.0,
-    vision_token_rule="fixed",
-    image_token_id=128_256,
-    default_image_tokens=0,  # text-only: image parts are rejected with 400, as vLLM does
     vision_encoder_s_per_token=0.0,
     encoder_cache_tokens=0,
     kv_bytes_per_token=131_072,

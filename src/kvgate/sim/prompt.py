@@ -1,44 +1,23 @@
-"""OpenAI chat messages / completion prompts -> prompt token ids and image placeholders.
+"""A replica's prompt rendering: the simulated model's prompt format, plus the answer's seed.
 
-Rendering follows what vLLM does for the profile's model, with the simulator's tokenizer:
-
-- chat templates insert special-token ids directly (ChatML for Qwen2-based LLaVA-OneVision,
-  the Llama 3 header format for Llama 3.1), and each message's text is tokenized on its own, so
-  editing a later message never shifts the tokens of an earlier one;
-- images come first in their message, each as N copies of the image token followed by "\\n",
-  then the message's text parts joined by "\\n" (vLLM's placement for models without explicit
-  placeholders in the text);
-- an image's identifier is vLLM's mm hash of its encoded bytes (data: URLs), the client's part
-  `uuid` when given, or -- since the simulator never fetches -- the hash of an http(s) URL string;
-- `continue_final_message` renders the last (assistant) message without its end-of-turn marker,
-  so generation continues it.
+Messages become token ids and image placeholders in ``kvgate.vllm_compat.sim_prompt``, which a
+gateway with a ``kvgate-sim:`` tokenizer shares (it must compute the replica's ids without
+importing the simulator). What only a replica needs is added here: the seed that picks the
+answer it generates, taken from the fresh prompt so that a continuation
+(``continue_final_message``) resumes the very answer a fresh request gets.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from kvgate.sim.filler import answer_seed
 from kvgate.sim.profiles import Profile
-from kvgate.sim.tokenizer import SimTokenizer
 from kvgate.vllm_compat.hashing import MMPlaceholder
-from kvgate.vllm_compat.image_header import read_image_header
-from kvgate.vllm_compat.mm_hash import image_mm_hash
-
-# Qwen2 / ChatML special tokens.
-IM_START_ID, IM_END_ID = 151_644, 151_645
-# Llama 3 special tokens.
-LLAMA3_BOS_ID, LLAMA3_START_HEADER_ID, LLAMA3_END_HEADER_ID, LLAMA3_EOT_ID = (
-    128_000, 128_006, 128_007, 128_009,
-)
-
-
-class PromptError(ValueError):
-    """The request's messages or prompt cannot be rendered (HTTP 400)."""
+from kvgate.vllm_compat.sim_prompt import PromptError, SimPrompt, SimPromptRenderer
+from kvgate.vllm_compat.sim_tokenizer import SimTokenizer
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,24 +34,19 @@ class RenderedPrompt:
         return sum(item.length for item in self.mm_items)
 
 
-class _Builder:
-    """Accumulates ids and image placeholders with their offsets."""
-
-    def __init__(self) -> None:
-        self.ids: list[int] = []
-        self.mm_items: list[MMPlaceholder] = []
-
-
 class PromptRenderer:
-    """Renders requests for one profile; owns the image-token policy."""
+    """Renders requests for one profile (its served model name keys the image hashes)."""
 
     def __init__(
         self, profile: Profile, tokenizer: SimTokenizer, image_tokens: int | None = None
     ) -> None:
         self.profile = profile
         self.tokenizer = tokenizer
-        self._fixed_image_tokens = image_tokens
-        self.eos_token_id = IM_END_ID if profile.chat_template == "chatml" else LLAMA3_EOT_ID
+        self.eos_token_id = profile.prompt_format.eos_token_id
+        self._renderer = SimPromptRenderer(
+            profile.prompt_format, tokenizer, model_id=profile.served_model_name,
+            image_tokens=image_tokens,
+        )
 
     def render_chat(
         self,
@@ -81,130 +55,25 @@ class PromptRenderer:
         add_generation_prompt: bool = True,
         continue_final_message: bool = False,
     ) -> RenderedPrompt:
-        if not messages:
-            raise PromptError("messages must be a non-empty list")
-        if continue_final_message and add_generation_prompt:
-            raise PromptError(
-                "continue_final_message and add_generation_prompt cannot both be true"
-            )
-        history = list(messages)
-        partial = ""
-        if continue_final_message:
-            last = history.pop()
-            if not isinstance(last, dict) or last.get("role") != "assistant":
-                raise PromptError("continue_final_message needs a final assistant message")
-            partial = _content_text(last.get("content"))
-        builder = _Builder()
-        if self.profile.chat_template == "llama3":
-            builder.ids.append(LLAMA3_BOS_ID)
-        for message in history:
-            self._render_message(builder, message)
-        if add_generation_prompt or continue_final_message:
-            self._open_turn(builder, "assistant")
-        seed = answer_seed(builder.ids, tuple(item.identifier for item in builder.mm_items))
-        builder.ids.extend(self.tokenizer.encode(partial))
-        return RenderedPrompt(builder.ids, tuple(builder.mm_items), seed, partial)
+        return _seeded(self._renderer.render_chat(
+            messages, add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
+        ))
 
     def render_completion(self, prompt: Any) -> RenderedPrompt:
-        if isinstance(prompt, list) and len(prompt) == 1 and not isinstance(prompt[0], int):
-            prompt = prompt[0]  # the API allows a batch; the simulator serves one prompt
-        if isinstance(prompt, str):
-            ids = self.tokenizer.encode(prompt)
-            if self.profile.chat_template == "llama3":
-                ids.insert(0, LLAMA3_BOS_ID)
-        elif isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-            ids = list(prompt)
-        else:
-            raise PromptError("prompt must be a string or a list of token ids")
-        return RenderedPrompt(ids, (), answer_seed(ids))
-
-    def _open_turn(self, builder: _Builder, role: str) -> None:
-        if self.profile.chat_template == "chatml":
-            builder.ids.append(IM_START_ID)
-            builder.ids.extend(self.tokenizer.encode(role + "\n"))
-        else:
-            builder.ids.append(LLAMA3_START_HEADER_ID)
-            builder.ids.extend(self.tokenizer.encode(role))
-            builder.ids.append(LLAMA3_END_HEADER_ID)
-            builder.ids.extend(self.tokenizer.encode("\n\n"))
-
-    def _render_message(self, builder: _Builder, message: Any) -> None:
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise PromptError("each message needs a string 'role'")
-        self._open_turn(builder, message["role"])
-        content = message.get("content")
-        texts: list[str] = []
-        for part in _content_parts(content):
-            kind = part.get("type")
-            if kind == "text":
-                texts.append(str(part.get("text", "")))
-            elif kind == "image_url":
-                self._add_image(builder, part)
-            else:
-                raise PromptError(f"unsupported content part type {kind!r}")
-        builder.ids.extend(self.tokenizer.encode("\n".join(texts)))
-        if self.profile.chat_template == "chatml":
-            builder.ids.append(IM_END_ID)
-            builder.ids.extend(self.tokenizer.encode("\n"))
-        else:
-            builder.ids.append(LLAMA3_EOT_ID)
-
-    def _add_image(self, builder: _Builder, part: dict[str, Any]) -> None:
-        if not self.profile.accepts_images:
-            raise PromptError(f"{self.profile.served_model_name} does not accept image inputs")
-        image_url = part.get("image_url")
-        url = image_url.get("url") if isinstance(image_url, dict) else image_url
-        if not isinstance(url, str) or not url:
-            raise PromptError("image_url part needs a url")
-        uuid = part.get("uuid") if isinstance(part.get("uuid"), str) else None
-        identifier, num_tokens = self.resolve_image(url, uuid)
-        builder.mm_items.append(MMPlaceholder(identifier, len(builder.ids), num_tokens))
-        builder.ids.extend([self.profile.image_token_id] * num_tokens)
-        builder.ids.extend(self.tokenizer.encode("\n"))
+        return _seeded(self._renderer.render_completion(prompt))
 
     def resolve_image(self, url: str, uuid: str | None = None) -> tuple[str, int]:
         """(identifier, placeholder tokens) of one image URL; never fetches anything."""
-        model_id = self.profile.served_model_name
-        width = height = None
-        if url.startswith("data:"):
-            data = _decode_data_url(url)
-            header = read_image_header(data)
-            if header is not None:
-                width, height = header.width, header.height
-            plain_rgb = header is None or header.is_plain_rgb
-            identifier = uuid or image_mm_hash(data, model_id, plain_rgb=plain_rgb)
-        elif url.startswith(("http://", "https://")):
-            identifier = uuid or image_mm_hash(url.encode("utf-8"), model_id)
-        else:
-            raise PromptError("image url must be a data: URL or an http(s) URL")
-        if self._fixed_image_tokens is not None:
-            return identifier, self._fixed_image_tokens
-        return identifier, self.profile.image_tokens(width, height)
+        return self._renderer.resolve_image(url, uuid)
 
 
-def _content_parts(content: Any) -> list[dict[str, Any]]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    if isinstance(content, list) and all(isinstance(part, dict) for part in content):
-        return content
-    raise PromptError("message content must be a string or a list of parts")
+def _seeded(prompt: SimPrompt) -> RenderedPrompt:
+    fresh = prompt.token_ids
+    if prompt.num_fresh_tokens < len(fresh):
+        fresh = fresh[:prompt.num_fresh_tokens]  # copied only for continuations
+    seed = answer_seed(fresh, tuple(item.identifier for item in prompt.mm_items))
+    return RenderedPrompt(prompt.token_ids, prompt.mm_items, seed, prompt.partial_answer)
 
 
-def _content_text(content: Any) -> str:
-    return "\n".join(
-        str(part.get("text", "")) for part in _content_parts(content) if part.get("type") == "text"
-    )
-
-
-def _decode_data_url(url: str) -> bytes:
-    header, sep, payload = url.partition(",")
-    if not sep:
-        raise PromptError("malformed data: URL")
-    try:
-        if header.endswith(";base64"):
-            return base64.b64decode(payload, validate=False)
-        return payload.encode("utf-8")
-    except (binascii.Error, ValueError) as exc:
-        raise PromptError(f"bad base64 in data: URL: {exc}") from exc
+__all__ = ["PromptError", "PromptRenderer", "RenderedPrompt"]

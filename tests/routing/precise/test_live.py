@@ -116,7 +116,7 @@ def test_evictions_remove_affinity_within_one_event_batch(fleet: list[dict[str, 
 
         # The prefix's first block, as the gateway hashes it (the simulator's tokenizer).
         from kvgate.sim.prompt import PromptRenderer
-        from kvgate.sim.tokenizer import SimTokenizer
+        from kvgate.vllm_compat.sim_tokenizer import SimTokenizer
 
         rendered = PromptRenderer(get_profile(PROFILE), SimTokenizer()).render_chat(
             [{"role": "user", "content": DOC + " third question"}])

@@ -136,7 +136,7 @@ def test_unreproducible_configurations_are_named() -> None:
 def test_simulator_tokenizer_matches_the_replica_renderer() -> None:
     from kvgate.sim.profiles import get_profile
     from kvgate.sim.prompt import PromptRenderer
-    from kvgate.sim.tokenizer import SimTokenizer
+    from kvgate.vllm_compat.sim_tokenizer import SimTokenizer
 
     h = hasher("kvgate-sim:llava-onevision-7b-a40", image_tokens=20)
     url = "data:image/png;base64," + base64.b64encode(RGB_PNG).decode()
@@ -161,8 +161,8 @@ def test_token_blocks_match_a_replica_whose_hashes_are_secret() -> None:
     from kvgate.sim.profiles import get_profile
     from kvgate.sim.prompt import PromptRenderer
     from kvgate.sim.request import EngineRequest
-    from kvgate.sim.tokenizer import SimTokenizer
     from kvgate.vllm_compat.kv_events import KVEventBatch, decode_event_batch, encode_event_batch
+    from kvgate.vllm_compat.sim_tokenizer import SimTokenizer
 
     profile = get_profile("llava-onevision-7b-a40")
     sink = CollectingSink()

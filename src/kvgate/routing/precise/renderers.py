@@ -4,9 +4,11 @@
   template from ``chat_template.jinja`` or ``tokenizer_config.json``), rendered with Jinja2 the
   way ``transformers.apply_chat_template`` does (sandboxed, ``trim_blocks``/``lstrip_blocks``,
   ``tojson``, ``raise_exception``, ``strftime_now``). Needs the ``tokenizers`` package
-  (``pip install kvgate[precise]``); nothing is downloaded.
-- ``SimRenderer`` (``kvgate-sim:<profile>``): the simulator's own renderer, so routing in front
-  of ``kvgate sim`` replicas is token-exact.
+  (``pip install kvgate[precise]``); nothing is downloaded. Jinja2 and tokenizers are imported
+  when one is built, so a gateway that configures none never loads them.
+- ``SimRenderer`` (``kvgate-sim:<profile>``): the simulated model's renderer, the one a
+  ``kvgate sim`` replica uses (``kvgate.vllm_compat.sim_prompt``), so routing in front of
+  simulated replicas is token-exact without importing the simulator.
 
 Chat prompts follow vLLM: the template renders text, which is tokenized without adding special
 tokens; completions are tokenized with them. For templates that take string content, a
@@ -25,12 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from jinja2 import TemplateError
-
 from kvgate.core.call import Call
 from kvgate.vllm_compat.hashing import MMPlaceholder
 from kvgate.vllm_compat.image_header import read_image_header
 from kvgate.vllm_compat.mm_hash import mm_identifier
+from kvgate.vllm_compat.sim_prompt import PROMPT_FORMATS, PromptError, SimPromptRenderer
+from kvgate.vllm_compat.sim_tokenizer import MemoTokenizer
 
 SIM_SCHEME = "kvgate-sim:"
 _ITERATES_CONTENT = re.compile(r"for\s+\w+\s+in\s+\w+(\[['\"]content['\"]\]|\.content)")
@@ -69,42 +71,20 @@ def _chat_flags(body: dict[str, Any]) -> tuple[bool, bool]:
 
 
 class SimRenderer:
-    """``kvgate sim``'s tokenizer stand-in and chat templates, for a named profile."""
+    """The simulated model's tokenizer and chat template, for a named ``kvgate sim`` profile."""
 
     def __init__(self, profile: str, *, model_id: str, image_tokens: int | None) -> None:
-        # Imported here: only gateways in front of simulated replicas need the simulator.
-        from kvgate.sim.profiles import get_profile
-        from kvgate.sim.prompt import PromptRenderer as SimPromptRenderer
-        from kvgate.sim.tokenizer import SimTokenizer
-
-        class _MemoTokenizer(SimTokenizer):
-            """Remembers long texts (shared system prompts recur across requests)."""
-
-            def __init__(self) -> None:
-                super().__init__()
-                self._texts: dict[str, list[int]] = {}
-
-            def encode(self, text: str) -> list[int]:
-                if len(text) < 512:
-                    return super().encode(text)
-                ids = self._texts.get(text)
-                if ids is None:
-                    if len(self._texts) >= 1024:
-                        self._texts.clear()  # bounded; O(1) amortised
-                    ids = self._texts[text] = super().encode(text)
-                return list(ids)
-
-        try:
-            base = get_profile(profile)
-        except KeyError as exc:
-            raise ValueError(f"tokenizer {SIM_SCHEME}{profile}: unknown profile") from exc
-        self._renderer = SimPromptRenderer(
-            base.with_overrides(served_model_name=model_id), _MemoTokenizer(), image_tokens
-        )
+        prompt_format = PROMPT_FORMATS.get(profile)
+        if prompt_format is None:
+            raise ValueError(f"tokenizer {SIM_SCHEME}{profile}: unknown profile (known: "
+                             f"{', '.join(PROMPT_FORMATS)})")
+        # Shared system prompts and resent conversation turns recur across requests: their
+        # ids are remembered (bounded) instead of recomputed per request.
+        tokenizer = MemoTokenizer(min_chars=512, max_texts=1024)
+        self._renderer = SimPromptRenderer(prompt_format, tokenizer, model_id=model_id,
+                                           image_tokens=image_tokens)
 
     def render(self, call: Call) -> RenderedPrompt:
-        from kvgate.sim.prompt import PromptError
-
         body = call.body
         try:
             if call.endpoint == "chat":
@@ -124,11 +104,14 @@ class HFRenderer:
     """A Hugging Face tokenizer and chat template from a local directory."""
 
     def __init__(self, directory: Path, *, model_id: str, image_tokens: int | None) -> None:
+        # Imported here, not at module level: only a configured local tokenizer needs them.
         try:
+            from jinja2 import TemplateError
             from tokenizers import Tokenizer
         except ImportError as exc:
             raise ValueError(
-                "a local tokenizer needs the 'tokenizers' package: pip install kvgate[precise]"
+                "a local tokenizer needs the 'tokenizers' and 'jinja2' packages: "
+                "pip install kvgate[precise]"
             ) from exc
         path = directory / "tokenizer.json"
         if not path.is_file():
@@ -147,6 +130,10 @@ class HFRenderer:
             raise ValueError(f"tokenizer {directory}: chat template does not compile: {exc}"
                              ) from exc
         self._string_content = template is None or not _ITERATES_CONTENT.search(template)
+        # What a render may raise: the template's own checks (raise_exception) and its
+        # mistakes alike; kept here so rendering needs no import.
+        self._template_errors: tuple[type[Exception], ...] = (
+            TemplateError, TypeError, ValueError, LookupError, AttributeError)
         self._image_placeholder = str(config.get("image_token") or "<image>")
         self._image_token_id = self._tokenizer.token_to_id(self._image_placeholder)
         self._model_id = model_id
@@ -184,8 +171,7 @@ class HFRenderer:
             context["tools"] = body["tools"]
         try:
             text: str = self._template.render(**context)
-        except (TemplateError, TypeError, ValueError, LookupError, AttributeError) as exc:
-            # The template's own checks (raise_exception) and its mistakes alike.
+        except self._template_errors as exc:
             raise RenderError(f"chat template failed: {exc}") from exc
         if continue_final and messages:
             text = _cut_after_final(text, messages[-1].get("content"))
@@ -308,6 +294,7 @@ def _chat_template(directory: Path, config: dict[str, Any]) -> str | None:
 
 def _compile(source: str) -> Any:
     """The template compiled as transformers compiles chat templates."""
+    from jinja2 import TemplateError
     from jinja2.ext import loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
