@@ -8,23 +8,24 @@ from typing import Any
 
 import pytest
 
-from kvgate.bench.routed_fleet import (
-    QUANTUM_S,
-    RoutedFleet,
-    VirtualClock,
-    build_router,
-    index_bytes,
-    make_deployments,
-)
 from kvgate.bench.scenarios import SCENARIOS
 from kvgate.bench.scenarios.scale import (
     FLEET_HEADERS,
+    QUANTUM_S,
     STRATEGIES,
     ChatShape,
     Users,
     markdown_tables,
 )
-from kvgate.bench.virtual_fleet import RequestBuilder
+from kvgate.bench.virtual_fleet import (
+    Pacing,
+    VirtualClock,
+    VirtualFleet,
+    build_router,
+    index_bytes,
+    make_deployments,
+)
+from kvgate.bench.virtual_loads import RequestBuilder, UserSessions
 from kvgate.cli import main
 from kvgate.config.schema import RoutingSettings
 from kvgate.sim.engine import Engine, EngineConfig
@@ -99,39 +100,45 @@ def test_decision_cost_table(document: dict[str, Any]) -> None:
     assert len(lines) == 2 + 6 + 1 + 2 + 4
 
 
+def _run_users(fleet: VirtualFleet, builder: RequestBuilder, shape: ChatShape, num_users: int,
+               think_s: float) -> None:
+    users = UserSessions(Users(shape, num_users, builder.model, 0), builder, [0.0] * num_users,
+                         think_s=lambda: think_s, min_think_s=QUANTUM_S)
+    asyncio.run(fleet.drive(users, Pacing(quantum_s=QUANTUM_S)))
+
+
 def test_in_flight_returns_to_zero_and_load_guard_sees_load() -> None:
     profile = get_profile("llama-3.1-8b-h100")
     builder = RequestBuilder(profile)
     engines = [Engine(profile, EngineConfig(num_gpu_blocks=300)) for _ in range(3)]
-    fleet = RoutedFleet(engines, builder, "least_busy", RoutingSettings(seed=1))
+    fleet = VirtualFleet(engines, "least_busy", RoutingSettings(seed=1), model=builder.model)
     shape = ChatShape(system_tokens=64, history_tokens=64, question_tokens=8, output_tokens=8,
                       rounds=2, users_per_app=4)
     # Six users arrive at once: least_busy only spreads them if in_flight follows the engines.
-    outcome = asyncio.run(fleet.run(Users(shape, 6, builder.model, 0), [0.0] * 6,
-                                    think_s=lambda: QUANTUM_S))
-    assert len(outcome.finished) == 12
+    _run_users(fleet, builder, shape, 6, QUANTUM_S)
+    assert len(fleet.finished) == 12
     assert all(d.stats.in_flight == 0 for d in fleet.deployments)
-    assert outcome.requests_per_replica == [4, 4, 4]
+    assert fleet.requests_per_replica == [4, 4, 4]
 
 
 def test_think_times_shorter_than_the_quantum_are_refused() -> None:
     profile = get_profile("llama-3.1-8b-h100")
     builder = RequestBuilder(profile)
-    fleet = RoutedFleet([Engine(profile, EngineConfig(num_gpu_blocks=300))], builder,
-                        "round_robin", RoutingSettings(seed=1))
+    fleet = VirtualFleet([Engine(profile, EngineConfig(num_gpu_blocks=300))], "round_robin",
+                         RoutingSettings(seed=1), model=builder.model)
     shape = ChatShape(system_tokens=16, history_tokens=16, question_tokens=4, output_tokens=2,
                       rounds=2)
     with pytest.raises(ValueError, match="think times"):
-        asyncio.run(fleet.run(Users(shape, 1, builder.model, 0), [0.0], think_s=lambda: 0.0))
+        _run_users(fleet, builder, shape, 1, 0.0)
 
 
 def test_index_memory_replay_counts_entries() -> None:
     deployments = make_deployments(2)
-    _, index = build_router("prefix_kv_aware", deployments, RoutingSettings(seed=0),
-                            VirtualClock())
+    routing = RoutingSettings(seed=0)
+    _, index = build_router("prefix_kv_aware", deployments, routing, VirtualClock())
     assert index is not None
     index.record("replica-0", list(range(1000)))
     index.record("replica-1", list(range(500)))
-    entries, used = index_bytes(index.writes, max_blocks_per_deployment=10_000, ttl_s=300)
+    entries, used = index_bytes(index.writes, "fleet", routing, num_deployments=2)
     assert entries == index.size() == 1500
     assert 40 * entries < used < 200 * entries  # ~75 B an entry (docs/HOW_ROUTING_WORKS.md)

@@ -1,16 +1,12 @@
-"""Bench bodies on in-process simulated engines: parsing, the closed loop, the summary."""
+"""The virtual fleet: bodies on in-process engines, the closed loop, the summary, routing."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 from kvgate.bench.request import NO_SESSION
-from kvgate.bench.virtual_fleet import (
-    RequestBuilder,
-    records_from_stats,
-    run_closed_loop,
-    summarize_stats,
-)
+from kvgate.bench.virtual_loads import RequestBuilder, run_closed_loop
+from kvgate.bench.virtual_stats import records_from_stats, summarize_stats
 from kvgate.bench.workloads import SharedPrefixWorkload, WorkloadOptions
 from kvgate.sim.engine import Engine, EngineConfig
 from kvgate.sim.profiles import get_profile

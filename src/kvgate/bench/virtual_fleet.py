@@ -1,190 +1,345 @@
-"""Bench workloads on in-process simulated engines, on a virtual clock (no HTTP, no sleeping).
+"""The one virtual fleet: the gateway's routing in front of in-process engines, in virtual time.
 
-The scenarios that need many replicas, or numbers that do not depend on how busy this machine
-is, run the simulator's engines in-process (:class:`kvgate.sim.virtual.VirtualCluster`)
-instead of ``kvgate sim`` processes. Requests are the same OpenAI bodies the load generator
-sends, turned into engine requests by the replica's own parser
-(:func:`kvgate.sim.openai_api.parse_generation`), so prompts, images and planned answers are
-exactly what an HTTP replica would see. Times are simulated seconds.
+Every in-process scenario (``scale``, ``offload`` and the virtual runs of ``routing`` and
+``precise``) runs on :class:`VirtualFleet`: no HTTP, no gateway process, no sleeping, and the
+routing path is the gateway's own:
 
-    builder = RequestBuilder(get_profile("llama-3.1-8b-h100"))
-    request, generation = builder.build(body, "r1")
-    cluster.submit(0, request, generation.prompt.num_image_tokens)
-    ...
-    summary = summarize_stats([stats for _, stats in cluster.finished])
+- each body is parsed by :func:`kvgate.request.parse.parse_call`;
+- the strategy comes from the gateway's registry (:func:`kvgate.routing.build_strategy`), with
+  the affinity index the gateway's composer builds
+  (:func:`kvgate.gateway.compose.affinity_index_factory`), and runs ``prepare`` / ``choose``
+  / ``on_dispatched`` over :class:`~kvgate.core.deployment.Deployment` objects whose
+  ``stats.in_flight`` follows the engines, so load-aware strategies see the engines' load;
+- the chosen replica is an :class:`~kvgate.sim.engine.Engine` in a
+  :class:`~kvgate.sim.virtual.VirtualCluster`; with KV event sinks, each replica's events
+  reach a ``precise_kv`` strategy as soon as the engine step that produced them ends.
+
+What varies between scenarios is only when requests arrive (an :class:`Arrivals` source, see
+:mod:`kvgate.bench.virtual_loads`) and how the clock moves between arrivals (:class:`Pacing`)::
+
+    fleet = VirtualFleet(engines, "prefix_kv_aware", RoutingSettings(seed=0), model="m")
+    await fleet.drive(UserSessions(users, first_arrivals_s, think_s), Pacing(quantum_s=0.25))
+    fleet.finished  # (engine index, RequestStats), times in simulated seconds
+
+NOTE: the index the composer builds ages on the wall clock (the factory takes no clock). Every
+run here lasts far less than the index's TTL (300 s by default) in both wall and simulated
+time, so no entry expires in either; a run longer than the TTL would age entries by wall time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+import gc
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from kvgate.bench.request import NO_SESSION, RequestRecord
-from kvgate.bench.stats import distribution_ms
-from kvgate.sim import openai_api
+from kvgate.config.schema import (
+    DeploymentSettings,
+    MockProviderSettings,
+    RedisSettings,
+    RoutingSettings,
+)
+from kvgate.core.deployment import Deployment, DeploymentId
+from kvgate.gateway.compose import SharedRedis, affinity_index_factory
+from kvgate.providers.mock import MockProvider
+from kvgate.request.parse import parse_call
+from kvgate.routing import RoutingContext, RoutingStrategy, build_strategy, strategy_entry
+from kvgate.routing.affinity import AffinityIndex
 from kvgate.sim.engine import Engine
-from kvgate.sim.profiles import Profile
-from kvgate.sim.prompt import PromptRenderer
+from kvgate.sim.events import CollectingSink
 from kvgate.sim.request import EngineRequest, RequestOutput, RequestStats
-from kvgate.sim.tokenizer import SimTokenizer
 from kvgate.sim.virtual import VirtualCluster
+from kvgate.vllm_compat.kv_events import KVEventBatch
+
+#: Bodies larger than any bench workload's images; the gateway's own limit is a setting.
+MAX_IMAGE_BYTES = 64 << 20
+#: Offset of the router's clock: an index's whole-second ticks never start at 0.
+_CLOCK_OFFSET_S = 1000.0
+
+#: (virtual time, deployment id, hashes) of every affinity write, for :func:`index_bytes`.
+Writes = list[tuple[float, str, Sequence[int]]]
+#: Called once when a submitted request finishes, with its stats.
+OnFinished = Callable[[RequestStats], None]
+#: A route verdict's label for the outcome counts, from the decision's explanation.
+OutcomeLabel = Callable[[Mapping[str, Any]], str | None]
 
 
-class MemoTokenizer(SimTokenizer):
-    """The simulator's tokenizer, remembering the ids of long texts.
+def explained_outcome(explanation: Mapping[str, Any]) -> str | None:
+    """The strategy's own verdict ("hit", "cold", "spill"), when it gives one."""
+    outcome = explanation.get("outcome")
+    return None if outcome is None else str(outcome)
 
-    A conversation resends every earlier message each turn and many users share one system
-    prompt; the ids are a pure function of the text, so they are computed once. Bounded: the
-    memo is dropped whole when it holds ``max_texts``.
+
+class VirtualClock:
+    """The router's clock: simulated seconds since the run started (plus an offset)."""
+
+    def __init__(self) -> None:
+        self.now_s = 0.0
+
+    def __call__(self) -> float:
+        return _CLOCK_OFFSET_S + self.now_s
+
+
+def make_deployments(count: int, model: str = "fleet",
+                     settings: Sequence[Mapping[str, Any]] | None = None) -> list[Deployment]:
+    """``replica-0`` ... serving ``model``; their mock providers are never called.
+
+    ``settings``: extra deployment settings per replica (KV events, tokenizer)."""
+    out = []
+    for i in range(count):
+        name = f"replica-{i}"
+        extra = settings[i] if settings is not None else {}
+        out.append(Deployment(
+            id=DeploymentId(name), provider_name=name,
+            provider=MockProvider(name, MockProviderSettings(type="mock")), upstream_model=model,
+            settings=DeploymentSettings(provider=name, model=model, **extra),
+            resumes_streams=False,
+        ))
+    return out
+
+
+class RecordingIndex:
+    """The composer's affinity index, keeping a reference to every write for
+    :func:`index_bytes`.
+
+    NOTE: appending a reference costs tens of nanoseconds inside the timed decision; copying
+    the hashes would cost more.
     """
 
-    def __init__(self, min_chars: int = 256, max_texts: int = 50_000) -> None:
-        super().__init__()
-        self._min_chars = min_chars
-        self._max_texts = max_texts
-        self._texts: dict[str, tuple[int, ...]] = {}
+    def __init__(self, inner: AffinityIndex, clock: VirtualClock) -> None:
+        self._inner = inner
+        self._clock = clock
+        self.writes: Writes = []
 
-    def encode(self, text: str) -> list[int]:
-        if len(text) < self._min_chars:
-            return super().encode(text)
-        ids = self._texts.get(text)
-        if ids is None:
-            if len(self._texts) >= self._max_texts:
-                self._texts.clear()
-            ids = self._texts[text] = tuple(super().encode(text))
-        return list(ids)
+    async def match(self, hashes: Sequence[int], deployment_ids: Sequence[str]) -> list[int]:
+        return await self._inner.match(hashes, deployment_ids)
+
+    def record(self, deployment_id: str, hashes: Sequence[int]) -> None:
+        self.writes.append((self._clock.now_s, deployment_id, hashes))
+        self._inner.record(deployment_id, hashes)
+
+    def forget(self, deployment_id: str) -> None:
+        self._inner.forget(deployment_id)
+
+    def size(self) -> int:
+        return self._inner.size()
+
+    async def flush(self) -> None:
+        await self._inner.flush()
 
 
-class RequestBuilder:
-    """OpenAI request bodies -> engine requests, as a ``kvgate sim`` replica parses them."""
+def build_router(name: str, deployments: Sequence[Deployment], routing: RoutingSettings,
+                 clock: VirtualClock) -> tuple[RoutingStrategy, RecordingIndex | None]:
+    """The strategy as the gateway builds it; the index, if the strategy has one."""
+    model = deployments[0].settings.model if deployments else "fleet"
+    new_index = affinity_index_factory(model, routing, len(deployments),
+                                       SharedRedis(RedisSettings().url))
+    made: list[RecordingIndex] = []
 
-    def __init__(self, profile: Profile, image_tokens: int | None = None) -> None:
-        self.profile = profile
-        self.renderer = PromptRenderer(profile, MemoTokenizer(), image_tokens)
+    def index() -> AffinityIndex:
+        made.append(RecordingIndex(new_index(), clock))
+        return made[-1]
+
+    strategy = build_strategy(name, deployments, routing, RoutingContext(affinity_index=index))
+    return strategy, (made[0] if made else None)
+
+
+def index_bytes(writes: Writes, model: str, routing: RoutingSettings, num_deployments: int
+                ) -> tuple[int, int]:
+    """(entries, bytes) of a fresh index as the composer builds it, given ``writes``, measured
+    by tracemalloc.
+
+    Replayed rather than traced during the run: tracing every allocation would slow the
+    simulation severalfold and count the engines' allocations too.
+    """
+    import tracemalloc
+
+    new_index = affinity_index_factory(model, routing, num_deployments,
+                                       SharedRedis(RedisSettings().url))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        index = new_index()
+        for _, deployment_id, hashes in writes:
+            index.record(deployment_id, hashes)
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    return index.size(), used
+
+
+@dataclass(frozen=True, slots=True)
+class Pacing:
+    """How the clock moves between dispatches.
+
+    ``exact``: jump straight to the next due arrival, never further than ``quantum_s`` (with
+    nothing due: ``quantum_s`` on, or to the next engine event when it is infinite). Not exact:
+    step by ``quantum_s`` and dispatch what fell due within the step, as a client that wakes
+    up periodically does. A request that finishes within a jump can only be followed up after
+    it, so closed-loop sources wait at least ``quantum_s`` before a follow-up turn.
+    """
+
+    quantum_s: float = math.inf
+    exact: bool = True
+
+
+class Arrivals(Protocol):
+    """Where requests come from, and when."""
+
+    def next_due_s(self) -> float | None:
+        """The earliest time a request is due; None while none is waiting to be sent."""
+        ...
+
+    async def dispatch_due(self, fleet: VirtualFleet) -> None:
+        """Send every request due at or before ``fleet.now_s`` (via ``route`` / ``submit``)."""
+        ...
+
+
+class VirtualFleet:
+    """Engines on one virtual clock, behind the gateway's strategy ``strategy_name`` (or
+    behind none, for callers that pick the engine themselves)."""
+
+    def __init__(self, engines: Sequence[Engine], strategy_name: str | None,
+                 routing: RoutingSettings | None = None, *, model: str = "fleet",
+                 deployment_settings: Sequence[Mapping[str, Any]] | None = None,
+                 event_sinks: Sequence[CollectingSink] | None = None,
+                 outcome_label: OutcomeLabel = explained_outcome) -> None:
+        self.engines = list(engines)
+        self.model = model
+        self.deployments = make_deployments(len(self.engines), model, deployment_settings)
+        self._position = {d: i for i, d in enumerate(self.deployments)}
+        self.clock = VirtualClock()
+        self.strategy: RoutingStrategy | None = None
+        self.index: RecordingIndex | None = None
+        self._prepares = False
+        if strategy_name is not None:
+            self._prepares = strategy_entry(strategy_name).prepares
+            self.strategy, self.index = build_router(
+                strategy_name, self.deployments, routing or RoutingSettings(), self.clock)
+        self._outcome_label = outcome_label
+        self._models = frozenset({model})
+        self._pending: dict[str, tuple[int, OnFinished]] = {}
+        self._sinks = list(event_sinks or ())
+        self._delivered = [0] * len(self._sinks)
+        self._event_states = (_replica_states(self.strategy, self.deployments)
+                              if self._sinks else [])
+        self.cluster = VirtualCluster(self.engines, on_output=self._on_output)
+        #: prepare + choose + on_dispatched per routed request: wall time (perf_counter_ns)
+        #: and this thread's CPU time (thread_time_ns: not inflated when the OS deschedules
+        #: the process on a busy machine, but it includes ~1 us of the clock call itself).
+        self.decision_ns: list[int] = []
+        self.decision_cpu_ns: list[int] = []
+        self.outcomes: dict[str, int] = {}
+        self.requests_per_replica = [0] * len(self.engines)
 
     @property
-    def model(self) -> str:
-        """The model name bodies must carry (the profile's served model name)."""
-        return self.profile.served_model_name
+    def now_s(self) -> float:
+        return self.cluster.now_s
 
-    def build(self, body: bytes, request_id: str
-              ) -> tuple[EngineRequest, openai_api.Generation]:
-        """The engine request for a chat/completions body; raises ``openai_api.ApiError``."""
-        generation = openai_api.parse_generation(body, "chat", self.renderer, self.model,
-                                                 request_id)
-        request = EngineRequest(
-            request_id=request_id,
-            prompt_token_ids=generation.prompt.token_ids,
-            output_token_ids=generation.answer.token_ids,
-            final_finish_reason=generation.answer.finish_reason,
-            mm_items=generation.prompt.mm_items,
-            cache_salt=generation.cache_salt,
-        )
-        return request, generation
+    @property
+    def finished(self) -> list[tuple[int, RequestStats]]:
+        """(engine index, stats) of every finished request, in finishing order."""
+        return self.cluster.finished
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    async def route(self, body: bytes, request_id: str) -> int:
+        """Route one chat body now, as the gateway would; returns the chosen engine's index."""
+        assert self.strategy is not None, "a fleet without a strategy does not route"
+        call = parse_call(body, "chat", models=self._models, max_image_bytes=MAX_IMAGE_BYTES,
+                          received_s=self.now_s, request_id=request_id)
+        strategy = self.strategy
+        started_cpu_ns = time.thread_time_ns()
+        started_ns = time.perf_counter_ns()
+        if self._prepares:
+            await strategy.prepare(call)
+        decision = strategy.choose(call, self.deployments)
+        strategy.on_dispatched(call, decision.deployment)
+        self.decision_ns.append(time.perf_counter_ns() - started_ns)
+        self.decision_cpu_ns.append(time.thread_time_ns() - started_cpu_ns)
+        label = self._outcome_label(decision.explanation)
+        if label is not None:
+            self.outcomes[label] = self.outcomes.get(label, 0) + 1
+        return self._position[decision.deployment]
+
+    def submit(self, engine_index: int, request: EngineRequest, num_image_tokens: int,
+               on_finished: OnFinished) -> None:
+        """The request arrives now at the engine; counted in flight on its deployment until
+        it finishes, when ``on_finished`` gets its stats."""
+        self.deployments[engine_index].stats.in_flight += 1
+        self.requests_per_replica[engine_index] += 1
+        self._pending[request.request_id] = (engine_index, on_finished)
+        self.cluster.submit(engine_index, request, num_image_tokens)
+
+    async def drive(self, arrivals: Arrivals, pacing: Pacing) -> None:
+        """Dispatch ``arrivals`` until none is left and every request has finished."""
+        cluster = self.cluster
+        # NOTE: the engines' block objects live for the whole run; frozen, the collector stops
+        # rescanning them, so its pauses stop landing in the timed decisions.
+        gc.collect()
+        gc.freeze()
+        try:
+            while True:
+                await arrivals.dispatch_due(self)
+                due_s = arrivals.next_due_s()
+                if due_s is None and not self._pending:
+                    return
+                target_s = cluster.now_s + pacing.quantum_s
+                if pacing.exact and due_s is not None:
+                    target_s = min(target_s, due_s)
+                elif math.isinf(target_s):  # nothing due: on to the next engine event
+                    next_s = cluster.next_event_s()
+                    if next_s is None:
+                        raise RuntimeError("requests in flight but no engine has work")
+                    target_s = next_s
+                self.advance_to(target_s)
+        finally:
+            gc.unfreeze()
+
+    def advance_to(self, t_s: float) -> None:
+        """Run the engines up to ``t_s``; then hand the router every KV event emitted so far."""
+        self.cluster.advance_to(t_s)
+        self.clock.now_s = self.cluster.now_s
+        if self._sinks:
+            self._deliver_events()
+
+    def _on_output(self, _: int, output: RequestOutput) -> None:
+        # NOTE: runs inside the cluster's event loop; callbacks may only queue work.
+        if output.stats is None:
+            return
+        engine_index, on_finished = self._pending.pop(output.request_id)
+        self.deployments[engine_index].stats.in_flight -= 1
+        on_finished(output.stats)
+
+    def _deliver_events(self) -> None:
+        # The gateway's subscriber would apply these batches as they come off the socket;
+        # in-process, each replica's state is fed directly (in order, never live).
+        for index, sink in enumerate(self._sinks):
+            state = self._event_states[index]
+            for ts, events in sink.batches[self._delivered[index]:]:
+                state.apply(self._delivered[index], KVEventBatch(ts=ts, events=events),
+                            live=False)
+                self._delivered[index] += 1
 
 
-def run_closed_loop(engines: Sequence[Engine], requests: Iterator[tuple[EngineRequest, int]],
-                    concurrency: int) -> VirtualCluster:
-    """Keep ``concurrency`` requests outstanding until ``requests`` runs out, then drain.
+def _replica_states(strategy: RoutingStrategy | None, deployments: Sequence[Deployment]
+                    ) -> list[Any]:
+    """Each deployment's KV event state in a precise_kv strategy, marked synced (every event
+    will be delivered, none lost).
 
-    ``requests`` yields (request, vision tokens) pairs, built lazily so a long run never holds
-    every prompt at once; a finished request's slot is refilled the moment it finishes, as a
-    closed-loop client (vLLM's ``benchmark_serving --max-concurrency``) does. Requests go to
-    the engines in turn. Returns the drained cluster (``finished`` holds the stats).
+    NOTE: reads the strategy's private plans: it has no public hook for events that do not
+    come over ZMQ, and the subscriber it would use needs a replica to connect to.
     """
-    sent = 0
-
-    def send_next() -> None:
-        nonlocal sent
-        item = next(requests, None)
-        if item is not None:
-            request, num_image_tokens = item
-            cluster.submit(sent % len(engines), request, num_image_tokens)
-            sent += 1
-
-    def on_output(_: int, output: RequestOutput) -> None:
-        # NOTE: runs inside the cluster's event loop; submit only queues an arrival at the
-        # current virtual time, so refilling from here is safe.
-        if output.finished:
-            send_next()
-
-    cluster = VirtualCluster(engines, on_output=on_output)
-    for _ in range(concurrency):
-        send_next()
-    cluster.run_until_idle()
-    return cluster
-
-
-def summarize_stats(stats: Sequence[RequestStats]) -> dict[str, Any]:
-    """TTFT/latency distributions, throughput and where prompt tokens came from.
-
-    Throughput is over the makespan, first arrival to last finish. Token shares count each
-    request's first admission (a request preempted and re-admitted is not counted twice):
-    ``gpu_hit_ratio`` = prompt tokens found in the GPU prefix cache / prompt tokens,
-    ``cpu_hit_ratio`` the same for the CPU tier, ``hit_ratio`` both together.
-    """
-    if not stats:
-        return {"requests": 0}
-    start_s = min(s.arrival_s for s in stats)
-    makespan_s = max(s.finished_s for s in stats) - start_s
-    prompt_tokens = sum(s.num_prompt_tokens for s in stats)
-    output_tokens = sum(s.num_output_tokens for s in stats)
-    gpu_hits = sum(s.num_cached_tokens for s in stats)
-    cpu_hits = sum(s.num_offloaded_tokens for s in stats)
-    return {
-        "requests": len(stats),
-        "makespan_s": round(makespan_s, 4),
-        "requests_per_s": _per_s(len(stats), makespan_s),
-        "output_tokens_per_s": _per_s(output_tokens, makespan_s),
-        "prompt_tokens": prompt_tokens,
-        "output_tokens": output_tokens,
-        "gpu_hit_ratio": _ratio(gpu_hits, prompt_tokens),
-        "cpu_hit_ratio": _ratio(cpu_hits, prompt_tokens),
-        "hit_ratio": _ratio(gpu_hits + cpu_hits, prompt_tokens),
-        "preempted_requests": sum(1 for s in stats if s.num_preemptions),
-        "ttft_ms": distribution_ms(s.ttft_s for s in stats if s.ttft_s is not None),
-        "latency_ms": distribution_ms(s.e2e_s for s in stats),
-    }
-
-
-def records_from_stats(stats: Sequence[tuple[int, RequestStats]], tags: Mapping[str, str]
-                       ) -> list[RequestRecord]:
-    """Load-generator records of finished engine requests (engine index, stats), so the
-    bench's plots and tables take simulated runs too; times are simulated seconds."""
-    start_s = min((s.arrival_s for _, s in stats), default=0.0)
-    return [
-        RequestRecord(
-            index=index, tag=tags.get(s.request_id, ""), session=NO_SESSION,
-            scheduled_s=s.arrival_s - start_s, start_s=s.arrival_s - start_s,
-            end_s=s.finished_s - start_s,
-            ttft_s=s.ttft_s, status=200, output_tokens=s.num_output_tokens,
-            prompt_tokens=s.num_prompt_tokens, deployment=f"replica-{engine}",
-        )
-        for index, (engine, s) in enumerate(stats)
-    ]
-
-
-def engine_counters(engine: Engine) -> dict[str, Any]:
-    """An engine's vLLM-named counters (what its ``/metrics`` would show), JSON-ready."""
-    stats = engine.stats
-    counters: dict[str, Any] = {
-        "prefix_cache_queries": stats.prefix_cache_queries,
-        "prefix_cache_hits": stats.prefix_cache_hits,
-        "external_prefix_cache_queries": stats.external_prefix_cache_queries,
-        "external_prefix_cache_hits": stats.external_prefix_cache_hits,
-        "num_preemptions": stats.num_preemptions,
-        "num_steps": stats.num_steps,
-        "busy_time_s": round(stats.busy_time_s, 4),
-    }
-    if engine.offload is not None:
-        counters["cpu_tier_blocks_stored"] = engine.offload.num_stored_blocks_total
-        counters["cpu_tier_blocks_loaded"] = engine.offload.num_loaded_blocks_total
-    return counters
-
-
-def _per_s(count: float, seconds: float) -> float | None:
-    return round(count / seconds, 3) if seconds > 0 else None
-
-
-def _ratio(part: int, whole: int) -> float | None:
-    return round(part / whole, 4) if whole else None
+    plans = getattr(strategy, "_plans", None)
+    if plans is None:
+        raise ValueError("KV event sinks need the precise_kv strategy")
+    states = [plans[d].state for d in deployments]
+    for state in states:
+        assert state is not None, "every replica publishes KV events"
+        state.synced("in-process: events delivered directly")
+    return states

@@ -80,6 +80,11 @@ class VirtualCluster:
         self.now_s = t_s
         return outputs
 
+    def next_event_s(self) -> float | None:
+        """When the next queued event happens (a request reaching its engine, a step ending);
+        None when no engine has work."""
+        return self._queue[0][0] if self._queue else None
+
     def run_until_idle(self, limit_s: float = math.inf) -> list[tuple[int, RequestOutput]]:
         """Advance until no engine has work (or `limit_s`)."""
         outputs: list[tuple[int, RequestOutput]] = []

@@ -27,13 +27,8 @@ from typing import Any
 from kvgate import __version__
 from kvgate.bench.api import RESULT_FORMAT, host_info
 from kvgate.bench.scenarios import ScenarioOptions
-from kvgate.bench.virtual_fleet import (
-    RequestBuilder,
-    engine_counters,
-    records_from_stats,
-    run_closed_loop,
-    summarize_stats,
-)
+from kvgate.bench.virtual_loads import RequestBuilder, run_closed_loop
+from kvgate.bench.virtual_stats import engine_counters, records_from_stats, summarize_stats
 from kvgate.bench.workloads import (
     MultimodalWorkload,
     SharedPrefixWorkload,
@@ -165,15 +160,15 @@ def run_case(case: Case, profile: Profile, prompts: Sequence[_Prompt], cpu_block
             yield (EngineRequest(f"{case.name}-{index}", p.prompt_token_ids, p.output_token_ids,
                                  p.finish_reason, p.mm_items), p.num_image_tokens)
 
-    cluster = run_closed_loop([engine], requests(), case.concurrency)
-    summary = summarize_stats([stats for _, stats in cluster.finished])
+    fleet = run_closed_loop([engine], requests(), case.concurrency)
+    summary = summarize_stats([stats for _, stats in fleet.finished])
     run = {
         "cpu_tier_blocks": cpu_blocks,
         "cpu_tier_gb": round(cpu_blocks * block_bytes(profile) / 1e9, 1),
         "summary": summary,
         "engine": engine_counters(engine),
     }
-    return run, cluster.finished
+    return run, fleet.finished
 
 
 def compare(off: dict[str, Any], on: dict[str, Any]) -> dict[str, Any]:

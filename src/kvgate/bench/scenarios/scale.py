@@ -1,7 +1,7 @@
 """``scale``: the gateway's strategies in front of 8, 64 and 256 simulated replicas.
 
 Simulator figures: in-process llama-3.1-8b-h100 engines on a virtual clock, routed by the
-gateway's own parsing and strategy code (:mod:`kvgate.bench.routed_fleet`). Each strategy gets
+gateway's own parsing and strategy code (:mod:`kvgate.bench.virtual_fleet`). Each strategy gets
 the same users:
 
 * ``users_per_replica`` x replicas users (2,048 at 256 replicas), ``users_per_app`` of them per
@@ -35,19 +35,19 @@ import orjson
 
 from kvgate import __version__
 from kvgate.bench.api import RESULT_FORMAT, host_info
-from kvgate.bench.routed_fleet import (
+from kvgate.bench.scenarios import ScenarioOptions
+from kvgate.bench.stats import distribution_ms
+from kvgate.bench.text import filler, seeded_rng
+from kvgate.bench.virtual_fleet import (
     MAX_IMAGE_BYTES,
-    QUANTUM_S,
-    RoutedFleet,
+    Pacing,
     VirtualClock,
+    VirtualFleet,
     build_router,
     index_bytes,
     make_deployments,
 )
-from kvgate.bench.scenarios import ScenarioOptions
-from kvgate.bench.stats import distribution_ms
-from kvgate.bench.text import filler, seeded_rng
-from kvgate.bench.virtual_fleet import RequestBuilder
+from kvgate.bench.virtual_loads import RequestBuilder, UserSessions
 from kvgate.config.schema import RoutingSettings
 from kvgate.core.call import Call
 from kvgate.request.parse import parse_call
@@ -58,6 +58,9 @@ from kvgate.sim.profiles import get_profile
 PROFILE = "llama-3.1-8b-h100"
 STRATEGIES: tuple[str, ...] = ("round_robin", "least_busy", "prefix_kv_aware")
 COMMAND = "kvgate bench scenario scale --out benchmarks/results/scale.json"
+#: The clock never jumps further than this without looking for new turns; think times are at
+#: least this long, so that a follow-up turn is never due in the past.
+QUANTUM_S = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,40 +154,41 @@ async def run_fleet(case: FleetCase, strategy_name: str, seed: int) -> dict[str,
     engines = [Engine(profile, EngineConfig(num_gpu_blocks=case.kv_blocks, hash_algo="xxhash"))
                for _ in range(case.replicas)]
     routing = RoutingSettings(seed=seed)
-    fleet = RoutedFleet(engines, builder, strategy_name, routing)
+    fleet = VirtualFleet(engines, strategy_name, routing, model=builder.model)
     rng = random.Random(f"scale.arrivals:{seed}")
     first_arrivals_s = [rng.uniform(0, shape.ramp_s) for _ in range(num_users)]
-    outcome = await fleet.run(
-        Users(shape, num_users, builder.model, seed), first_arrivals_s,
-        think_s=lambda: shape.min_think_s + rng.expovariate(1 / shape.mean_think_s))
-    stats = [s for _, s in outcome.finished]
+    users = UserSessions(
+        Users(shape, num_users, builder.model, seed), builder, first_arrivals_s,
+        think_s=lambda: shape.min_think_s + rng.expovariate(1 / shape.mean_think_s),
+        min_think_s=QUANTUM_S)
+    await fleet.drive(users, Pacing(quantum_s=QUANTUM_S))
+    stats = [s for _, s in fleet.finished]
     prompt_tokens = sum(s.num_prompt_tokens for s in stats)
     result: dict[str, Any] = {
         "strategy": strategy_name,
         "replicas": case.replicas,
         "users": num_users,
         "requests": len(stats),
-        "simulated_s": round(outcome.simulated_s, 3),
+        "simulated_s": round(fleet.now_s, 3),
         "hit_ratio": round(sum(s.num_cached_tokens for s in stats) / prompt_tokens, 4)
         if prompt_tokens else None,
         "ttft_ms": distribution_ms(s.ttft_s for s in stats if s.ttft_s is not None),
         "output_tokens_per_s": round(sum(s.num_output_tokens for s in stats)
-                                     / outcome.simulated_s, 1),
+                                     / fleet.now_s, 1),
         "preempted_requests": sum(1 for s in stats if s.num_preemptions),
         "load": {
-            "requests_max_over_mean": _max_over_mean(outcome.requests_per_replica),
-            "busy_max_over_mean": _max_over_mean(outcome.busy_s_per_replica),
-            "requests_cv": _cv(outcome.requests_per_replica),
+            "requests_max_over_mean": _max_over_mean(fleet.requests_per_replica),
+            "busy_max_over_mean": _max_over_mean([e.stats.busy_time_s for e in engines]),
+            "requests_cv": _cv(fleet.requests_per_replica),
         },
         "router": {
-            "decision_us": _us_distribution(outcome.decision_ns),
-            "decision_cpu_us": _us_distribution(outcome.decision_cpu_ns),
-            "outcomes": outcome.outcomes,
+            "decision_us": _us_distribution(fleet.decision_ns),
+            "decision_cpu_us": _us_distribution(fleet.decision_cpu_ns),
+            "outcomes": fleet.outcomes,
         },
     }
-    if outcome.index is not None:
-        max_blocks = max(1, routing.prefix.max_tracked_blocks // case.replicas)
-        entries, used = index_bytes(outcome.index.writes, max_blocks, routing.prefix.ttl_s)
+    if fleet.index is not None:
+        entries, used = index_bytes(fleet.index.writes, builder.model, routing, case.replicas)
         result["router"]["index_entries"] = entries
         result["router"]["index_bytes"] = used
         result["router"]["index_bytes_per_entry"] = round(used / entries, 1) if entries else None
@@ -231,9 +235,8 @@ async def decision_cost(replicas: int, prompt_tokens: int, seed: int, samples: i
     deployments = make_deployments(replicas)
     routing = RoutingSettings(seed=seed)
     strategy, index = build_router("prefix_kv_aware", deployments, routing, VirtualClock())
-    prepare = getattr(strategy, "prepare")  # noqa: B009 - prefix_kv_aware always has one
     assert index is not None
-    model = "fleet"
+    model = deployments[0].settings.model
     models = frozenset({model})
     # Prompts differ in their first 64 tokens and share the rest: the chains part at block 0,
     # and hundreds of distinct 128k-token texts need not be generated.
@@ -259,7 +262,7 @@ async def decision_cost(replicas: int, prompt_tokens: int, seed: int, samples: i
 
     async def route(kind: str, request: Call) -> None:
         started_ns, started_cpu_ns = time.perf_counter_ns(), time.thread_time_ns()
-        await prepare(request)
+        await strategy.prepare(request)
         prepared_cpu_ns = time.thread_time_ns()
         decision = strategy.choose(request, deployments)
         chosen_cpu_ns = time.thread_time_ns()
