@@ -7,7 +7,7 @@ export const gatewayOverhead: Scenario = {
   title: "Gateway overhead",
   file: "gateway_overhead.json",
   source: "measured here",
-  command: "python benchmarks/gateway_overhead.py --requests 3000 --duration-s 8",
+  command: "python -m kvgate.bench.gateway_overhead --requests 3000 --duration-s 8",
   build(data) {
     const targets = (key: string) => num(at(data, "targets", key));
     const addedP50 = targets("added_p50_ms");

@@ -61,7 +61,7 @@ export const preciseSeeds: Scenario = {
   title: "Precise routing over many seeds",
   file: "precise_seeds.json",
   source: "simulator",
-  command: "python benchmarks/precise_seeds.py --seeds 10",
+  command: "kvgate bench scenario precise-seeds --out benchmarks/results/precise_seeds.json",
   build(data) {
     const workloads = keysOf(data).filter((k) => at(data, k, "summary") !== undefined);
     const categories = keysOf(at(data, workloads[0] ?? "", "summary"));

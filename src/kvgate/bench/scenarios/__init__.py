@@ -67,6 +67,11 @@ SCENARIOS: Mapping[str, ScenarioEntry] = MappingProxyType({
         "precise_kv vs prefix_kv_aware on `kvgate sim --kv-events` under memory pressure "
         "(working set 3x KV); about 3 minutes",
     ),
+    "precise-seeds": ScenarioEntry(
+        "kvgate.bench.scenarios.precise_seeds",
+        "the precise scenario's policies in virtual time over 10 seeds (fan-out and steady "
+        "arrivals), so a difference can be told from seed-to-seed spread; about 2.5 minutes",
+    ),
     "routing": ScenarioEntry(
         "kvgate.bench.scenarios.routing",
         "prefix_kv_aware vs round_robin and least_busy on `kvgate sim` fleets and on the "

@@ -233,3 +233,15 @@ def _plot_summary(section: Mapping[str, Any], path: Path, title: str) -> Path:
     figure.savefig(path, format="png", dpi=110)
     return path
 
+
+
+if __name__ == "__main__":
+    # The report's tables from a written result, for docs/BENCHMARK_REPORT.md:
+    #   python -m kvgate.bench.scenarios.routing_report benchmarks/results/routing.json
+    import json
+    import sys
+
+    with open(sys.argv[1]) as file:
+        written = json.load(file)
+    for table_source in ("cases", "virtual"):
+        print(markdown_tables(written, table_source))

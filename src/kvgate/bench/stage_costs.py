@@ -6,13 +6,14 @@
     entries.
 Figures are per request, median of repeated runs; the machine's load average is recorded.
 
-Run: python benchmarks/stage_costs.py
+Run (from the repository root): python -m kvgate.bench.stage_costs
 Writes benchmarks/results/stage_costs.json.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -35,7 +36,8 @@ from kvgate.cache.semantic import SemanticIndex
 from kvgate.cache.store import CachedResponse
 from kvgate.limits import MemoryLimitStore, RedisLimitStore, TenantPolicy
 
-OUT = Path(__file__).parent / "results" / "stage_costs.json"
+#: Relative to the working directory: run from the repository root.
+OUT = Path("benchmarks/results/stage_costs.json")
 POLICY = TenantPolicy("t", rpm=10**9, tpm=10**12, budget_usd=1e12, budget_window="monthly")
 PROMPT = "What is the capital of France? Please answer in one short sentence."
 
@@ -120,7 +122,7 @@ def semantic() -> dict[str, Any]:
             index.insert(b"p", vector, answer)
         probe = vectors[entries // 2]
         out["lookup_us_by_partition_entries"][entries] = per_call_us(
-            lambda index=index, probe=probe: index.lookup(b"p", probe, 0.95), 200)
+            functools.partial(index.lookup, b"p", probe, 0.95), 200)
     return out
 
 

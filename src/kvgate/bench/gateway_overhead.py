@@ -8,7 +8,8 @@ Measures (one gateway worker, exact cache off so every request goes upstream):
 On a 2-core machine the gateway is pinned to CPU 1, the upstream and the load generators to
 CPU 0, so the two sides do not steal each other's core.
 
-Run: python benchmarks/gateway_overhead.py [--requests 3000] [--duration-s 10]
+Run from the repository root:
+  python -m kvgate.bench.gateway_overhead [--requests 3000] [--duration-s 10]
 Writes benchmarks/results/gateway_overhead.json.
 """
 
@@ -28,7 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 CHAT_BODY = json.dumps({"model": "zero", "messages": [{"role": "user", "content": "hi"}],
                         "max_tokens": 8}).encode()
 STREAM_BODY = json.dumps({"model": "zero", "stream": True, "max_tokens": 8,
@@ -187,7 +187,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--duration-s", type=int, default=10)
     parser.add_argument("--http-server", choices=["granian", "uvicorn"], default="uvicorn")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/gateway_overhead.json"))
+    # Relative to the working directory: run from the repository root.
+    parser.add_argument("--out", default="benchmarks/results/gateway_overhead.json")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed for the throughput figure: apt-get install wrk")
@@ -239,7 +240,7 @@ cache: {{ exact: {{ enabled: false }} }}
         "source": "measured on this machine (no GPU): KVGate over a zero-latency upstream",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
-        "command": "python benchmarks/gateway_overhead.py " + " ".join(sys.argv[1:]),
+        "command": "python -m kvgate.bench.gateway_overhead " + " ".join(sys.argv[1:]),
         "http_server": args.http_server,
         "concurrency_1_blocking_ms": {"direct": d, "gateway": g,
                                       "added_p50": round(g["p50"] - d["p50"], 4),

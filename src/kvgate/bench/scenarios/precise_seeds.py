@@ -5,23 +5,20 @@ the HTTP fleet and in virtual time; this repeats only the virtual-time arms for 
 with the scenario's fan-out workload and with steady Poisson arrivals, so a difference between
 the policies can be told apart from the workload's seed-to-seed spread.
 
-Run: python benchmarks/precise_seeds.py [--seeds 10]
-Writes benchmarks/results/precise_seeds.json.
+Run: kvgate bench scenario precise-seeds --out benchmarks/results/precise_seeds.json (10 seeds;
+``--quick``: 2 seeds of the quick setup, seconds).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-from kvgate.bench.scenarios import precise
+from kvgate.bench.scenarios import ScenarioOptions, precise
 from kvgate.bench.scenarios.precise_virtual import run_virtual_arm
 
-OUT = Path(__file__).parent / "results" / "precise_seeds.json"
+COMMAND = "kvgate bench scenario precise-seeds --out benchmarks/results/precise_seeds.json"
 
 
 def run_workload(setup: precise.Setup, seeds: range) -> dict[str, Any]:
@@ -53,23 +50,17 @@ def run_workload(setup: precise.Setup, seeds: range) -> dict[str, Any]:
             "summary": summary, "per_seed": per_seed}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=10)
-    args = parser.parse_args()
-    seeds = range(args.seeds)
-    document = {
-        "seeds": args.seeds,
-        "fan_out": run_workload(precise.FULL, seeds),
-        "steady": run_workload(replace(precise.FULL, burst_share=0.0), seeds),
+def run(options: ScenarioOptions) -> dict[str, Any]:
+    setup, seeds = (precise.QUICK, range(2)) if options.quick else (precise.FULL, range(10))
+    document: dict[str, Any] = {
+        "command": COMMAND,
+        "seeds": len(seeds),
+        "fan_out": run_workload(setup, seeds),
+        "steady": run_workload(replace(setup, burst_share=0.0), seeds),
     }
-    for workload in ("fan_out", "steady"):
-        for name, row in document[workload]["summary"].items():
-            print(f"{workload:8} {name:20} " + "  ".join(f"{k} {v}" for k, v in row.items()))
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(document, indent=2) + "\n")
-    print(f"wrote {OUT}")
-
-
-if __name__ == "__main__":
-    main()
+    if options.console is not None:
+        for workload in ("fan_out", "steady"):
+            for name, row in document[workload]["summary"].items():
+                options.console.print(f"{workload:8} {name:20} "
+                                      + "  ".join(f"{k} {v}" for k, v in row.items()))
+    return document
