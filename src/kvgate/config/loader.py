@@ -23,13 +23,13 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from kvgate.config.schema import (
+from kvgate.config.references import (
     Location,
     ReferenceProblems,
-    Settings,
     format_location,
     reference_problems,
 )
+from kvgate.config.schema import Settings
 
 logger = logging.getLogger("kvgate.config")
 

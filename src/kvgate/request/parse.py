@@ -151,7 +151,7 @@ def _check_messages(body: JSONObject) -> list[tuple[Any, str]]:
             elif kind not in _OTHER_PART_TYPES:
                 raise bad_request(
                     f"{part_where}.type {kind!r} is not a known content part type "
-                    "(text, image_url, input_audio, file, refusal)",
+                    "(text, image_url, input_audio, file, refusal, video_url, audio_url)",
                     param=f"{part_where}.type",
                 )
     return images
