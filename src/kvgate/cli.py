@@ -6,7 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from kvgate import __version__
+from kvgate import __version__, extras
+from kvgate.extras import MissingExtra
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -17,6 +18,11 @@ def _run(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
     except ConfigError as exc:
         print(f"kvgate: invalid config: {exc}", file=sys.stderr)
+        return 2
+    missing = extras.missing(settings)
+    if missing:
+        for problem in missing:
+            print(f"kvgate run: {problem}", file=sys.stderr)
         return 2
     return serve(settings, config_path=args.config, host=args.host, port=args.port,
                  workers=args.workers)
@@ -33,11 +39,16 @@ def _validate(args: argparse.Namespace) -> int:
     settings = report.settings
     if settings is None:
         return 1
+    missing = extras.missing(settings)
+    if missing:
+        for problem in missing:
+            print(f"invalid: {args.config}: {problem}", file=sys.stderr)
+        return 1
     from kvgate.gateway.compose import build_gateway
 
     try:
         build_gateway(settings)
-    except ValueError as exc:
+    except (ValueError, MissingExtra) as exc:
         print(f"invalid: {args.config}: {exc}", file=sys.stderr)
         return 1
     deployments = sum(len(m.deployments) for m in settings.models)
@@ -72,16 +83,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_version)
 
-    for name, (module, help_text) in _MODULE_COMMANDS.items():
+    for name, (module, help_text, _extra) in _MODULE_COMMANDS.items():
         _add_module_command(sub, name, module, help_text, load=name == command)
     return parser
 
 
-#: Subcommands whose modules own their flags (``add_arguments``) and entry point (``run``).
-#: They are imported only when chosen, so ``kvgate version`` does not pay for the simulator.
+#: Subcommands whose modules own their flags (``add_arguments``) and entry point (``run``),
+#: with the extra each needs. They are imported only when chosen, so ``kvgate version`` does not
+#: pay for the simulator, and a core install runs the gateway without them.
 _MODULE_COMMANDS = {
-    "sim": ("kvgate.sim.cli", "start simulated vLLM replicas"),
-    "bench": ("kvgate.bench.cli", "load generator and benchmark scenarios"),
+    "sim": ("kvgate.sim.cli", "start simulated vLLM replicas", "sim"),
+    "bench": ("kvgate.bench.cli", "load generator and benchmark scenarios", "bench"),
 }
 
 
@@ -105,9 +117,28 @@ def _add_module_command(
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in arguments if not a.startswith("-")), None)
-    args = build_parser(command).parse_args(arguments)
-    code: int = args.func(args)
+    try:
+        args = build_parser(command).parse_args(arguments)
+        code: int = args.func(args)
+    except ModuleNotFoundError as exc:
+        problem = exc if isinstance(exc, MissingExtra) else _missing_extra(command, exc)
+        if problem is None:
+            raise
+        print(problem if command in _MODULE_COMMANDS else f"kvgate {command}: {problem}",
+              file=sys.stderr)
+        return 2
     return code
+
+
+def _missing_extra(command: str | None, exc: ModuleNotFoundError) -> MissingExtra | None:
+    """A missing third-party package as the extra to install; None for anything else (a
+    missing kvgate module is a bug, and keeps its traceback)."""
+    module = (exc.name or "").partition(".")[0]
+    if not module or module == "kvgate":
+        return None
+    if command in _MODULE_COMMANDS:
+        return MissingExtra(f"kvgate {command}", _MODULE_COMMANDS[command][2], module)
+    return extras.explain(exc, "this config")
 
 
 if __name__ == "__main__":

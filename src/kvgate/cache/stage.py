@@ -11,17 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from kvgate.cache.embedders import Embedder, build_embedder
 from kvgate.cache.exact import cache_key, is_cacheable, replay_as_stream
-from kvgate.cache.semantic import SemanticIndex, semantic_key
+from kvgate.cache.semantic_key import semantic_key
 from kvgate.cache.store import CachedResponse, ResponseStore
 from kvgate.config.schema import SemanticCacheSettings
 from kvgate.core.call import CacheStatus, Call, Completion, Outcome, Stage, StreamingCompletion
+from kvgate.extras import require
 from kvgate.observability.metrics import Metrics
+
+if TYPE_CHECKING:
+    # NOTE: numpy (the `semantic` extra) is imported only when a semantic cache is built, so
+    # the exact cache, on by default, works with the core install alone.
+    import numpy as np
+
+    from kvgate.cache.embedders import Embedder
+    from kvgate.cache.semantic import SemanticIndex
 
 
 class SemanticCache:
@@ -38,6 +44,10 @@ class SemanticCache:
 
     @classmethod
     def from_settings(cls, settings: SemanticCacheSettings) -> SemanticCache:
+        require("semantic", "numpy", feature="the semantic cache (cache.semantic)")
+        from kvgate.cache.embedders import build_embedder
+        from kvgate.cache.semantic import SemanticIndex
+
         embedder = build_embedder(settings.embedder)
         index = SemanticIndex(dimensions=embedder.dimensions, max_entries=settings.max_entries,
                               ttl_s=settings.ttl_s)

@@ -13,10 +13,15 @@ import logging
 from typing import Any
 
 import orjson
-import redis.asyncio as redis_async
-from redis.exceptions import NoScriptError, RedisError
 
 from kvgate.cache.store import CachedResponse
+from kvgate.extras import MissingExtra
+
+try:
+    import redis.asyncio as redis_async
+    from redis.exceptions import NoScriptError, RedisError
+except ModuleNotFoundError as exc:  # the `redis` extra
+    raise MissingExtra("cache.backend redis", "redis", "redis") from exc
 
 logger = logging.getLogger("kvgate.cache")
 #: Queued writes beyond this are dropped (logged) instead of piling up behind a stalled Redis.

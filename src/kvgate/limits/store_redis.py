@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import redis.asyncio as redis_async
-from redis.exceptions import NoScriptError, RedisError
-
+from kvgate.extras import require
 from kvgate.limits.admission import Admission, Refusal
 from kvgate.limits.policy import TenantPolicy, budget_window
+
+if TYPE_CHECKING:
+    import redis.asyncio as redis_async
 
 logger = logging.getLogger("kvgate.limits")
 #: Queued writes beyond this are dropped (logged) instead of piling up behind a stalled Redis.
@@ -81,6 +82,13 @@ _SPEND_KEPT_S = 7 * 86400
 
 class RedisLimitStore:
     def __init__(self, client: redis_async.Redis, *, key_prefix: str = "kvgate:limits") -> None:
+        # NOTE: the redis package (the `redis` extra) is imported here, not at module level:
+        # ``kvgate.limits`` re-exports this class, and a gateway without Redis must not need it.
+        require("redis", "redis", feature="limits_backend redis")
+        from redis.exceptions import NoScriptError, RedisError
+
+        self._redis_error: type[RedisError] = RedisError
+        self._no_script: type[NoScriptError] = NoScriptError
         self._client = client
         self._prefix = key_prefix
         self._admit_sha: str | None = None
@@ -111,7 +119,7 @@ class RedisLimitStore:
                 self._charge_sha = sha
         try:
             return await client.evalsha(sha, len(keys), *keys, *args)
-        except NoScriptError:  # Redis restarted and lost its script cache
+        except self._no_script:  # Redis restarted and lost its script cache
             return await client.eval(script, len(keys), *keys, *args)
 
     async def admit(self, policy: TenantPolicy) -> Admission:
@@ -119,7 +127,7 @@ class RedisLimitStore:
         try:
             reply = await self._eval(_ADMIT, [requests_key, tokens_key, spend_key],
                                      [policy.rpm or 0, policy.tpm or 0, policy.budget_usd or 0])
-        except RedisError as exc:
+        except self._redis_error as exc:
             logger.warning("limits not enforced for %s: Redis unavailable (%s)", policy.name, exc)
             return Admission(None, 0.0, None, None, 0.0)
         code, requests, tokens, spent, retry = (
@@ -150,7 +158,7 @@ class RedisLimitStore:
         try:
             await self._eval(_CHARGE, [tokens_key, spend_key],
                              [policy.tpm or 0, tokens, repr(usd), int(ends_s) + _SPEND_KEPT_S])
-        except RedisError as exc:
+        except self._redis_error as exc:
             logger.warning("charge for %s lost: Redis unavailable (%s)", policy.name, exc)
 
     async def flush(self) -> None:

@@ -15,8 +15,13 @@ import logging
 import time
 from collections.abc import Sequence
 
-import redis.asyncio as redis_async
-from redis.exceptions import RedisError
+from kvgate.extras import MissingExtra
+
+try:
+    import redis.asyncio as redis_async
+    from redis.exceptions import RedisError
+except ModuleNotFoundError as exc:  # the `redis` extra
+    raise MissingExtra("routing.affinity_backend redis", "redis", "redis") from exc
 
 logger = logging.getLogger("kvgate.affinity")
 
