@@ -1,22 +1,16 @@
-"""AnthropicProvider against a real local HTTP server that speaks the Messages API shapes.
-
-The server checks the headers and the shape of every body it receives (refusing like
-Anthropic would), records what it got, and answers with whatever the test scripted: a
-blocking JSON reply, an SSE event list, or an error status.
+"""AnthropicProvider against a real local HTTP server that speaks the Messages API shapes
+(tests/support/fake_anthropic.py), beyond what the provider contract (test_contract.py) covers:
+request and response translation, tool calls, Anthropic's error types, its stream events.
 """
 
 from __future__ import annotations
 
-import asyncio
 import copy
-import json
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from kvgate.config.schema import AnthropicSettings
 from kvgate.core.provider import UpstreamCall
@@ -29,95 +23,21 @@ from kvgate.providers.errors import (
     UpstreamRejected,
     UpstreamServerError,
 )
-
-API_KEY = "sk-ant-test"
-VERSION = "2023-06-01"
-MODEL = "claude-test-1"
-Event = tuple[str, dict[str, Any]]
-
-
-def _error_body(error_type: str, message: str) -> dict[str, Any]:
-    return {"type": "error", "error": {"type": error_type, "message": message}}
-
-
-@dataclass
-class FakeAnthropic:
-    """What the fake upstream received, and what it answers next."""
-
-    base_url: str = ""
-    bodies: list[dict[str, Any]] = field(default_factory=list)
-    headers: list[dict[str, str]] = field(default_factory=list)
-    reply_status: int = 200
-    reply_json: dict[str, Any] = field(default_factory=dict)
-    events: list[Event] = field(default_factory=list)
-    event_delay_s: float = 0.0
-    client_left: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def _shape_error(self, body: Any) -> str | None:
-        if not isinstance(body, dict):
-            return "body must be an object"
-        if not isinstance(body.get("model"), str):
-            return "model: Field required"
-        if not isinstance(body.get("max_tokens"), int):
-            return "max_tokens: Field required"
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            return "messages: at least one message is required"
-        for index, message in enumerate(messages):
-            if message.get("role") not in ("user", "assistant"):
-                return f"messages.{index}.role: Input should be 'user' or 'assistant'"
-            if not message.get("content"):
-                return f"messages.{index}: all messages must have non-empty content"
-        return None
-
-    async def messages(self, request: web.Request) -> web.StreamResponse:
-        if request.headers.get("x-api-key") != API_KEY:
-            return web.json_response(
-                _error_body("authentication_error", "invalid x-api-key"), status=401
-            )
-        if request.headers.get("anthropic-version") != VERSION:
-            return web.json_response(
-                _error_body("invalid_request_error", "anthropic-version: header is required"),
-                status=400,
-            )
-        body = await request.json()
-        self.bodies.append(body)
-        self.headers.append(dict(request.headers))
-        problem = self._shape_error(body)
-        if problem:
-            return web.json_response(_error_body("invalid_request_error", problem), status=400)
-        if self.reply_status != 200 or not body.get("stream"):
-            return web.json_response(self.reply_json, status=self.reply_status)
-        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await response.prepare(request)
-        try:
-            for name, data in self.events:
-                await response.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
-                await asyncio.sleep(self.event_delay_s)
-        except ConnectionResetError:
-            self.client_left.set()
-        return response
-
-    async def models(self, request: web.Request) -> web.Response:
-        if request.headers.get("x-api-key") != API_KEY:
-            return web.json_response(_error_body("authentication_error", "bad key"), status=401)
-        return web.json_response({"data": [{"type": "model", "id": MODEL}], "has_more": False})
+from tests.support.fake_anthropic import (
+    API_KEY,
+    MODEL,
+    VERSION,
+    Event,
+    FakeAnthropic,
+    error_body,
+    serve_fake_anthropic,
+)
 
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[FakeAnthropic]:
-    fake = FakeAnthropic()
-    app = web.Application()
-    app.router.add_post("/v1/messages", fake.messages)
-    app.router.add_get("/v1/models", fake.models)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    fake.base_url = f"http://{host}:{port}"
-    yield fake
-    await runner.cleanup()
+    async with serve_fake_anthropic() as fake:
+        yield fake
 
 
 def _provider(base_url: str, **overrides: Any) -> AnthropicProvider:
@@ -462,7 +382,7 @@ async def test_http_errors_become_typed_upstream_errors(
     retry: bool,
 ) -> None:
     upstream.reply_status = status
-    upstream.reply_json = _error_body(error_type, f"upstream says {error_type}")
+    upstream.reply_json = error_body(error_type, f"upstream says {error_type}")
     for attempt in ("complete", "stream"):
         with pytest.raises(error_class) as caught:
             if attempt == "complete":
@@ -682,7 +602,7 @@ async def test_mid_stream_error_event_raises_matching_error(
 ) -> None:
     upstream.events = [
         *_stream_events()[:4],
-        ("error", _error_body(error_type, "went wrong mid-stream")),
+        ("error", error_body(error_type, "went wrong mid-stream")),
     ]
     received = []
     with pytest.raises(error_class) as caught:
@@ -698,19 +618,6 @@ async def test_mid_stream_error_event_raises_matching_error(
     assert caught.value.upstream_status == status
     assert caught.value.client_status == client_status
     assert caught.value.retryable is retry
-
-
-async def test_closing_the_stream_early_disconnects_upstream(
-    upstream: FakeAnthropic, provider: AnthropicProvider
-) -> None:
-    ping: Event = ("ping", {"type": "ping"})
-    upstream.events = [*_stream_events(stop=False)[:4], *([ping] * 200)]
-    upstream.event_delay_s = 0.01
-    async with provider.stream(_call(HELLO)) as chunks:
-        first = await anext(chunks)
-        assert first["choices"][0]["delta"]["role"] == "assistant"
-    # Leaving the block closed the stream: the upstream sees the client leave.
-    await asyncio.wait_for(upstream.client_left.wait(), timeout=5)
 
 
 # --- health and connection failures -----------------------------------------------------------

@@ -6,6 +6,10 @@ receives and every stream the client abandoned, and can be told how to misbehave
 X}`` sleeps before answering, ``{"chunk_delay_s": X}`` paces stream chunks, ``{"cut_after": N}``
 drops the connection after N content chunks. ``GET /_log`` returns what was recorded. Chat
 requests with vLLM's ``continue_final_message`` continue the partial assistant message.
+An answer cut by ``max_tokens`` ends with finish_reason "length", as vLLM's does.
+
+``build_app()`` keeps its :class:`Upstream` under ``app[UPSTREAM]``, so a test that serves the
+app in its own event loop (``tests.support.local_server.serve``) can read and steer it directly.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ class Upstream:
         self.streams_started = 0
         self.streams_completed = 0
         self.streams_abandoned = 0
+        #: Set when a client leaves a stream before its end (in-process use).
+        self.client_left = asyncio.Event()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
@@ -66,23 +72,26 @@ class Upstream:
             )
         chat = request.path.endswith("chat/completions")
         tokens = answer_tokens(body)
+        # The answer fills max_tokens when one is set (as the mock provider's does), so it
+        # was cut there.
+        finish = "length" if body.get("max_tokens") else "stop"
         usage = {"prompt_tokens": 7, "completion_tokens": len(tokens),
                  "total_tokens": 7 + len(tokens),
                  "prompt_tokens_details": {"cached_tokens": 3}}
         if not body.get("stream"):
             text = "".join(tokens)
             choice = ({"index": 0, "message": {"role": "assistant", "content": text},
-                       "finish_reason": "stop"} if chat else
-                      {"index": 0, "text": text, "finish_reason": "stop"})
+                       "finish_reason": finish} if chat else
+                      {"index": 0, "text": text, "finish_reason": finish})
             return web.json_response({
                 "id": "up-1", "object": "chat.completion" if chat else "text_completion",
                 "created": int(time.time()), "model": body.get("model"),
                 "choices": [choice], "usage": usage,
             })
-        return await self._stream(request, body, tokens, usage, chat)
+        return await self._stream(request, body, tokens, usage, chat, finish)
 
     async def _stream(self, request: web.Request, body: dict[str, Any], tokens: list[str],
-                      usage: dict[str, Any], chat: bool) -> web.StreamResponse:
+                      usage: dict[str, Any], chat: bool, finish: str) -> web.StreamResponse:
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
         self.streams_started += 1
@@ -100,8 +109,8 @@ class Upstream:
                           if chat else {"index": 0, "text": token, "finish_reason": None})
                 await response.write(b"data: " + orjson.dumps({**base, "choices": [choice]})
                                      + b"\n\n")
-            final = ({"index": 0, "delta": {}, "finish_reason": "stop"} if chat
-                     else {"index": 0, "text": "", "finish_reason": "stop"})
+            final = ({"index": 0, "delta": {}, "finish_reason": finish} if chat
+                     else {"index": 0, "text": "", "finish_reason": finish})
             await response.write(b"data: " + orjson.dumps({**base, "choices": [final]}) + b"\n\n")
             if (body.get("stream_options") or {}).get("include_usage"):
                 await response.write(
@@ -111,6 +120,7 @@ class Upstream:
             self.streams_completed += 1
         except (ConnectionResetError, asyncio.CancelledError):
             self.streams_abandoned += 1
+            self.client_left.set()
             raise
         return response
 
@@ -130,9 +140,13 @@ class Upstream:
         return web.json_response({"object": "list", "data": [{"id": "up-model"}]})
 
 
+UPSTREAM = web.AppKey("upstream", Upstream)
+
+
 def build_app() -> web.Application:
     upstream = Upstream()
     app = web.Application()
+    app[UPSTREAM] = upstream
     app.router.add_post("/v1/chat/completions", upstream.handle)
     app.router.add_post("/v1/completions", upstream.handle)
     app.router.add_get("/v1/models", upstream.models)
