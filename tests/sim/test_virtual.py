@@ -33,8 +33,10 @@ def _run(seed: int) -> list[float]:
     cluster.run_until_idle()
     assert len(cluster.finished) == 200
     assert not any(engine.has_unfinished_requests() for engine in cluster.engines)
+    # In submission order: ids come from a counter shared by the whole test session, so
+    # sorting them as strings ("r99" > "r100") would order two runs differently.
     return [stats.ttft_s or 0.0 for _, stats in sorted(cluster.finished,
-                                                         key=lambda x: x[1].request_id)]
+                                                         key=lambda x: int(x[1].request_id[1:]))]
 
 
 def test_runs_are_deterministic_and_complete() -> None:
