@@ -9,10 +9,17 @@ from __future__ import annotations
 import argparse
 from typing import get_args
 
-from kvgate.sim.fleet import run_fleet
-from kvgate.sim.profiles import DEFAULT_PROFILE, PROFILES
-from kvgate.sim.settings import ReplicaSettings
-from kvgate.vllm_compat.hashing import HashAlgo
+from kvgate.extras import MissingExtra
+
+try:
+    from kvgate.sim.fleet import run_fleet
+    from kvgate.sim.profiles import DEFAULT_PROFILE, PROFILES
+    from kvgate.sim.settings import ReplicaSettings
+    from kvgate.vllm_compat.hashing import HashAlgo
+except ModuleNotFoundError as exc:  # the `sim` extra (ZMQ, msgspec, CBOR), unless it is ours
+    if (exc.name or "kvgate").partition(".")[0] == "kvgate":
+        raise
+    raise MissingExtra("kvgate sim", "sim", exc.name or "") from exc
 
 
 def _positive_float(text: str) -> float:
