@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from kvgate.api import admin
+from kvgate.api import admin, admin_tenants
 from kvgate.api.asgi import (
     JSON_TYPE,
     SSE_HEADERS,
@@ -264,6 +264,11 @@ class KVGateApp:
 
     async def _unrouted(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
+        if path.startswith(admin_tenants.PREFIX):
+            status, body = await admin_tenants.handle(
+                self.gateway, scope["method"], path, _header(scope, b"authorization"))
+            await send_bytes(send, status, body, [], JSON_TYPE)
+            return
         if path.startswith("/docs/static/") and scope["method"] == "GET":
             asset = self._docs.asset(path.removeprefix("/docs/static/"))
             if asset is not None:

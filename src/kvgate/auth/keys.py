@@ -1,4 +1,5 @@
-"""Map API keys to tenants. Keys may be configured in plain text or as ``sha256:<hex>`` digests.
+"""Map API keys to tenants. Keys may be configured in plain text or as ``sha256:<hex>`` digests,
+alone or as objects carrying a key name (for per-key limits).
 
 Lookups hash the presented key once and compare digests in a dict, so the cost does not grow
 with the number of keys and plain-text keys are never kept in memory after start-up.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from kvgate.config.schema import TenantSettings
+from kvgate.config.schema import ApiKeySettings, TenantSettings
 from kvgate.errors import GatewayError
 
 
@@ -19,18 +20,22 @@ def _digest(key: str) -> str:
 
 class KeyRing:
     def __init__(self, tenants: list[TenantSettings]) -> None:
-        self._tenant_by_digest: dict[str, str] = {}
+        #: digest -> (tenant, key name or None for an unnamed key)
+        self._owner_by_digest: dict[str, tuple[str, str | None]] = {}
         for tenant in tenants:
-            for key in tenant.api_keys:
+            for entry in tenant.api_keys:
+                key, name = ((entry.key, entry.name) if isinstance(entry, ApiKeySettings)
+                             else (entry, None))
                 digest = key[7:].lower() if key.startswith("sha256:") else _digest(key)
-                self._tenant_by_digest[digest] = tenant.name
+                self._owner_by_digest[digest] = (tenant.name, name)
 
     @property
     def enabled(self) -> bool:
-        return bool(self._tenant_by_digest)
+        return bool(self._owner_by_digest)
 
-    def tenant_for(self, authorization: bytes | None) -> str:
-        """The tenant owning the bearer key in an ``Authorization`` header, or 401."""
+    def owner_of(self, authorization: bytes | None) -> tuple[str, str | None]:
+        """The tenant and key name owning the bearer key in an ``Authorization`` header, or
+        401."""
         if not authorization:
             raise GatewayError(
                 401, "missing API key: send 'Authorization: Bearer <key>'",
@@ -42,12 +47,16 @@ class KeyRing:
                 401, "malformed Authorization header: expected 'Bearer <key>'",
                 error_type="authentication_error", code="invalid_api_key",
             )
-        tenant = self._tenant_by_digest.get(_digest(key.strip()))
-        if tenant is None:
+        owner = self._owner_by_digest.get(_digest(key.strip()))
+        if owner is None:
             raise GatewayError(
                 401, "invalid API key", error_type="authentication_error", code="invalid_api_key"
             )
-        return tenant
+        return owner
+
+    def tenant_for(self, authorization: bytes | None) -> str:
+        """The tenant owning the bearer key, or 401."""
+        return self.owner_of(authorization)[0]
 
 
 def is_admin(authorization: bytes | None, admin_key: str | None) -> bool:

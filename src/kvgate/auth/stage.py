@@ -17,7 +17,7 @@ class AuthStage:
         self._keys = keys
 
     async def __call__(self, call: Call) -> Outcome:
-        call.tenant = self._keys.tenant_for(call.authorization)
+        call.tenant, call.api_key_name = self._keys.owner_of(call.authorization)
         return await self._next(call)
 
     def describe(self) -> dict[str, Any]:

@@ -18,6 +18,18 @@ from pydantic import (
 )
 
 from kvgate.config.references import ReferenceProblems, reference_problems
+from kvgate.config.tenants import (
+    ApiKeySettings,
+    BudgetSettings,
+    LimitsSettings,
+    RateLimitSettings,
+    TenantSettings,
+    sync_limits_backend,
+    tenant_problems,
+)
+
+__all__ = ["ApiKeySettings", "BudgetSettings", "LimitsSettings", "RateLimitSettings",
+           "TenantSettings"]  # re-exported: they lived here first
 
 
 class _Frozen(BaseModel):
@@ -163,6 +175,9 @@ class DeploymentSettings(_Frozen):
     #: When ``model`` is a LoRA adapter: the path vLLM loaded it from (its block-hash key).
     lora_path: str | None = None
     kv_events: KVEventsSettings | None = None
+    #: The most output tokens one request gets here when it sets no max_tokens; the limits
+    #: stage reserves budget for it (None: ``limits.default_max_output_tokens``).
+    max_output_tokens: int | None = Field(None, ge=1)
 
 
 class BreakerSettings(_Frozen):
@@ -287,23 +302,6 @@ class CacheSettings(_Frozen):
     semantic: SemanticCacheSettings = SemanticCacheSettings()
 
 
-class RateLimitSettings(_Frozen):
-    rpm: int | None = Field(None, ge=1)
-    tpm: int | None = Field(None, ge=1)
-
-
-class BudgetSettings(_Frozen):
-    usd: float = Field(gt=0)
-    window: Literal["daily", "monthly"] | int = "monthly"
-
-
-class TenantSettings(_Frozen):
-    name: str
-    api_keys: list[str] = Field(min_length=1)
-    rate_limit: RateLimitSettings | None = None
-    budget: BudgetSettings | None = None
-
-
 class RedisSettings(_Frozen):
     url: str = "redis://localhost:6379/0"
 
@@ -315,7 +313,9 @@ class Settings(_Frozen):
     routing: RoutingSettings = RoutingSettings()
     cache: CacheSettings = CacheSettings()
     tenants: list[TenantSettings] = Field(default_factory=list)
+    #: The older spelling of ``limits.backend``; the two always agree once validated.
     limits_backend: Literal["memory", "redis"] = "memory"
+    limits: LimitsSettings = LimitsSettings()
     redis: RedisSettings = RedisSettings()
 
     def routing_for(self, model: ModelSettings) -> RoutingSettings:
@@ -329,8 +329,10 @@ class Settings(_Frozen):
     def _check_references(
         cls, data: Any, handler: ModelWrapValidatorHandler[Settings]
     ) -> Settings:
-        settings = handler(data)
+        settings = handler(sync_limits_backend(data))
         problems = reference_problems(data) if isinstance(data, Mapping) else []
+        problems += [(("tenants",), message) for message in tenant_problems(
+            settings.tenants, {m.name for m in settings.models})]
         if problems:
             raise ReferenceProblems(problems)
         return settings

@@ -38,6 +38,8 @@ class Call:
     #: Approximate prompt length of each image, in vision tokens.
     image_tokens: list[int] = field(default_factory=list)
     tenant: str | None = None
+    #: The name of the API key the auth stage matched, when the key has one (per-key limits).
+    api_key_name: str | None = None
     #: Filled by the routing stage for the ``kvgate.route`` metadata.
     route: dict[str, Any] = field(default_factory=dict)
     #: What a strategy's ``prepare`` computed for this call (e.g. its fingerprint and

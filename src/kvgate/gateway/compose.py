@@ -228,21 +228,46 @@ def _layers(settings: Settings, metrics: Metrics, redis: SharedRedis,
 
 def _limits_layer(settings: Settings, metrics: Metrics, redis: SharedRedis,
                   closers: list[Closer]) -> Layer | None:
+    """Tenants' model access and limits, with everything per model (prices, output caps)
+    computed here once; None when no tenant has limits or a model list."""
+    from kvgate.limits.access import ModelAccess
+    from kvgate.config.schema import ApiKeySettings
     from kvgate.limits import LimitsStage, MemoryLimitStore, TenantPolicy
+    from kvgate.limits.estimate import CostEstimator, ModelPrice
+    from kvgate.limits.stage import backend_error_counter
     from kvgate.limits.store import LimitStore
 
     policies = [p for p in map(TenantPolicy.from_settings, settings.tenants) if p is not None]
-    if not policies:
+    key_policies = {
+        (tenant.name, key.name): policy
+        for tenant in settings.tenants for key in tenant.api_keys
+        if isinstance(key, ApiKeySettings)
+        and (policy := TenantPolicy.for_key(tenant.name, key)) is not None
+    }
+    access = ModelAccess(settings.tenants)
+    if not policies and not key_policies and not access.restricts:
         return None
+    limits = settings.limits
+    estimator = CostEstimator(
+        {m.name: ModelPrice.of(m.deployments, limits.default_max_output_tokens)
+         for m in settings.models},
+        prompt_chars_per_token=limits.prompt_chars_per_token)
+    count_error = backend_error_counter(metrics, limits.on_backend_error)
+    # A reservation outlives the request's deadline, so only a dead gateway's ones expire.
+    ttl_s = settings.server.request_timeout_s + limits.reservation_margin_s
     store: LimitStore
-    if settings.limits_backend == "redis":
+    if limits.backend == "redis":
         from kvgate.limits.store_redis import RedisLimitStore
 
-        store = RedisLimitStore(redis.get())
+        store = RedisLimitStore(redis.get(), reservation_ttl_s=ttl_s,
+                                on_backend_error=count_error)
     else:
-        store = MemoryLimitStore()
+        store = MemoryLimitStore(reservation_ttl_s=ttl_s)
     closers.append(store.aclose)
-    return Layer("limits", lambda inner: LimitsStage(inner, store, policies, metrics))
+    return Layer("limits", lambda inner: LimitsStage(
+        inner, store, policies, metrics, estimator=estimator, key_policies=key_policies,
+        access=access if access.restricts else None,
+        fail_closed=limits.on_backend_error == "fail_closed", on_backend_error=count_error))
 
 
 def _cache_layer(settings: Settings, metrics: Metrics, redis: SharedRedis,

@@ -1,48 +1,63 @@
-"""What one tenant may use, and the calendar of its spend budget.
+"""What one tenant (or one of its named API keys) may use, and the calendar of its budget.
 
 Rate limits are token buckets refilled continuously: ``rpm`` requests and ``tpm`` tokens per
-minute, with a burst of one minute's worth. A request is admitted while the request bucket
-holds at least one request and the token bucket is not in debt; its tokens are charged when
-it ends (prompt + completion, from the upstream's usage), so a large answer can put the token
-bucket into debt -- at most one minute's worth -- and the next request waits for the refill.
+minute, with a burst of one minute's worth. A request takes one request and reserves its
+estimated tokens at admission; when it ends, the difference to its real usage is refunded or
+charged, so the token bucket can go into debt -- at most one minute's worth -- and the next
+request waits for the refill.
 
 Budgets are spent per window: a UTC calendar day or month, or fixed windows of N seconds
-counted from the Unix epoch. Spend is the cost computed from usage and deployment prices;
-answers from the response cache cost nothing.
+counted from the Unix epoch. A request is admitted only if the window's spend, plus what the
+requests in flight reserved, plus its own worst-case estimate stays within the budget. Spend
+is the real cost from usage and deployment prices; cached answers cost nothing.
 """
 
 from __future__ import annotations
 
 import calendar
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
-from kvgate.config.schema import TenantSettings
+from kvgate.config.schema import ApiKeySettings, BudgetSettings, RateLimitSettings, TenantSettings
 
 BudgetWindow = Literal["daily", "monthly"] | int
 
 
 @dataclass(frozen=True, slots=True)
 class TenantPolicy:
+    #: The store's name for it: the tenant's name, or ``tenant/key`` for a key's own limits.
     name: str
     rpm: int | None
     tpm: int | None
     budget_usd: float | None
     budget_window: BudgetWindow
+    #: How refusals name it: "tenant 'a'" or "API key 'k' of tenant 'a'".
+    label: str = field(default="", compare=False)
 
     @classmethod
     def from_settings(cls, tenant: TenantSettings) -> TenantPolicy | None:
         """The tenant's policy, or None when it has no limits at all."""
-        rate, budget = tenant.rate_limit, tenant.budget
-        policy = cls(
-            name=tenant.name,
-            rpm=rate.rpm if rate else None,
-            tpm=rate.tpm if rate else None,
-            budget_usd=budget.usd if budget else None,
-            budget_window=budget.window if budget else "monthly",
-        )
-        return policy if policy.rpm or policy.tpm or policy.budget_usd else None
+        return _policy(tenant.name, f"tenant '{tenant.name}'", tenant.rate_limit, tenant.budget)
+
+    @classmethod
+    def for_key(cls, tenant: str, key: ApiKeySettings) -> TenantPolicy | None:
+        """A named key's own policy (on top of its tenant's), or None when it has none."""
+        return _policy(f"{tenant}/{key.name}", f"API key '{key.name}' of tenant '{tenant}'",
+                       key.rate_limit, key.budget)
+
+
+def _policy(name: str, label: str, rate: RateLimitSettings | None,
+            budget: BudgetSettings | None) -> TenantPolicy | None:
+    policy = TenantPolicy(
+        name=name,
+        rpm=rate.rpm if rate else None,
+        tpm=rate.tpm if rate else None,
+        budget_usd=budget.usd if budget else None,
+        budget_window=budget.window if budget else "monthly",
+        label=label,
+    )
+    return policy if policy.rpm or policy.tpm or policy.budget_usd else None
 
 
 def budget_window(window: BudgetWindow, now_unix_s: float) -> tuple[str, float]:

@@ -1,156 +1,195 @@
-"""The limits stage: refuse a tenant's request over its rate limits (429) or budget (402),
-and charge every request's tokens and spend to its tenant when the request ends.
+"""The limits stage: a tenant's model access (403), then its API key's and its own rate limits
+(429) and budgets (402), by reservation: the request's worst-case cost is reserved at
+admission and settled from its real usage when it ends.
 
-It sits right after authentication, before the response cache: a cached answer still counts
-as a request (it costs no tokens and no money). A request is charged what its upstream
-attempts billed (``Call.billed_tokens`` / ``billed_usd``) whatever the ending: an answer, an
-upstream error after some attempts, a stream the client left early.
+It sits right after parsing (the model and prompt are known), before the response cache: a
+cached answer still counts as a request and settles at no cost. Settlement happens exactly
+once per admitted request, whatever the ending: an answer, an upstream error, failover
+exhausted, the deadline, a cancelled task, or a stream the client left (settled when the API
+layer closes it, for what the attempts billed).
 """
 
 from __future__ import annotations
 
-import math
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from prometheus_client import Counter
+
+from kvgate.limits.access import ModelAccess
 from kvgate.core.call import Call, ChunkStream, Outcome, Stage, StreamingCompletion
 from kvgate.core.provider import JSONObject
-from kvgate.errors import GatewayError
-from kvgate.limits.admission import Admission
+from kvgate.limits.admission import Admission, Estimate, Reservation
+from kvgate.limits.estimate import CostEstimator
 from kvgate.limits.policy import TenantPolicy
-from kvgate.limits.store import SECONDS_PER_MINUTE, LimitStore
+from kvgate.limits.responses import backend_unavailable, rate_limit_headers, refusal
+from kvgate.limits.store import LimitBackendError, LimitStore
 from kvgate.observability.metrics import Metrics
+
+logger = logging.getLogger("kvgate.limits")
+
+
+def backend_error_counter(metrics: Metrics, on_error: str) -> Callable[[str], None]:
+    """``kvgate_limits_backend_errors_total{operation,on_error}``, registered on the app's
+    registry; returns what counts one error of an operation (admit, settle, usage, reset)."""
+    counter = Counter("kvgate_limits_backend_errors_total",
+                      "Limit store operations that failed because its backend was unreachable",
+                      ["operation", "on_error"], registry=metrics.registry)
+    return lambda operation: counter.labels(operation, on_error).inc()
 
 
 class LimitsStage:
     def __init__(self, next_stage: Stage, store: LimitStore, policies: list[TenantPolicy],
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, *, estimator: CostEstimator,
+                 key_policies: dict[tuple[str, str], TenantPolicy] | None = None,
+                 access: ModelAccess | None = None, fail_closed: bool = False,
+                 on_backend_error: Callable[[str], None] | None = None) -> None:
         self._next = next_stage
         self._store = store
         self._policies = {p.name: p for p in policies}
+        self._key_policies = key_policies or {}
+        self._access = access
+        self._estimate = estimator
         self._metrics = metrics
-        #: The latest admission per tenant, for /admin/stats (bounded by the config).
+        self._fail_closed = fail_closed
+        self._on_backend_error = on_backend_error
+        #: Whether the store was unreachable at the latest admission: logs the transitions,
+        #: not every request of an outage.
+        self._backend_down = False
+        #: The latest admission per policy, for /admin/stats (bounded by the config).
         self._latest: dict[str, Admission] = {}
 
+    @property
+    def store(self) -> LimitStore:
+        return self._store
+
+    def policies_of(self, tenant: str) -> tuple[TenantPolicy | None, dict[str, TenantPolicy]]:
+        """A tenant's own policy and its named keys' policies, for the admin API."""
+        keys = {key: p for (t, key), p in self._key_policies.items() if t == tenant}
+        return self._policies.get(tenant), keys
+
+    def allowed_models(self, tenant: str) -> list[str] | None:
+        return None if self._access is None else self._access.models_of(tenant)
+
     async def __call__(self, call: Call) -> Outcome:
-        policy = self._policies.get(call.tenant) if call.tenant is not None else None
-        if policy is None:
+        if self._access is not None:
+            self._access.check(call)
+        tenant = call.tenant
+        if tenant is None:
             return await self._next(call)
-        admission = await self._store.admit(policy)
-        self._latest[policy.name] = admission
-        call.response_headers = rate_limit_headers(policy, admission)
-        if admission.refused is not None:
-            self._metrics.limit_rejections_for(policy.name, admission.refused).inc()
-            raise refusal(policy, admission)
+        policy = self._policies.get(tenant)
+        key_policy = (self._key_policies.get((tenant, call.api_key_name))
+                      if call.api_key_name is not None else None)
+        if policy is None and key_policy is None:
+            return await self._next(call)
+        settle = _Settlement(self._store, call, self._metrics)
+        estimate = self._estimate(call)
         try:
+            for each in (key_policy, policy):  # the key first: it is the narrower limit
+                if each is not None:
+                    admission = await self._admit(each, estimate)
+                    if admission.refused is not None:
+                        self._metrics.limit_rejections_for(each.name, admission.refused).inc()
+                        raise refusal(each, admission)
+                    settle.held.append((each, admission.reservation))
+                    if (each.rpm or each.tpm) and not call.response_headers:
+                        call.response_headers = rate_limit_headers(each, admission)
             outcome = await self._next(call)
         except BaseException:
-            self._charge(policy, call)
+            # Refused by the tenant after its key was admitted, or the request failed or was
+            # cancelled: release what was reserved and charge what was billed.
+            settle()
             raise
         if isinstance(outcome, StreamingCompletion):
-            outcome.chunks = _ChargedOnClose(outcome.chunks, lambda: self._charge(policy, call))
+            outcome.chunks = _SettledOnClose(outcome.chunks, settle)
         else:
-            self._charge(policy, call)
+            settle()
         return outcome
 
-    def _charge(self, policy: TenantPolicy, call: Call) -> None:
-        self._store.charge(policy, call.billed_tokens, call.billed_usd)
-        if call.billed_usd:
-            self._metrics.tenant_spend_for(policy.name).inc(call.billed_usd)
+    async def _admit(self, policy: TenantPolicy, estimate: Estimate) -> Admission:
+        try:
+            admission = await self._store.admit(policy, estimate)
+        except LimitBackendError as exc:
+            if self._on_backend_error is not None:
+                self._on_backend_error("admit")
+            if not self._backend_down:
+                self._backend_down = True
+                logger.warning("limits store unreachable (%s): %s", exc, "refusing requests "
+                               "(fail_closed)" if self._fail_closed else "admitting requests "
+                               "without limits (fail_open)")
+            if self._fail_closed:
+                raise backend_unavailable() from exc
+            return Admission(None, 0.0, None, None, 0.0)  # nothing held; settle still charges
+        if self._backend_down:
+            self._backend_down = False
+            logger.warning("limits store reachable again: limits enforced")
+        self._latest[policy.name] = admission
+        return admission
 
     def describe(self) -> dict[str, dict[str, Any]]:
-        """Per tenant: its limits and, as of its latest request, what was left."""
+        """Per policy (tenants, and keys as ``tenant/key``): its limits and, as of its latest
+        request, what was left."""
         out: dict[str, dict[str, Any]] = {}
-        for name, policy in self._policies.items():
-            latest = self._latest.get(name)
-            out[name] = {
+        for policy in (*self._policies.values(), *self._key_policies.values()):
+            latest = self._latest.get(policy.name)
+            out[policy.name] = {
                 "rpm": policy.rpm, "tpm": policy.tpm, "budget_usd": policy.budget_usd,
                 "budget_window": policy.budget_window,
                 "requests_left": None if latest is None else _round(latest.requests_left),
                 "tokens_left": None if latest is None else _round(latest.tokens_left),
                 "spent_usd": None if latest is None else round(latest.spent_usd, 6),
+                "reserved_usd": None if latest is None else round(latest.reserved_usd, 6),
             }
         return out
 
 
-class _ChargedOnClose:
-    """A chunk stream that charges its call once, when it is closed (end, error or client
+class _Settlement:
+    """Settles what one request holds, once: a second call does nothing."""
+
+    __slots__ = ("_call", "_metrics", "_store", "held")
+
+    def __init__(self, store: LimitStore, call: Call, metrics: Metrics) -> None:
+        self._store = store
+        self._call = call
+        self._metrics = metrics
+        self.held: list[tuple[TenantPolicy, Reservation]] = []
+
+    def __call__(self) -> None:
+        held, self.held = self.held, []
+        if not held:
+            return
+        call = self._call
+        for policy, reservation in held:
+            self._store.settle(policy, reservation, call.billed_tokens, call.billed_usd)
+        if call.billed_usd and call.tenant is not None:
+            self._metrics.tenant_spend_for(call.tenant).inc(call.billed_usd)
+
+
+class _SettledOnClose:
+    """A chunk stream that settles its call once, when it is closed (end, error or client
     gone); the API layer always closes the stream it relays."""
 
-    __slots__ = ("_charge", "_chunks")
+    __slots__ = ("_chunks", "_settle")
 
-    def __init__(self, chunks: ChunkStream, charge: Callable[[], None]) -> None:
+    def __init__(self, chunks: ChunkStream, settle: Callable[[], None]) -> None:
         self._chunks = chunks
-        self._charge: Callable[[], None] | None = charge
+        self._settle = settle
 
-    def __aiter__(self) -> _ChargedOnClose:
+    def __aiter__(self) -> _SettledOnClose:
         return self
 
     def __anext__(self) -> Awaitable[JSONObject]:
         return self._chunks.__anext__()
 
     async def aclose(self) -> None:
-        charge, self._charge = self._charge, None
         try:
             # First: closing bills an attempt the client left mid-answer.
             await self._chunks.aclose()
         finally:  # also when the close itself is cancelled
-            if charge is not None:
-                charge()
-
-
-def refusal(policy: TenantPolicy, admission: Admission) -> GatewayError:
-    retry_after_s = max(1, math.ceil(admission.retry_after_s))
-    headers = {k.decode(): v.decode() for k, v in rate_limit_headers(policy, admission)}
-    headers["retry-after"] = str(retry_after_s)
-    if admission.refused == "budget":
-        window = (f"{policy.budget_window}-second window" if isinstance(policy.budget_window, int)
-                  else {"daily": "day (UTC)", "monthly": "month (UTC)"}[policy.budget_window])
-        return GatewayError(
-            402, f"tenant '{policy.name}' has spent its budget of ${policy.budget_usd:g} for this "
-                 f"{window} (${admission.spent_usd:.4f}); it renews in {_duration(retry_after_s)}",
-            error_type="insufficient_quota", code="budget_exceeded", headers=headers,
-        )
-    limit = (f"{policy.rpm} requests" if admission.refused == "requests"
-             else f"{policy.tpm} tokens")
-    return GatewayError(
-        429, f"rate limit reached for tenant '{policy.name}': {limit} per minute; retry after "
-             f"{admission.retry_after_s:.2f} s",
-        error_type="rate_limit_error", code="rate_limit_exceeded", headers=headers,
-    )
-
-
-def rate_limit_headers(policy: TenantPolicy, admission: Admission) -> tuple[
-        tuple[bytes, bytes], ...]:
-    """OpenAI's ``x-ratelimit-*`` headers: limit, what is left, and when the bucket is full."""
-    headers: list[tuple[bytes, bytes]] = []
-    for kind, limit, left in (("requests", policy.rpm, admission.requests_left),
-                              ("tokens", policy.tpm, admission.tokens_left)):
-        if not limit or left is None:
-            continue
-        full_in_s = max(0.0, (limit - left) * SECONDS_PER_MINUTE / limit)
-        headers += [
-            (b"x-ratelimit-limit-" + kind.encode(), str(limit).encode()),
-            (b"x-ratelimit-remaining-" + kind.encode(), str(max(0, math.floor(left))).encode()),
-            (b"x-ratelimit-reset-" + kind.encode(), _duration(full_in_s).encode()),
-        ]
-    return tuple(headers)
-
-
-def _duration(seconds: float) -> str:
-    """``850ms``, ``12s``, ``1m30s``, ``2h5m``, ``3d4h``: OpenAI's reset format, extended."""
-    if seconds < 1:
-        return f"{round(seconds * 1000)}ms"
-    whole = math.ceil(seconds)
-    days, rest = divmod(whole, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours}h"
-    if hours:
-        return f"{hours}h{minutes}m"
-    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+            self._settle()
 
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
+
