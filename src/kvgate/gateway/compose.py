@@ -230,9 +230,9 @@ def _limits_layer(settings: Settings, metrics: Metrics, redis: SharedRedis,
                   closers: list[Closer]) -> Layer | None:
     """Tenants' model access and limits, with everything per model (prices, output caps)
     computed here once; None when no tenant has limits or a model list."""
-    from kvgate.limits.access import ModelAccess
     from kvgate.config.schema import ApiKeySettings
     from kvgate.limits import LimitsStage, MemoryLimitStore, TenantPolicy
+    from kvgate.limits.access import ModelAccess
     from kvgate.limits.estimate import CostEstimator, ModelPrice
     from kvgate.limits.stage import backend_error_counter
     from kvgate.limits.store import LimitStore

@@ -17,9 +17,9 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from kvgate.limits.access import ModelAccess
 from kvgate.core.call import Call, ChunkStream, Outcome, Stage, StreamingCompletion
 from kvgate.core.provider import JSONObject
+from kvgate.limits.access import ModelAccess
 from kvgate.limits.admission import Admission, Estimate, Reservation
 from kvgate.limits.estimate import CostEstimator
 from kvgate.limits.policy import TenantPolicy
