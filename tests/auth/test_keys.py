@@ -93,3 +93,16 @@ def test_admin_key() -> None:
     assert not is_admin(b"admin-1", "admin-1")
     assert not is_admin(None, "admin-1")
     assert not is_admin(b"Bearer admin-1", None)
+
+
+def test_named_keys_give_their_tenant_and_name() -> None:
+    from kvgate.config.schema import ApiKeySettings
+
+    keys = KeyRing([TenantSettings(name="team-a", api_keys=[
+        "plain", ApiKeySettings(key="sk-ci", name="ci", rate_limit={"rpm": 5}),
+        {"key": "sha256:" + hashlib.sha256(b"sk-hashed").hexdigest(), "name": "hashed"},
+    ])])
+    assert keys.owner_of(b"Bearer plain") == ("team-a", None)
+    assert keys.owner_of(b"Bearer sk-ci") == ("team-a", "ci")
+    assert keys.owner_of(b"Bearer sk-hashed") == ("team-a", "hashed")
+    assert keys.tenant_for(b"Bearer sk-ci") == "team-a"
