@@ -60,9 +60,9 @@ class Upstream:
         return {}
 
 
-async def _chunks() -> AsyncIterator[JSONObject]:
+async def _chunks() -> AsyncIterator[list[JSONObject]]:
     for _ in range(3):
-        yield {"choices": []}
+        yield [{"choices": []}]
 
 
 def build(ending: str, **kwargs: Any) -> tuple[LimitsStage, RecordingStore]:

@@ -522,7 +522,7 @@ async def test_stream_translates_events_to_chunks(
 ) -> None:
     upstream.events = _stream_events()
     async with provider.stream(_call({**HELLO, "stream": True})) as stream:
-        chunks = [chunk async for chunk in stream]
+        chunks = [chunk async for batch in stream for chunk in batch]
 
     assert upstream.bodies[0]["stream"] is True
     assert upstream.headers[0]["x-api-key"] == API_KEY
@@ -583,8 +583,8 @@ async def test_stream_without_message_stop_raises(
     received = []
     with pytest.raises(UpstreamServerError, match="without message_stop"):
         async with provider.stream(_call(HELLO)) as chunks:
-            async for chunk in chunks:
-                received.append(chunk)
+            async for batch in chunks:
+                received.extend(batch)
     assert len(received) == 6  # every content chunk arrived before the cut was noticed
 
 
@@ -607,8 +607,8 @@ async def test_mid_stream_error_event_raises_matching_error(
     received = []
     with pytest.raises(error_class) as caught:
         async with provider.stream(_call(HELLO)) as chunks:
-            async for chunk in chunks:
-                received.append(chunk)
+            async for batch in chunks:
+                received.extend(batch)
     assert [c["choices"][0]["delta"] for c in received] == [
         {"role": "assistant", "content": ""},
         {"content": "Let me "},

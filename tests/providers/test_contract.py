@@ -264,8 +264,12 @@ def streamed(body: JSONObject, endpoint: Endpoint = "chat") -> UpstreamCall:
 
 
 async def read_stream(provider: Provider, call: UpstreamCall) -> list[JSONObject]:
-    async with provider.stream(call) as chunks:
-        return [chunk async for chunk in chunks]
+    async with provider.stream(call) as batches:
+        received = []
+        async for batch in batches:
+            assert batch, "a batch is never empty"
+            received.extend(batch)
+        return received
 
 
 def streamed_text(chunks: list[JSONObject]) -> str:
@@ -394,7 +398,7 @@ async def test_leaving_a_stream_early_closes_it_and_cancels_the_upstream(
     tasks_before = asyncio.all_tasks()
     async with provider.stream(streamed(chat_body(max_tokens=200))) as chunks:
         first = await anext(chunks)
-        assert first["object"] == "chat.completion.chunk"
+        assert first[0]["object"] == "chat.completion.chunk"
     await upstream.wait_client_left()
     with pytest.raises(StopAsyncIteration):
         await anext(chunks)

@@ -41,8 +41,8 @@ async def test_without_a_limit_the_default_length_ends_with_stop() -> None:
 
 
 async def test_a_streamed_answer_has_max_tokens_chunks_and_usage() -> None:
-    async with provider().stream(chat(max_tokens=30)) as chunks:
-        received = [chunk async for chunk in chunks]
+    async with provider().stream(chat(max_tokens=30)) as batches:
+        received = [chunk async for batch in batches for chunk in batch]
     content = [c for c in received if c["choices"] and c["choices"][0]["delta"].get("content")]
     assert len(content) == 30
     assert received[-1]["usage"]["completion_tokens"] == 30

@@ -14,7 +14,7 @@ import pytest
 from kvgate.config.schema import BreakerSettings
 from kvgate.core.call import Call, Completion, StreamingCompletion
 from kvgate.core.deployment import Deployment
-from kvgate.core.provider import JSONObject, UpstreamCall
+from kvgate.core.provider import ChunkBatch, JSONObject, UpstreamCall
 from kvgate.errors import GatewayError
 from kvgate.observability.metrics import Metrics
 from kvgate.providers.errors import (
@@ -53,21 +53,21 @@ class Controlled:
                              "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
 
-    def stream(self, call: UpstreamCall) -> aclosing[AsyncGenerator[JSONObject, None]]:
-        return aclosing(self._chunks())
+    def stream(self, call: UpstreamCall) -> aclosing[AsyncGenerator[ChunkBatch, None]]:
+        return aclosing(self._batches())
 
-    async def _chunks(self) -> AsyncGenerator[JSONObject, None]:
+    async def _batches(self) -> AsyncGenerator[ChunkBatch, None]:
         self.calls += 1
         try:
             if self.error is not None:
                 raise self.error
             for text in ("a", "b", "c"):
-                yield {"id": "x", "choices": [{"index": 0, "delta": {"content": text},
-                                               "finish_reason": None}]}
+                yield [{"id": "x", "choices": [{"index": 0, "delta": {"content": text},
+                                                "finish_reason": None}]}]
                 self.entered.set()
                 if self.wait:
                     await self.release.wait()
-            yield {"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            yield [{"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
         finally:
             self.streams_closed += 1
 
@@ -162,7 +162,7 @@ async def test_a_client_leaving_mid_stream_releases_and_closes_the_upstream() ->
     a = on(upstream, "a")
     outcome = await failover_for(a)(call(stream=True))
     assert isinstance(outcome, StreamingCompletion)
-    first = await anext(outcome.chunks)
+    (first,) = await anext(outcome.chunks)
     assert first["choices"][0]["delta"]["content"] == "a"
     assert in_flight(a) == [1]
     await outcome.chunks.aclose()
@@ -178,7 +178,8 @@ async def test_a_finished_stream_releases_once_and_records_success() -> None:
     a = on(upstream, "a")
     outcome = await failover_for(a)(call(stream=True))
     assert isinstance(outcome, StreamingCompletion)
-    texts = [c["choices"][0]["delta"].get("content") async for c in outcome.chunks]
+    texts = [c["choices"][0]["delta"].get("content")
+             async for batch in outcome.chunks for c in batch]
     await outcome.chunks.aclose()
     assert texts == ["a", "b", "c", None]
     assert in_flight(a) == [0] and upstream.streams_closed == 1

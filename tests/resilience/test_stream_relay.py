@@ -14,7 +14,7 @@ import pytest
 from kvgate.config.schema import BreakerSettings
 from kvgate.core.call import Call, StreamingCompletion
 from kvgate.core.deployment import Deployment
-from kvgate.core.provider import JSONObject, UpstreamCall
+from kvgate.core.provider import ChunkBatch, JSONObject, UpstreamCall
 from kvgate.observability.metrics import Metrics
 from kvgate.providers.errors import UpstreamError, UpstreamRejected, UpstreamServerError
 from kvgate.resilience.breaker import CircuitBreakerBoard
@@ -50,10 +50,11 @@ class Scripted:
     async def complete(self, call: UpstreamCall) -> JSONObject:
         raise NotImplementedError
 
-    def stream(self, call: UpstreamCall) -> aclosing[AsyncGenerator[JSONObject, None]]:
-        return aclosing(self._chunks(call))
+    def stream(self, call: UpstreamCall) -> aclosing[AsyncGenerator[ChunkBatch, None]]:
+        return aclosing(self._batches(call))
 
-    async def _chunks(self, call: UpstreamCall) -> AsyncGenerator[JSONObject, None]:
+    async def _batches(self, call: UpstreamCall) -> AsyncGenerator[ChunkBatch, None]:
+        """One chunk per batch: each scripted chunk arrives on its own."""
         self.bodies.append(call.body)
         for step in self.scripts.pop(0):
             if isinstance(step, UpstreamError):
@@ -61,7 +62,7 @@ class Scripted:
             if isinstance(step, float):
                 await asyncio.sleep(step)
                 continue
-            yield dict(step)
+            yield [dict(step)]
 
     async def check_health(self) -> bool:
         return True
@@ -92,8 +93,8 @@ def chat(**body: Any) -> Call:
 async def drain(outcome: StreamingCompletion) -> tuple[list[JSONObject], UpstreamError | None]:
     chunks: list[JSONObject] = []
     try:
-        async for chunk in outcome.chunks:
-            chunks.append(chunk)
+        async for batch in outcome.chunks:
+            chunks.extend(batch)
     except UpstreamError as error:
         return chunks, error
     finally:
@@ -171,7 +172,7 @@ async def test_client_gone_during_a_resume_leaves_no_one_in_flight() -> None:
     failover, _ = build(a := on(first, "a"), b := on(slow, "b"))
     outcome = await open_stream(failover, chat())
     chunks = outcome.chunks
-    assert text_of([await chunks.__anext__(), await chunks.__anext__()]) == "a"
+    assert text_of([*await chunks.__anext__(), *await chunks.__anext__()]) == "a"
     pending = asyncio.ensure_future(chunks.__anext__())
     await asyncio.sleep(0.05)
     assert b.stats.in_flight == 1

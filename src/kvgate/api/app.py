@@ -192,35 +192,48 @@ class KVGateApp:
     ) -> int:
         deployment = outcome.deployment
         deployment_id = deployment.id if deployment else str(call.route.get("deployment", ""))
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            *SSE_HEADERS,
-            (b"x-request-id", call.request_id.encode()),
-            (b"x-kvgate-cache", outcome.cache.encode()),
-            (b"x-kvgate-deployment", deployment_id.encode()),
-            *_route_headers(call),
-            *call.response_headers,
-        ]})
         include_usage = call.include_usage
         chunks = outcome.chunks
+        #: Encoded events not yet written: a batch that ends with the usage chunk is held
+        #: back, since the end of the stream follows it, so that it leaves with [DONE] in
+        #: one write.
+        held = b""
         try:
-            async for chunk in chunks:
-                if not include_usage and "usage" in chunk:
-                    del chunk["usage"]
-                    if not chunk.get("choices"):
-                        continue
-                await send({"type": "http.response.body",
-                            "body": b"data: " + orjson.dumps(chunk) + b"\n\n", "more_body": True})
+            # Inside the try: if the client is gone before the head is sent, the stream is
+            # still closed, which cancels the upstream and settles the call's limits.
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                *SSE_HEADERS,
+                (b"x-request-id", call.request_id.encode()),
+                (b"x-kvgate-cache", outcome.cache.encode()),
+                (b"x-kvgate-deployment", deployment_id.encode()),
+                *_route_headers(call),
+                *call.response_headers,
+            ]})
+            async for batch in chunks:
+                # One write per batch: the chunks that arrived together leave together.
+                events = []
+                for chunk in batch:
+                    if not include_usage and "usage" in chunk:
+                        del chunk["usage"]
+                        if not chunk.get("choices"):
+                            continue
+                    events.append(orjson.dumps(chunk))
+                if events:
+                    held += b"data: " + b"\n\ndata: ".join(events) + b"\n\n"
+                if held and batch[-1].get("choices") != []:  # not the closing usage chunk
+                    await send({"type": "http.response.body", "body": held, "more_body": True})
+                    held = b""
         except UpstreamError as error:
             # The status line is gone; the client learns of the failure from an error event
             # and from the missing [DONE], never from a stream that looks complete.
             watch.finishing = True
             event = error_body(error.message, error.error_type, error.error_type, None)
-            await send({"type": "http.response.body", "body": b"data: " + event + b"\n\n"})
+            await send({"type": "http.response.body", "body": held + b"data: " + event + b"\n\n"})
             return error.client_status
         finally:
             await _aclose(chunks)
         watch.finishing = True
-        await send({"type": "http.response.body", "body": _DONE})
+        await send({"type": "http.response.body", "body": held + _DONE})
         return 200
 
     async def _send_error(

@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator
 import orjson
 
 from kvgate.core.call import Call
-from kvgate.core.provider import JSONObject
+from kvgate.core.provider import ChunkBatch, JSONObject
 
 #: Fields that change how an answer is delivered, not what it says.
 _DELIVERY_FIELDS = frozenset({"stream", "stream_options", "user", "metadata", "request_id"})
@@ -36,8 +36,8 @@ def cache_key(call: Call) -> bytes:
 
 async def replay_as_stream(
     body: JSONObject, include_usage: bool
-) -> AsyncGenerator[JSONObject, None]:
-    """A cached answer as the chunks a live stream would have sent."""
+) -> AsyncGenerator[ChunkBatch, None]:
+    """A cached answer as the chunks a live stream would have sent, in one batch."""
     chat = body.get("object") == "chat.completion"
     base = {
         "id": body.get("id"),
@@ -45,18 +45,21 @@ async def replay_as_stream(
         "created": int(time.time()),
         "model": body.get("model"),
     }
+    batch: ChunkBatch = []
     for choice in body.get("choices", []):
         index = choice.get("index", 0)
         if chat:
             message = choice.get("message") or {}
-            yield {**base, "choices": [{"index": index, "delta": {
+            batch.append({**base, "choices": [{"index": index, "delta": {
                 "role": "assistant", "content": message.get("content") or ""},
-                "finish_reason": None}]}
-            yield {**base, "choices": [{"index": index, "delta": {},
-                                        "finish_reason": choice.get("finish_reason")}]}
+                "finish_reason": None}]})
+            batch.append({**base, "choices": [{"index": index, "delta": {},
+                                               "finish_reason": choice.get("finish_reason")}]})
         else:
-            yield {**base, "choices": [{"index": index, "text": choice.get("text", ""),
-                                        "finish_reason": choice.get("finish_reason"),
-                                        "logprobs": None}]}
+            batch.append({**base, "choices": [{"index": index, "text": choice.get("text", ""),
+                                               "finish_reason": choice.get("finish_reason"),
+                                               "logprobs": None}]})
     if include_usage and body.get("usage"):
-        yield {**base, "choices": [], "usage": body["usage"]}
+        batch.append({**base, "choices": [], "usage": body["usage"]})
+    if batch:
+        yield batch

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from kvgate.core.deployment import Deployment
-from kvgate.core.provider import Endpoint, JSONObject
+from kvgate.core.provider import ChunkBatch, Endpoint, JSONObject
 
 CacheStatus = Literal["miss", "exact", "semantic", "bypass"]
 
@@ -67,11 +67,12 @@ class Completion:
 
 
 class ChunkStream(Protocol):
-    """An async iterator of chunk objects that must be closed (``aclose``) when done."""
+    """An async iterator of chunk batches (:data:`~kvgate.core.provider.ChunkBatch`) that
+    must be closed (``aclose``) when done."""
 
-    def __aiter__(self) -> AsyncIterator[JSONObject]: ...
+    def __aiter__(self) -> AsyncIterator[ChunkBatch]: ...
 
-    def __anext__(self) -> Awaitable[JSONObject]: ...
+    def __anext__(self) -> Awaitable[ChunkBatch]: ...
 
     async def aclose(self) -> None: ...
 
@@ -80,8 +81,9 @@ class ChunkStream(Protocol):
 class StreamingCompletion:
     """A stream whose first chunk has already arrived (so the deployment is settled).
 
-    ``chunks`` yields OpenAI chunk objects, the usage chunk included; the API layer strips it
-    when the client did not ask. Closing ``chunks`` early cancels the upstream request.
+    ``chunks`` yields batches of OpenAI chunk objects, the usage chunk included; the API layer
+    strips it when the client did not ask and writes each batch to the client at once.
+    Closing ``chunks`` early cancels the upstream request.
     """
 
     chunks: ChunkStream

@@ -14,6 +14,11 @@ from typing import Any, Literal, Protocol
 
 Endpoint = Literal["chat", "completions"]
 JSONObject = dict[str, Any]
+#: Stream chunks that arrived together (from one network read), in order; never empty.
+#: Streams move in batches so that every layer, down to the client socket, pays its per-item
+#: cost (an await, a write) once per read instead of once per token: under load several
+#: tokens arrive per read.
+ChunkBatch = list[JSONObject]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +49,11 @@ class Provider(Protocol):
 
     def stream(
         self, call: UpstreamCall
-    ) -> AbstractAsyncContextManager[AsyncIterator[JSONObject]]:
+    ) -> AbstractAsyncContextManager[AsyncIterator[ChunkBatch]]:
         """A context manager over the stream's OpenAI chunk objects (``chat.completion.chunk``
-        or ``text_completion``), used as ``async with provider.stream(call) as chunks:``.
+        or ``text_completion``) in batches, used as ``async with provider.stream(call) as
+        batches: async for batch in batches: ...``; a batch holds the chunks that arrived
+        together, never none.
 
         The final chunk carries ``usage``. Entering or iterating raises an ``UpstreamError``
         subclass if the upstream fails before or during the stream, including a stream that

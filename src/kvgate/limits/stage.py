@@ -18,7 +18,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from kvgate.core.call import Call, ChunkStream, Outcome, Stage, StreamingCompletion
-from kvgate.core.provider import JSONObject
+from kvgate.core.provider import ChunkBatch
 from kvgate.limits.access import ModelAccess
 from kvgate.limits.admission import Admission, Estimate, Reservation
 from kvgate.limits.estimate import CostEstimator
@@ -179,7 +179,7 @@ class _SettledOnClose:
     def __aiter__(self) -> _SettledOnClose:
         return self
 
-    def __anext__(self) -> Awaitable[JSONObject]:
+    def __anext__(self) -> Awaitable[ChunkBatch]:
         return self._chunks.__anext__()
 
     async def aclose(self) -> None:

@@ -15,7 +15,7 @@ from contextlib import aclosing
 import orjson
 
 from kvgate.config.schema import AnthropicSettings
-from kvgate.core.provider import JSONObject, UpstreamCall
+from kvgate.core.provider import ChunkBatch, JSONObject, UpstreamCall
 from kvgate.providers.anthropic_translate import (
     OVERLOADED_STATUS,
     error_for_event,
@@ -125,6 +125,16 @@ class ChunkTranslator:
             self._usage.update((key, value) for key, value in usage.items() if value is not None)
 
 
+def _event(data: bytes) -> JSONObject:
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamServerError("upstream sent an invalid SSE event") from exc
+    if not isinstance(event, dict):
+        raise UpstreamServerError("upstream sent a non-object SSE event")
+    return event
+
+
 def _as_overloaded(exc: UpstreamError) -> UpstreamOverloaded | None:
     """The overloaded error HTTPUpstream's generic mapping made of a 529, if this is one."""
     if exc.upstream_status == OVERLOADED_STATUS and not isinstance(exc, UpstreamOverloaded):
@@ -177,23 +187,27 @@ class AnthropicProvider:
             raise overloaded from exc
         return to_chat_completion(message, created=int(time.time()))
 
-    def stream(self, call: UpstreamCall) -> aclosing[AsyncGenerator[JSONObject, None]]:
-        return aclosing(self._chunks(call))
+    def stream(self, call: UpstreamCall) -> aclosing[AsyncGenerator[ChunkBatch, None]]:
+        return aclosing(self._batches(call))
 
-    async def _chunks(self, call: UpstreamCall) -> AsyncGenerator[JSONObject, None]:
+    async def _batches(self, call: UpstreamCall) -> AsyncGenerator[ChunkBatch, None]:
         payload = self._payload(call, stream=True)
         translator = ChunkTranslator(model=call.body.get("model"), created=int(time.time()))
         events = self._http.stream_events(self._messages_url, payload)
         try:
-            async for data in events:
+            async for payloads in events:
+                batch: ChunkBatch = []
                 try:
-                    event = orjson.loads(data)
-                except orjson.JSONDecodeError as exc:
-                    raise UpstreamServerError("upstream sent an invalid SSE event") from exc
-                if not isinstance(event, dict):
-                    raise UpstreamServerError("upstream sent a non-object SSE event")
-                for chunk in translator.feed(event, data):
-                    yield chunk
+                    for data in payloads:
+                        batch += translator.feed(_event(data), data)
+                        if translator.is_finished:
+                            break
+                except UpstreamError:
+                    if batch:  # what came before the error still reaches the client
+                        yield batch
+                    raise
+                if batch:
+                    yield batch
                 if translator.is_finished:
                     return
         except UpstreamError as exc:

@@ -172,7 +172,9 @@ class _Connection(asyncio.Protocol):
         return self._got_bytes
 
     async def body_chunks(self) -> AsyncIterator[bytes]:
-        """The response body as it arrives (chunked encoding already removed)."""
+        """The response body as it arrives (chunked encoding already removed): everything
+        that arrived since the last wake-up, joined, so a network read that carried several
+        HTTP chunks (an engine's burst of tokens) costs one iteration, not one per chunk."""
         events = self._events
         while True:
             while not events:
@@ -181,12 +183,20 @@ class _Connection(asyncio.Protocol):
                     await self._waiter
                 finally:
                     self._waiter = None
+            parts: list[bytes] = []
+            while events:
+                item = events[0]
+                if item is None or isinstance(item, Exception):
+                    break
+                parts.append(events.popleft())  # type: ignore[arg-type]
+            if parts:
+                yield parts[0] if len(parts) == 1 else b"".join(parts)
+                continue
             item = events.popleft()
             if item is None:
                 return
-            if isinstance(item, Exception):
-                raise item
-            yield item
+            assert isinstance(item, Exception)
+            raise item
 
 
 class ConnectionPool:

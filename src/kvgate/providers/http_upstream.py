@@ -141,8 +141,10 @@ class HTTPUpstream:
             raise UpstreamServerError("upstream returned a non-object JSON body")
         return parsed
 
-    async def stream_events(self, url: str, payload: bytes) -> AsyncGenerator[bytes, None]:
-        """Yield each SSE ``data:`` payload (bytes) until the response ends.
+    async def stream_events(self, url: str, payload: bytes
+                            ) -> AsyncGenerator[list[bytes], None]:
+        """Yield the SSE ``data:`` payloads (bytes) each network read completed, as one list
+        per read (never empty), until the response ends.
 
         Leaving the iterator early closes the connection: the upstream sees the disconnect and
         aborts the request.
@@ -158,9 +160,9 @@ class HTTPUpstream:
                 if b"\n" not in chunk:
                     continue
                 *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    if line.startswith(b"data:"):
-                        yield line[5:].strip()
+                events = [line[5:].strip() for line in lines if line.startswith(b"data:")]
+                if events:
+                    yield events
             complete = True
         except ReadTimeout as exc:
             raise UpstreamTimeout(f"upstream stream stalled: {url}") from exc
@@ -169,7 +171,7 @@ class HTTPUpstream:
         finally:
             exchange.close(complete=complete)
         if pending.startswith(b"data:"):
-            yield pending[5:].strip()
+            yield [pending[5:].strip()]
 
     async def get_ok(self, url: str) -> bool:
         target = self._target(url)

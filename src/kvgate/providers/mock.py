@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from kvgate.config.schema import MockProviderSettings
-from kvgate.core.provider import JSONObject, UpstreamCall
+from kvgate.core.provider import ChunkBatch, JSONObject, UpstreamCall
 from kvgate.providers.errors import UpstreamServerError, error_for_status
 
 _VOCABULARY = (
@@ -158,10 +158,12 @@ class MockProvider:
             "usage": usage,
         }
 
-    def stream(self, call: UpstreamCall) -> aclosing[AsyncGenerator[JSONObject, None]]:
-        return aclosing(self._chunks(call))
+    def stream(self, call: UpstreamCall) -> aclosing[AsyncGenerator[ChunkBatch, None]]:
+        return aclosing(self._batches(call))
 
-    async def _chunks(self, call: UpstreamCall) -> AsyncGenerator[JSONObject, None]:
+    async def _batches(self, call: UpstreamCall) -> AsyncGenerator[ChunkBatch, None]:
+        """The answer's chunks, batched as a fast engine's would arrive: everything written
+        between two pauses (``tokens_per_s``) travels together."""
         self._maybe_fail()
         tokens, finish, prompt_tokens = self._plan(call)
         chat = call.endpoint == "chat"
@@ -173,30 +175,36 @@ class MockProvider:
         }
         if self._settings.ttft_ms:
             await asyncio.sleep(self._settings.ttft_ms / 1000)
+        batch: ChunkBatch = []
         if chat:
-            yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                        "finish_reason": None}]}
+            batch.append({**base, "choices": [{
+                "index": 0, "delta": {"role": "assistant", "content": ""},
+                "finish_reason": None}]})
         cut_after = self._settings.fail_after_chunks
         for index, token in enumerate(tokens):
             if cut_after is not None and index >= cut_after:
+                if batch:
+                    yield batch
                 raise UpstreamServerError(
                     f"mock provider {self._name}: stream cut after {cut_after} chunks"
                 )
             if index and self._token_interval_s:
+                yield batch
+                batch = []
                 await asyncio.sleep(self._token_interval_s)
             choice: JSONObject = (
                 {"index": 0, "delta": {"content": token}, "finish_reason": None}
                 if chat
                 else {"index": 0, "text": token, "finish_reason": None, "logprobs": None}
             )
-            yield {**base, "choices": [choice]}
+            batch.append({**base, "choices": [choice]})
         final: JSONObject = (
             {"index": 0, "delta": {}, "finish_reason": finish}
             if chat
             else {"index": 0, "text": "", "finish_reason": finish, "logprobs": None}
         )
-        yield {**base, "choices": [final]}
-        yield {
+        batch.append({**base, "choices": [final]})
+        batch.append({
             **base,
             "choices": [],
             "usage": {
@@ -204,7 +212,8 @@ class MockProvider:
                 "completion_tokens": len(tokens),
                 "total_tokens": prompt_tokens + len(tokens),
             },
-        }
+        })
+        yield batch
 
     async def check_health(self) -> bool:
         return True

@@ -13,8 +13,9 @@ from contextlib import aclosing
 import orjson
 
 from kvgate.config.schema import OpenAICompatibleSettings
-from kvgate.core.provider import JSONObject, UpstreamCall
+from kvgate.core.provider import ChunkBatch, JSONObject, UpstreamCall
 from kvgate.providers.errors import (
+    UpstreamError,
     UpstreamServerError,
     error_for_status,
 )
@@ -49,32 +50,45 @@ class OpenAICompatibleProvider:
     async def complete(self, call: UpstreamCall) -> JSONObject:
         return await self._http.post_json(self._urls[call.endpoint], orjson.dumps(call.body))
 
-    def stream(self, call: UpstreamCall) -> aclosing[AsyncGenerator[JSONObject, None]]:
-        return aclosing(self._chunks(call))
+    def stream(self, call: UpstreamCall) -> aclosing[AsyncGenerator[ChunkBatch, None]]:
+        return aclosing(self._batches(call))
 
-    async def _chunks(self, call: UpstreamCall) -> AsyncGenerator[JSONObject, None]:
+    async def _batches(self, call: UpstreamCall) -> AsyncGenerator[ChunkBatch, None]:
         url = self._urls[call.endpoint]
         events = self._http.stream_events(url, orjson.dumps(call.body))
         try:
-            async for data in events:
-                if data == _DONE:
-                    return
-                try:
-                    chunk = orjson.loads(data)
-                except orjson.JSONDecodeError as exc:
-                    raise UpstreamServerError("upstream sent an invalid SSE chunk") from exc
-                if "error" in chunk:
-                    status = int(chunk["error"].get("code") or 500) if isinstance(
-                        chunk["error"], dict
-                    ) else 500
-                    raise error_for_status(
-                        status if status >= 400 else 500,
-                        upstream_error_message(status, data),
-                    )
-                yield chunk
+            async for payloads in events:
+                batch: ChunkBatch = []
+                for data in payloads:
+                    if data == _DONE:
+                        if batch:
+                            yield batch
+                        return
+                    try:
+                        batch.append(self._chunk(data))
+                    except UpstreamError:
+                        if batch:  # what came before the error still reaches the client
+                            yield batch
+                        raise
+                yield batch
         finally:
             await events.aclose()
         raise UpstreamServerError(f"upstream {self._name} ended the stream without [DONE]")
+
+    @staticmethod
+    def _chunk(data: bytes) -> JSONObject:
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamServerError("upstream sent an invalid SSE chunk") from exc
+        if "error" in chunk:
+            status = int(chunk["error"].get("code") or 500) if isinstance(
+                chunk["error"], dict
+            ) else 500
+            raise error_for_status(
+                status if status >= 400 else 500, upstream_error_message(status, data),
+            )
+        return chunk  # type: ignore[no-any-return]
 
     async def check_health(self) -> bool:
         return await self._http.get_ok(self._health_url)

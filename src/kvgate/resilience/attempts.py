@@ -22,7 +22,7 @@ from typing import Literal
 
 from kvgate.core.call import Call
 from kvgate.core.deployment import Deployment
-from kvgate.core.provider import JSONObject, UpstreamCall
+from kvgate.core.provider import ChunkBatch, JSONObject, UpstreamCall
 from kvgate.errors import GatewayError
 from kvgate.observability.metrics import Metrics
 from kvgate.providers.errors import UpstreamError, UpstreamServerError, UpstreamTimeout
@@ -178,7 +178,7 @@ class Attempt:
         self.started_s = 0.0
         self._outcome: AttemptOutcome = "abandoned"
         self._error: UpstreamError | None = None
-        self._stream: AbstractAsyncContextManager[AsyncIterator[JSONObject]] | None = None
+        self._stream: AbstractAsyncContextManager[AsyncIterator[ChunkBatch]] | None = None
         self._closed = False
 
     async def __aenter__(self) -> Attempt:
@@ -206,7 +206,7 @@ class Attempt:
         call = self._loop.call
         return UpstreamCall(call.endpoint, body, call.request_id)
 
-    async def open_stream(self, body: JSONObject) -> AsyncIterator[JSONObject]:
+    async def open_stream(self, body: JSONObject) -> AsyncIterator[ChunkBatch]:
         """Open the provider's stream for this attempt; :meth:`aclose` closes it (which
         cancels the upstream request if it is still running)."""
         self._stream = self.deployment.provider.stream(self.upstream_call(body))

@@ -19,7 +19,7 @@ from typing import Any
 
 from kvgate.core.call import Call
 from kvgate.core.deployment import Deployment
-from kvgate.core.provider import JSONObject
+from kvgate.core.provider import ChunkBatch, JSONObject
 from kvgate.errors import GatewayError
 from kvgate.observability.metrics import Metrics
 from kvgate.providers.errors import UpstreamError, UpstreamServerError, UpstreamTimeout
@@ -40,8 +40,8 @@ class StreamRelay:
         self.deployment: Deployment | None = None
         #: The attempt being relayed, until it ends (its in-flight count is released then).
         self._attempt: Attempt | None = None
-        self._upstream: AsyncIterator[JSONObject] | None = None
-        self._pending: JSONObject | None = None
+        self._upstream: AsyncIterator[ChunkBatch] | None = None
+        self._pending: ChunkBatch | None = None
         self._closed = False
         self._text_parts: list[str] = []
         #: Content chunks relayed from the current attempt (≈ tokens, for usage on resume).
@@ -87,7 +87,7 @@ class StreamRelay:
             body["prompt"] = body["prompt"] + partial
         return body
 
-    async def _open_attempt(self) -> JSONObject:
+    async def _open_attempt(self) -> ChunkBatch:
         attempts = self._attempts
         if self._text_parts:
             # Resuming: deployments that cannot continue a message are out before the strategy
@@ -136,14 +136,14 @@ class StreamRelay:
     def __aiter__(self) -> StreamRelay:
         return self
 
-    async def __anext__(self) -> JSONObject:
+    async def __anext__(self) -> ChunkBatch:
         if self._pending is not None:
-            chunk, self._pending = self._pending, None
-            return self._observe(chunk)
+            batch, self._pending = self._pending, None
+            return self._observe(batch)
         if self._closed or self._upstream is None:
             raise StopAsyncIteration
         try:
-            chunk = await self._upstream.__anext__()
+            batch = await self._upstream.__anext__()
         except StopAsyncIteration:
             self._closed = True
             await self._end_attempt(None)
@@ -166,10 +166,10 @@ class StreamRelay:
                 self._closed = True
                 self._bill_cut_attempt()
                 raise
-            chunk = await self._resume(error)
-        return self._observe(chunk)
+            batch = await self._resume(error)
+        return self._observe(batch)
 
-    async def _resume(self, cause: UpstreamError) -> JSONObject:
+    async def _resume(self, cause: UpstreamError) -> ChunkBatch:
         self._chunks_before_resume += self._chunks_this_attempt
         self._bill_cut_attempt()
         try:
@@ -204,7 +204,12 @@ class StreamRelay:
                 {"prompt_tokens": 0, "completion_tokens": self._chunks_this_attempt},
             )
 
-    def _observe(self, chunk: JSONObject) -> JSONObject:
+    def _observe(self, batch: ChunkBatch) -> ChunkBatch:
+        for chunk in batch:
+            self._observe_chunk(chunk)
+        return batch
+
+    def _observe_chunk(self, chunk: JSONObject) -> None:
         if self._stream_id is None:
             self._stream_id, self._created = chunk.get("id"), chunk.get("created")
             self._model = chunk.get("model")
@@ -244,7 +249,6 @@ class StreamRelay:
                     0, (usage.get("prompt_tokens") or 0) - self._chunks_before_resume
                 )
                 usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        return chunk
 
     def _first_token_arrived(self) -> None:
         self._first_chunk_seen = True
