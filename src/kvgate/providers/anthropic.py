@@ -31,7 +31,7 @@ from kvgate.providers.errors import (
     UpstreamRejected,
     UpstreamServerError,
 )
-from kvgate.providers.http_upstream import HTTPUpstream
+from kvgate.providers.http_upstream import HTTPUpstream, json_object
 
 
 class ChunkTranslator:
@@ -125,16 +125,6 @@ class ChunkTranslator:
             self._usage.update((key, value) for key, value in usage.items() if value is not None)
 
 
-def _event(data: bytes) -> JSONObject:
-    try:
-        event = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise UpstreamServerError("upstream sent an invalid SSE event") from exc
-    if not isinstance(event, dict):
-        raise UpstreamServerError("upstream sent a non-object SSE event")
-    return event
-
-
 def _as_overloaded(exc: UpstreamError) -> UpstreamOverloaded | None:
     """The overloaded error HTTPUpstream's generic mapping made of a 529, if this is one."""
     if exc.upstream_status == OVERLOADED_STATUS and not isinstance(exc, UpstreamOverloaded):
@@ -199,7 +189,7 @@ class AnthropicProvider:
                 batch: ChunkBatch = []
                 try:
                     for data in payloads:
-                        batch += translator.feed(_event(data), data)
+                        batch += translator.feed(json_object(data, "SSE event"), data)
                         if translator.is_finished:
                             break
                 except UpstreamError:

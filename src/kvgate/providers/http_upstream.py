@@ -51,6 +51,17 @@ def upstream_error_message(status: int, raw: bytes) -> str:
     return f"upstream answered HTTP {status}"
 
 
+def json_object(raw: bytes, what: str) -> JSONObject:
+    """``raw`` parsed as a JSON object, or ``UpstreamServerError`` naming ``what`` it was."""
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamServerError(f"upstream sent an invalid JSON {what}") from exc
+    if not isinstance(parsed, dict):
+        raise UpstreamServerError(f"upstream sent a non-object JSON {what}")
+    return parsed
+
+
 class _Target:
     """One URL with its request line and fixed headers rendered once, at start-up."""
 
@@ -132,14 +143,7 @@ class HTTPUpstream:
         target = self._target(url)
         exchange = await self._exchange(target, target.post(payload))
         await self._raise_for_status(exchange)
-        raw = await self._read(exchange)
-        try:
-            parsed = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamServerError("upstream returned invalid JSON") from exc
-        if not isinstance(parsed, dict):
-            raise UpstreamServerError("upstream returned a non-object JSON body")
-        return parsed
+        return json_object(await self._read(exchange), "response body")
 
     async def stream_events(self, url: str, payload: bytes
                             ) -> AsyncGenerator[list[bytes], None]:

@@ -19,7 +19,7 @@ from kvgate.providers.errors import (
     UpstreamServerError,
     error_for_status,
 )
-from kvgate.providers.http_upstream import HTTPUpstream, upstream_error_message
+from kvgate.providers.http_upstream import HTTPUpstream, json_object, upstream_error_message
 
 _PATHS = {"chat": "/chat/completions", "completions": "/completions"}
 _DONE = b"[DONE]"
@@ -77,10 +77,7 @@ class OpenAICompatibleProvider:
 
     @staticmethod
     def _chunk(data: bytes) -> JSONObject:
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamServerError("upstream sent an invalid SSE chunk") from exc
+        chunk = json_object(data, "SSE chunk")
         if "error" in chunk:
             status = int(chunk["error"].get("code") or 500) if isinstance(
                 chunk["error"], dict
@@ -88,7 +85,7 @@ class OpenAICompatibleProvider:
             raise error_for_status(
                 status if status >= 400 else 500, upstream_error_message(status, data),
             )
-        return chunk  # type: ignore[no-any-return]
+        return chunk
 
     async def check_health(self) -> bool:
         return await self._http.get_ok(self._health_url)
