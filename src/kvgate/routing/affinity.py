@@ -9,7 +9,10 @@ an LRU bound stand in for the engine's own eviction.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
+from itertools import accumulate, compress, repeat, takewhile
+from operator import and_, is_
 from typing import Protocol
 
 
@@ -45,12 +48,27 @@ class AffinityIndex(Protocol):
 
 
 class MemoryAffinityIndex:
-    """One insertion-ordered dict per deployment: block hash -> the second it was last served.
+    """Per deployment, block hash -> the second it was last served; per block, who holds it.
 
-    NOTE: a plain dict instead of ``OrderedDict``: re-inserting a key moves it to the end, so
-    iteration order is LRU order, and a dict entry costs about half an OrderedDict node. With
-    60-bit keys (small enough for a 32-byte int) and the timestamp object shared by all
-    entries written in the same second, 1 million entries take about 75 MB.
+    Two structures, kept in step by ``record``, eviction, expiry and ``forget``:
+
+    * ``_blocks``: one insertion-ordered dict per deployment, block key -> tick (the second it
+      was last served there). NOTE: a plain dict instead of ``OrderedDict``: re-inserting a key
+      moves it to the end, so iteration order is LRU order (and, ticks never decreasing, oldest
+      first), and a dict entry costs about half an OrderedDict node.
+    * ``_holders``: block key -> bitmask of the deployments (by slot) that hold it. A lookup
+      walks the prompt's chain once, ANDing masks, instead of once per deployment: O(links +
+      deployments) where per-deployment walks cost O(links x deployments) (2.6 ms at 256
+      deployments and 8k-token prompts, measured by ``python -m kvgate.bench.routing_cost``).
+
+    Expired entries are swept (front of each LRU dict) before a lookup whenever some entry may
+    have expired, so every bit in ``_holders`` is fresh when a lookup reads it; the sweep runs
+    at most once per tick (second), and costs O(deployments + entries expired).
+
+    NOTE: memory trade-off: the holder masks add one dict entry per *distinct* block (key
+    objects are shared), about 40 bytes: with no block shared between deployments, 1 million
+    entries take about 115 MB instead of 74 MB; a prefix shared by N deployments costs
+    1/N of that per entry.
     """
 
     def __init__(
@@ -64,6 +82,14 @@ class MemoryAffinityIndex:
         self._max_blocks = max_blocks_per_deployment
         self._ttl_s = ttl_s
         self._blocks: dict[str, dict[int, int]] = {}
+        self._holders: dict[int, int] = {}
+        #: Deployment id -> its bit in ``_holders`` masks, given on first sight, never reused.
+        self._slots: dict[str, int] = {}
+        #: tuple of deployment ids -> (their slots, OR of their bits): the strategy asks with
+        #: the same ids every time.
+        self._queries: dict[tuple[str, ...], tuple[list[int], int]] = {}
+        #: No entry is older than this tick (a lower bound: evictions only raise the truth).
+        self._oldest_tick = _NO_TICK
         self._tick_value = -1
         self._tick_object: int = -1
 
@@ -75,41 +101,100 @@ class MemoryAffinityIndex:
             self._tick_object = now
         return self._tick_object
 
+    def _slot(self, deployment_id: str) -> int:
+        slot = self._slots.get(deployment_id)
+        if slot is None:
+            slot = self._slots[deployment_id] = len(self._slots)
+        return slot
+
+    def _query(self, deployment_ids: Sequence[str]) -> tuple[list[int], int]:
+        key = tuple(deployment_ids)
+        query = self._queries.get(key)
+        if query is None:
+            if len(self._queries) >= _MAX_CACHED_QUERIES:
+                self._queries.clear()
+            slots = [self._slot(deployment_id) for deployment_id in key]
+            mask = 0
+            for slot in slots:
+                mask |= 1 << slot
+            query = self._queries[key] = (slots, mask)
+        return query
+
     async def match(self, hashes: Sequence[int], deployment_ids: Sequence[str]) -> list[int]:
         return self.match_now(hashes, deployment_ids)
 
     def match_now(self, hashes: Sequence[int], deployment_ids: Sequence[str]) -> list[int]:
         oldest_fresh = int(self._clock() - self._ttl_s)
-        counts = []
-        for deployment_id in deployment_ids:
-            blocks = self._blocks.get(deployment_id)
-            matched = 0
-            if blocks:
-                for block_hash in hashes:
-                    seen = blocks.get(block_hash & _KEY_MASK)
-                    if seen is None or seen < oldest_fresh:
-                        break
-                    matched += 1
-            counts.append(matched)
-        return counts
+        if oldest_fresh > self._oldest_tick:
+            self._expire(oldest_fresh)
+        slots, query_mask = self._query(deployment_ids)
+        # alive[k]: the queried deployments holding links 0..k-1 (alive[0]: all of them). The
+        # sets only shrink, so equal masks form runs: Counter's run lengths (C loops, stopping
+        # at the first empty mask) say after how many links each group stopped matching.
+        runs = Counter(takewhile(bool, accumulate(
+            map(self._holders.get, map(_KEY_MASK.__and__, hashes), repeat(0)),
+            and_, initial=query_mask)))
+        if len(runs) <= 1:
+            # Nobody, or every queried deployment alike (cold prompts; a shared prefix only).
+            matched = next(iter(runs.values()), 1) - 1
+            return [matched] * len(slots)
+        by_slot = _matched_by_slot(runs, len(self._slots))
+        return [by_slot[slot] for slot in slots]
 
     def record(self, deployment_id: str, hashes: Sequence[int]) -> None:
-        blocks = self._blocks.setdefault(deployment_id, {})
+        blocks = self._blocks.get(deployment_id)
+        if blocks is None:
+            blocks = self._blocks[deployment_id] = {}
         tick = self._now_tick()
+        if tick < self._oldest_tick:
+            self._oldest_tick = tick
         # Newest-last in LRU order, children before parents: when the bound evicts, a prompt's
         # tail goes before its head, so what remains is still a leading run (as in vLLM, which
-        # frees a finished request's blocks tail first).
-        for block_hash in reversed(hashes):
-            key = block_hash & _KEY_MASK
-            blocks.pop(key, None)
-            blocks[key] = tick
+        # frees a finished request's blocks tail first). A key listed twice takes the place of
+        # its first occurrence, as re-inserting it link by link would.
+        keys = list(reversed(dict.fromkeys(map(_KEY_MASK.__and__, hashes))))
+        previous = list(map(blocks.pop, keys, repeat(None)))
+        blocks.update(zip(keys, repeat(tick)))
+        new_keys = list(compress(keys, map(is_, previous, repeat(None))))
+        if new_keys:
+            holders, bit = self._holders, 1 << self._slot(deployment_id)
+            masks = map(bit.__or__, map(holders.get, new_keys, repeat(0)))
+            holders.update(zip(new_keys, masks, strict=True))
         excess = len(blocks) - self._max_blocks
         if excess > 0:
-            for key in [k for k, _ in zip(blocks, range(excess), strict=False)]:
-                del blocks[key]
+            self._drop(deployment_id, [k for k, _ in zip(blocks, range(excess), strict=False)])
+
+    def _drop(self, deployment_id: str, keys: Sequence[int]) -> None:
+        """Remove ``keys`` from the deployment's LRU dict and its bit from their masks."""
+        blocks, holders = self._blocks[deployment_id], self._holders
+        clear = ~(1 << self._slots[deployment_id])
+        for key in keys:
+            del blocks[key]
+            mask = holders[key] & clear
+            if mask:
+                holders[key] = mask
+            else:
+                del holders[key]
+
+    def _expire(self, oldest_fresh: int) -> None:
+        """Drop every entry last served before ``oldest_fresh`` (LRU fronts: oldest first)."""
+        oldest_left = _NO_TICK
+        for deployment_id, blocks in self._blocks.items():
+            stale = []
+            for key, tick in blocks.items():
+                if tick >= oldest_fresh:
+                    oldest_left = min(oldest_left, tick)
+                    break
+                stale.append(key)
+            if stale:
+                self._drop(deployment_id, stale)
+        self._oldest_tick = oldest_left
 
     def forget(self, deployment_id: str) -> None:
-        self._blocks.pop(deployment_id, None)
+        blocks = self._blocks.get(deployment_id)
+        if blocks is not None:
+            self._drop(deployment_id, list(blocks))
+            del self._blocks[deployment_id]
 
     def size(self) -> int:
         return sum(len(b) for b in self._blocks.values())
@@ -118,5 +203,34 @@ class MemoryAffinityIndex:
         return None  # record() writes synchronously
 
 
+def _matched_by_slot(runs: Counter[int], num_slots: int) -> list[int]:
+    """Leading links matched per slot, from the run lengths of the shrinking alive masks.
+
+    A slot's count is where the last run holding it ends. Summing each run's mask spread to
+    one byte per slot (via its binary digits, in C) counts the runs holding each slot; a slot
+    in ``r`` runs matched ``ends[r]`` links.
+    """
+    ends, end, spread_sum = [0], -1, 0
+    for mask, length in runs.items():
+        end += length
+        ends.append(end)
+        spread_sum += int.from_bytes(
+            format(mask, "b").encode().translate(_DIGIT_TO_BYTE), "big")
+    if len(ends) > 256:  # a byte per slot would overflow: more runs than happen in practice
+        by_slot = [0] * num_slots
+        for run, mask in enumerate(runs, start=1):
+            for slot in range(num_slots):
+                if mask >> slot & 1:
+                    by_slot[slot] = ends[run]
+        return by_slot
+    return list(map(ends.__getitem__, spread_sum.to_bytes(num_slots, "little")))
+
+
 #: Keys are kept to 60 bits so CPython stores them in a 32-byte int rather than 36.
 _KEY_MASK = (1 << 60) - 1
+#: Greater than any tick: no entries.
+_NO_TICK = 1 << 62
+#: Distinct deployment lists remembered by ``_query`` (a strategy uses one).
+_MAX_CACHED_QUERIES = 64
+#: b"0" -> 0, b"1" -> 1: binary digits to one byte per bit.
+_DIGIT_TO_BYTE = bytes.maketrans(b"01", b"\x00\x01")
