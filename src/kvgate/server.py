@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +17,9 @@ from kvgate.extras import require
 if TYPE_CHECKING:
     from kvgate.api.app import KVGateApp
 
+#: Names the shared-memory affinity segment the parent made for its workers.
+AFFINITY_SEGMENT_ENV = "KVGATE_AFFINITY_SEGMENT"
+
 
 def app_from_environment() -> KVGateApp:
     """ASGI factory for worker processes: each builds its own gateway from the config file.
@@ -23,7 +29,64 @@ def app_from_environment() -> KVGateApp:
     """
     from kvgate.api.app import create_app
 
-    return create_app(load_settings_from_environment())
+    settings = load_settings_from_environment()
+    segment = os.environ.get(AFFINITY_SEGMENT_ENV)
+    if segment:
+        settings = with_affinity_segment(settings, segment)
+    return create_app(settings)
+
+
+def with_affinity_segment(settings: Settings, segment: str) -> Settings:
+    """``settings`` whose ``auto`` and ``shared_memory`` affinity indexes map ``segment``."""
+    routing = settings.routing.model_copy(update={"affinity_segment": segment})
+    return settings.model_copy(update={"routing": routing})
+
+
+def _shares_affinity(settings: Settings) -> list[tuple[str, int]]:
+    """(model, max_tracked_blocks) of the models whose index a worker segment would hold."""
+    shared = []
+    for model in settings.models:
+        routing = settings.routing_for(model)
+        if routing.affinity_backend in ("auto", "shared_memory") and (
+                routing.affinity_segment is None):
+            shared.append((model.name, routing.prefix.max_tracked_blocks))
+    return shared
+
+
+@contextlib.contextmanager
+def worker_affinity_segment(settings: Settings, workers: int) -> Iterator[str | None]:
+    """With several workers, one shared-memory affinity table for all of them, named to them
+    through the environment and unlinked when they are done; None when not needed or no room.
+    """
+    shared = _shares_affinity(settings) if workers > 1 else []
+    if not shared:
+        yield None
+        return
+    from kvgate.routing.affinity_shm import SHM_DIR, AffinitySegment, table_bytes
+
+    logger = logging.getLogger("kvgate")
+    num_entries = sum(blocks for _, blocks in shared)
+    size_bytes = table_bytes(num_entries)
+    # NOTE: tmpfs allocates pages on first write; a segment larger than what is free (Docker's
+    # default /dev/shm is 64 MB) would kill a worker with SIGBUS mid-request, so check first.
+    free_bytes = shutil.disk_usage(SHM_DIR).free if os.path.isdir(SHM_DIR) else 0
+    if free_bytes < size_bytes:
+        logger.warning(
+            "%d workers: no room in %s for the shared affinity index (%d MiB needed, %d free); "
+            "each worker keeps its own, so prefix affinity is split between them", workers,
+            SHM_DIR, size_bytes >> 20, free_bytes >> 20)
+        yield None
+        return
+    segment = AffinitySegment(num_entries)
+    os.environ[AFFINITY_SEGMENT_ENV] = segment.name
+    print(f"kvgate: {workers} workers share one affinity index in shared memory "
+          f"({segment.name}, {size_bytes / 2**20:.0f} MiB; models "
+          f"{', '.join(name for name, _ in shared)})", flush=True)
+    try:
+        yield segment.name
+    finally:
+        os.environ.pop(AFFINITY_SEGMENT_ENV, None)
+        segment.unlink()
 
 
 def serve(
@@ -44,17 +107,18 @@ def serve(
     print(f"kvgate: serving {', '.join(m.name for m in settings.models)} "
           f"on http://{host}:{port} ({workers} worker(s), {server.http_server})", flush=True)
     # Workers build their own gateway from the file their parent validated (or the demo);
-    # routing state is shared between them only through Redis.
+    # they share the affinity index through shared memory, other state only through Redis.
     for warning in per_process_state_warnings(settings, workers):
         logging.getLogger("kvgate").warning(warning)
     if config_path is not None:
         os.environ[CONFIG_FILE_ENV] = str(Path(config_path).resolve())
     else:
         os.environ.pop(CONFIG_FILE_ENV, None)
-    if server.http_server == "granian":
-        _serve_granian(settings, host, port, workers)
-    else:
-        _serve_uvicorn(settings, host, port, workers)
+    with worker_affinity_segment(settings, workers):
+        if server.http_server == "granian":
+            _serve_granian(settings, host, port, workers)
+        else:
+            _serve_uvicorn(settings, host, port, workers)
     return 0
 
 
@@ -112,6 +176,12 @@ def per_process_state_warnings(settings: Settings, workers: int) -> list[str]:
             f"{workers} workers with limits_backend: memory: each worker enforces the rate limits "
             f"and budgets of {', '.join(limited)} on its own, so together they allow up to "
             f"{workers}x; set limits_backend: redis to share them")
+    own_index = [m.name for m in settings.models
+                 if settings.routing_for(m).affinity_backend == "memory"]
+    if own_index:
+        warnings.append(f"{workers} workers with routing.affinity_backend: memory: each learns "
+                        f"its own prefix affinities for {', '.join(own_index)}; auto or "
+                        "shared_memory shares them")
     if settings.cache.exact.enabled and settings.cache.backend == "memory":
         warnings.append(f"{workers} workers with cache.backend: memory: each keeps its own "
                         "exact cache; set cache.backend: redis to share it")

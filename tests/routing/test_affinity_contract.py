@@ -1,4 +1,5 @@
-"""One contract, run against every AffinityIndex implementation (memory and a real Redis)."""
+"""One contract, run against every AffinityIndex implementation (memory, shared memory and a
+real Redis)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import redis.asyncio as redis_async
 
 from kvgate.routing.affinity import AffinityIndex, MemoryAffinityIndex
 from kvgate.routing.affinity_redis import RedisAffinityIndex
+from kvgate.routing.affinity_shm import AffinityTable, SharedMemoryAffinityIndex
 from tests.support.redis_server import run_redis
 
 
@@ -19,10 +21,13 @@ def redis_url() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "shared_memory", "redis"])
 async def index(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[AffinityIndex]:
     if request.param == "memory":
         yield MemoryAffinityIndex(max_blocks_per_deployment=1000, ttl_s=60)
+        return
+    if request.param == "shared_memory":
+        yield SharedMemoryAffinityIndex(AffinityTable.private(4000), namespace="m", ttl_s=60)
         return
     client = redis_async.Redis.from_url(redis_url)
     await client.flushdb()

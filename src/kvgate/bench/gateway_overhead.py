@@ -6,10 +6,12 @@ Measures (one gateway worker, exact cache off so every request goes upstream):
   * throughput at concurrency 32 (wrk, non-streamed);
   * gateway RSS when idle and after the load.
 On a 2-core machine the gateway is pinned to CPU 1, the upstream and the load generators to
-CPU 0, so the two sides do not steal each other's core.
+CPU 0, so the two sides do not steal each other's core. With ``--workers N`` (N > 1) the
+gateway's workers may run on every CPU, sharing CPU 0 with the upstream and wrk: on 2 cores
+that figure is bounded by the whole machine, not by the gateway.
 
 Run from the repository root:
-  python -m kvgate.bench.gateway_overhead [--requests 3000] [--duration-s 10]
+  python -m kvgate.bench.gateway_overhead [--requests 3000] [--duration-s 10] [--workers 2]
 Writes benchmarks/results/gateway_overhead.json.
 """
 
@@ -187,6 +189,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--duration-s", type=int, default=10)
     parser.add_argument("--http-server", choices=["granian", "uvicorn"], default="uvicorn")
+    parser.add_argument("--workers", type=int, default=1, help="gateway worker processes")
     # Relative to the working directory: run from the repository root.
     parser.add_argument("--out", default="benchmarks/results/gateway_overhead.json")
     args = parser.parse_args()
@@ -206,14 +209,15 @@ models:
     deployments: [ {{ provider: zero, model: zero }} ]
 cache: {{ exact: {{ enabled: false }} }}
 """)
-    gateway = subprocess.Popen(
-        pinned(1, [sys.executable, "-m", "kvgate", "run", "-c", str(config_path), "--host",
-                   "127.0.0.1", "--port", str(gw_port)]),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [sys.executable, "-m", "kvgate", "run", "-c", str(config_path), "--host",
+               "127.0.0.1", "--port", str(gw_port), "--workers", str(args.workers)]
+    gateway = subprocess.Popen(pinned(1, command) if args.workers == 1 else command,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(up_port)
         wait_port(gw_port)
-        time.sleep(0.5)
+        # Several workers: the parent's socket opens before the workers have started.
+        time.sleep(0.5 if args.workers == 1 else 3.0)
         idle_rss = rss_mb(gateway.pid)
         direct, via = latency_pair(up_port, gw_port, CHAT_BODY, args.requests, stream=False)
         d_stream, g_stream = latency_pair(up_port, gw_port, STREAM_BODY, args.requests // 2,
@@ -242,6 +246,8 @@ cache: {{ exact: {{ enabled: false }} }}
                     "platform": platform.platform()},
         "command": "python -m kvgate.bench.gateway_overhead " + " ".join(sys.argv[1:]),
         "http_server": args.http_server,
+        "workers": args.workers,
+        "gateway_cpus": "1" if args.workers == 1 else "all (shared with the upstream and wrk)",
         "concurrency_1_blocking_ms": {"direct": d, "gateway": g,
                                       "added_p50": round(g["p50"] - d["p50"], 4),
                                       "added_p99": round(g["p99"] - d["p99"], 4)},

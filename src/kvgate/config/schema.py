@@ -252,7 +252,13 @@ class RoutingSettings(_Frozen):
     """Top-level ``routing`` is the default; a model's ``routing`` overrides the keys it sets."""
 
     strategy: StrategyName = "round_robin"
-    affinity_backend: Literal["memory", "redis"] = "memory"
+    #: Where prefix_kv_aware's affinity index lives: ``memory`` (this process), ``shared_memory``
+    #: (a table every worker of one ``kvgate run`` maps), ``redis`` (every gateway sharing it);
+    #: ``auto`` is ``shared_memory`` with several workers and ``memory`` with one.
+    affinity_backend: Literal["auto", "memory", "shared_memory", "redis"] = "auto"
+    #: The shared-memory segment holding the index; ``kvgate run`` sets it for its workers.
+    #: Unset with ``shared_memory``: a table of this process's own.
+    affinity_segment: str | None = None
     #: Attempts per request across deployments (1 = no failover).
     max_attempts: int = Field(3, ge=1)
     breaker: BreakerSettings = BreakerSettings()

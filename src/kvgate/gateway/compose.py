@@ -126,16 +126,30 @@ class SharedRedis:
 def affinity_index_factory(
     model: str, routing: RoutingSettings, num_deployments: int, redis: SharedRedis
 ) -> Callable[[], AffinityIndex]:
-    """Builds one model's affinity index (memory or Redis) for strategies that use one; the
-    benchmarks call this too, so they route exactly as the gateway does."""
+    """Builds one model's affinity index (memory, shared memory or Redis) for strategies that
+    use one; the benchmarks call this too, so they route exactly as the gateway does.
+
+    ``auto`` is shared memory when ``kvgate run`` made a segment for its workers (it sets
+    ``affinity_segment``), else memory.
+    """
     prefix = routing.prefix
+    backend = routing.affinity_backend
+    if backend == "auto":
+        backend = "memory" if routing.affinity_segment is None else "shared_memory"
 
     def build() -> AffinityIndex:
-        if routing.affinity_backend == "redis":
+        if backend == "redis":
             from kvgate.routing.affinity_redis import RedisAffinityIndex
 
             return RedisAffinityIndex(redis.get(), key_prefix=f"kvgate:aff:{model}",
                                       ttl_s=prefix.ttl_s)
+        if backend == "shared_memory":
+            from kvgate.routing.affinity_shm import AffinityTable, SharedMemoryAffinityIndex
+
+            segment = routing.affinity_segment
+            table = (AffinityTable.private(prefix.max_tracked_blocks) if segment is None
+                     else AffinityTable.attach(segment))
+            return SharedMemoryAffinityIndex(table, namespace=model, ttl_s=prefix.ttl_s)
         return MemoryAffinityIndex(
             max_blocks_per_deployment=max(1, prefix.max_tracked_blocks // num_deployments),
             ttl_s=prefix.ttl_s,

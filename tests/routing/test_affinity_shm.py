@@ -1,0 +1,138 @@
+"""The shared-memory affinity index: same answers as the memory index, TTL, the bucket bound,
+models kept apart, and two real processes sharing one table."""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+from multiprocessing.connection import Connection
+
+import pytest
+
+from kvgate.routing.affinity import MemoryAffinityIndex
+from kvgate.routing.affinity_shm import AffinitySegment, AffinityTable, SharedMemoryAffinityIndex
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def shm_index(num_entries: int = 100_000, clock: FakeClock | None = None,
+              namespace: str = "m") -> SharedMemoryAffinityIndex:
+    table = AffinityTable.private(num_entries)
+    if clock is None:
+        return SharedMemoryAffinityIndex(table, namespace=namespace, ttl_s=60)
+    return SharedMemoryAffinityIndex(table, namespace=namespace, ttl_s=30, clock=clock)
+
+
+def chain(rng: random.Random, parent: list[int], extra_links: int) -> list[int]:
+    return parent + [rng.getrandbits(64) for _ in range(extra_links)]
+
+
+def test_matches_like_the_memory_index_on_prompt_chains() -> None:
+    # Chains sharing prefixes (a system prompt, then conversations growing turn by turn), as
+    # the fingerprint makes them: the galloping match must count exactly what a walk counts.
+    rng = random.Random(7)
+    shared, memory = shm_index(), MemoryAffinityIndex(max_blocks_per_deployment=100_000,
+                                                      ttl_s=60)
+    system = chain(rng, [], 5)
+    prompts = [system]
+    deployments = [f"d{i}" for i in range(5)]
+    for step in range(300):
+        parent = rng.choice(prompts)
+        prompt = chain(rng, parent, rng.randint(0, 40))
+        prompts.append(prompt)
+        if step % 3:
+            target = rng.choice(deployments)
+            shared.record(target, prompt)
+            memory.record(target, prompt)
+        probe = chain(rng, rng.choice(prompts), rng.randint(0, 3))
+        assert shared.match_now(probe, deployments) == memory.match_now(probe, deployments)
+
+
+def test_entries_expire_after_ttl_and_refresh_on_use() -> None:
+    clock = FakeClock()
+    index = shm_index(clock=clock)
+    index.record("a", [1, 2])
+    clock.now_s += 20
+    index.record("a", [1])
+    clock.now_s += 15
+    assert index.match_now([1, 2], ["a"]) == [1]  # 2 is 35 s old, 1 was refreshed 15 s ago
+    clock.now_s += 20
+    assert index.match_now([1, 2], ["a"]) == [0]
+
+
+def test_a_full_bucket_evicts_the_oldest_then_tails_before_heads() -> None:
+    clock = FakeClock()
+    index = shm_index(num_entries=8, clock=clock)  # one bucket of 8 slots
+    index.record("a", [1, 2, 3, 4, 5, 6])
+    clock.now_s += 1
+    index.record("a", [10, 11, 12, 13])
+    # The newer prompt is whole; the older one lost its two deepest links, not its head.
+    assert index.match_now([10, 11, 12, 13], ["a"]) == [4]
+    assert index.match_now([1, 2, 3, 4, 5, 6], ["a"]) == [4]
+
+
+def test_forget_drops_one_deployment_only() -> None:
+    index = shm_index()
+    index.record("a", [1, 2])
+    index.record("b", [1, 2])
+    index.forget("a")
+    assert index.match_now([1, 2], ["a", "b"]) == [0, 2]
+    assert index.size() == -1  # the table cannot count cheaply
+
+
+def test_models_sharing_a_table_are_kept_apart() -> None:
+    table = AffinityTable.private(10_000)
+    chat = SharedMemoryAffinityIndex(table, namespace="chat", ttl_s=60)
+    code = SharedMemoryAffinityIndex(table, namespace="code", ttl_s=60)
+    chat.record("gpu-0", [1, 2, 3])
+    assert chat.match_now([1, 2, 3], ["gpu-0"]) == [3]
+    assert code.match_now([1, 2, 3], ["gpu-0"]) == [0]
+
+
+def test_table_is_sized_to_a_power_of_two_of_at_least_the_entries() -> None:
+    assert AffinityTable.private(1_000_000).num_slots == 1 << 20
+    assert AffinityTable.private(8).num_slots == 8
+
+
+def _attach_match_and_record(segment: str, replies: Connection) -> None:
+    """In another process: match what the parent recorded, then record for the parent."""
+    index = SharedMemoryAffinityIndex(AffinityTable.attach(segment), namespace="m", ttl_s=60)
+    replies.send(index.match_now([11, 12, 13, 14], ["a", "b"]))
+    index.record("b", [21, 22])
+    replies.close()
+
+
+def test_two_processes_share_one_segment() -> None:
+    segment = AffinitySegment(10_000)
+    try:
+        index = SharedMemoryAffinityIndex(AffinityTable.attach(segment.name), namespace="m",
+                                          ttl_s=60)
+        index.record("a", [11, 12, 13])
+        # spawn, as uvicorn starts its workers: nothing inherited but the segment's name.
+        context = multiprocessing.get_context("spawn")
+        receive, send = context.Pipe(duplex=False)
+        child = context.Process(target=_attach_match_and_record, args=(segment.name, send))
+        child.start()
+        send.close()
+        seen_by_child = receive.recv()
+        child.join(30)
+        assert child.exitcode == 0
+        assert seen_by_child == [3, 0]
+        assert index.match_now([21, 22, 23], ["a", "b"]) == [0, 2]
+    finally:
+        segment.unlink()
+    with pytest.raises(FileNotFoundError):
+        AffinityTable.attach(segment.name)
+
+
+def test_attaching_something_else_is_refused() -> None:
+    import mmap
+
+    with pytest.raises(ValueError, match="not an affinity table"):
+        AffinityTable(mmap.mmap(-1, 4096))
