@@ -101,7 +101,7 @@ def test_load_guard_spreads_one_hot_prefix() -> None:
     # The spilled requests warmed the other replicas, so later ones are hits everywhere.
     late = chat(hot, "late question")
     asyncio.run(s.prepare(late))
-    assert all(late.routing_state.matched_tokens[d] > 0 for d in fleet)
+    assert all(tokens > 0 for tokens in late.routing_state.matched_tokens)  # in fleet order
 
 
 def test_explanation_lists_candidates_and_counts() -> None:

@@ -16,9 +16,10 @@ Per request, in order:
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import accumulate, compress, islice, repeat
+from operator import eq, ge, gt
 from typing import TYPE_CHECKING, Any
 
 from kvgate.config.schema import PrefixRoutingSettings
@@ -26,7 +27,7 @@ from kvgate.core.deployment import Deployment, RouteDecision
 from kvgate.routing.affinity import AffinityIndex
 from kvgate.routing.base import StrategyDefaults
 from kvgate.routing.fingerprint import Fingerprint, fingerprint
-from kvgate.routing.load import LoadView
+from kvgate.routing.load import InFlightLoad, LoadView
 
 if TYPE_CHECKING:
     from kvgate.core.call import Call
@@ -34,11 +35,16 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class _PrefixState:
-    """What ``prepare`` learned, read by every attempt's ``choose``."""
+    """What ``prepare`` learned, read by every attempt's ``choose``.
+
+    Matches are lists in the strategy's deployment order, not dicts: building a dict per
+    request cost more than the rest of the decision on large fleets.
+    """
 
     fingerprint: Fingerprint
-    matched_tokens: dict[Deployment, int]
-    matched_blocks: dict[Deployment, int]
+    matched_tokens: list[int]
+    matched_blocks: list[int]
+    best_match_tokens: int
 
 
 #: Candidates listed in a decision's explanation, at most.
@@ -52,7 +58,7 @@ class LoadGuardedScorer:
     from KV events; the load guard, tie rule and rotation are the same, so is the explanation.
     """
 
-    __slots__ = ("_rotation", "_settings", "_tie_tokens", "load", "name")
+    __slots__ = ("_loads", "_rotation", "_settings", "_tie_tokens", "load", "name")
 
     def __init__(self, name: str, settings: PrefixRoutingSettings, load: LoadView,
                  tie_tokens: int) -> None:
@@ -61,6 +67,11 @@ class LoadGuardedScorer:
         self._settings = settings
         self._tie_tokens = tie_tokens
         self._rotation = 0
+        # NOTE: the gateway's own load view is read inline (the same max(in flight, engine
+        # queue)): a method call per candidate was most of a decision at 256 deployments.
+        self._loads: Callable[[Sequence[Deployment]], list[float]] = (
+            _in_flight_loads if type(load) is InFlightLoad
+            else lambda candidates: list(map(load.load, candidates)))
 
     def choose(
         self,
@@ -82,27 +93,63 @@ class LoadGuardedScorer:
         ``covered_tokens`` is what the ``min_match_ratio`` test reads when ``matched_tokens``
         are weighted (an offloaded token scores less than a GPU one but covers as much).
         """
-        loads = [self.load.load(d) for d in candidates]
+        covered = None if covered_tokens is None else list(
+            map(covered_tokens.get, candidates, repeat(0)))
+        return self.choose_listed(
+            candidates, list(map(matched_tokens.get, candidates, repeat(0))),
+            max(matched_tokens.values(), default=0),
+            max((covered_tokens or matched_tokens).values(), default=0),
+            covered=covered, details=details, prompt_tokens=prompt_tokens,
+            history_tokens=history_tokens)
+
+    def choose_listed(
+        self,
+        candidates: Sequence[Deployment],
+        matched: Sequence[float],
+        best_match: float,
+        best_covered: float,
+        *,
+        covered: Sequence[float] | None = None,
+        details: Mapping[Deployment, Mapping[str, Any]] | None = None,
+        prompt_tokens: float = 0.0,
+        history_tokens: Mapping[Deployment, float] | None = None,
+    ) -> tuple[RouteDecision, int]:
+        """:meth:`choose` with the matches listed in candidate order: ``matched[i]`` (and
+        ``covered[i]``, None when the same) is ``candidates[i]``'s; ``best_match`` and
+        ``best_covered`` are the largest over every deployment of the model."""
+        loads = self._loads(candidates)
         least = min(loads)
-        mean = sum(loads) / len(loads)
+        num_candidates = len(loads)
+        mean = sum(loads) / num_candidates
         slack = max(self._settings.max_excess_requests, self._settings.max_excess_ratio * mean)
-        matched = [matched_tokens.get(d, 0) for d in candidates]
-        best_match = max(matched_tokens.values(), default=0)
-        eligible = [i for i, load in enumerate(loads) if load <= least + slack]
-        best_eligible_match = max(matched[i] for i in eligible)
-        covered = covered_tokens if covered_tokens is not None else matched_tokens
+        everyone = range(num_candidates)
+        # Cheap checks first: with every candidate eligible (the usual case) the lists below
+        # are computed by C loops over all of them, never index by index.
+        all_eligible = max(loads) <= least + slack
+        eligible: Sequence[int] = everyone if all_eligible else [
+            i for i, load in enumerate(loads) if load <= least + slack]
+        best_eligible_match = max(matched) if all_eligible else max(matched[i] for i in eligible)
         # NOTE: a prefix shared by many prompts but short next to each (a system prompt before
         # a long per-user context) would otherwise pull every new conversation onto the
         # replicas that already hold it, starving the rest; SGLang's cache_threshold.
         follow_tokens = self._settings.min_match_ratio * prompt_tokens
-        cold = best_match == 0 or max(covered.values(), default=0) < follow_tokens
-        eligible_cold = best_eligible_match == 0 or max(
-            covered.get(candidates[i], 0) for i in eligible) < follow_tokens
+        cold = best_match == 0 or best_covered < follow_tokens
+        covers = matched if covered is None else covered
+        eligible_cold = best_eligible_match == 0 or (
+            max(covers) if all_eligible else max(covers[i] for i in eligible)) < follow_tokens
         # Cold and tied prompts: everything within one block of the best counts as equal.
         window = best_eligible_match if eligible_cold else self._tie_tokens
-        tied = [i for i in eligible if matched[i] >= best_eligible_match - window]
-        lowest = min(loads[i] for i in tied)
-        least_loaded = [i for i in tied if loads[i] == lowest]
+        floor = best_eligible_match - window
+        if all_eligible:
+            tied: Sequence[int] = everyone if min(matched) >= floor else list(
+                compress(everyone, map(ge, matched, repeat(floor))))
+        else:
+            tied = [i for i in eligible if matched[i] >= floor]
+        if tied is everyone:
+            least_loaded = list(compress(everyone, map(eq, loads, repeat(least))))
+        else:
+            lowest = min(loads[i] for i in tied)
+            least_loaded = [i for i in tied if loads[i] == lowest]
         returned_home = False
         if cold and history_tokens and len(least_loaded) > 1:
             # NOTE: a prompt known to be cached nowhere costs a full prefill wherever it goes;
@@ -121,13 +168,6 @@ class LoadGuardedScorer:
             else "hit" if matched[pick] > 0 and matched[pick] >= best_match - self._tie_tokens
             else "spill"
         )
-        # The explanation names at most _EXPLAINED_CANDIDATES candidates (the chosen one and the
-        # best matches): building an entry per replica dominated decisions on large fleets.
-        shown = range(len(candidates))
-        if len(candidates) > _EXPLAINED_CANDIDATES:
-            best = heapq.nlargest(_EXPLAINED_CANDIDATES - 1, shown, key=matched.__getitem__)
-            shown = sorted({pick, *best})  # type: ignore[assignment]
-        eligible_set = set(eligible)
         explanation: dict[str, Any] = {
             "strategy": self.name,
             "outcome": outcome,
@@ -135,12 +175,37 @@ class LoadGuardedScorer:
             **({"returned_home": True} if returned_home else {}),
             "candidates": {
                 candidates[i].id: {"matched_tokens": _tokens(matched[i]), "load": loads[i],
-                                   "eligible": i in eligible_set,
+                                   "eligible": i in eligible,
                                    **(details or {}).get(candidates[i], {})}
-                for i in shown
+                for i in _shown(matched, pick)
             },
         }
         return RouteDecision(candidates[pick], explanation), pick
+
+
+def _in_flight_loads(candidates: Sequence[Deployment]) -> list[float]:
+    """``InFlightLoad.load`` of each candidate, inline; ``b if b > a else a`` is exactly what
+    ``max(a, b)`` returns (the first of equals, and ``a`` against NaN)."""
+    return [queue if (queue := stats.engine_running + stats.engine_waiting) > stats.in_flight
+            else stats.in_flight for stats in [d.stats for d in candidates]]
+
+
+def _shown(matched: Sequence[float], pick: int) -> Sequence[int]:
+    """The candidates an explanation names, in candidate order: the chosen one and the
+    ``_EXPLAINED_CANDIDATES - 1`` best matches, earlier candidates first among equals.
+
+    NOTE: building an entry per replica dominated decisions on large fleets. The same set as
+    ``heapq.nlargest(k, range(n), key=matched.__getitem__)``, found by C loops: everything above
+    the k-th best value, then the first candidates at it.
+    """
+    if len(matched) <= _EXPLAINED_CANDIDATES:
+        return range(len(matched))
+    best_count = _EXPLAINED_CANDIDATES - 1
+    kth = sorted(matched, reverse=True)[best_count - 1]
+    everyone = range(len(matched))
+    above = list(compress(everyone, map(gt, matched, repeat(kth))))
+    at = islice(compress(everyone, map(eq, matched, repeat(kth))), best_count - len(above))
+    return sorted({pick, *above, *at})
 
 
 def _tokens(value: float) -> float | int:
@@ -159,7 +224,8 @@ class PrefixKVAware(StrategyDefaults):
         load: LoadView,
     ) -> None:
         self._deployments = list(deployments)
-        self._ids = [d.id for d in deployments]
+        self._ids = tuple(d.id for d in deployments)
+        self._position = {d: i for i, d in enumerate(self._deployments)}
         self._settings = settings
         self._index = index
         self._scorer = LoadGuardedScorer(
@@ -168,23 +234,30 @@ class PrefixKVAware(StrategyDefaults):
 
     async def prepare(self, call: Call) -> None:
         fp = fingerprint(call, block_chars=self._settings.block_chars)
-        matched_tokens: dict[Deployment, int] = {}
-        matched_blocks: dict[Deployment, int] = {}
         if fp.hashes:
             counts = await self._index.match(fp.hashes, self._ids)
             cumulative = cumulative_tokens(fp.tokens)
-            for deployment, count in zip(self._deployments, counts, strict=True):
-                matched_blocks[deployment] = count
-                matched_tokens[deployment] = cumulative[count]
-        call.routing_state = _PrefixState(fp, matched_tokens, matched_blocks)
+            matched_tokens = list(map(cumulative.__getitem__, counts))
+            call.routing_state = _PrefixState(fp, matched_tokens, counts,
+                                              cumulative[max(counts, default=0)])
+        else:
+            none = [0] * len(self._deployments)
+            call.routing_state = _PrefixState(fp, none, none, 0)
 
     def choose(self, call: Call, candidates: Sequence[Deployment]) -> RouteDecision:
         state: _PrefixState = call.routing_state
-        decision, _ = self._scorer.choose(candidates, state.matched_tokens,
-                                          prompt_tokens=state.fingerprint.total_tokens)
+        if candidates == self._deployments:  # the first attempt, usually: no reordering
+            matched: Sequence[int] = state.matched_tokens
+        else:
+            matched = [state.matched_tokens[self._position[d]] for d in candidates]
+        prompt_tokens = state.fingerprint.total_tokens
+        decision, _ = self._scorer.choose_listed(
+            candidates, matched, state.best_match_tokens, state.best_match_tokens,
+            prompt_tokens=prompt_tokens)
         explanation = decision.explanation
-        explanation["matched_blocks"] = state.matched_blocks.get(decision.deployment, 0)
-        explanation["prompt_tokens_est"] = state.fingerprint.total_tokens
+        explanation["matched_blocks"] = state.matched_blocks[
+            self._position[decision.deployment]]
+        explanation["prompt_tokens_est"] = prompt_tokens
         return decision
 
     def on_dispatched(self, call: Call, deployment: Deployment) -> None:
@@ -199,9 +272,4 @@ class PrefixKVAware(StrategyDefaults):
 
 def cumulative_tokens(tokens: Sequence[int]) -> list[int]:
     """``out[k]`` = tokens in the first ``k`` links."""
-    out = [0]
-    total = 0
-    for count in tokens:
-        total += count
-        out.append(total)
-    return out
+    return list(accumulate(tokens, initial=0))
