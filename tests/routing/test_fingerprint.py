@@ -6,6 +6,7 @@ import base64
 import time
 
 import orjson
+import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -105,6 +106,28 @@ def test_only_full_blocks_are_hashed() -> None:
     # Role marker (10 bytes) + 1000 chars = 1010 bytes: 10 full blocks, the tail is dropped.
     assert len(fp.hashes) == 10
     assert fp.total_tokens == 10 * 25
+
+
+def test_same_prompt_same_chain_in_every_process() -> None:
+    # Pinned: the chain (hashes and token counts) of a prompt with every kind of piece (tools,
+    # roles, text parts around an image, tool calls, non-ASCII text) must not change between
+    # processes or releases: gateways sharing a Redis index must agree on it.
+    image = "data:image/png;base64," + base64.b64encode(b"\x01" * 300).decode()
+    tool_call = {"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    messages: list[dict[str, object]] = [
+        {"role": "system", "content": "You are terse. " * 40},
+        {"role": "user", "content": [{"type": "text", "text": "Look: " * 30},
+                                     {"type": "image_url", "image_url": {"url": image}},
+                                     {"type": "text", "text": "What is it? " * 50}]},
+        {"role": "assistant", "content": "A square. " * 10, "tool_calls": [tool_call]},
+        {"role": "user", "content": "Thanks! \u00e9 " * 60}]
+    fp = fingerprint(call_for(messages, tools=[{"type": "function", "function": {"name": "f"}}]),
+                     block_chars=BLOCK_CHARS)
+    assert len(fp.hashes) == 37 and fp.total_tokens == 2063
+    assert fp.hashes[:2] == (6683617462009365119, 7483696986360424966)
+    assert xxhash.xxh3_64_intdigest(repr((fp.hashes, fp.tokens)).encode()) == (
+        3323313309725026501)
+    assert fp.total_tokens == sum(fp.tokens) and fp.tokens_in_first(3) == 48
 
 
 def test_cost_is_bounded_for_a_100k_token_prompt() -> None:

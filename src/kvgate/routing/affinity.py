@@ -9,10 +9,11 @@ an LRU bound stand in for the engine's own eviction.
 from __future__ import annotations
 
 import time
-from collections import Counter
+from bisect import bisect_right
+from collections import deque
 from collections.abc import Callable, Sequence
 from itertools import accumulate, compress, repeat, takewhile
-from operator import and_, is_
+from operator import and_, is_, neg
 from typing import Protocol
 
 
@@ -128,16 +129,20 @@ class MemoryAffinityIndex:
         if oldest_fresh > self._oldest_tick:
             self._expire(oldest_fresh)
         slots, query_mask = self._query(deployment_ids)
-        # alive[k]: the queried deployments holding links 0..k-1 (alive[0]: all of them). The
-        # sets only shrink, so equal masks form runs: Counter's run lengths (C loops, stopping
-        # at the first empty mask) say after how many links each group stopped matching.
-        runs = Counter(takewhile(bool, accumulate(
-            map(self._holders.get, map(_KEY_MASK.__and__, hashes), repeat(0)),
-            and_, initial=query_mask)))
-        if len(runs) <= 1:
+        # alive[k]: the queried deployments holding links 0..k-1 (alive[0]: all of them), by C
+        # loops that stop at the first empty mask. The sets only shrink, so the masks (as ints)
+        # never grow and equal masks form runs, found by bisection.
+        alive = list(takewhile(bool, accumulate(map(self._holders.get, hashes, repeat(0)),
+                                                and_, initial=query_mask)))
+        if not alive or alive[-1] == alive[0]:
             # Nobody, or every queried deployment alike (cold prompts; a shared prefix only).
-            matched = next(iter(runs.values()), 1) - 1
-            return [matched] * len(slots)
+            return [len(alive) - 1 if alive else 0] * len(slots)
+        runs = []  # (mask, links matched by the deployments whose last run this is)
+        start = 0
+        while start < len(alive):
+            end = bisect_right(alive, -alive[start], lo=start, key=neg)
+            runs.append((alive[start], end - 1))
+            start = end
         by_slot = _matched_by_slot(runs, len(self._slots))
         return [by_slot[slot] for slot in slots]
 
@@ -150,11 +155,17 @@ class MemoryAffinityIndex:
             self._oldest_tick = tick
         # Newest-last in LRU order, children before parents: when the bound evicts, a prompt's
         # tail goes before its head, so what remains is still a leading run (as in vLLM, which
-        # frees a finished request's blocks tail first). A key listed twice takes the place of
-        # its first occurrence, as re-inserting it link by link would.
-        keys = list(reversed(dict.fromkeys(map(_KEY_MASK.__and__, hashes))))
+        # frees a finished request's blocks tail first).
+        keys = list(reversed(hashes))
         previous = list(map(blocks.pop, keys, repeat(None)))
+        num_kept = len(blocks)
         blocks.update(zip(keys, repeat(tick)))
+        if len(blocks) - num_kept != len(keys):
+            # A key listed twice (only arbitrary lists, not chains): it takes the place of its
+            # first occurrence in ``hashes``, as re-inserting link by link would.
+            unique = list(reversed(dict.fromkeys(hashes)))
+            deque(map(blocks.pop, unique), maxlen=0)
+            blocks.update(zip(unique, repeat(tick)))
         new_keys = list(compress(keys, map(is_, previous, repeat(None))))
         if new_keys:
             holders, bit = self._holders, 1 << self._slot(deployment_id)
@@ -203,31 +214,26 @@ class MemoryAffinityIndex:
         return None  # record() writes synchronously
 
 
-def _matched_by_slot(runs: Counter[int], num_slots: int) -> list[int]:
-    """Leading links matched per slot, from the run lengths of the shrinking alive masks.
+def _matched_by_slot(runs: list[tuple[int, int]], num_slots: int) -> list[int]:
+    """Leading links matched per slot, from the runs of the shrinking alive masks.
 
     A slot's count is where the last run holding it ends. Summing each run's mask spread to
     one byte per slot (via its binary digits, in C) counts the runs holding each slot; a slot
     in ``r`` runs matched ``ends[r]`` links.
     """
-    ends, end, spread_sum = [0], -1, 0
-    for mask, length in runs.items():
-        end += length
-        ends.append(end)
-        spread_sum += int.from_bytes(
-            format(mask, "b").encode().translate(_DIGIT_TO_BYTE), "big")
-    if len(ends) > 256:  # a byte per slot would overflow: more runs than happen in practice
+    if len(runs) > 255:  # a byte per slot would overflow: more runs than happen in practice
         by_slot = [0] * num_slots
-        for run, mask in enumerate(runs, start=1):
+        for mask, end in runs:
             for slot in range(num_slots):
                 if mask >> slot & 1:
-                    by_slot[slot] = ends[run]
+                    by_slot[slot] = end
         return by_slot
+    ends = [0, *(end for _, end in runs)]
+    spread_sum = sum(int.from_bytes(format(mask, "b").encode().translate(_DIGIT_TO_BYTE), "big")
+                     for mask, _ in runs)
     return list(map(ends.__getitem__, spread_sum.to_bytes(num_slots, "little")))
 
 
-#: Keys are kept to 60 bits so CPython stores them in a 32-byte int rather than 36.
-_KEY_MASK = (1 << 60) - 1
 #: Greater than any tick: no entries.
 _NO_TICK = 1 << 62
 #: Distinct deployment lists remembered by ``_query`` (a strategy uses one).

@@ -16,14 +16,14 @@ Per request, in order:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, compress, islice, repeat
 from operator import eq, ge, gt
 from typing import TYPE_CHECKING, Any
 
 from kvgate.config.schema import PrefixRoutingSettings
-from kvgate.core.deployment import Deployment, RouteDecision
+from kvgate.core.deployment import Deployment, DeploymentStats, RouteDecision
 from kvgate.routing.affinity import AffinityIndex
 from kvgate.routing.base import StrategyDefaults
 from kvgate.routing.fingerprint import Fingerprint, fingerprint
@@ -58,7 +58,7 @@ class LoadGuardedScorer:
     from KV events; the load guard, tie rule and rotation are the same, so is the explanation.
     """
 
-    __slots__ = ("_loads", "_rotation", "_settings", "_tie_tokens", "load", "name")
+    __slots__ = ("_inline_loads", "_rotation", "_settings", "_tie_tokens", "load", "name")
 
     def __init__(self, name: str, settings: PrefixRoutingSettings, load: LoadView,
                  tie_tokens: int) -> None:
@@ -69,9 +69,7 @@ class LoadGuardedScorer:
         self._rotation = 0
         # NOTE: the gateway's own load view is read inline (the same max(in flight, engine
         # queue)): a method call per candidate was most of a decision at 256 deployments.
-        self._loads: Callable[[Sequence[Deployment]], list[float]] = (
-            _in_flight_loads if type(load) is InFlightLoad
-            else lambda candidates: list(map(load.load, candidates)))
+        self._inline_loads = type(load) is InFlightLoad
 
     def choose(
         self,
@@ -113,11 +111,16 @@ class LoadGuardedScorer:
         details: Mapping[Deployment, Mapping[str, Any]] | None = None,
         prompt_tokens: float = 0.0,
         history_tokens: Mapping[Deployment, float] | None = None,
+        stats: Sequence[DeploymentStats] | None = None,
     ) -> tuple[RouteDecision, int]:
         """:meth:`choose` with the matches listed in candidate order: ``matched[i]`` (and
         ``covered[i]``, None when the same) is ``candidates[i]``'s; ``best_match`` and
-        ``best_covered`` are the largest over every deployment of the model."""
-        loads = self._loads(candidates)
+        ``best_covered`` are the largest over every deployment of the model. ``stats``: the
+        candidates' ``Deployment.stats``, when the caller keeps them listed."""
+        if self._inline_loads:
+            loads = _in_flight_loads([d.stats for d in candidates] if stats is None else stats)
+        else:
+            loads = list(map(self.load.load, candidates))
         least = min(loads)
         num_candidates = len(loads)
         mean = sum(loads) / num_candidates
@@ -140,13 +143,18 @@ class LoadGuardedScorer:
         # Cold and tied prompts: everything within one block of the best counts as equal.
         window = best_eligible_match if eligible_cold else self._tie_tokens
         floor = best_eligible_match - window
+        uniform = False  # every candidate matched as much
         if all_eligible:
-            tied: Sequence[int] = everyone if min(matched) >= floor else list(
+            lowest_match = min(matched)
+            uniform = lowest_match == best_eligible_match
+            tied: Sequence[int] = everyone if lowest_match >= floor else list(
                 compress(everyone, map(ge, matched, repeat(floor))))
         else:
             tied = [i for i in eligible if matched[i] >= floor]
+        least_loaded: Sequence[int]
         if tied is everyone:
-            least_loaded = list(compress(everyone, map(eq, loads, repeat(least))))
+            least_loaded = everyone if loads.count(least) == num_candidates else list(
+                compress(everyone, map(eq, loads, repeat(least))))
         else:
             lowest = min(loads[i] for i in tied)
             least_loaded = [i for i in tied if loads[i] == lowest]
@@ -177,30 +185,32 @@ class LoadGuardedScorer:
                 candidates[i].id: {"matched_tokens": _tokens(matched[i]), "load": loads[i],
                                    "eligible": i in eligible,
                                    **(details or {}).get(candidates[i], {})}
-                for i in _shown(matched, pick)
+                for i in _shown(matched, pick, uniform)
             },
         }
         return RouteDecision(candidates[pick], explanation), pick
 
 
-def _in_flight_loads(candidates: Sequence[Deployment]) -> list[float]:
+def _in_flight_loads(stats: Sequence[DeploymentStats]) -> list[float]:
     """``InFlightLoad.load`` of each candidate, inline; ``b if b > a else a`` is exactly what
     ``max(a, b)`` returns (the first of equals, and ``a`` against NaN)."""
-    return [queue if (queue := stats.engine_running + stats.engine_waiting) > stats.in_flight
-            else stats.in_flight for stats in [d.stats for d in candidates]]
+    return [queue if (queue := each.engine_running + each.engine_waiting) > each.in_flight
+            else each.in_flight for each in stats]
 
 
-def _shown(matched: Sequence[float], pick: int) -> Sequence[int]:
+def _shown(matched: Sequence[float], pick: int, uniform: bool) -> Sequence[int]:
     """The candidates an explanation names, in candidate order: the chosen one and the
     ``_EXPLAINED_CANDIDATES - 1`` best matches, earlier candidates first among equals.
 
     NOTE: building an entry per replica dominated decisions on large fleets. The same set as
     ``heapq.nlargest(k, range(n), key=matched.__getitem__)``, found by C loops: everything above
-    the k-th best value, then the first candidates at it.
+    the k-th best value, then the first candidates at it. ``uniform``: every value is the same.
     """
     if len(matched) <= _EXPLAINED_CANDIDATES:
         return range(len(matched))
     best_count = _EXPLAINED_CANDIDATES - 1
+    if uniform:  # all equal: the first ones
+        return sorted({pick, *range(best_count)})
     kth = sorted(matched, reverse=True)[best_count - 1]
     everyone = range(len(matched))
     above = list(compress(everyone, map(gt, matched, repeat(kth))))
@@ -226,6 +236,7 @@ class PrefixKVAware(StrategyDefaults):
         self._deployments = list(deployments)
         self._ids = tuple(d.id for d in deployments)
         self._position = {d: i for i, d in enumerate(self._deployments)}
+        self._stats = [d.stats for d in self._deployments]
         self._settings = settings
         self._index = index
         self._scorer = LoadGuardedScorer(
@@ -236,24 +247,27 @@ class PrefixKVAware(StrategyDefaults):
         fp = fingerprint(call, block_chars=self._settings.block_chars)
         if fp.hashes:
             counts = await self._index.match(fp.hashes, self._ids)
-            cumulative = cumulative_tokens(fp.tokens)
-            matched_tokens = list(map(cumulative.__getitem__, counts))
-            call.routing_state = _PrefixState(fp, matched_tokens, counts,
-                                              cumulative[max(counts, default=0)])
+            # NOTE: tokens per distinct count, summed on demand: a few groups of deployments
+            # match alike, and a running total of every link costs more than the lookup.
+            tokens_at = {count: fp.tokens_in_first(count) for count in set(counts)}
+            call.routing_state = _PrefixState(fp, list(map(tokens_at.__getitem__, counts)),
+                                              counts, max(tokens_at.values(), default=0))
         else:
             none = [0] * len(self._deployments)
             call.routing_state = _PrefixState(fp, none, none, 0)
 
     def choose(self, call: Call, candidates: Sequence[Deployment]) -> RouteDecision:
         state: _PrefixState = call.routing_state
+        stats: Sequence[DeploymentStats] | None = None
         if candidates == self._deployments:  # the first attempt, usually: no reordering
             matched: Sequence[int] = state.matched_tokens
+            stats = self._stats
         else:
             matched = [state.matched_tokens[self._position[d]] for d in candidates]
         prompt_tokens = state.fingerprint.total_tokens
         decision, _ = self._scorer.choose_listed(
             candidates, matched, state.best_match_tokens, state.best_match_tokens,
-            prompt_tokens=prompt_tokens)
+            prompt_tokens=prompt_tokens, stats=stats)
         explanation = decision.explanation
         explanation["matched_blocks"] = state.matched_blocks[
             self._position[decision.deployment]]
