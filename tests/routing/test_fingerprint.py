@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from kvgate.core.call import Call
 from kvgate.request.parse import parse_call
-from kvgate.routing.fingerprint import fingerprint
+from kvgate.routing.fingerprint import MessageMemo, fingerprint
 
 BLOCK_CHARS = 64
 
@@ -128,6 +128,23 @@ def test_same_prompt_same_chain_in_every_process() -> None:
     assert xxhash.xxh3_64_intdigest(repr((fp.hashes, fp.tokens)).encode()) == (
         3323313309725026501)
     assert fp.total_tokens == sum(fp.tokens) and fp.tokens_in_first(3) == 48
+
+
+@given(system=texts, first=texts, second=texts, image=st.binary(min_size=1, max_size=64))
+@settings(max_examples=60, deadline=None)
+def test_a_memo_changes_nothing_but_the_work(system: str, first: str, second: str,
+                                             image: bytes) -> None:
+    memo = MessageMemo(max_links=40, min_bytes=16)  # small: entries come and go
+    conversations = [
+        [{"role": "system", "content": system}, {"role": "user", "content": first}],
+        [{"role": "system", "content": system}, {"role": "user", "content": second}],
+        [{"role": "user", "content": [{"type": "text", "text": first}, image_part(image),
+                                      {"type": "text", "text": system}]}],
+        [{"role": "system", "content": system}, {"role": "user", "content": first}],
+    ]
+    for messages in conversations * 2:
+        with_memo = fingerprint(call_for(messages), block_chars=BLOCK_CHARS, memo=memo)
+        assert with_memo == fingerprint(call_for(messages), block_chars=BLOCK_CHARS)
 
 
 def test_cost_is_bounded_for_a_100k_token_prompt() -> None:

@@ -5,10 +5,12 @@ system prompt every request shares (7,168 tokens) and a user turn of its own (1,
 so every deployment has served the shared part and none the rest: the index lookup walks the
 whole shared run for every deployment, its worst realistic case. Four figures:
 
-* ``fingerprint_us``: the prompt -> block-hash chain, for 8k- and 100k-token prompts;
-* ``decision_us``: ``prepare`` + ``choose`` + ``on_dispatched`` minus the fingerprint, against
-  a warm memory index, at 64 and 256 deployments (each sample pairs a decision with a
-  fingerprint of the same prompt; the median of the differences);
+* ``fingerprint_us``: the prompt -> block-hash chain, for 8k- and 100k-token prompts, every
+  message hashed, and with the shared system prompt already in ``prefix_kv_aware``'s memo;
+* ``decision_us``: ``prepare`` + ``choose`` + ``on_dispatched`` (``whole_us``), and the same
+  minus the fingerprint, against a warm memory index, at 64 and 256 deployments (each sample
+  pairs a decision with a fingerprint of the same prompt, memo in the same state; the median
+  of the differences);
 * ``gateway``: the whole in-process gateway path (ASGI app, parse, cache, failover, zero-latency
   mock upstream) per request, ``round_robin`` against ``prefix_kv_aware`` at 64 deployments,
   CPU (``thread_time``) and wall p50, alternating the two strategies round by round;
@@ -46,7 +48,7 @@ from kvgate.core.call import Call
 from kvgate.core.deployment import Deployment
 from kvgate.request.parse import parse_call
 from kvgate.routing.base import RoutingStrategy
-from kvgate.routing.fingerprint import fingerprint
+from kvgate.routing.fingerprint import MessageMemo, fingerprint
 
 #: Relative to the working directory: run from the repository root.
 OUT = Path("benchmarks/results/routing_cost.json")
@@ -76,15 +78,21 @@ def _median_us(samples_ns: list[int]) -> float:
     return round(statistics.median(samples_ns) / 1000, 2)
 
 
-def fingerprint_us(prompt_tokens: int, samples: int) -> float:
-    """Median microseconds to fingerprint one ``prompt_tokens`` chat prompt."""
+def fingerprint_us(prompt_tokens: int, samples: int, *, seen_system: bool = False) -> float:
+    """Median microseconds to fingerprint one ``prompt_tokens`` chat prompt: every message
+    hashed (``seen_system=False``), or with the shared system prompt already in the memo that
+    ``prefix_kv_aware`` keeps (its steady state)."""
     prompts = Prompts(prompt_tokens - USER_TOKENS, USER_TOKENS)
     block_chars = RoutingSettings().prefix.block_chars
     calls = [prompts.call(n) for n in range(samples)]
+    memo = None
+    if seen_system:
+        memo = MessageMemo()
+        fingerprint(prompts.call(-1), block_chars=block_chars, memo=memo)
     times_ns = []
     for call in calls:
         started_ns = time.perf_counter_ns()
-        fingerprint(call, block_chars=block_chars)
+        fingerprint(call, block_chars=block_chars, memo=memo)
         times_ns.append(time.perf_counter_ns() - started_ns)
     return _median_us(times_ns)
 
@@ -103,11 +111,14 @@ async def decision_us(replicas: int, samples: int) -> dict[str, float]:
         strategy.on_dispatched(call, decision.deployment)
 
     await warm(strategy, deployments, prompts)
+    # The same memo state as the strategy's: the system prompt seen, each user turn new.
+    memo = MessageMemo()
+    fingerprint(prompts.call(-1), block_chars=block_chars, memo=memo)
     calls = [prompts.call(10_000 + n) for n in range(samples)]
     whole_ns, beyond_ns = [], []
     for call in calls:
         started_ns = time.perf_counter_ns()
-        fingerprint(call, block_chars=block_chars)
+        fingerprint(call, block_chars=block_chars, memo=memo)
         fingerprinted_ns = time.perf_counter_ns()
         await decide(call)
         ended_ns = time.perf_counter_ns()
@@ -206,8 +217,13 @@ async def gateway_us(replicas: int, requests_per_round: int, rounds: int
 def measure(quick: bool) -> dict[str, Any]:
     samples = 30 if quick else 300
     return {
-        "fingerprint_us": {"8k": fingerprint_us(8192, samples),
-                           "100k": fingerprint_us(100_000, max(5, samples // 10))},
+        "fingerprint_us": {
+            "8k": fingerprint_us(8192, samples),
+            "100k": fingerprint_us(100_000, max(5, samples // 10)),
+            "8k_system_prompt_seen": fingerprint_us(8192, samples, seen_system=True),
+            "100k_system_prompt_seen": fingerprint_us(100_000, max(5, samples // 10),
+                                                      seen_system=True),
+        },
         "decision_us": {str(n): asyncio.run(decision_us(n, samples)) for n in (64, 256)},
         "gateway_64_deployments": asyncio.run(
             gateway_us(64, requests_per_round=20 if quick else 200, rounds=3 if quick else 5)),

@@ -26,7 +26,7 @@ from kvgate.config.schema import PrefixRoutingSettings
 from kvgate.core.deployment import Deployment, DeploymentStats, RouteDecision
 from kvgate.routing.affinity import AffinityIndex
 from kvgate.routing.base import StrategyDefaults
-from kvgate.routing.fingerprint import Fingerprint, fingerprint
+from kvgate.routing.fingerprint import Fingerprint, MessageMemo, fingerprint
 from kvgate.routing.load import InFlightLoad, LoadView
 
 if TYPE_CHECKING:
@@ -237,6 +237,7 @@ class PrefixKVAware(StrategyDefaults):
         self._ids = tuple(d.id for d in deployments)
         self._position = {d: i for i, d in enumerate(self._deployments)}
         self._stats = [d.stats for d in self._deployments]
+        self._memo = MessageMemo()
         self._settings = settings
         self._index = index
         self._scorer = LoadGuardedScorer(
@@ -244,7 +245,7 @@ class PrefixKVAware(StrategyDefaults):
         )
 
     async def prepare(self, call: Call) -> None:
-        fp = fingerprint(call, block_chars=self._settings.block_chars)
+        fp = fingerprint(call, block_chars=self._settings.block_chars, memo=self._memo)
         if fp.hashes:
             counts = await self._index.match(fp.hashes, self._ids)
             # NOTE: tokens per distinct count, summed on demand: a few groups of deployments
