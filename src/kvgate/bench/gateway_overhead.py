@@ -173,6 +173,14 @@ def cpu_s(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, every core summed (/proc/stat)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - idle) / ticks, sum(fields) / ticks
+
+
 def rss_mb(pid: int) -> dict[str, float]:
     """Resident memory of each process in the tree, and their sum."""
     sizes = {}
@@ -223,12 +231,16 @@ cache: {{ exact: {{ enabled: false }} }}
         d_stream, g_stream = latency_pair(up_port, gw_port, STREAM_BODY, args.requests // 2,
                                           stream=True)
         wrk_direct = wrk(up_port, args.duration_s, 32)
-        cpu_before_s = cpu_s(gateway.pid)
+        cpu_before_s, upstream_before_s = cpu_s(gateway.pid), cpu_s(upstream.pid)
+        machine_before = machine_busy_s()
         wrk_gateway = wrk(gw_port, args.duration_s, 32)
+        machine_after = machine_busy_s()
         # CPU time per request does not depend on what else the machine runs, so it gives the
         # one-core capacity even when wall-clock throughput is disturbed by other load.
         served = wrk_gateway["requests_per_s"] * args.duration_s
         cpu_us_per_request = (cpu_s(gateway.pid) - cpu_before_s) / max(1.0, served) * 1e6
+        # The upstream shares the machine: with several workers its share bounds theirs.
+        upstream_cpu_us = (cpu_s(upstream.pid) - upstream_before_s) / max(1.0, served) * 1e6
         loaded_rss = rss_mb(gateway.pid)
     finally:
         gateway.terminate()
@@ -257,6 +269,12 @@ cache: {{ exact: {{ enabled: false }} }}
         "concurrency_32_blocking": {
             "direct": wrk_direct, "gateway": wrk_gateway,
             "gateway_cpu_us_per_request": round(cpu_us_per_request, 1),
+            "upstream_cpu_us_per_request": round(upstream_cpu_us, 1),
+            "gateway_cores_busy": round(cpu_us_per_request * wrk_gateway["requests_per_s"] / 1e6,
+                                        2),
+            # Every process on the machine (wrk, the upstream, anything else running) together.
+            "machine_busy_share": round((machine_after[0] - machine_before[0])
+                                        / max(1e-9, machine_after[1] - machine_before[1]), 3),
             "one_core_capacity_requests_per_s": round(1e6 / cpu_us_per_request),
         },
         "load_average_1m_before": os.getloadavg()[0],

@@ -66,8 +66,8 @@ def run_configuration(case: RoutingCase, fleet: RunningFleet, workers: int, back
                       duration_s=result.load.wall_s * scale, replica_ids=fleet.deployment_ids,
                       route_outcomes=result.summary["route_outcomes"])
     return {key: numbers[key] for key in (
-        "requests", "errors", "affinity", "replica_hit_rate", "route_outcomes", "max_share",
-        "requests_per_s", "ttft_ms")} | {"wall_s": round(result.load.wall_s, 3)}
+        "requests", "errors", "error_kinds", "affinity", "replica_hit_rate", "route_outcomes",
+        "max_share", "requests_per_s", "ttft_ms")} | {"wall_s": round(result.load.wall_s, 3)}
 
 
 def summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -85,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (not meaningful)")
+    parser.add_argument("--case", action="append", choices=["images", "chat"],
+                        help="only these cases (default: both)")
     parser.add_argument("--out", default="benchmarks/results/workers_routing.json")
     args = parser.parse_args(argv)
     document: dict[str, Any] = {
@@ -95,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "host": host_info(), "seed": args.seed, "strategy": STRATEGY, "cases": {},
     }
     for case in cases(args.quick):
+        if args.case and case.name not in args.case:
+            continue
         section: dict[str, Any] = {"title": case.title, "configurations": {}}
         with sim_fleet(case.fleet) as fleet:
             for label, workers, backend in CONFIGURATIONS:
