@@ -8,8 +8,8 @@ while the gateway runs: a missing model is a start-up error saying how to get it
 
 The model: BERT, 6 layers, hidden 384, 12 heads, GELU, then mean pooling over the tokens and
 L2 normalisation (sentence-transformers' pipeline for this model). 10-20 ms per short prompt
-on one core of a small shared host (python -m kvgate.bench.stage_costs): the weight matrices are read
-from memory for every prompt.
+on one core of a small shared host (``python -m kvgate.bench.stage_costs``): the weight
+matrices are read from memory for every prompt.
 """
 
 from __future__ import annotations
