@@ -9,17 +9,21 @@ prefix-cache hit rate, as the routing scenario defines them.
 
 Run from the repository root (about 5 minutes):
   python -m kvgate.bench.routing_workers [--repeats 2] [--seed 0] [--quick]
-Writes benchmarks/results/workers_routing.json.
+Writes benchmarks/results/workers_routing.json. ``--index-cost`` instead times one request's
+match + record on each index in-process (a shared system prompt, then per-prompt links) and
+writes benchmarks/results/workers_index_cost.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,8 @@ from kvgate.bench.scenarios.routing import (
     prefix_settings,
 )
 from kvgate.bench.sim_fleet import RunningFleet, gateway_config, sim_fleet
+from kvgate.routing.affinity import AffinityIndex, MemoryAffinityIndex
+from kvgate.routing.affinity_shm import AffinityTable, SharedMemoryAffinityIndex
 
 STRATEGY = "prefix_kv_aware"
 #: (label, gateway workers, routing.affinity_backend)
@@ -79,6 +85,52 @@ def summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def index_cost_us(index: AffinityIndex, num_links: int, num_deployments: int,
+                  samples: int = 400) -> float:
+    """Median CPU of one request's ``match`` + ``record``: prompts of ``num_links`` links whose
+    first quarter (a system prompt) every deployment holds, the rest each prompt's own."""
+    rng = random.Random(1)
+    system = [rng.getrandbits(64) for _ in range(num_links // 4)]
+    ids = [f"d{i}" for i in range(num_deployments)]
+    prompts = [system + [rng.getrandbits(64) for _ in range(num_links - len(system))]
+               for _ in range(200)]
+    for i, prompt in enumerate(prompts):
+        index.record(ids[i % num_deployments], prompt)
+    timings_s = []
+    for k in range(samples):
+        prompt = prompts[k % len(prompts)]
+        started_s = time.perf_counter()
+        _finish(index.match(prompt, ids))
+        index.record(ids[k % num_deployments], prompt)
+        timings_s.append(time.perf_counter() - started_s)
+    return round(statistics.median(timings_s) * 1e6, 1)
+
+
+def _finish(coroutine: Coroutine[Any, Any, list[int]]) -> list[int]:
+    """Run a coroutine that never suspends (both indexes' ``match``) without an event loop,
+    whose per-call start-up would dwarf what is measured."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        result: list[int] = done.value
+        return result
+    coroutine.close()
+    raise RuntimeError("match suspended: time it on an event loop instead")
+
+
+def index_costs() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for num_links, num_deployments in ((47, 4), (128, 64)):
+        memory = MemoryAffinityIndex(max_blocks_per_deployment=1_000_000 // num_deployments,
+                                     ttl_s=300)
+        shared = SharedMemoryAffinityIndex(AffinityTable.private(1_000_000), namespace="m",
+                                           ttl_s=300)
+        out[f"{num_links}_links_{num_deployments}_deployments"] = {
+            "memory_us": index_cost_us(memory, num_links, num_deployments),
+            "shared_memory_us": index_cost_us(shared, num_links, num_deployments)}
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -87,13 +139,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (not meaningful)")
     parser.add_argument("--case", action="append", choices=["images", "chat"],
                         help="only these cases (default: both)")
-    parser.add_argument("--out", default="benchmarks/results/workers_routing.json")
+    parser.add_argument("--index-cost", action="store_true",
+                        help="only time the indexes in-process (seconds)")
+    parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    command = "python -m kvgate.bench.routing_workers " + " ".join(
+        sys.argv[1:] if argv is None else argv)
+    if args.index_cost:
+        out = args.out or "benchmarks/results/workers_index_cost.json"
+        costs = {"benchmark": "workers_index_cost", "command": command, "host": host_info(),
+                 "source": "measured on this machine (no GPU): median of 400 requests",
+                 "costs": index_costs()}
+        Path(out).write_text(json.dumps(costs, indent=2) + "\n")
+        print(json.dumps(costs["costs"]), f"wrote {out}")
+        return
+    args.out = args.out or "benchmarks/results/workers_routing.json"
     document: dict[str, Any] = {
         "benchmark": "workers_routing",
         "source": "measured on this machine (no GPU): kvgate sim fleets behind kvgate run",
-        "command": "python -m kvgate.bench.routing_workers " + " ".join(
-            sys.argv[1:] if argv is None else argv),
+        "command": command,
         "host": host_info(), "seed": args.seed, "strategy": STRATEGY, "cases": {},
     }
     for case in cases(args.quick):
