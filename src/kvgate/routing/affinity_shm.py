@@ -191,17 +191,20 @@ class SharedMemoryAffinityIndex:
 
     def _holds(self, block_hash: int, tag: int, check: int, oldest_fresh: int) -> bool:
         key = ((block_hash ^ tag) & _MASK64) or 1
-        start_byte = self._first_key_byte + (key & self._bucket_mask) * _BUCKET_BYTES
-        found = self._find(key.to_bytes(8, _BYTE_ORDER), start_byte, start_byte + _BUCKET_BYTES)
-        if found < 0:
-            return False
-        slot = found >> 3
         words = self._words
+        slot = self._first_key_word + (key & self._bucket_mask) * _SLOTS_PER_BUCKET
+        # Most keys sit in their bucket's first slot while the table is not full: one read
+        # instead of building the needle and searching.
+        if words[slot] != key:
+            start_byte = slot * 8
+            found = self._find(key.to_bytes(8, _BYTE_ORDER), start_byte,
+                               start_byte + _BUCKET_BYTES)
+            if found < 0 or found & 7:  # absent, or a match straddling two keys
+                return False
+            slot = found >> 3
         value = words[slot + self._value_delta_words]
-        # Re-read the key after the value: a writer replacing the slot clears it first. A
-        # match straddling two keys (not 8-aligned) fails this check too: a lost hint.
-        return (words[slot] == key and not found & 7 and value & _CHECK_MASK == check
-                and value >> 32 >= oldest_fresh)
+        # Re-read the key after the value: a writer replacing the slot clears it first.
+        return words[slot] == key and value & _CHECK_MASK == check and value >> 32 >= oldest_fresh
 
     async def match(self, hashes: Sequence[int], deployment_ids: Sequence[str]) -> list[int]:
         return self.match_now(hashes, deployment_ids)
