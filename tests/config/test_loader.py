@@ -100,8 +100,10 @@ def test_builtin_demo_and_example_config_are_valid() -> None:
     without_secrets = check_config_file(example, env={})
     assert without_secrets.errors == [] and without_secrets.settings is not None
     assert [w.field for w in without_secrets.warnings] == [
-        "providers.openai.api_key", "providers.anthropic.api_key", "tenants[0].api_keys[0]"]
-    assert without_secrets.settings.tenants[0].api_keys == [""]
+        "providers.openai.api_key", "providers.anthropic.api_key", "tenants[0].api_keys[0]",
+        "tenants[0].api_keys[1].key"]
+    keys = without_secrets.settings.tenants[0].api_keys
+    assert keys[0] == "" and not isinstance(keys[1], str) and keys[1].key == ""
 
 
 BROKEN = """\
@@ -225,7 +227,7 @@ def test_example_config_validates_without_secrets() -> None:
     assert result.stdout.startswith("valid: 3 model(s), 4 deployment(s), 4 provider(s)")
     warned = [line.split(": ")[2] for line in result.stderr.splitlines()]
     assert warned == ["providers.openai.api_key", "providers.anthropic.api_key",
-                      "tenants[0].api_keys[0]"]
+                      "tenants[0].api_keys[0]", "tenants[0].api_keys[1].key"]
     assert all(line.startswith(f"warning: {example}:") for line in result.stderr.splitlines())
 
 
