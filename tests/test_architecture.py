@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"request"},
     {"gateway"},
     {"api"},
-    {"server", "httpserver"},
+    {"server", "httpserver", "workers"},
     {"cli", "__main__"},
 ]
 BESIDE = {"sim", "bench", "testing"}

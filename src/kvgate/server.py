@@ -1,4 +1,5 @@
-"""Serve the app with uvicorn (default) or granian, in one process or several workers."""
+"""Serve the app with KVGate's lean HTTP server (default), uvicorn or granian, in one process or
+several workers."""
 
 from __future__ import annotations
 
@@ -117,9 +118,42 @@ def serve(
     with worker_affinity_segment(settings, workers):
         if server.http_server == "granian":
             _serve_granian(settings, host, port, workers)
-        else:
+        elif server.http_server == "uvicorn":
             _serve_uvicorn(settings, host, port, workers)
+        else:
+            _serve_kvgate(settings, host, port, workers)
     return 0
+
+
+def _serve_kvgate(settings: Settings, host: str, port: int, workers: int) -> None:
+    """The lean server (:mod:`kvgate.httpserver`): in this process, or in ``workers``
+    processes that each bind the port (SO_REUSEPORT: the kernel spreads connections)."""
+    access_log = settings.server.access_log
+    if workers <= 1:
+        from kvgate.api.app import create_app
+
+        _run_lean(create_app(settings), host, port, access_log, reuse_port=False)
+        return
+    from kvgate.workers import supervise
+
+    supervise(workers, _lean_worker, (host, port, access_log))
+
+
+def _lean_worker(host: str, port: int, access_log: bool) -> None:
+    """One worker process: its own gateway from the config its parent validated."""
+    logging.basicConfig(level=load_settings_from_environment().server.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _run_lean(app_from_environment(), host, port, access_log, reuse_port=True)
+
+
+def _run_lean(app: KVGateApp, host: str, port: int, access_log: bool, *,
+              reuse_port: bool) -> None:
+    import uvloop
+
+    from kvgate.httpserver import serve as serve_http
+
+    uvloop.run(serve_http(app, host=host, port=port, access_log=access_log,
+                          reuse_port=reuse_port))
 
 
 def _serve_granian(settings: Settings, host: str, port: int, workers: int) -> None:

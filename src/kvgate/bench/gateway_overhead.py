@@ -196,7 +196,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--duration-s", type=int, default=10)
-    parser.add_argument("--http-server", choices=["granian", "uvicorn"], default="uvicorn")
+    parser.add_argument("--http-server", choices=["kvgate", "uvicorn", "granian"],
+                        default="kvgate")
     parser.add_argument("--workers", type=int, default=1, help="gateway worker processes")
     # Relative to the working directory: run from the repository root.
     parser.add_argument("--out", default="benchmarks/results/gateway_overhead.json")

@@ -60,7 +60,9 @@ class ServerSettings(_Frozen):
     #: The HTTP server under the ASGI app. uvicorn (uvloop + httptools) gave the lowest added
     #: latency and one process per worker in docs/BENCHMARK_REPORT.md; granian (Rust HTTP, a
     #: supervisor process per server) did better only while the machine was overloaded.
-    http_server: Literal["granian", "uvicorn"] = "uvicorn"
+    #: kvgate: the gateway's own lean HTTP/1.1 server (kvgate.httpserver); uvicorn and granian
+    #: are the general-purpose alternatives.
+    http_server: Literal["kvgate", "uvicorn", "granian"] = "kvgate"
 
     @field_validator("admin_key")
     @classmethod
