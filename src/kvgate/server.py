@@ -67,7 +67,9 @@ def worker_affinity_segment(settings: Settings, workers: int) -> Iterator[str | 
 
     logger = logging.getLogger("kvgate")
     num_entries = sum(blocks for _, blocks in shared)
-    size_bytes = table_bytes(num_entries)
+    # One tick byte per deployment of the largest model in every entry.
+    columns = max(len(model.deployments) for model in settings.models)
+    size_bytes = table_bytes(num_entries, columns)
     # NOTE: tmpfs allocates pages on first write; a segment larger than what is free (Docker's
     # default /dev/shm is 64 MB) would kill a worker with SIGBUS mid-request, so check first.
     free_bytes = shutil.disk_usage(SHM_DIR).free if os.path.isdir(SHM_DIR) else 0
@@ -78,7 +80,7 @@ def worker_affinity_segment(settings: Settings, workers: int) -> Iterator[str | 
             SHM_DIR, size_bytes >> 20, free_bytes >> 20)
         yield None
         return
-    segment = AffinitySegment(num_entries)
+    segment = AffinitySegment(num_entries, columns)
     os.environ[AFFINITY_SEGMENT_ENV] = segment.name
     print(f"kvgate: {workers} workers share one affinity index in shared memory "
           f"({segment.name}, {size_bytes / 2**20:.0f} MiB; models "

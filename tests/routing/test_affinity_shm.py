@@ -33,15 +33,18 @@ def chain(rng: random.Random, parent: list[int], extra_links: int) -> list[int]:
     return parent + [rng.getrandbits(64) for _ in range(extra_links)]
 
 
-def test_matches_like_the_memory_index_on_prompt_chains() -> None:
+@pytest.mark.parametrize("num_deployments", [5, 100])
+def test_matches_like_the_memory_index_on_prompt_chains(num_deployments: int) -> None:
     # Chains sharing prefixes (a system prompt, then conversations growing turn by turn), as
-    # the fingerprint makes them: the galloping match must count exactly what a walk counts.
+    # the fingerprint makes them: the galloping match over one entry per block must count
+    # exactly what a walk counts; 100 deployments take 13 tick words per entry.
     rng = random.Random(7)
-    shared, memory = shm_index(), MemoryAffinityIndex(max_blocks_per_deployment=100_000,
-                                                      ttl_s=60)
+    shared = SharedMemoryAffinityIndex(AffinityTable.private(100_000, num_deployments),
+                                       namespace="m", ttl_s=60)
+    memory = MemoryAffinityIndex(max_blocks_per_deployment=100_000, ttl_s=60)
     system = chain(rng, [], 5)
     prompts = [system]
-    deployments = [f"d{i}" for i in range(5)]
+    deployments = [f"d{i}" for i in range(num_deployments)]
     for step in range(300):
         parent = rng.choice(prompts)
         prompt = chain(rng, parent, rng.randint(0, 40))
@@ -51,7 +54,53 @@ def test_matches_like_the_memory_index_on_prompt_chains() -> None:
             shared.record(target, prompt)
             memory.record(target, prompt)
         probe = chain(rng, rng.choice(prompts), rng.randint(0, 3))
-        assert shared.match_now(probe, deployments) == memory.match_now(probe, deployments)
+        queried = rng.sample(deployments, min(len(deployments), rng.randint(1, 8))) if (
+            step % 2) else deployments
+        assert shared.match_now(probe, queried) == memory.match_now(probe, queried)
+
+
+def test_each_holder_of_a_block_expires_on_its_own() -> None:
+    clock = FakeClock()
+    index = shm_index(clock=clock)
+    index.record("a", [1, 2])
+    clock.now_s += 20
+    index.record("b", [1, 2])
+    clock.now_s += 15  # a's entries are 35 s old, b's 15 s
+    assert index.match_now([1, 2], ["a", "b"]) == [0, 2]
+    index.record("a", [1])
+    assert index.match_now([1, 2], ["a", "b"]) == [1, 2]
+
+
+def test_a_tick_byte_never_wraps_around_to_fresh() -> None:
+    # b keeps the entry alive for far more than 255 seconds; a's one-byte tick must not come
+    # round to look fresh again (each write zeroes the expired bytes of its entry).
+    clock = FakeClock()
+    index = shm_index(clock=clock)
+    index.record("a", [1])
+    for _ in range(80):
+        clock.now_s += 5
+        index.record("b", [1])
+        assert index.match_now([1], ["a", "b"]) == [int(clock.now_s - 1000 <= 30), 1]
+
+
+def test_a_long_ttl_counts_in_quanta_of_seconds() -> None:
+    clock = FakeClock()
+    table = AffinityTable.private(1000)
+    index = SharedMemoryAffinityIndex(table, namespace="m", ttl_s=300, clock=clock)
+    index.record("a", [1])
+    clock.now_s += 297
+    assert index.match_now([1], ["a"]) == [1]
+    clock.now_s += 10
+    assert index.match_now([1], ["a"]) == [0]
+
+
+def test_deployments_past_the_columns_are_not_tracked() -> None:
+    index = SharedMemoryAffinityIndex(AffinityTable.private(1000, columns=8), namespace="m",
+                                      ttl_s=60)
+    ids = [f"d{i}" for i in range(10)]
+    for deployment_id in ids:
+        index.record(deployment_id, [1, 2])
+    assert index.match_now([1, 2], ids) == [2] * 8 + [0, 0]
 
 
 def test_entries_expire_after_ttl_and_refresh_on_use() -> None:

@@ -120,10 +120,11 @@ def _finish(coroutine: Coroutine[Any, Any, list[int]]) -> list[int]:
 
 def index_costs() -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for num_links, num_deployments in ((47, 4), (128, 64)):
+    for num_links, num_deployments in ((47, 4), (128, 64), (128, 256)):
         memory = MemoryAffinityIndex(max_blocks_per_deployment=1_000_000 // num_deployments,
                                      ttl_s=300)
-        shared = SharedMemoryAffinityIndex(AffinityTable.private(1_000_000), namespace="m",
+        shared = SharedMemoryAffinityIndex(AffinityTable.private(1_000_000, num_deployments),
+                                           namespace="m",
                                            ttl_s=300)
         out[f"{num_links}_links_{num_deployments}_deployments"] = {
             "memory_us": index_cost_us(memory, num_links, num_deployments),
