@@ -1,8 +1,8 @@
 """The affinity index in shared memory, so ``kvgate run --workers N`` routes as one process.
 
 Every worker maps one table that the parent process created before starting them
-(:class:`AffinitySegment`), so a record made by any worker is seen by every worker's next
-match, with no round trip (Redis costs one per request, and is for gateways on several hosts).
+(:class:`AffinitySegment`): a record made by any worker is seen by every worker's next match,
+with no round trip (Redis costs one per request, and is for gateways on several hosts).
 
 Layout (8-byte words): a header, a directory of deployments, every slot's key, every record::
 
@@ -10,29 +10,25 @@ Layout (8-byte words): a header, a directory of deployments, every slot's key, e
                       its model's entries (first come, first served under ``flock``, kept)
     key    = (block hash XOR model tag) mod 2**64, 0 = empty
     record = meta: newest second (32 bits) | depth rank (8 bits) | key check (24 bits),
-             then one tick byte per column (``ceil(columns / 8)`` words): the quantum in
+             then a tick byte per column (``ceil(columns / 8)`` words): the quantum in
              which that deployment last served the block, mod 255, + 1; 0 = not held
 
-One entry per (model, block) holds every deployment's tick, as the memory index's holder
-masks do, so ``match`` walks the prompt's chain once for all deployments, dropping them as
-they stop matching, instead of once per deployment (600 us at 64 deployments, 1.7 ms at 256).
+One entry per (model, block) holds every deployment's tick, like the memory index's holder
+masks, so ``match`` walks the prompt's chain once for all deployments, dropping them as they
+stop matching, not once per deployment (which cost 600 us at 64 deployments, 1.7 ms at 256).
 It gallops (links 1, 2, 4, ... then bisects) over the runs where nobody drops out: exact while
 what a deployment holds of a prompt is a leading run, which ``record`` keeps true (a chain is
 written whole, heads outrank tails on eviction). A key lives in the bucket of 8 slots its low
-bits name; keys are apart from records so a bucket's keys are 64 contiguous bytes that one
-C-speed ``mmap.find`` searches.
+bits name; a bucket's keys are 64 contiguous bytes that one C-speed ``mmap.find`` searches.
 
 No locks on the request path: every store is one aligned 8-byte word (``memoryview.cast('Q')``
-item assignment is one ``memcpy`` of 8 bytes, a single move on x86-64 and arm64), so a reader
-never sees half a word. A writer replacing a slot clears the key, writes the record, then the
-new key; a reader re-reads the key after the record and checks the key check, so it rejects a
-slot changed under it. Two workers writing one entry at once may overwrite each other's byte
-(a word is read, changed, stored) or store one key twice: a lost or duplicated hint, never a
-wrong structure.
-
-A tick byte compares modulo 255, so none may live 255 quanta: a write zeroes the entry's
-expired bytes and a reader ignores an entry whose newest second expired, so no byte a reader
-trusts is older than two TTLs; the quantum is the least whole second making that < 255.
+item assignment is one ``memcpy`` of 8 bytes, a single move on x86-64 and arm64). A writer
+replacing a slot clears the key, writes the record, then the new key; a reader re-reads the
+key after the record and checks the key check. Two workers writing one entry at once may
+overwrite each other's byte (a word is read, changed, stored) or store one key twice: a lost
+or duplicated hint, never a wrong structure. A tick byte compares modulo 255, so none may live
+255 quanta: a write zeroes its entry's expired bytes and a reader ignores an entry whose
+newest second expired, so no byte trusted is older than two TTLs (the quantum sees to it).
 
 Differences from the memory index (same contract):
 
@@ -41,7 +37,9 @@ Differences from the memory index (same contract):
 * the bound is the table's: slots = the sharing models' ``max_tracked_blocks`` summed, rounded
   up to a power of two, one slot per block with all its holders (a prefix every deployment
   holds takes one slot, not one per deployment); columns = the largest model's deployments
-  (64 for a private table): a deployment past them is never tracked and matches 0;
+  (64 for a private table): a deployment past them is never tracked and matches 0. A slot
+  takes 16 + columns bytes (rounded up to 8): 1M slots are 24 MiB up to 8 deployments, 80
+  MiB at 64 (more than Docker's default /dev/shm: ``kvgate run`` then falls back, below);
 * eviction replaces the stalest slot of the full bucket (oldest second, then the deepest link)
   instead of the exact least recently used entry; a head lost to a race can be skipped over;
   ``size()`` is -1 (counting would scan the table); ``forget`` scans the whole table (rare).
@@ -64,7 +62,7 @@ from multiprocessing.shared_memory import SharedMemory
 
 import xxhash
 
-#: "KVGAFF02": a segment this module laid out (02: one entry per block, a column per deployment).
+#: "KVGAFF02": a segment this module laid out (02: an entry per block, a tick per deployment).
 _MAGIC = 0x4B56474146463032
 _HEADER_WORDS = 8
 _SLOTS_PER_BUCKET = 8
@@ -74,24 +72,19 @@ _DIRECTORY_ENTRIES = 4096
 _MASK64 = (1 << 64) - 1
 _CHECK_MASK = (1 << 24) - 1
 _TICK_MASK = (1 << 32) - 1
-_MAX_RANK = 255
 #: Columns of a table whose creator does not say (``private`` from the composer).
 DEFAULT_COLUMNS = 64
 SHM_DIR = "/dev/shm"
 #: A link's rank bits in its meta word, by depth: deeper links rank lower (255 and beyond: 0).
-_RANKS = [(_MAX_RANK - depth) << 24 for depth in range(_MAX_RANK)]
+_RANKS = [(255 - depth) << 24 for depth in range(255)]
 _BYTE_ORDER = sys.byteorder  # memoryview.cast("Q") stores native-endian words
 _LITTLE = _BYTE_ORDER == "little"
-
-
-def _tick_words(columns: int) -> int:
-    return max(1, -(-columns // 8))
 
 
 def table_bytes(num_entries: int, columns: int = DEFAULT_COLUMNS) -> int:
     """Bytes of a table of at least ``num_entries`` blocks, each with ``columns`` holders."""
     words = (_HEADER_WORDS + 2 * _DIRECTORY_ENTRIES
-             + _num_buckets(num_entries) * _SLOTS_PER_BUCKET * (2 + _tick_words(columns)))
+             + _num_buckets(num_entries) * _SLOTS_PER_BUCKET * (2 + (-(-columns // 8) or 1)))
     return 8 * words
 
 
@@ -126,7 +119,7 @@ class AffinitySegment:
 
 def _write_header(words: memoryview, num_buckets: int, columns: int) -> None:
     words[1] = num_buckets
-    words[2] = _tick_words(columns)
+    words[2] = -(-columns // 8) or 1
     words[0] = _MAGIC  # last: a header with the magic is complete
     words.release()
 
@@ -220,7 +213,7 @@ class SharedMemoryAffinityIndex:
         self._quantum = max(1, -(-int(2 * ttl_s) // 250))
         self._clock = clock
         self._columns: dict[str, int | None] = {}
-        self._queries: dict[tuple[str, ...], tuple[list[int | None], int]] = {}
+        self._queries: dict[tuple[str, ...], tuple[list[int], int]] = {}
         self._tables_at: tuple[int, int] = (-1, -1)
         self._fresh_table = self._keep_table = bytes(256)
 
@@ -231,15 +224,17 @@ class SharedMemoryAffinityIndex:
             self._columns[deployment_id] = self._table.column(self._model_tag, tag or 1)
         return self._columns[deployment_id]
 
-    def _query(self, deployment_ids: Sequence[str]) -> tuple[list[int | None], int]:
+    def _query(self, deployment_ids: Sequence[str]) -> tuple[list[int], int]:
         """(columns, one byte set per tracked column): the strategy asks with one id list."""
         key = tuple(deployment_ids)
         query = self._queries.get(key)
         if query is None:
             if len(self._queries) >= 64:
                 self._queries.clear()
-            columns = [self._column(deployment_id) for deployment_id in key]
-            mask = sum(1 << (8 * column) for column in columns if column is not None)
+            # An untracked deployment reads the byte past the last column, always 0.
+            columns = [self._tick_bytes if (column := self._column(deployment_id)) is None
+                       else column for deployment_id in key]
+            mask = sum(1 << (8 * column) for column in columns if column < self._tick_bytes)
             query = self._queries[key] = (columns, mask)
         return query
 
@@ -290,7 +285,9 @@ class SharedMemoryAffinityIndex:
         _, oldest_fresh, _ = self._now()
         columns, alive = self._query(deployment_ids)
         holders, num_links = self._holders, len(hashes)
-        matched: dict[int, int] = {}  # column -> links, for the columns dropped so far
+        # Alive masks (one byte per column) and the links matched by the columns dropping out,
+        # from the start and at each drop; ends[0] is for columns never alive.
+        lefts, ends = [alive], [0]
         held = 0  # every alive column holds the first `held` links
         while alive and held < num_links:
             # Gallop: probe links held+1, held+2, held+4, ... while every alive column holds
@@ -312,17 +309,21 @@ class SharedMemoryAffinityIndex:
                     held = middle
                 else:
                     lost_at, left = middle, now_left
-            dropped = (alive & ~left).to_bytes(self._tick_bytes, "little")
-            column = dropped.find(1)
-            while column >= 0:
-                matched[column] = held
-                column = dropped.find(1, column + 1)
+            lefts.append(left)
+            ends.append(held)
             alive, held = left, lost_at
-        return [0 if column is None else matched.get(column, held) for column in columns]
+        ends.append(held)
+        # A column's byte in the sum counts the masks it is in: 1 + the drops it outlived.
+        outlived: Sequence[int]
+        if len(lefts) < 256:
+            outlived = sum(lefts).to_bytes(self._tick_bytes + 1, "little")
+        else:  # more drops than a byte counts (over 254 deployments): column by column
+            outlived = [sum(left >> 8 * column & 1 for left in lefts)
+                        for column in range(self._tick_bytes + 1)]
+        return [ends[outlived[column]] for column in columns]
 
     def record(self, deployment_id: str, hashes: Sequence[int]) -> None:
-        column = self._column(deployment_id)
-        if column is None:
+        if (column := self._column(deployment_id)) is None:
             return  # past the table's columns: never tracked
         now_s, oldest_fresh, tick = self._now()
         words, buffer, find_slot, keep = self._words, self._buffer, self._slot, self._keep_table
@@ -337,7 +338,8 @@ class SharedMemoryAffinityIndex:
         for block_hash, rank in zip(hashes, chain(_RANKS, repeat(0)), strict=False):
             key = ((block_hash ^ model_tag) & _MASK64) or 1
             meta = second << 32 | rank | key >> 40
-            slot = find_slot(key)
+            bucket = (key & bucket_mask) * _SLOTS_PER_BUCKET
+            slot = bucket if words[first_key + bucket] == key else find_slot(key)
             if slot >= 0:
                 record = first_record + slot * stride
                 old_meta = words[record]
@@ -351,11 +353,11 @@ class SharedMemoryAffinityIndex:
                 elif old_meta == meta and own >> shift & 0xFF == tick:
                     continue  # written this second already: nothing to store
                 words[record + own_word] = own & own_clear | own_tick
-                words[record] = meta
+                if old_meta != meta:
+                    words[record] = meta
                 continue
             # The stalest slot: empty ones have meta 0; otherwise the oldest second, then the
             # lowest rank (the deepest link).
-            bucket = (key & bucket_mask) * _SLOTS_PER_BUCKET
             first = first_record + bucket * stride
             metas = words[first:first + _SLOTS_PER_BUCKET * stride:stride].tolist()
             slot = bucket + metas.index(min(metas))
@@ -369,8 +371,7 @@ class SharedMemoryAffinityIndex:
     def forget(self, deployment_id: str) -> None:
         """Clear the deployment's byte in every entry: one pass over the whole table (rare:
         a flushed cache), not per request."""
-        column = self._column(deployment_id)
-        if column is None:
+        if (column := self._column(deployment_id)) is None:
             return
         words, stride = self._words, self._stride
         first = self._first_record + 1 + column // 8
