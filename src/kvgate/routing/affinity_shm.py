@@ -15,7 +15,7 @@ Layout (8-byte words): a header, a directory of deployments, every slot's key, e
 
 One entry per (model, block) holds every deployment's tick, like the memory index's holder
 masks, so ``match`` walks the prompt's chain once for all deployments, dropping them as they
-stop matching, not once per deployment (which cost 600 us at 64 deployments, 1.7 ms at 256).
+stop matching (``match`` + ``record`` of 128 links: 600 -> 120 us at 64 deployments).
 It gallops (links 1, 2, 4, ... then bisects) over the runs where nobody drops out: exact while
 what a deployment holds of a prompt is a leading run, which ``record`` keeps true (a chain is
 written whole, heads outrank tails on eviction). A key lives in the bucket of 8 slots its low
