@@ -147,8 +147,9 @@ def affinity_index_factory(
             from kvgate.routing.affinity_shm import AffinityTable, SharedMemoryAffinityIndex
 
             segment = routing.affinity_segment
-            table = (AffinityTable.private(prefix.max_tracked_blocks) if segment is None
-                     else AffinityTable.attach(segment))
+            table = (AffinityTable.private(prefix.max_tracked_blocks,
+                                           columns=max(1, num_deployments))
+                     if segment is None else AffinityTable.attach(segment))
             return SharedMemoryAffinityIndex(table, namespace=model, ttl_s=prefix.ttl_s)
         return MemoryAffinityIndex(
             max_blocks_per_deployment=max(1, prefix.max_tracked_blocks // num_deployments),
