@@ -13,6 +13,9 @@ import pytest
 from kvgate.httpserver import serve
 
 Message = MutableMapping[str, Any]
+#: Short on purpose, so the timeout tests wait well under a second each.
+KEEP_ALIVE_S = 0.3
+HEAD_TIMEOUT_S = 0.3
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
@@ -73,7 +76,9 @@ async def server() -> AsyncIterator[tuple[Recorder, int]]:
     stop = asyncio.Event()
     bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(serve(app, host="127.0.0.1", port=0, stop=stop,
-                                     graceful_timeout_s=2.0, started=bound.set_result))
+                                     graceful_timeout_s=2.0, started=bound.set_result,
+                                     keep_alive_timeout_s=KEEP_ALIVE_S,
+                                     head_timeout_s=HEAD_TIMEOUT_S, max_head_bytes=4096))
     port = await asyncio.wait_for(bound, 10)
     yield app, port
     stop.set()
@@ -225,4 +230,34 @@ async def test_stop_lets_a_request_in_flight_finish(server: tuple[Recorder, int]
     await asyncio.sleep(0.05)
     app.release.set()  # answered while the fixture's stop may already be pending
     assert (await read_response(reader))[1] == b"POST 4"
+    writer.close()
+
+
+async def test_an_idle_keep_alive_connection_is_closed(server: tuple[Recorder, int]) -> None:
+    _, port = server
+    reader, writer = await connect(port)
+    writer.write(post("/echo", b"x"))
+    assert (await read_response(reader))[1] == b"POST 1"
+    # Nothing more is sent: the server closes the connection after the keep-alive timeout.
+    assert await asyncio.wait_for(reader.read(), 10 * KEEP_ALIVE_S + 5) == b""
+    writer.close()
+
+
+async def test_a_head_that_never_completes_gets_408(server: tuple[Recorder, int]) -> None:
+    app, port = server
+    reader, writer = await connect(port)
+    writer.write(b"POST /echo HTTP/1.1\r\nhost: t\r\n")  # and then nothing
+    answer = await asyncio.wait_for(reader.read(), 10 * HEAD_TIMEOUT_S + 5)
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout")
+    assert app.bodies == []
+    writer.close()
+
+
+async def test_an_oversized_head_gets_431(server: tuple[Recorder, int]) -> None:
+    app, port = server
+    reader, writer = await connect(port)
+    writer.write(post("/echo", extra=b"x-filler: " + b"a" * 8000 + b"\r\n"))
+    answer = await asyncio.wait_for(reader.read(), 10)
+    assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large")
+    assert app.bodies == []
     writer.close()

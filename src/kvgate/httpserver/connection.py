@@ -28,6 +28,11 @@ _REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 402: b"Paymen
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _BAD_REQUEST = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\n"
                 b"content-length: 11\r\nconnection: close\r\n\r\nbad request")
+_HEAD_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                   b"content-type: text/plain\r\ncontent-length: 22\r\nconnection: close\r\n"
+                   b"\r\nrequest head too large")
+_HEAD_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\n"
+                 b"content-length: 15\r\nconnection: close\r\n\r\nrequest timeout")
 _SERVER_ERROR = (b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain\r\n"
                  b"content-length: 21\r\nconnection: close\r\n\r\ninternal server error")
 
@@ -171,6 +176,11 @@ class Connection(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None
         self._client: tuple[str, int] | None = None
         self._local: tuple[str, int] | None = None
+        #: Bytes of the request line and headers so far (bounded by ``max_head_bytes``).
+        self._head_bytes = 0
+        #: Closes the connection when it idles too long between requests (keep-alive timeout)
+        #: or a request's head takes too long to arrive (slow clients holding connections).
+        self._timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -179,8 +189,10 @@ class Connection(asyncio.Protocol):
         self._client = transport.get_extra_info("peername")
         self._local = transport.get_extra_info("sockname")
         self._server.connections.add(self)
+        self._arm(self._server.keep_alive_timeout_s, None)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
         self._server.connections.discard(self)
         for cycle in self._cycles:
             cycle.disconnected = True
@@ -195,7 +207,8 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._fail(_BAD_REQUEST)  # no websockets here
         except httptools.HttpParserError:
-            self._fail(_BAD_REQUEST)
+            too_large = self._head_bytes > self._server.max_head_bytes
+            self._fail(_HEAD_TOO_LARGE if too_large else _BAD_REQUEST)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -210,14 +223,25 @@ class Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
+        self._head_bytes = 0
+        self._arm(self._server.head_timeout_s, _HEAD_TIMEOUT)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.lower(), value))
+        self._count_head(len(name) + len(value))
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self._server.max_head_bytes:
+            # Raised inside feed_data: the parser stops, data_received answers and closes.
+            raise httptools.HttpParserError("request head too large")
 
     def on_headers_complete(self) -> None:
+        self._disarm()
         parser = self._parser
         path, _, query = self._url.partition(b"?")
         scope: MutableMapping[str, Any] = {
@@ -287,6 +311,8 @@ class Connection(asyncio.Protocol):
             return
         if self._cycles:
             self._start(self._cycles[0])
+        else:
+            self._arm(self._server.keep_alive_timeout_s, None)
         self.resume_reading()
 
     # -- transport helpers ------------------------------------------------------------------
@@ -310,6 +336,23 @@ class Connection(asyncio.Protocol):
             self._reading_paused = False
             self._transport.resume_reading()
 
+    def _arm(self, delay_s: float, answer: bytes | None) -> None:
+        """Close the connection in ``delay_s`` (answering ``answer`` first, if any) unless
+        disarmed before."""
+        self._disarm()
+        self._timer = self.loop.call_later(delay_s, self._expire, answer)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self, answer: bytes | None) -> None:
+        self._timer = None
+        if answer is not None:
+            self.write(answer)
+        self.close()
+
     def _fail(self, response: bytes) -> None:
         self.write(response)
         self.close()
@@ -325,8 +368,15 @@ class Connection(asyncio.Protocol):
 class ServerState:
     """What connections share: settings, the date header, what is open and running."""
 
-    def __init__(self, access_log: bool) -> None:
+    def __init__(self, access_log: bool, *, keep_alive_timeout_s: float = 5.0,
+                 head_timeout_s: float = 10.0, max_head_bytes: int = 64 * 1024) -> None:
         self.access_log = access_log
+        #: An idle keep-alive connection is closed after this long (uvicorn's default too).
+        self.keep_alive_timeout_s = keep_alive_timeout_s
+        #: A request's line and headers must arrive within this long (else 408).
+        self.head_timeout_s = head_timeout_s
+        #: A request's line and headers may total this many bytes (else 431).
+        self.max_head_bytes = max_head_bytes
         self.date = _DateHeader()
         self.connections: set[Connection] = set()
         self.tasks: set[asyncio.Task[None]] = set()

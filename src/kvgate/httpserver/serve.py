@@ -60,13 +60,18 @@ class _Lifespan:
 
 async def serve(app: ASGIApp, *, host: str, port: int, access_log: bool = False,
                 graceful_timeout_s: float = 10.0, reuse_port: bool = False,
+                keep_alive_timeout_s: float = 5.0, head_timeout_s: float = 10.0,
+                max_head_bytes: int = 64 * 1024,
                 started: Callable[[int], None] | None = None,
                 stop: asyncio.Event | None = None) -> None:
     """Serve ``app`` until ``stop`` is set (by default: SIGINT or SIGTERM); then finish
     in-flight requests (up to ``graceful_timeout_s``) and run the app's shutdown. ``started``
-    gets the bound port (useful with ``port=0``)."""
+    gets the bound port (useful with ``port=0``). Idle keep-alive connections close after
+    ``keep_alive_timeout_s``; a request head must arrive within ``head_timeout_s`` (408) and
+    stay within ``max_head_bytes`` (431)."""
     loop = asyncio.get_running_loop()
-    state = ServerState(access_log)
+    state = ServerState(access_log, keep_alive_timeout_s=keep_alive_timeout_s,
+                        head_timeout_s=head_timeout_s, max_head_bytes=max_head_bytes)
     lifespan = _Lifespan(app)
     await lifespan.startup()
     server = await loop.create_server(lambda: Connection(app, state), host, port,
