@@ -1,4 +1,6 @@
-"""`kvgate bench scenario overhead --quick --no-peers`, and a run whose peers all fail."""
+"""`kvgate bench scenario overhead --quick --no-peers` (the plain case, then the long-prompt case:
+KVGate over 64 deployments with round_robin and prefix_kv_aware), and a run whose peers all fail.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +8,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from kvgate.bench.peers import PeerUnavailable
-from kvgate.bench.scenarios import SCENARIOS, ScenarioOptions, overhead, overhead_targets
+from kvgate.bench.scenarios import (
+    SCENARIOS,
+    ScenarioOptions,
+    overhead,
+    overhead_long,
+    overhead_targets,
+)
 from kvgate.cli import main
 
 
@@ -25,6 +34,44 @@ def _assert_measured(document: dict[str, Any], name: str) -> None:
         assert len(c32["rounds"]) == overhead.QUICK.rounds_c32
         assert c32["cpu_us_per_request"] is not None
     assert document["rss_mb"][name]["idle"] > 1.0
+
+
+def _assert_long_prompt_case(document: dict[str, Any]) -> None:
+    """Both KVGate arms measured end to end with no error or refusal; prefix_kv_aware sent
+    every request after the first (cold) one where the shared system prompt was."""
+    long = document["long_prompt"]
+    arms = ["kvgate-round_robin", "kvgate-prefix_kv_aware"]
+    assert list(long["comparison"]) == ["direct", *arms]
+    assert long["failed"] == {} and long["deployments"] == 64
+    assert long["prompt"]["approx_tokens"] == 8000
+    for name in arms:
+        assert long["targets"][name]["deployments"] == 64
+        assert long["c1_blocking_ms"][name]["count"] == overhead.QUICK.requests_c1
+        c32 = long["c32_blocking"][name]
+        assert c32["requests_per_s"] > 0 and c32["non_2xx"] == c32["socket_errors"] == 0, c32
+        assert c32["cpu_us_per_request"] is not None
+        assert long["comparison"][name]["added_p50_ms"] is not None
+    c1_requests = overhead.QUICK.warmup + overhead.QUICK.requests_c1
+    rr = long["routing"]["kvgate-round_robin"]["c1"]
+    assert rr["outcomes"] == {} and rr["attempts"] == c1_requests
+    assert rr["deployments_used"] == 64
+    kv = long["routing"]["kvgate-prefix_kv_aware"]["c1"]
+    assert kv["outcomes"] == {"cold": 1, "hit": c1_requests - 1}, kv
+    assert kv["deployments_used"] == 1
+    assert sum(long["routing"]["kvgate-prefix_kv_aware"]["c32"]["outcomes"].values()) > 0
+    difference = long["prefix_vs_round_robin"]
+    assert difference["measured"] is True and difference["clean"] is True
+    assert difference["cpu_ratio"] is not None and "added_p50_us" in difference
+
+
+def test_long_prompt_bodies_share_the_system_prompt_and_differ_in_the_user_turn() -> None:
+    head, tail = overhead_long.long_body()
+    first, second = (orjson.loads(head + str(n).encode() + tail) for n in (1, 2))
+    assert first["messages"][0] == second["messages"][0]
+    assert len(first["messages"][0]["content"]) == overhead_long.SYSTEM_CHARS
+    assert first["messages"][1]["content"].startswith("Question 1: ")
+    assert first["messages"][1] != second["messages"][1]
+    assert b"]]" not in head + tail  # wrk's Lua long brackets carry it verbatim
 
 
 def test_quick_without_peers_measures_direct_and_kvgate(tmp_path: Path) -> None:
@@ -48,6 +95,7 @@ def test_quick_without_peers_measures_direct_and_kvgate(tmp_path: Path) -> None:
                         "c32_requests_per_s", "c32_stream_requests_per_s",
                         "cpu_us_per_request"}
     assert document["load_generator"]
+    _assert_long_prompt_case(document)
 
 
 def test_peers_that_cannot_install_are_recorded_and_the_run_goes_on(
@@ -69,6 +117,8 @@ def test_peers_that_cannot_install_are_recorded_and_the_run_goes_on(
     }
     assert list(document["targets"]) == ["direct", "kvgate"]
     _assert_measured(document, "kvgate")
+    assert list(document["long_prompt"]["comparison"]) == [
+        "direct", "kvgate-round_robin", "kvgate-prefix_kv_aware"]
 
 
 def test_target_is_refused() -> None:

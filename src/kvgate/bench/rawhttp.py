@@ -156,16 +156,24 @@ def wrk_path() -> str | None:
 _WRK_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def run_wrk(url: str, body: bytes, *, connections: int, duration_s: float,
-            cpu: int | None = None, timeout_s: float = 30.0) -> ThroughputSample:
-    """wrk, one thread, ``connections`` keep-alive connections POSTing ``body``."""
+def run_wrk(url: str, body: bytes | tuple[bytes, bytes], *, connections: int,
+            duration_s: float, cpu: int | None = None, timeout_s: float = 30.0
+            ) -> ThroughputSample:
+    """wrk, one thread, ``connections`` keep-alive connections POSTing ``body``; a ``(head,
+    tail)`` pair posts ``head + n + tail`` with ``n`` counting requests, so no two are equal."""
     wrk = wrk_path()
     if wrk is None:
         raise FileNotFoundError("wrk is not installed")
+    # Lua long brackets take the JSON verbatim (it has no "]]").
+    lua = 'wrk.method = "POST"\nwrk.headers["content-type"] = "application/json"\n'
+    if isinstance(body, bytes):
+        lua += f"wrk.body = [[{body.decode()}]]\n"
+    else:
+        lua += (f"local head = [[{body[0].decode()}]]\nlocal tail = [[{body[1].decode()}]]\n"
+                "local n = 0\nrequest = function()\n  n = n + 1\n"
+                "  return wrk.format(nil, nil, nil, head .. n .. tail)\nend\n")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        # Lua long brackets take the JSON verbatim (it has no "]]").
-        script.write('wrk.method = "POST"\nwrk.headers["content-type"] = "application/json"\n'
-                     f"wrk.body = [[{body.decode()}]]\n")
+        script.write(lua)
     try:
         # A slow hop (seconds per request at c=32) must be measured, not cut by wrk's default
         # 2 s timeout.

@@ -65,16 +65,31 @@ def client_cpu() -> int | None:
     return CLIENT_CPU if can_pin() else None
 
 
-@contextlib.contextmanager
-def _kvgate(upstream_port: int) -> Iterator[LocalProcess]:
-    port = free_port()
-    config = {
+def kvgate_config(upstream_port: int, *, deployments: int = 1,
+                  strategy: str | None = None) -> dict[str, Any]:
+    """One provider (one connection pool) for the zero upstream; ``deployments`` > 1 gives it
+    that many deployments, ids ``zero-00`` ... With a ``strategy`` engine-metrics scraping is
+    off: the zero upstream has no vLLM metrics to scrape."""
+    config: dict[str, Any] = {
         "server": {"log_level": "warning", "access_log": False},
         "providers": {MODEL: {"type": "openai_compatible",
                               "api_base": f"http://127.0.0.1:{upstream_port}/v1"}},
         "models": [{"name": MODEL, "deployments": [{"provider": MODEL, "model": MODEL}]}],
         "cache": {"exact": {"enabled": False}},
     }
+    if deployments > 1:
+        config["models"][0]["deployments"] = [
+            {"provider": MODEL, "model": MODEL, "id": f"{MODEL}-{i:02d}"}
+            for i in range(deployments)]
+    if strategy is not None:
+        config["routing"] = {"strategy": strategy,
+                             "prefix": {"engine_metrics_interval_s": 0}}
+    return config
+
+
+@contextlib.contextmanager
+def _kvgate(config: dict[str, Any]) -> Iterator[LocalProcess]:
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="kvgate-overhead-") as tmp:
         path = Path(tmp) / "overhead.yaml"
         path.write_bytes(orjson.dumps(config))  # JSON is YAML
@@ -134,7 +149,22 @@ class Targets:
         return process, {**install.describe(), "notes": "policy round_robin, one worker URL"}
 
     def kvgate(self) -> tuple[LocalProcess, dict[str, Any]]:
-        process = self.stack.enter_context(_kvgate(self.upstream_port))
+        process = self.stack.enter_context(_kvgate(kvgate_config(self.upstream_port)))
         return process, {"version": __version__,
                          "http_server": ServerSettings().http_server,
                          "notes": "kvgate run, 1 worker, exact cache off"}
+
+    def kvgate_routed(self, strategy: str, deployments: int
+                      ) -> Callable[[], tuple[LocalProcess, dict[str, Any]]]:
+        def start() -> tuple[LocalProcess, dict[str, Any]]:
+            config = kvgate_config(self.upstream_port, deployments=deployments,
+                                   strategy=strategy)
+            process = self.stack.enter_context(_kvgate(config))
+            return process, {"version": __version__,
+                             "http_server": ServerSettings().http_server,
+                             "strategy": strategy, "deployments": deployments,
+                             "notes": f"kvgate run, 1 worker, exact cache off, {strategy} over "
+                                      f"{deployments} deployments of one provider (one "
+                                      "connection pool) on the zero upstream; engine-metrics "
+                                      "scraping off"}
+        return start
