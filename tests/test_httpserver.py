@@ -56,6 +56,11 @@ class Recorder:
                 await send({"type": "http.response.body", "body": part, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
             return
+        if path == "/twice":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"part", "more_body": True})
+            await send({"type": "http.response.start", "status": 500, "headers": []})
+            return
         if path == "/hang":
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"first", "more_body": True})
@@ -261,3 +266,37 @@ async def test_an_oversized_head_gets_431(server: tuple[Recorder, int]) -> None:
     assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large")
     assert app.bodies == []
     writer.close()
+
+
+async def test_a_second_response_start_closes_instead_of_corrupting_the_body(
+        server: tuple[Recorder, int]) -> None:
+    _, port = server
+    reader, writer = await connect(port)
+    writer.write(post("/twice"))
+    received = await asyncio.wait_for(reader.read(), 10)  # the server closes the connection
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    assert body == b"4\r\npart\r\n"  # no status line inside the body, no last chunk
+    writer.close()
+
+
+async def test_an_http_1_0_stream_is_not_chunked_and_ends_with_the_connection(
+        server: tuple[Recorder, int]) -> None:
+    _, port = server
+    reader, writer = await connect(port)
+    writer.write(b"POST /stream HTTP/1.0\r\ncontent-length: 0\r\n\r\n")
+    received = await asyncio.wait_for(reader.read(), 10)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head and b"connection: close" in head
+    assert body == b"onetwothree"
+    writer.close()
+
+
+async def test_a_start_up_failure_fails_serve_instead_of_hanging() -> None:
+    async def broken(scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        await receive()
+        raise RuntimeError("cannot start")
+
+    with pytest.raises(RuntimeError, match="lifespan startup failed"):
+        await asyncio.wait_for(serve(broken, host="127.0.0.1", port=0, stop=asyncio.Event()),
+                               10)

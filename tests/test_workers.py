@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 
+from kvgate.workers import supervise
 from tests.support.processes import run_gateway
 
 CONFIG = """
@@ -67,3 +68,13 @@ def test_a_dead_worker_is_replaced_and_sigterm_stops_them_all() -> None:
         for pid in first - {victim} | {replacement}:
             assert not Path(f"/proc/{pid}").exists() or b"State:\tZ" in Path(
                 f"/proc/{pid}/status").read_bytes()
+
+
+def exit_at_once() -> None:
+    """A worker that can never start (a port taken, a config gone): it exits at once."""
+    raise SystemExit(3)
+
+
+def test_a_worker_that_keeps_failing_to_start_stops_the_supervisor() -> None:
+    # Restarted with growing delays (0.5, 1, 2, 4 s), then given up on: status 1, no loop.
+    assert supervise(1, exit_at_once, ()) == 1

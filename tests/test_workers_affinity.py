@@ -153,3 +153,13 @@ def test_an_explicit_memory_index_with_several_workers_is_called_out() -> None:
     warnings = per_process_state_warnings(settings({"affinity_backend": "memory"}), 2)
     assert any("each learns its own prefix affinities for m" in w for w in warnings)
     assert per_process_state_warnings(settings({}), 2) == []
+
+
+def test_strategies_without_an_index_get_no_segment() -> None:
+    plain = Settings.model_validate({
+        "providers": {"mock": {"type": "mock"}},
+        "models": [{"name": "m", "deployments": [{"provider": "mock", "model": "x"}]}],
+    })  # round_robin: nothing to share
+    with worker_affinity_segment(plain, 2) as segment:
+        assert segment is None
+    assert not any("affinit" in w for w in per_process_state_warnings(plain, 2))

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from kvgate.config.loader import CONFIG_FILE_ENV, load_settings_from_environment
 from kvgate.config.schema import Settings
 from kvgate.extras import require
+from kvgate.routing import strategy_entry
 
 if TYPE_CHECKING:
     from kvgate.api.app import KVGateApp
@@ -48,8 +49,9 @@ def _shares_affinity(settings: Settings) -> list[tuple[str, int]]:
     shared = []
     for model in settings.models:
         routing = settings.routing_for(model)
-        if routing.affinity_backend in ("auto", "shared_memory") and (
-                routing.affinity_segment is None):
+        if (routing.affinity_backend in ("auto", "shared_memory")
+                and routing.affinity_segment is None
+                and strategy_entry(routing.strategy).uses_affinity):
             shared.append((model.name, routing.prefix.max_tracked_blocks))
     return shared
 
@@ -138,7 +140,9 @@ def _serve_kvgate(settings: Settings, host: str, port: int, workers: int) -> Non
         return
     from kvgate.workers import supervise
 
-    supervise(workers, _lean_worker, (host, port, access_log))
+    status = supervise(workers, _lean_worker, (host, port, access_log))
+    if status:
+        raise SystemExit(status)
 
 
 def _lean_worker(host: str, port: int, access_log: bool) -> None:
@@ -213,7 +217,8 @@ def per_process_state_warnings(settings: Settings, workers: int) -> list[str]:
             f"and budgets of {', '.join(limited)} on its own, so together they allow up to "
             f"{workers}x; set limits_backend: redis to share them")
     own_index = [m.name for m in settings.models
-                 if settings.routing_for(m).affinity_backend == "memory"]
+                 if settings.routing_for(m).affinity_backend == "memory"
+                 and strategy_entry(settings.routing_for(m).strategy).uses_affinity]
     if own_index:
         warnings.append(f"{workers} workers with routing.affinity_backend: memory: each learns "
                         f"its own prefix affinities for {', '.join(own_index)}; auto or "

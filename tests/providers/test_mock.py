@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from kvgate.config.schema import MockProviderSettings
 from kvgate.core.provider import JSONObject, UpstreamCall
 from kvgate.providers.mock import MockProvider
@@ -59,3 +61,15 @@ async def test_a_continuation_completes_the_same_answer() -> None:
     ))
     assert partial + text(rest) == whole
     assert rest["usage"]["completion_tokens"] == 13
+
+
+def test_an_error_chunk_with_a_word_for_a_code_is_a_server_error() -> None:
+    from kvgate.providers.errors import UpstreamRateLimited, UpstreamServerError
+    from kvgate.providers.openai_compatible import OpenAICompatibleProvider
+
+    # OpenAI puts a word in "code", vLLM the HTTP status: only a status maps to its class.
+    with pytest.raises(UpstreamServerError):
+        OpenAICompatibleProvider._chunk(
+            b'{"error": {"code": "rate_limit_exceeded", "message": "slow down"}}')
+    with pytest.raises(UpstreamRateLimited):
+        OpenAICompatibleProvider._chunk(b'{"error": {"code": 429, "message": "slow down"}}')

@@ -205,3 +205,13 @@ async def test_a_resume_is_a_half_open_probe_like_any_attempt() -> None:
     chunks, error = await drain(await open_stream(failover, chat()))
     assert error is None and text_of(chunks) == "ab"
     assert breakers.state_code(b) == 0 and a.stats.in_flight == b.stats.in_flight == 0
+
+
+async def test_a_stream_that_ends_without_usage_is_billed_for_what_it_relayed() -> None:
+    # An upstream that ignores stream_options.include_usage: no usage chunk at all.
+    quiet = Scripted([role(), token("a"), token("b"), token("c"), finish()])
+    failover, _ = build(on(quiet, "a"))
+    request = chat()
+    chunks, error = await drain(await open_stream(failover, request))
+    assert error is None and text_of(chunks) == "abc"
+    assert request.billed_tokens == 3  # the relayed content chunks, as completion tokens

@@ -93,10 +93,20 @@ class KVGateApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                await self.gateway.start()
+                try:
+                    await self.gateway.start()
+                except Exception as exc:
+                    logger.exception("gateway start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                    return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self.gateway.aclose()
+                try:
+                    await self.gateway.aclose()
+                except Exception as exc:
+                    logger.exception("gateway shutdown failed")
+                    await send({"type": "lifespan.shutdown.failed", "message": repr(exc)})
+                    return
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -230,6 +240,14 @@ class KVGateApp:
             event = error_body(error.message, error.error_type, error.error_type, None)
             await send({"type": "http.response.body", "body": held + b"data: " + event + b"\n\n"})
             return error.client_status
+        except Exception:
+            # A bug, not an upstream's failure; the head is gone, so it ends like one: an error
+            # event and no [DONE] (a second response head would corrupt the stream).
+            logger.exception("stream %s failed after its head was sent", call.request_id)
+            watch.finishing = True
+            event = error_body("internal gateway error", "server_error", "internal_error", None)
+            await send({"type": "http.response.body", "body": held + b"data: " + event + b"\n\n"})
+            return 500
         finally:
             await _aclose(chunks)
         watch.finishing = True

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import httptools
+
+from kvgate.httpserver.state import ServerState
 
 logger = logging.getLogger("kvgate.http")
 
@@ -37,29 +37,12 @@ _SERVER_ERROR = (b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plai
                  b"content-length: 21\r\nconnection: close\r\n\r\ninternal server error")
 
 
-class _DateHeader:
-    """The ``date`` header, formatted once per second rather than per response."""
-
-    __slots__ = ("_second", "_value")
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._value = b""
-
-    def __call__(self) -> bytes:
-        now = int(time.time())
-        if now != self._second:
-            self._second = now
-            self._value = b"date: " + email.utils.formatdate(now, usegmt=True).encode() + b"\r\n"
-        return self._value
-
-
 class _Cycle:
     """One request on a connection: its scope, its body as it arrives, its response."""
 
     __slots__ = ("_connection", "body", "body_delivered", "body_done", "body_size", "chunked",
-                 "disconnected", "expect_continue", "head", "head_only", "keep_alive",
-                 "response_done", "scope", "waiter")
+                 "close_delimited", "disconnected", "expect_continue", "head", "head_only",
+                 "keep_alive", "response_done", "scope", "started", "waiter", "wrote")
 
     def __init__(self, connection: Connection, scope: MutableMapping[str, Any],
                  keep_alive: bool, expect_continue: bool) -> None:
@@ -77,7 +60,12 @@ class _Cycle:
         self.waiter: asyncio.Future[None] | None = None
         #: The response head, held until the first body message (or the end) to leave with it.
         self.head: bytes | None = None
+        self.started = False
+        #: Whether any byte of the response has been written (an error can no longer be sent).
+        self.wrote = False
         self.chunked = False
+        #: HTTP/1.0 with no content-length: the body ends when the connection closes.
+        self.close_delimited = False
         self.response_done = False
 
     def wake(self) -> None:
@@ -116,8 +104,15 @@ class _Cycle:
             return
         connection = self._connection
         if message["type"] == "http.response.start":
+            if self.started:
+                # ASGI allows one start; a second (an error after a stream began) must not
+                # write a status line into the body.
+                raise RuntimeError("http.response.start sent twice")
+            self.started = True
             self.head = self._render_head(message)
             return
+        if not self.started:
+            raise RuntimeError("http.response.body sent before http.response.start")
         body: bytes = message.get("body", b"")
         more_body: bool = message.get("more_body", False)
         if self.head_only:
@@ -128,6 +123,7 @@ class _Cycle:
         if self.head is not None:
             body, self.head = self.head + body, None
         if body:
+            self.wrote = True
             connection.write(body)
         if not more_body:
             self.response_done = True
@@ -148,8 +144,13 @@ class _Cycle:
                 self.keep_alive = False
             lines.append(b"%b: %b\r\n" % (name, value))
         if not has_length and not self.head_only and status not in (204, 304):
-            self.chunked = True
-            lines.append(b"transfer-encoding: chunked\r\n")
+            if self.scope["http_version"] == "1.0":
+                # HTTP/1.0 has no chunked encoding: the body runs until the server closes.
+                self.close_delimited = True
+                self.keep_alive = False
+            else:
+                self.chunked = True
+                lines.append(b"transfer-encoding: chunked\r\n")
         if not self.keep_alive:
             lines.append(b"connection: close\r\n")
         lines.append(b"\r\n")
@@ -287,8 +288,8 @@ class Connection(asyncio.Protocol):
         except Exception:
             logger.exception("unhandled error in the app")
             if not cycle.response_done:
-                if cycle.head is None and not cycle.chunked:
-                    self.write(_SERVER_ERROR)
+                if not cycle.wrote and not self._other_cycle_writing(cycle):
+                    self.write(_SERVER_ERROR)  # nothing of this response left yet
                 self.close()
             return
         if not cycle.response_done and not cycle.disconnected:
@@ -349,13 +350,19 @@ class Connection(asyncio.Protocol):
 
     def _expire(self, answer: bytes | None) -> None:
         self._timer = None
-        if answer is not None:
+        if answer is not None and not self._cycles:
             self.write(answer)
         self.close()
 
     def _fail(self, response: bytes) -> None:
-        self.write(response)
+        # With a response under way (a pipelined request went bad), a status line would land
+        # inside its body: close without one.
+        if not self._cycles:
+            self.write(response)
         self.close()
+
+    def _other_cycle_writing(self, cycle: _Cycle) -> bool:
+        return bool(self._cycles) and self._cycles[0] is not cycle
 
     def close(self) -> None:
         if self._transport is not None:
@@ -363,23 +370,3 @@ class Connection(asyncio.Protocol):
 
     def is_idle(self) -> bool:
         return not self._cycles
-
-
-class ServerState:
-    """What connections share: settings, the date header, what is open and running."""
-
-    def __init__(self, access_log: bool, *, keep_alive_timeout_s: float = 5.0,
-                 head_timeout_s: float = 10.0, max_head_bytes: int = 64 * 1024) -> None:
-        self.access_log = access_log
-        #: An idle keep-alive connection is closed after this long (uvicorn's default too).
-        self.keep_alive_timeout_s = keep_alive_timeout_s
-        #: A request's line and headers must arrive within this long (else 408).
-        self.head_timeout_s = head_timeout_s
-        #: A request's line and headers may total this many bytes (else 431).
-        self.max_head_bytes = max_head_bytes
-        self.date = _DateHeader()
-        self.connections: set[Connection] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.stopping = False
-
-

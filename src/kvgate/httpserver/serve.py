@@ -26,7 +26,8 @@ import contextlib
 import signal
 from collections.abc import Callable
 
-from kvgate.httpserver.connection import ASGIApp, Connection, Message, ServerState
+from kvgate.httpserver.connection import ASGIApp, Connection, Message
+from kvgate.httpserver.state import ServerState
 
 
 class _Lifespan:
@@ -44,9 +45,18 @@ class _Lifespan:
 
     async def _step(self, kind: str) -> None:
         await self._inbox.put({"type": f"lifespan.{kind}"})
-        reply = await self._outbox.get()
-        if reply["type"] != f"lifespan.{kind}.complete":
-            raise RuntimeError(f"lifespan {kind} failed: {reply.get('message', reply)}")
+        reply = asyncio.ensure_future(self._outbox.get())
+        assert self._task is not None
+        # An app whose lifespan raises never replies: wait for its task too, or start-up
+        # (and shutdown) would hang instead of failing.
+        await asyncio.wait({reply, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        if not reply.done():
+            reply.cancel()
+            error = self._task.exception() if not self._task.cancelled() else None
+            raise RuntimeError(f"lifespan {kind} failed: {error!r}") from error
+        message = reply.result()
+        if message["type"] != f"lifespan.{kind}.complete":
+            raise RuntimeError(f"lifespan {kind} failed: {message.get('message', message)}")
 
     async def startup(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -95,4 +105,11 @@ async def serve(app: ASGIApp, *, host: str, port: int, access_log: bool = False,
             await asyncio.wait(list(state.tasks), timeout=graceful_timeout_s)
         for connection in list(state.connections):
             connection.close()
+        # Requests still running past the grace period are cancelled before the app closes
+        # its providers and stores under them.
+        late = [task for task in state.tasks if not task.done()]
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late, timeout=2.0)
         await lifespan.shutdown()

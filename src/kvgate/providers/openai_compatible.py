@@ -79,12 +79,12 @@ class OpenAICompatibleProvider:
     def _chunk(data: bytes) -> JSONObject:
         chunk = json_object(data, "SSE chunk")
         if "error" in chunk:
-            status = int(chunk["error"].get("code") or 500) if isinstance(
-                chunk["error"], dict
-            ) else 500
-            raise error_for_status(
-                status if status >= 400 else 500, upstream_error_message(status, data),
-            )
+            error = chunk["error"]
+            code = error.get("code") if isinstance(error, dict) else None
+            # vLLM puts the HTTP status in ``code``; OpenAI puts a word there
+            # ("rate_limit_exceeded"): anything that is not a status is a 500.
+            status = code if isinstance(code, int) and 400 <= code <= 599 else 500
+            raise error_for_status(status, upstream_error_message(status, data))
         return chunk
 
     async def check_health(self) -> bool:

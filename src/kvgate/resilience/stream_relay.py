@@ -146,6 +146,9 @@ class StreamRelay:
             batch = await self._upstream.__anext__()
         except StopAsyncIteration:
             self._closed = True
+            # An upstream that ignored include_usage sent none: its relayed chunks are billed,
+            # or the tenant's limits would settle this stream at nothing.
+            self._bill_cut_attempt()
             await self._end_attempt(None)
             raise
         except UpstreamError as error:

@@ -44,6 +44,8 @@ class StrategyEntry:
     runs_in_background: bool = False
     #: Reads the engines' own load figures (vLLM ``/metrics``), scraped in the background.
     reads_engine_metrics: bool = False
+    #: Keeps an affinity index (``RoutingContext.affinity_index``): workers share one.
+    uses_affinity: bool = False
 
 
 def _precise_kv(
@@ -68,10 +70,11 @@ STRATEGIES: dict[str, StrategyEntry] = {
         lambda deployments, settings, context: PrefixKVAware(
             deployments, settings.prefix, context.affinity_index(), context.load
         ),
-        prepares=True, reads_engine_metrics=True,
+        prepares=True, reads_engine_metrics=True, uses_affinity=True,
     ),
     "precise_kv": StrategyEntry(
-        _precise_kv, prepares=True, runs_in_background=True, reads_engine_metrics=True
+        _precise_kv, prepares=True, runs_in_background=True, reads_engine_metrics=True,
+        uses_affinity=True,
     ),
 }
 
