@@ -29,7 +29,7 @@ RING = KeyRing([
 
 def refusal(authorization: bytes | None) -> GatewayError:
     with pytest.raises(GatewayError) as info:
-        RING.tenant_for(authorization)
+        RING.owner_of(authorization)[0]
     error = info.value
     assert error.status == 401 and error.error_type == "authentication_error"
     body = orjson.loads(error.body())
@@ -39,12 +39,11 @@ def refusal(authorization: bytes | None) -> GatewayError:
 
 
 def test_plain_and_sha256_keys_name_their_tenant() -> None:
-    assert RING.enabled
-    assert RING.tenant_for(b"Bearer sk-plain-a") == "team-a"
-    assert RING.tenant_for(b"Bearer sk-hashed-a") == "team-a"
-    assert RING.tenant_for(b"Bearer sk-hashed-b") == "team-b"
+    assert RING.owner_of(b"Bearer sk-plain-a")[0] == "team-a"
+    assert RING.owner_of(b"Bearer sk-hashed-a")[0] == "team-a"
+    assert RING.owner_of(b"Bearer sk-hashed-b")[0] == "team-b"
     # The scheme is case-insensitive, surrounding blanks around the key are not part of it.
-    assert RING.tenant_for(b"bearer  sk-plain-a ") == "team-a"
+    assert RING.owner_of(b"bearer  sk-plain-a ")[0] == "team-a"
 
 
 def test_a_digest_is_not_a_key() -> None:
@@ -76,15 +75,25 @@ def test_unknown_key_is_401(header: bytes) -> None:
 def test_an_empty_configured_key_matches_no_request() -> None:
     """``api_keys: ["${UNSET}"]`` expands to "": that tenant is locked out, auth stays on."""
     ring = KeyRing([tenant("locked", "")])
-    assert ring.enabled
     for header in (b"Bearer ", b"Bearer", b"", None):
         with pytest.raises(GatewayError) as info:
-            ring.tenant_for(header)
+            ring.owner_of(header)[0]
         assert info.value.status == 401
 
 
-def test_no_tenants_means_auth_off() -> None:
-    assert not KeyRing([]).enabled
+def test_no_tenants_means_no_auth_stage() -> None:
+    from kvgate.config.schema import Settings
+    from kvgate.gateway.compose import build_gateway
+
+    def stages(tenants: list[dict[str, object]]) -> list[str]:
+        return list(build_gateway(Settings.model_validate({
+            "providers": {"mock": {"type": "mock"}},
+            "models": [{"name": "m", "deployments": [{"provider": "mock", "model": "x"}]}],
+            "tenants": tenants,
+        })).stages)
+
+    assert stages([])[0] == "parse"  # open gateway: the journey starts at parsing
+    assert stages([{"name": "t", "api_keys": ["k"]}])[0] == "auth"
 
 
 def test_admin_key() -> None:
@@ -105,4 +114,4 @@ def test_named_keys_give_their_tenant_and_name() -> None:
     assert keys.owner_of(b"Bearer plain") == ("team-a", None)
     assert keys.owner_of(b"Bearer sk-ci") == ("team-a", "ci")
     assert keys.owner_of(b"Bearer sk-hashed") == ("team-a", "hashed")
-    assert keys.tenant_for(b"Bearer sk-ci") == "team-a"
+    assert keys.owner_of(b"Bearer sk-ci")[0] == "team-a"

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from kvgate.auth.keys import is_admin
+from kvgate.config.schema import Settings
+from kvgate.errors import error_body
 from kvgate.gateway.compose import Gateway
+
+
+def admin_refusal(settings: Settings, authorization: bytes | None) -> bytes | None:
+    """The 401 body for an admin request without the admin key, when the admin API is locked
+    (an admin key is set, or tenants exist); None when the request may proceed."""
+    locked = bool(settings.tenants) or settings.server.admin_key is not None
+    if locked and not is_admin(authorization, settings.server.admin_key):
+        return error_body("admin key required", "authentication_error", "admin_only", None)
+    return None
 
 
 def stats(gateway: Gateway) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from kvgate.auth.keys import is_admin
+from kvgate.api.admin import admin_refusal
 from kvgate.errors import error_body
 from kvgate.gateway.compose import Gateway
 from kvgate.limits.policy import TenantPolicy
@@ -21,10 +21,9 @@ PREFIX = "/admin/tenants/"
 async def handle(gateway: Gateway, method: str, path: str,
                  authorization: bytes | None) -> tuple[int, bytes]:
     """The status and JSON body answering an admin tenants request."""
-    server = gateway.settings.server
-    auth_on = bool(gateway.settings.tenants) or server.admin_key is not None
-    if auth_on and not is_admin(authorization, server.admin_key):
-        return 401, error_body("admin key required", "authentication_error", "admin_only", None)
+    refusal = admin_refusal(gateway.settings, authorization)
+    if refusal is not None:
+        return 401, refusal
     name, _, action = path.removeprefix(PREFIX).partition("/")
     if not any(t.name == name for t in gateway.settings.tenants):
         return 404, error_body(f"no tenant '{name}'", "invalid_request_error",

@@ -29,7 +29,6 @@ from kvgate.api.asgi import (
     send_bytes,
 )
 from kvgate.api.openapi import DocsAssets
-from kvgate.auth.keys import is_admin
 from kvgate.config.schema import Settings
 from kvgate.core.call import Call, Completion, StreamingCompletion
 from kvgate.core.provider import Endpoint
@@ -58,8 +57,6 @@ class KVGateApp:
         self._pipeline = gateway.pipeline
         self._models = frozenset(gateway.model_names)
         self._max_body_bytes = settings.server.max_body_bytes
-        self._tenants_configured = bool(settings.tenants)
-        self._admin_key = settings.server.admin_key
         self._metrics = gateway.metrics
         self._docs = DocsAssets(gateway.model_names)
         self._models_body = orjson.dumps({"object": "list", "data": [
@@ -280,10 +277,9 @@ class KVGateApp:
                          (b"content-type", b"text/plain; version=0.0.4; charset=utf-8"))
 
     async def _admin_stats(self, scope: Scope, receive: Receive, send: Send) -> None:
-        auth_on = self._tenants_configured or self._admin_key is not None
-        if auth_on and not is_admin(_header(scope, b"authorization"), self._admin_key):
-            body = error_body("admin key required", "authentication_error", "admin_only", None)
-            await send_bytes(send, 401, body, [], JSON_TYPE)
+        refusal = admin.admin_refusal(self.gateway.settings, _header(scope, b"authorization"))
+        if refusal is not None:
+            await send_bytes(send, 401, refusal, [], JSON_TYPE)
             return
         await send_bytes(send, 200, orjson.dumps(admin.stats(self.gateway)), [], JSON_TYPE)
 

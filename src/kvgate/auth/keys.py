@@ -29,10 +29,6 @@ class KeyRing:
                 digest = key[7:].lower() if key.startswith("sha256:") else _digest(key)
                 self._owner_by_digest[digest] = (tenant.name, name)
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._owner_by_digest)
-
     def owner_of(self, authorization: bytes | None) -> tuple[str, str | None]:
         """The tenant and key name owning the bearer key in an ``Authorization`` header, or
         401."""
@@ -53,10 +49,6 @@ class KeyRing:
                 401, "invalid API key", error_type="authentication_error", code="invalid_api_key"
             )
         return owner
-
-    def tenant_for(self, authorization: bytes | None) -> str:
-        """The tenant owning the bearer key, or 401."""
-        return self.owner_of(authorization)[0]
 
 
 def is_admin(authorization: bytes | None, admin_key: str | None) -> bool:

@@ -22,6 +22,8 @@ from typing import Literal
 from kvgate.config.schema import ApiKeySettings, BudgetSettings, RateLimitSettings, TenantSettings
 
 BudgetWindow = Literal["daily", "monthly"] | int
+#: Rate limits are per minute; a bucket refills ``limit / SECONDS_PER_MINUTE`` per second.
+SECONDS_PER_MINUTE = 60.0
 
 
 @dataclass(frozen=True, slots=True)

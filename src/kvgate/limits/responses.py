@@ -7,10 +7,7 @@ import math
 
 from kvgate.errors import GatewayError
 from kvgate.limits.admission import Admission
-from kvgate.limits.policy import TenantPolicy
-
-#: Seconds for a bucket to refill from empty (both buckets hold one minute's worth).
-SECONDS_PER_MINUTE = 60.0
+from kvgate.limits.policy import SECONDS_PER_MINUTE, TenantPolicy
 
 
 def refusal(policy: TenantPolicy, admission: Admission) -> GatewayError:

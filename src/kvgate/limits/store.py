@@ -24,10 +24,7 @@ from kvgate.limits.admission import (
     to_nusd,
     to_usd,
 )
-from kvgate.limits.policy import TenantPolicy, budget_window
-
-#: A bucket in debt (tokens charged beyond what it held) holds at most one minute's refill.
-SECONDS_PER_MINUTE = 60.0
+from kvgate.limits.policy import SECONDS_PER_MINUTE, TenantPolicy, budget_window
 
 
 class LimitBackendError(Exception):
