@@ -181,8 +181,9 @@ def _started(name: str, args: Sequence[str], url: str, *, ready_path: str,
 
 
 def nginx_config(listen_port: int, upstream_port: int, prefix: Path) -> str:
-    """nginx as a bare reverse-proxy hop: one worker, upstream keep-alive, no buffering (so
-    streams pass through as they are written), no access log."""
+    """nginx as a bare reverse-proxy hop: one worker, upstream keep-alive, no buffering either
+    way (streams pass through as they are written, request bodies as they arrive), no access
+    log."""
     user = "user root;\n" if os.geteuid() == 0 else ""
     return f"""{user}worker_processes 1;
 daemon off;
@@ -209,6 +210,10 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_buffering off;
+            # Request bodies in memory and passed on as they arrive: by default nginx spools a
+            # body over 16 KB to a temp file first (the long-prompt case's are 32 KB).
+            client_body_buffer_size 1m;
+            proxy_request_buffering off;
         }}
     }}
 }}
