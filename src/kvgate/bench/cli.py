@@ -4,6 +4,7 @@
     kvgate bench run --workload shared_prefix -W num_groups=8 --concurrency 32 --out r.json
     kvgate bench run --workload trace --timestamps --speedup 4
     kvgate bench scenario demo --quick --out benchmarks/results/demo.json
+    kvgate bench scenario sweep --seeds 2 --out benchmarks/results/sweep.json --plots docs/img
     kvgate bench list                            # workloads (with parameters) and scenarios
     kvgate bench make-trace --out benchmarks/traces/mooncake_synthetic.jsonl
 
@@ -80,6 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scenario.add_argument("name", help="scenario name (see `kvgate bench list`)")
     scenario.add_argument("--quick", action="store_true", help="tiny sizes, seconds not minutes")
     scenario.add_argument("--seed", type=int, default=0)
+    scenario.add_argument("--seeds", type=int, default=1, metavar="N",
+                          help="scenarios that repeat their runs (sweep): seeds SEED..SEED+N-1")
     scenario.add_argument("--target", default=None,
                           help="measure this running gateway instead of starting one")
     scenario.add_argument("--no-peers", dest="peers", action="store_false",
@@ -203,7 +206,8 @@ def _scenario(args: argparse.Namespace) -> int:
     console = _console(args.quiet)
     document = scenario(ScenarioOptions(quick=args.quick, seed=args.seed, target=args.target,
                                         plots_dir=args.plots, console=console,
-                                        peers=getattr(args, "peers", True)))
+                                        peers=getattr(args, "peers", True),
+                                        seeds=getattr(args, "seeds", 1)))
     if args.out is not None:
         _note(console, f"results: {write_json(args.out, document)}")
     return 0

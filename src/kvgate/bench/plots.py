@@ -1,4 +1,4 @@
-"""PNG plots of a run: latency CDFs and per-replica load.
+"""PNG plots of a run: latency CDFs and per-replica load; heat maps of ratios over a grid.
 
 Uses matplotlib's object API (``Figure`` + the Agg canvas) rather than ``pyplot``, which keeps
 no global figure registry and never needs a display. Import cost (~0.3 s) is paid only when
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -125,3 +126,63 @@ def write_plots(records: Sequence[RequestRecord], out_dir: Path, *, label: str =
         plot_latency_cdfs({label: records}, out_dir / f"{stem}latency_cdf.png", title=label),
         plot_replica_load(records, out_dir / f"{stem}replica_load.png", title=label),
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class HeatMap:
+    """One panel: ``values[row][column]`` ratios (None: no figure), coloured on a log scale
+    around 1; ``higher_is_better`` makes ratios above 1 green. Cells in ``failed`` (row,
+    column) get a black frame."""
+
+    title: str
+    row_labels: Sequence[str]
+    column_labels: Sequence[str]
+    values: Sequence[Sequence[float | None]]
+    higher_is_better: bool
+    row_title: str = ""
+    column_title: str = ""
+    failed: frozenset[tuple[int, int]] = frozenset()
+
+
+def plot_heat_maps(panels: Sequence[Sequence[HeatMap]], path: Path, *, title: str = "") -> Path:
+    """A grid of annotated heat maps (``panels[row][column]``; a panel's first row at the
+    bottom), one shared colour scale: log2 of the ratio, clipped at 4x either way."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    rows, columns = len(panels), max(len(row) for row in panels)
+    figure = Figure(figsize=(4.6 * columns, 3.6 * rows), layout="constrained")
+    grid = figure.subplots(rows, columns, squeeze=False)
+    limit = 2.0  # log2: 4x
+    image = None
+    for row_index, row in enumerate(panels):
+        for column_index in range(columns):
+            axes = grid[row_index][column_index]
+            if column_index >= len(row):
+                axes.set_visible(False)
+                continue
+            panel = row[column_index]
+            sign = 1.0 if panel.higher_is_better else -1.0
+            shades = [[math.nan if v is None or v <= 0 else sign * math.log2(v) for v in line]
+                      for line in panel.values]
+            image = axes.imshow(shades, cmap="RdYlGn", vmin=-limit, vmax=limit, aspect="auto",
+                                origin="lower")
+            for r, line in enumerate(panel.values):
+                for c, value in enumerate(line):
+                    axes.text(c, r, "-" if value is None else f"{value:.2f}", ha="center",
+                              va="center", fontsize="small")
+                    if (r, c) in panel.failed:
+                        axes.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False,
+                                                 edgecolor="black", linewidth=2))
+            axes.set_xticks(range(len(panel.column_labels)), panel.column_labels)
+            axes.set_yticks(range(len(panel.row_labels)), panel.row_labels)
+            axes.set_xlabel(panel.column_title)
+            axes.set_ylabel(panel.row_title)
+            axes.set_title(panel.title, fontsize="medium")
+    if image is not None:
+        bar = figure.colorbar(image, ax=grid, shrink=0.8)
+        bar.set_ticks([-2, -1, 0, 1, 2], labels=["4x worse", "2x worse", "equal", "2x better",
+                                                "4x better"])
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)

@@ -32,6 +32,12 @@ class ScenarioOptions:
     #: Install and start the peer systems a scenario compares with (``--no-peers``: KVGate's
     #: side only, installing nothing).
     peers: bool = True
+    #: How many seeds (``seed``, ``seed + 1``, ...) a scenario that repeats its runs uses.
+    seeds: int = 1
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise ValueError("--seeds must be at least 1")
 
 
 class Scenario(Protocol):
@@ -76,6 +82,11 @@ SCENARIOS: Mapping[str, ScenarioEntry] = MappingProxyType({
         "kvgate.bench.scenarios.routing",
         "prefix_kv_aware vs round_robin and least_busy on `kvgate sim` fleets and on the "
         "engine model in virtual time (images on 2 replicas, multi-turn chat on 4); ~6 minutes",
+    ),
+    "sweep": ScenarioEntry(
+        "kvgate.bench.scenarios.sweep",
+        "KV-aware routing over regimes in virtual time: KV/working set 0.25-4 x load 30-90% "
+        "x 4 workloads, every strategy arm; heat maps and targets; ~15-25 minutes on 2 cores",
     ),
     "offload": ScenarioEntry(
         "kvgate.bench.scenarios.offload",

@@ -3,8 +3,9 @@
 Each entry becomes one request whose prompt is the text of its hash ids' blocks, with
 ``max_tokens`` = the entry's output length (add ``--ignore-eos`` so vLLM-like servers generate
 all of it) and ``at_s`` = its timestamp, which the ``timestamps`` load mode replays. An empty
-``path`` replays the built-in synthetic trace, the same one checked in as
-``benchmarks/traces/mooncake_synthetic.jsonl``.
+``path`` replays the built-in synthetic trace (:func:`~kvgate.bench.trace.synthesize_trace`:
+``synthetic_requests`` entries drawn with the run's seed); at the defaults and seed 0 it is the
+one checked in as ``benchmarks/traces/mooncake_synthetic.jsonl``.
 """
 
 from __future__ import annotations
@@ -28,15 +29,18 @@ class TraceReplayWorkload:
     max_input_tokens: int = 0
     #: "chat" sends one user message; "completions" sends the raw prompt to /v1/completions.
     api: str = "chat"
+    #: Entries of the built-in synthetic trace (without ``path``).
+    synthetic_requests: int = 200
 
     def __post_init__(self) -> None:
         if self.api not in ("chat", "completions"):
             raise ValueError(f"api must be 'chat' or 'completions', got {self.api!r}")
-        if self.block_tokens < 1:
-            raise ValueError("block_tokens must be >= 1")
+        if self.block_tokens < 1 or self.synthetic_requests < 1:
+            raise ValueError("block_tokens and synthetic_requests must be >= 1")
 
     def build(self, options: WorkloadOptions) -> list[BenchRequest]:
-        entries = load_trace(self.path) if self.path else synthesize_trace()
+        entries = (load_trace(self.path) if self.path
+                   else synthesize_trace(self.synthetic_requests, seed=options.seed))
         if options.num_requests is not None:
             entries = entries[: options.num_requests]
         blocks = BlockText(options.seed, self.block_tokens)
