@@ -8,10 +8,11 @@ import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
-from kvgate.config.schema import BreakerSettings
+from kvgate.config.schema import BreakerSettings, PrefixRoutingSettings
 from kvgate.core.call import Call, Completion, StreamingCompletion
 from kvgate.core.deployment import Deployment
 from kvgate.core.provider import ChunkBatch, JSONObject, UpstreamCall
@@ -27,6 +28,8 @@ from kvgate.providers.errors import (
 from kvgate.resilience.attempts import AttemptLoop, Dispatch, ModelRoute
 from kvgate.resilience.breaker import CircuitBreakerBoard
 from kvgate.resilience.failover import Failover
+from kvgate.routing.affinity import MemoryAffinityIndex
+from kvgate.routing.prefix_kv_aware import PrefixKVAware
 from kvgate.routing.round_robin import RoundRobin
 from tests.routing.factories import deployment, routing
 
@@ -219,3 +222,60 @@ async def test_excluded_deployments_are_never_chosen() -> None:
         assert in_flight(a, b) == [0, 1]
     assert in_flight(a, b) == [0, 0]
     assert loop.next() is None
+
+
+# -- a strategy that follows attempts: its ledger is released on every path -----------------
+
+
+def kv_failover(*deployments: Deployment, timeout_s: float = 30.0) -> tuple[Failover, Any]:
+    strategy = PrefixKVAware(deployments, PrefixRoutingSettings(block_chars=64),
+                             MemoryAffinityIndex(max_blocks_per_deployment=10_000, ttl_s=300))
+    route = ModelRoute("m", list(deployments), strategy, 3, prepare=strategy.prepare,
+                       observes_progress=True)
+    return Failover({"m": route}, CircuitBreakerBoard(), Metrics(),
+                    request_timeout_s=timeout_s), strategy
+
+
+def ledger_is_empty(strategy: Any) -> bool:
+    return all(figures["waiting_requests"] == 0 and figures["queued_prefill_tokens"] == 0
+               for figures in strategy.describe().values())
+
+
+async def test_the_strategy_hears_first_token_and_release_of_a_finished_stream() -> None:
+    a = on(Controlled(), "a")
+    failover, strategy = kv_failover(a)
+    outcome = await failover(call(stream=True))
+    assert isinstance(outcome, StreamingCompletion)
+    assert strategy.describe()["a"]["waiting_requests"] == 1
+    await anext(outcome.chunks)
+    assert strategy.describe()["a"]["waiting_requests"] == 0  # first token seen: prefilled
+    _ = [batch async for batch in outcome.chunks]
+    await outcome.chunks.aclose()
+    figures = strategy.describe()["a"]
+    assert figures["ttft_samples"] == 1 and figures["step_samples"] == 1
+    assert ledger_is_empty(strategy)
+
+
+async def test_the_strategy_ledger_is_released_on_failover_cancel_and_client_gone() -> None:
+    broken, spare = Controlled(error=UpstreamServerError("down")), Controlled()
+    a, b = on(broken, "a"), on(spare, "b")
+    failover, strategy = kv_failover(a, b)
+    assert isinstance(await failover(call()), Completion)  # a failed, b answered
+    assert ledger_is_empty(strategy)
+    assert strategy.describe()["b"]["ttft_samples"] == 1  # a blocking answer's estimate
+    stuck = on(Controlled(wait=True), "stuck")
+    failover, strategy = kv_failover(stuck)
+    task = asyncio.create_task(failover(call()))
+    await asyncio.wait_for(stuck.provider.entered.wait(), 5)  # type: ignore[attr-defined]
+    assert strategy.describe()["stuck"]["waiting_requests"] == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ledger_is_empty(strategy)
+    slow = on(Controlled(wait=True), "slow")
+    failover, strategy = kv_failover(slow)
+    outcome = await failover(call(stream=True))
+    assert isinstance(outcome, StreamingCompletion)
+    await anext(outcome.chunks)
+    await outcome.chunks.aclose()  # the client left mid-answer
+    assert ledger_is_empty(strategy) and in_flight(slow) == [0]

@@ -10,7 +10,11 @@ from dataclasses import dataclass, field
 import pytest
 
 from kvgate.core.deployment import Deployment
-from kvgate.routing.engine_metrics import EngineMetricsScraper, parse_engine_metrics
+from kvgate.routing.engine_metrics import (
+    EngineFigures,
+    EngineMetricsScraper,
+    parse_engine_metrics,
+)
 from tests.routing.factories import deployment
 
 VLLM_METRICS = """\
@@ -26,11 +30,22 @@ vllm:num_preemptions_total{engine="0",model_name="m"} 9.0
 
 
 def test_parse_sums_requests_over_label_sets_and_takes_the_highest_kv_usage() -> None:
-    assert parse_engine_metrics(VLLM_METRICS) == (5.0, 4.0, 0.5)
+    assert parse_engine_metrics(VLLM_METRICS) == EngineFigures(5.0, 4.0, 0.5)
     # The pre-0.10 name of the usage gauge, a garbled value and foreign metrics are handled.
     text = "vllm:gpu_cache_usage_perc 0.75\nvllm:num_requests_waiting x\nother_metric 7\n"
-    assert parse_engine_metrics(text) == (0.0, 0.0, 0.75)
-    assert parse_engine_metrics("") == (0.0, 0.0, 0.0)
+    assert parse_engine_metrics(text) == EngineFigures(0.0, 0.0, 0.75)
+    assert parse_engine_metrics("") == EngineFigures()
+
+
+def test_parse_reads_the_kv_capacity_from_cache_config_info() -> None:
+    # The labels as vLLM writes them (an info gauge, value 1), other labels in between.
+    line = ('vllm:cache_config_info{block_size="16",cache_dtype="auto",enable_prefix_caching='
+            '"True",gpu_memory_utilization="0.9",num_cpu_blocks="None",num_gpu_blocks="2048"'
+            ',prefix_caching_hash_algo="sha256"} 1.0\n')
+    assert parse_engine_metrics(VLLM_METRICS + line).kv_capacity_tokens == 2048 * 16
+    # Before profiling vLLM writes None; a capacity it cannot read is unknown, not zero blocks.
+    unprofiled = line.replace('num_gpu_blocks="2048"', 'num_gpu_blocks="None"')
+    assert parse_engine_metrics(unprofiled).kv_capacity_tokens == 0.0
 
 
 @dataclass

@@ -22,7 +22,8 @@ from kvgate.request.parse import parse_call
 from kvgate.routing.affinity import MemoryAffinityIndex
 from kvgate.routing.fingerprint import fingerprint
 from kvgate.routing.load import InFlightLoad, LoadView
-from kvgate.routing.prefix_kv_aware import LoadGuardedScorer, PrefixKVAware, cumulative_tokens
+from kvgate.routing.prefix_kv_aware import cumulative_tokens
+from kvgate.routing.prefix_kv_aware_v1 import LoadGuardedScorer, PrefixKVAwareV1
 from tests.routing.factories import deployment
 
 EXPLAINED_CANDIDATES = 8
@@ -193,7 +194,7 @@ def test_prefix_kv_aware_decides_as_the_reference(
         loads: list[int]) -> None:
     prefix = PrefixRoutingSettings(block_chars=64, max_excess_requests=4.0)
     index = MemoryAffinityIndex(max_blocks_per_deployment=10_000, ttl_s=300)
-    strategy = PrefixKVAware(FLEET, prefix, index, InFlightLoad())
+    strategy = PrefixKVAwareV1(FLEET, prefix, index, InFlightLoad())
     reference = ReferenceScorer(strategy.name, prefix, InFlightLoad(), tie_tokens=16)
     for system, user, where in history:
         strategy.on_dispatched(_prepared(strategy, _call(system, user)), FLEET[where])
@@ -218,6 +219,6 @@ def test_prefix_kv_aware_decides_as_the_reference(
             d.stats.in_flight = 0
 
 
-def _prepared(strategy: PrefixKVAware, call: Any) -> Any:
+def _prepared(strategy: PrefixKVAwareV1, call: Any) -> Any:
     asyncio.run(strategy.prepare(call))
     return call

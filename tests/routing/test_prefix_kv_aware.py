@@ -1,4 +1,5 @@
-"""prefix_kv_aware: affinity for shared prefixes and images, a load guard for hot prefixes."""
+"""prefix_kv_aware: affinity for shared prefixes and images, balanced by predicted TTFT (and the
+v1 comparison arm's load guard)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from kvgate.request.parse import parse_call
 from kvgate.routing.affinity import MemoryAffinityIndex
 from kvgate.routing.load import InFlightLoad
 from kvgate.routing.prefix_kv_aware import PrefixKVAware
+from kvgate.routing.prefix_kv_aware_v1 import PrefixKVAwareV1
 from tests.routing.factories import deployment
 from tests.support.processes import run_gateway
 
@@ -37,23 +39,52 @@ def chat(system: str, question: str, image: bytes | None = None) -> Call:
 def strategy(fleet: list[Deployment], **settings: float) -> PrefixKVAware:
     return PrefixKVAware(
         fleet, PrefixRoutingSettings(block_chars=64, **settings),  # type: ignore[arg-type]
+        MemoryAffinityIndex(max_blocks_per_deployment=100_000, ttl_s=300),
+    )
+
+
+def strategy_v1(fleet: list[Deployment], **settings: float) -> PrefixKVAwareV1:
+    return PrefixKVAwareV1(
+        fleet, PrefixRoutingSettings(block_chars=64, **settings),  # type: ignore[arg-type]
         MemoryAffinityIndex(max_blocks_per_deployment=100_000, ttl_s=300), InFlightLoad(),
     )
 
 
-def route(s: PrefixKVAware, call: Call, fleet: list[Deployment]) -> Deployment:
+def route(s: PrefixKVAware, call: Call, fleet: list[Deployment], *,
+          finish: bool = True) -> Deployment:
+    """Route ``call``; with ``finish`` it is answered at once (its first token and its end
+    reach the strategy), so it leaves no queue behind."""
     asyncio.run(s.prepare(call))
     decision = s.choose(call, fleet)
     s.on_dispatched(call, decision.deployment)
     call.route = decision.explanation
+    if finish:
+        answer(s, call, decision.deployment)
     return decision.deployment
+
+
+def answer(s: PrefixKVAware, call: Call, where: Deployment) -> None:
+    """The upstream answered ``call`` at ``where``: first token, then the end."""
+    s.on_first_token(call, where)
+    s.on_released(call, where, 1)
+
+
+def route_together(s: PrefixKVAware, calls: list[Call], fleet: list[Deployment]
+                   ) -> list[Deployment]:
+    """Route ``calls`` as they would arrive at once (each queued when the next is routed),
+    then answer them all."""
+    chosen = [route(s, call, fleet, finish=False) for call in calls]
+    for call, where in zip(calls, chosen, strict=True):
+        answer(s, call, where)
+    return chosen
 
 
 def test_shared_prefixes_stick_to_the_replica_that_served_them() -> None:
     fleet = [deployment(f"r{i}") for i in range(4)]
     s = strategy(fleet)
-    first = {doc: route(s, chat(doc, "summarise"), fleet) for doc in DOCS}
-    # Cold prompts spread by load and rotation: every replica got some documents.
+    first = dict(zip(DOCS, route_together(s, [chat(doc, "summarise") for doc in DOCS], fleet),
+                     strict=True))
+    # Cold prompts arriving together spread by their queued prefill: every replica got some.
     assert set(first.values()) == set(fleet)
     rng = random.Random(3)
     for _ in range(200):
@@ -68,8 +99,8 @@ def test_same_image_goes_where_it_was_seen_other_image_spreads() -> None:
     fleet = [deployment(f"r{i}") for i in range(2)]
     s = strategy(fleet)
     images = [bytes([i]) * 5000 for i in range(6)]
-    home = {i: route(s, chat("Describe.", "what is this?", img), fleet)
-            for i, img in enumerate(images)}
+    home = dict(enumerate(route_together(
+        s, [chat("Describe.", "what is this?", img) for img in images], fleet)))
     assert set(home.values()) == set(fleet)
     for i, img in enumerate(images):
         call = chat("Describe.", f"colour {i}?", img)
@@ -78,9 +109,9 @@ def test_same_image_goes_where_it_was_seen_other_image_spreads() -> None:
         assert call.route["matched_tokens"] >= call.image_tokens[0]
 
 
-def test_load_guard_spreads_one_hot_prefix() -> None:
+def test_v1_load_guard_spreads_one_hot_prefix() -> None:
     fleet = [deployment(f"r{i}") for i in range(4)]
-    s = strategy(fleet, max_excess_requests=2, max_excess_ratio=0.0)
+    s = strategy_v1(fleet, max_excess_requests=2, max_excess_ratio=0.0)
     hot = DOCS[0]
     rng = random.Random(5)
     served: Counter[str] = Counter()
@@ -150,11 +181,11 @@ routing: { strategy: prefix_kv_aware, prefix: { block_chars: 64 } }
         assert after["affinity_entries"] == 11
 
 
-def test_a_short_shared_prefix_does_not_pull_new_conversations() -> None:
+def test_v1_a_short_shared_prefix_does_not_pull_new_conversations() -> None:
     # One system prompt for everyone, short next to each user's own context: new users are
     # placed by load (cold), not piled onto the replica that served the system prompt first.
     fleet = [deployment(f"r{i}") for i in range(4)]
-    s = strategy(fleet)
+    s = strategy_v1(fleet)
     system = "You are a helpful assistant. " * 20  # ~560 chars
     homes: dict[int, Deployment] = {}
     for user in range(8):
@@ -170,9 +201,9 @@ def test_a_short_shared_prefix_does_not_pull_new_conversations() -> None:
     assert call.route["outcome"] == "hit"
 
 
-def test_min_match_ratio_zero_follows_any_match() -> None:
+def test_v1_min_match_ratio_zero_follows_any_match() -> None:
     fleet = [deployment(f"r{i}") for i in range(4)]
-    s = strategy(fleet, min_match_ratio=0.0)
+    s = strategy_v1(fleet, min_match_ratio=0.0)
     system = "You are a helpful assistant. " * 20
     first = route(s, chat(system, "user 0 " + "notes " * 300), fleet)
     first.stats.in_flight += 1

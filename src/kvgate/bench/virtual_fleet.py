@@ -41,6 +41,7 @@ from kvgate.config.schema import (
     RedisSettings,
     RoutingSettings,
 )
+from kvgate.core.call import Call
 from kvgate.core.deployment import Deployment, DeploymentId
 from kvgate.gateway.compose import SharedRedis, affinity_index_factory
 from kvgate.providers.mock import MockProvider
@@ -142,7 +143,8 @@ def build_router(name: str, deployments: Sequence[Deployment], routing: RoutingS
         made.append(RecordingIndex(new_index(), clock))
         return made[-1]
 
-    strategy = build_strategy(name, deployments, routing, RoutingContext(affinity_index=index))
+    strategy = build_strategy(name, deployments, routing,
+                              RoutingContext(affinity_index=index, clock=clock))
     return strategy, (made[0] if made else None)
 
 
@@ -214,14 +216,21 @@ class VirtualFleet:
         self.clock = VirtualClock()
         self.strategy: RoutingStrategy | None = None
         self.index: RecordingIndex | None = None
-        self._prepares = False
+        self._prepares = self._observes = False
         if strategy_name is not None:
-            self._prepares = strategy_entry(strategy_name).prepares
+            entry = strategy_entry(strategy_name)
+            self._prepares, self._observes = entry.prepares, entry.observes_progress
             self.strategy, self.index = build_router(
                 strategy_name, self.deployments, routing or RoutingSettings(), self.clock)
         self._outcome_label = outcome_label
         self._models = frozenset({model})
         self._pending: dict[str, tuple[int, OnFinished]] = {}
+        # Routed calls the strategy follows to their end (first token, release).
+        self._followed: dict[str, tuple[Call, Deployment]] = {}
+        for deployment, engine in zip(self.deployments, self.engines, strict=True):
+            # What the gateway's scraper reads from vllm:cache_config_info.
+            deployment.stats.engine_kv_capacity_tokens = float(
+                engine.pool.num_gpu_blocks * engine.profile.block_size)
         self._sinks = list(event_sinks or ())
         self._delivered = [0] * len(self._sinks)
         self._event_states = (_replica_states(self.strategy, self.deployments)
@@ -260,6 +269,8 @@ class VirtualFleet:
             await strategy.prepare(call)
         decision = strategy.choose(call, self.deployments)
         strategy.on_dispatched(call, decision.deployment)
+        if self._observes:
+            self._followed[request_id] = (call, decision.deployment)
         self.decision_ns.append(time.perf_counter_ns() - started_ns)
         self.decision_cpu_ns.append(time.thread_time_ns() - started_cpu_ns)
         label = self._outcome_label(decision.explanation)
@@ -310,6 +321,15 @@ class VirtualFleet:
 
     def _on_output(self, _: int, output: RequestOutput) -> None:
         # NOTE: runs inside the cluster's event loop; callbacks may only queue work.
+        followed = self._followed.get(output.request_id) if self._observes else None
+        if followed is not None:
+            assert self.strategy is not None
+            self.clock.now_s = self.cluster.now_s
+            if output.first_output_index == 0 and output.new_token_ids:
+                self.strategy.on_first_token(*followed)
+            if output.stats is not None:
+                del self._followed[output.request_id]
+                self.strategy.on_released(*followed, output.stats.num_output_tokens)
         if output.stats is None:
             return
         engine_index, on_finished = self._pending.pop(output.request_id)

@@ -40,7 +40,8 @@ _FrozenT = TypeVar("_FrozenT", bound=_Frozen)
 
 
 StrategyName = Literal[
-    "round_robin", "weighted", "least_busy", "latency", "cost", "prefix_kv_aware", "precise_kv"
+    "round_robin", "weighted", "least_busy", "latency", "cost", "prefix_kv_aware",
+    "prefix_kv_aware_v1", "precise_kv",
 ]
 
 
@@ -177,6 +178,9 @@ class DeploymentSettings(_Frozen):
     #: When ``model`` is a LoRA adapter: the path vLLM loaded it from (its block-hash key).
     lora_path: str | None = None
     kv_events: KVEventsSettings | None = None
+    #: The replica's KV cache in tokens (vLLM: ``num_gpu_blocks x block_size``), for engines
+    #: that do not publish ``vllm:cache_config_info``; None: read it from the engine.
+    kv_capacity_tokens: int | None = Field(None, ge=1)
     #: The most output tokens one request gets here when it sets no max_tokens; the limits
     #: stage reserves budget for it (None: ``limits.default_max_output_tokens``).
     max_output_tokens: int | None = Field(None, ge=1)
@@ -209,18 +213,18 @@ class PrefixRoutingSettings(_Frozen):
     max_tracked_blocks: int = Field(1_000_000, ge=1000)
     #: A block not served for this long is assumed evicted by the engine.
     ttl_s: float = Field(300.0, gt=0)
-    #: Load guard: a deployment may take a request while its load is at most
-    #: ``max(max_excess_requests, max_excess_ratio x mean load)`` above the least loaded.
-    #: NOTE: in-flight counts on continuous-batching engines swing by several requests with
-    #: nothing wrong (a replica slowed by one long prefill briefly holds more of a closed loop's
-    #: requests), while each spill costs a full prefill elsewhere and evicts something there;
-    #: 16 is AIBrix's threshold (SGLang's: 64 and 1.5x). Evidence: BENCHMARK_REPORT.md, routing.
+    #: The TTFT model's starting figures for a replica it has not timed yet, replaced by what
+    #: it observes within a few dozen requests (``/admin/stats`` shows the learned ones):
+    #: prefill speed (tokens per second) and decode step (milliseconds).
+    prefill_tokens_per_s_prior: float = Field(10_000.0, gt=0)
+    decode_step_ms_prior: float = Field(25.0, gt=0)
+    #: Prefill tokens an engine computes per step (vLLM's ``max_num_batched_tokens``): how many
+    #: steps, each also a decode step for the running batch, a queue of prefill takes.
+    prefill_chunk_tokens: int = Field(2048, ge=1)
+    #: ``prefix_kv_aware_v1`` only (the comparison arm): its load guard in requests, its
+    #: ratio guard, and the share of the prompt a match must cover to be followed.
     max_excess_requests: float = Field(16.0, ge=0)
     max_excess_ratio: float = Field(0.5, ge=0)
-    #: A cached prefix draws a request only when it covers at least this share of the prompt's
-    #: estimated tokens; a shorter best match is placed like a cold prompt (least loaded), so a
-    #: shared system prompt does not pull every new conversation onto the replicas that hold
-    #: it. SGLang's cache_threshold; 0 follows any match.
     min_match_ratio: float = Field(0.5, ge=0, le=1)
     #: How often engine metrics (vLLM's /metrics: running, waiting, KV usage) are scraped
     #: for ``openai_compatible`` deployments; 0 turns scraping off.
@@ -233,9 +237,9 @@ class PreciseRoutingSettings(_Frozen):
     Scoring and the load guard are ``prefix``'s; only the matched tokens differ.
     """
 
-    #: A prefix token held in the CPU tier (LMCache offload, medium ``CPU``) scores this much
-    #: of a GPU-resident one: loading it back is cheaper than recomputing, dearer than a hit.
-    cpu_hit_weight: float = Field(0.5, ge=0, le=1)
+    #: How fast a replica brings offloaded (CPU-tier, LMCache) KV back, in tokens per second:
+    #: a CPU-tier hit costs this load time instead of its prefill.
+    offload_load_tokens_per_s: float = Field(200_000.0, gt=0)
     #: Blocks of a dispatched request count as held on its replica for this long before the
     #: replica's events confirm them, so a burst of one new prefix is not spread cold.
     pending_ttl_s: float = Field(10.0, ge=0)

@@ -38,6 +38,8 @@ class DeploymentStats:
     engine_running: float = 0.0
     engine_waiting: float = 0.0
     engine_kv_usage: float = 0.0
+    #: The engine's KV cache in tokens (``vllm:cache_config_info``); zero when unknown.
+    engine_kv_capacity_tokens: float = 0.0
 
 
 @dataclass(eq=False, slots=True)

@@ -210,6 +210,7 @@ def _build_fleet(settings: Settings, providers: dict[str, Provider],
         fleet.routes[model.name] = ModelRoute(
             model.name, deployments, strategy, routing.max_attempts,
             prepare=strategy.prepare if entry.prepares else None,
+            observes_progress=entry.observes_progress,
         )
         if entry.runs_in_background:
             fleet.background.append(strategy)

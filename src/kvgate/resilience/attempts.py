@@ -48,6 +48,8 @@ class ModelRoute:
     #: The strategy's ``prepare`` when its registry entry says it has real work there; None
     #: otherwise, so the hot path never awaits a no-op.
     prepare: Callable[[Call], Awaitable[None]] | None = None
+    #: The strategy follows each attempt to its end (``on_first_token`` / ``on_released``).
+    observes_progress: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,8 +171,8 @@ class Attempt:
     attempt closed without either is ``abandoned``.
     """
 
-    __slots__ = ("_closed", "_error", "_loop", "_outcome", "_stream", "deployment",
-                 "started_s")
+    __slots__ = ("_closed", "_error", "_first_token_seen", "_loop", "_outcome", "_stream",
+                 "deployment", "output_tokens", "started_s")
 
     def __init__(self, loop: AttemptLoop, deployment: Deployment) -> None:
         self._loop = loop
@@ -180,6 +182,10 @@ class Attempt:
         self._error: UpstreamError | None = None
         self._stream: AbstractAsyncContextManager[AsyncIterator[ChunkBatch]] | None = None
         self._closed = False
+        self._first_token_seen = False
+        #: Tokens this attempt produced, as far as the caller counted them (for the routing
+        #: strategy's step timing when it follows attempts).
+        self.output_tokens = 0
 
     async def __aenter__(self) -> Attempt:
         stats = self.deployment.stats
@@ -215,6 +221,14 @@ class Attempt:
     def succeeded(self) -> None:
         self._outcome = "ok"
 
+    def first_token(self) -> None:
+        """A stream's first token arrived from this attempt (its prefill is done)."""
+        if not self._first_token_seen:
+            self._first_token_seen = True
+            route = self._loop.route
+            if route.observes_progress:
+                route.strategy.on_first_token(self._loop.call, self.deployment)
+
     def failed(self, error: UpstreamError, *, deadline: bool = False) -> None:
         """The upstream failed this attempt. ``deadline``: the request's deadline cut it, so no
         attempt follows (the loop's timer may fire a hair before ``perf_counter`` says the
@@ -231,6 +245,9 @@ class Attempt:
             return
         self._closed = True
         self.deployment.stats.in_flight -= 1
+        route = self._loop.route
+        if route.observes_progress:
+            route.strategy.on_released(self._loop.call, self.deployment, self.output_tokens)
         if self._outcome == "ok":
             self._loop._record(self.deployment, None)
         elif self._outcome == "failed" and self._error is not None:

@@ -76,6 +76,7 @@ class Failover:
                 completion_tokens = int(usage.get("completion_tokens") or 0) if isinstance(
                     usage, dict
                 ) else 0
+                attempt.output_tokens = completion_tokens
                 update_latency(
                     deployment, ttft_s=None,
                     ms_per_token=elapsed_s * 1000 / max(1, completion_tokens),

@@ -237,6 +237,10 @@ class StreamRelay:
             if text:
                 self._text_parts.append(text)
                 self._chunks_this_attempt += 1
+                if self._attempt is not None:
+                    self._attempt.output_tokens = self._chunks_this_attempt
+                    if self._chunks_this_attempt == 1:  # this attempt's prefill is done
+                        self._attempt.first_token()
                 if not self._first_chunk_seen:
                     self._first_token_arrived()
         usage = chunk.get("usage")

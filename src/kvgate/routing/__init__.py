@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -14,6 +15,7 @@ from kvgate.routing.latency import LowestLatency
 from kvgate.routing.least_busy import LeastBusy
 from kvgate.routing.load import InFlightLoad, LoadView
 from kvgate.routing.prefix_kv_aware import PrefixKVAware
+from kvgate.routing.prefix_kv_aware_v1 import PrefixKVAwareV1
 from kvgate.routing.round_robin import RoundRobin
 from kvgate.routing.weighted import Weighted
 
@@ -25,6 +27,9 @@ class RoutingContext:
     #: Builds the model's affinity index (memory or Redis), only for strategies that use one.
     affinity_index: Callable[[], AffinityIndex]
     load: LoadView = field(default_factory=InFlightLoad)
+    #: Seconds for the strategy's ledgers and fits: the gateway's monotonic clock, or a
+    #: simulator's virtual one.
+    clock: Callable[[], float] = time.monotonic
 
 
 #: Builds one model's strategy from its deployments, its effective settings and context.
@@ -46,6 +51,9 @@ class StrategyEntry:
     reads_engine_metrics: bool = False
     #: Keeps an affinity index (``RoutingContext.affinity_index``): workers share one.
     uses_affinity: bool = False
+    #: Follows each attempt to its end (``on_first_token`` / ``on_released``): the attempt
+    #: loop calls those hooks only for such strategies.
+    observes_progress: bool = False
 
 
 def _precise_kv(
@@ -54,7 +62,7 @@ def _precise_kv(
     # Imported when chosen: ZMQ, Jinja2 and tokenizers are not needed by other strategies.
     from kvgate.routing.precise.strategy import PreciseKVAware
 
-    return PreciseKVAware(deployments, settings, context.affinity_index(), context.load)
+    return PreciseKVAware(deployments, settings, context.affinity_index(), clock=context.clock)
 
 
 STRATEGIES: dict[str, StrategyEntry] = {
@@ -68,13 +76,19 @@ STRATEGIES: dict[str, StrategyEntry] = {
     "cost": StrategyEntry(lambda deployments, settings, _: CheapestFirst(deployments, settings)),
     "prefix_kv_aware": StrategyEntry(
         lambda deployments, settings, context: PrefixKVAware(
+            deployments, settings.prefix, context.affinity_index(), clock=context.clock
+        ),
+        prepares=True, reads_engine_metrics=True, uses_affinity=True, observes_progress=True,
+    ),
+    "prefix_kv_aware_v1": StrategyEntry(
+        lambda deployments, settings, context: PrefixKVAwareV1(
             deployments, settings.prefix, context.affinity_index(), context.load
         ),
         prepares=True, reads_engine_metrics=True, uses_affinity=True,
     ),
     "precise_kv": StrategyEntry(
         _precise_kv, prepares=True, runs_in_background=True, reads_engine_metrics=True,
-        uses_affinity=True,
+        uses_affinity=True, observes_progress=True,
     ),
 }
 

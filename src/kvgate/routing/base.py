@@ -33,6 +33,15 @@ class RoutingStrategy(Protocol):
         """Called once the attempt is committed to ``deployment`` (affinity bookkeeping)."""
         ...
 
+    def on_first_token(self, call: Call, deployment: Deployment) -> None:
+        """The attempt at ``deployment`` streamed its first token (its prefill is done)."""
+        ...
+
+    def on_released(self, call: Call, deployment: Deployment, output_tokens: int) -> None:
+        """The attempt at ``deployment`` ended, whatever the ending, after ``output_tokens``;
+        called exactly once per ``on_dispatched``."""
+        ...
+
     async def prepare(self, call: Call) -> None:
         """Heavier per-request work (fingerprints, index look-ups), once before the first
         attempt; leaves its results in ``call.routing_state`` for ``choose``."""
@@ -58,6 +67,12 @@ class RoutingStrategy(Protocol):
 
 class StrategyDefaults:
     """No-op optional hooks of :class:`RoutingStrategy`, for strategies to inherit."""
+
+    def on_first_token(self, call: Call, deployment: Deployment) -> None:
+        return None
+
+    def on_released(self, call: Call, deployment: Deployment, output_tokens: int) -> None:
+        return None
 
     async def prepare(self, call: Call) -> None:
         return None

@@ -24,17 +24,32 @@ logger = logging.getLogger("kvgate.engine_metrics")
 _RUNNING = "vllm:num_requests_running"
 _WAITING = "vllm:num_requests_waiting"
 _KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+#: An info gauge whose labels carry the engine's cache config (num_gpu_blocks, block_size).
+_CACHE_CONFIG = "vllm:cache_config_info"
 #: A scrape (connect, request, whole body) gets at most one interval, and never less than this.
 _MIN_TIMEOUT_S = 0.5
 
 
-def parse_engine_metrics(text: str) -> tuple[float, float, float]:
-    """(running, waiting, kv usage 0-1) summed over label sets (max for usage)."""
-    running = waiting = usage = 0.0
+@dataclass(frozen=True, slots=True)
+class EngineFigures:
+    """What one scrape says: requests running and waiting (summed over label sets), KV usage
+    0-1 (the max), and the KV cache in tokens (0 when the engine does not publish it)."""
+
+    running: float = 0.0
+    waiting: float = 0.0
+    kv_usage: float = 0.0
+    kv_capacity_tokens: float = 0.0
+
+
+def parse_engine_metrics(text: str) -> EngineFigures:
+    running = waiting = usage = capacity = 0.0
     for line in text.splitlines():
         if not line.startswith("vllm:"):
             continue
         name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name == _CACHE_CONFIG:
+            capacity = max(capacity, _cache_tokens(line))
+            continue
         try:
             value = float(line.rsplit(" ", 1)[1])
         except (IndexError, ValueError):
@@ -45,7 +60,20 @@ def parse_engine_metrics(text: str) -> tuple[float, float, float]:
             waiting += value
         elif name in _KV_USAGE:
             usage = max(usage, value)
-    return running, waiting, usage
+    return EngineFigures(running, waiting, usage, capacity)
+
+
+def _cache_tokens(line: str) -> float:
+    """``num_gpu_blocks x block_size`` from a ``vllm:cache_config_info{...}`` line; 0 when a
+    label is missing or not a number (vLLM writes "None" before the cache is profiled)."""
+    labels: dict[str, str] = {}
+    for part in line.partition("{")[2].rpartition("}")[0].split(","):
+        key, _, value = part.partition("=")
+        labels[key.strip()] = value.strip().strip('"')
+    try:
+        return float(int(labels["num_gpu_blocks"]) * int(labels["block_size"]))
+    except (KeyError, ValueError):
+        return 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +130,11 @@ class EngineMetricsScraper:
             logger.debug("metrics scrape of %s failed: %s", target.url, exc)
             text = ""
         stats = target.deployment.stats
-        stats.engine_running, stats.engine_waiting, stats.engine_kv_usage = (
-            parse_engine_metrics(text)
-        )
+        figures = parse_engine_metrics(text)
+        stats.engine_running, stats.engine_waiting = figures.running, figures.waiting
+        stats.engine_kv_usage = figures.kv_usage
+        if figures.kv_capacity_tokens:  # a failed scrape does not shrink the cache
+            stats.engine_kv_capacity_tokens = figures.kv_capacity_tokens
 
 
 async def _get_text(pool: ConnectionPool, target: _Target) -> str:

@@ -1,5 +1,5 @@
-"""precise_kv's choice from exact hits: GPU over CPU tier, pending bursts, degraded fallback,
-the no-tokenizer event clock, and prefix_kv_aware's load guard kept."""
+"""precise_kv's choice from exact hits: GPU and CPU tier priced by their times, pending bursts,
+degraded fallback, the no-tokenizer event clock, and the predicted-TTFT scorer's spill."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from kvgate.core.call import Call
 from kvgate.core.deployment import Deployment
 from kvgate.request.parse import parse_call
 from kvgate.routing.affinity import MemoryAffinityIndex
-from kvgate.routing.load import InFlightLoad
 from kvgate.routing.precise.replica import ReplicaEventState
 from kvgate.routing.precise.strategy import PreciseKVAware
 from kvgate.vllm_compat.kv_events import BlockRemoved, BlockStored, KVEventBatch
@@ -30,11 +29,9 @@ def fleet(n: int, **settings: Any) -> list[Deployment]:
 
 
 def strategy(deployments: list[Deployment], **precise: Any) -> PreciseKVAware:
-    routing = RoutingSettings(strategy="precise_kv", precise=precise,
-                              prefix={"max_excess_requests": 2, "max_excess_ratio": 0})
+    routing = RoutingSettings(strategy="precise_kv", precise=precise)
     s = PreciseKVAware(deployments, routing,
-                       MemoryAffinityIndex(max_blocks_per_deployment=10_000, ttl_s=300),
-                       InFlightLoad())
+                       MemoryAffinityIndex(max_blocks_per_deployment=10_000, ttl_s=300))
     for d in deployments:  # as if each replica's replay had synced it
         replica(s, d).synced("test")
     return s
@@ -73,19 +70,23 @@ def route(s: PreciseKVAware, call: Call, candidates: list[Deployment]) -> dict[s
     return {"deployment": decision.deployment, **decision.explanation}
 
 
-def test_exact_gpu_hit_beats_cpu_tier_beats_cold() -> None:
-    d = fleet(3)
-    s = strategy(d)
-    doc_keys = keys(s, DOC + " q")
-    feed(replica(s, d[1]), stored(doc_keys[:14]))
-    feed(replica(s, d[2]), stored(doc_keys, medium="cpu"))
-    result = route(s, chat(DOC + " another"), d)
-    assert result["deployment"] is d[1] and result["outcome"] == "hit"
-    assert result["matched_tokens"] == 14 * 16
-    cpu = result["candidates"]["r2"]  # more tokens, but each at half a GPU token's worth
-    assert cpu["offloaded_tokens"] > 14 * 16 and cpu["matched_tokens"] == cpu[
-        "offloaded_tokens"] / 2
-    # With the GPU copy evicted, the CPU tier (cheaper than recompute) wins over cold.
+def test_a_cpu_tier_hit_costs_its_load_time_against_the_gpu_hit_and_a_cold_prefill() -> None:
+    # r1 holds 14 blocks on the GPU, r2 the whole prompt in the CPU tier. Which is cheaper
+    # depends on how fast the CPU tier loads against how fast the replica prefills (10k
+    # tokens/s by default), not on a fixed weight.
+    for load_tokens_per_s, winner in ((1_000.0, 1), (1_000_000.0, 2)):
+        d = fleet(3)
+        s = strategy(d, offload_load_tokens_per_s=load_tokens_per_s)
+        doc_keys = keys(s, DOC + " q")
+        feed(replica(s, d[1]), stored(doc_keys[:14]))
+        feed(replica(s, d[2]), stored(doc_keys, medium="cpu"))
+        result = route(s, chat(DOC + " another"), d)
+        assert result["deployment"] is d[winner], load_tokens_per_s
+        gpu, cpu = result["candidates"]["r1"], result["candidates"]["r2"]
+        assert gpu["gpu_tokens"] == 14 * 16 and gpu["matched_tokens"] == 14 * 16
+        assert cpu["offloaded_tokens"] > 14 * 16 and cpu["matched_tokens"] == 0
+        assert cpu["uncached_tokens"] < gpu["uncached_tokens"]
+    # With the GPU copy evicted, the fast CPU tier still beats a cold prefill anywhere.
     feed(replica(s, d[1]), BlockRemoved(block_hashes=list(doc_keys[:14]), medium="GPU"))
     assert route(s, chat(DOC + " third"), d)["deployment"] is d[2]
 
@@ -111,15 +112,22 @@ def test_degraded_replica_uses_approximate_affinity() -> None:
     assert result["outcome"] == "hit"
 
 
-def test_load_guard_still_spreads_a_hot_prefix() -> None:
+def test_a_hot_prefix_spills_when_its_queue_costs_more_than_a_cold_prefill() -> None:
     d = fleet(3)
     s = strategy(d)
     doc_keys = keys(s, DOC + " q")
     feed(replica(s, d[0]), stored(doc_keys))
-    d[0].stats.in_flight = 5
-    result = route(s, chat(DOC + " hot"), d)
+    first = route(s, chat(DOC + " hot"), d)
+    assert first["deployment"] is d[0] and first["outcome"] == "hit"
+    # Long prompts queued at r0 (dispatched, no first token yet): waiting behind them now
+    # costs more than computing the whole prompt on an idle replica.
+    for k in range(6):
+        route(s, chat(f"unrelated {k} " + "filler words here " * 200), [d[0]])
+    result = route(s, chat(DOC + " hot again"), d)
     assert result["deployment"] is not d[0] and result["outcome"] == "spill"
-    assert not result["candidates"]["r0"]["eligible"]
+    costs = {rid: c["predicted_cost_ms"] for rid, c in result["candidates"].items()}
+    assert costs["r0"] > costs[result["deployment"].id]
+    assert result["runner_up_margin_ms"] >= 0
 
 
 def test_without_tokenizer_affinity_expires_with_the_replica_eviction_clock() -> None:
@@ -145,22 +153,12 @@ def test_secret_replica_hashes_switch_to_token_blocks() -> None:
     assert s._hashers[0].token_blocks and len(keys_) > 10
 
 
-def test_a_prompt_evicted_everywhere_goes_back_to_its_last_home_if_not_busier() -> None:
+def test_a_prompt_cached_nowhere_goes_where_the_least_prefill_is_queued() -> None:
     d = fleet(3)
     s = strategy(d)
-    first = route(s, chat(DOC + " one"), d)
-    home = first["deployment"]
-    assert first["outcome"] == "cold" and "returned_home" not in first
-    # The replica ran it and later evicted it: no replica holds any of the prompt now.
-    feed(replica(s, home), stored(keys(s, DOC + " one")))
-    feed(replica(s, home), BlockRemoved(block_hashes=list(keys(s, DOC + " one")), medium="GPU"))
-    for k in range(3):  # placed by load alone these would rotate over the three replicas
-        again = route(s, chat(DOC + f" again {k}"), d)
-        assert again["outcome"] == "cold" and again["matched_tokens"] == 0
-        assert again["deployment"] is home and again["returned_home"] is True
-        feed(replica(s, home), BlockRemoved(block_hashes=list(keys(s, DOC + f" again {k}")),
-                                            medium="GPU"))
-    # Its home busier than another replica: a cold prompt still goes to the least loaded.
-    home.stats.in_flight = 1
-    away = route(s, chat(DOC + " busy"), d)
-    assert away["deployment"] is not home and "returned_home" not in away
+    route(s, chat("first long prompt " + "words " * 300), [d[0]])
+    route(s, chat("second, shorter " + "words " * 100), [d[1]])
+    result = route(s, chat(DOC + " cold"), d)
+    assert result["outcome"] == "cold" and result["deployment"] is d[2]
+    # r2 now has the cold prompt queued; the next cold one goes to the shortest queue, r1.
+    assert route(s, chat("another " + DOC), d)["deployment"] is d[1]

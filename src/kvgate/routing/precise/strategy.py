@@ -5,14 +5,17 @@ Per request:
    its vLLM block hashes once per tokenizer/hash configuration (``request_hasher``); for every
    deployment take the number of leading tokens it holds:
    - *precise* (events in sync, hashes reproducible): exact GPU hit tokens from the index, plus
-     offloaded (CPU-tier) tokens weighted by ``cpu_hit_weight``;
+     offloaded (CPU-tier) tokens, which cost their load time instead of a prefill;
    - *precise, no tokenizer*: the fingerprint with the replica's eviction clock
      (``event_clock``), see there;
    - *degraded* (events out of sync) and *approximate* (no events configured): the
      ``prefix_kv_aware`` affinity estimate.
-2. ``choose`` (per attempt): ``prefix_kv_aware``'s load guard and tie rule, unchanged.
+2. ``choose`` (per attempt): ``prefix_kv_aware``'s predicted-TTFT scorer
+   (:mod:`kvgate.routing.ttft_scorer`) on those exact hits; only what each replica holds is
+   known better.
 3. ``on_dispatched``: the request's blocks become *pending* on the chosen replica until its
-   events confirm them; the fingerprint is recorded for the fallbacks.
+   events confirm them; the fingerprint is recorded for the fallbacks; the scorer's ledger
+   ticket opens (``on_first_token`` / ``on_released`` close it).
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from kvgate.core.deployment import Deployment, RouteDecision
 from kvgate.routing.affinity import AffinityIndex
 from kvgate.routing.base import StrategyDefaults
 from kvgate.routing.fingerprint import CHARS_PER_TOKEN, Fingerprint, fingerprint
-from kvgate.routing.load import LoadView
 from kvgate.routing.precise.event_clock import EventClockedAffinity
 from kvgate.routing.precise.index import ReplicaKVIndex
 from kvgate.routing.precise.replica import ReplicaEventState
@@ -42,7 +44,8 @@ from kvgate.routing.precise.request_hasher import (
     unreproducible_reason,
 )
 from kvgate.routing.precise.subscriber import KVEventSubscriber
-from kvgate.routing.prefix_kv_aware import LoadGuardedScorer, cumulative_tokens
+from kvgate.routing.prefix_kv_aware import cumulative_tokens
+from kvgate.routing.ttft_scorer import Ticket, TTFTScorer
 
 if TYPE_CHECKING:
     from kvgate.core.call import Call
@@ -63,16 +66,15 @@ class _Plan:
 class _PreciseState:
     fingerprint: Fingerprint
     blocks: list[RequestBlocks]
-    #: Scored hit tokens per deployment (offloaded ones weighted by ``cpu_hit_weight``).
-    matched_tokens: dict[Deployment, float]
-    #: Hit tokens per deployment in any tier, unweighted (for ``min_match_ratio``).
-    covered_tokens: dict[Deployment, float]
+    #: Per deployment, in the strategy's order: leading tokens on the GPU (or the estimate),
+    #: leading tokens after those in the CPU tier, tokens to compute.
+    matched_tokens: list[float]
+    offloaded_tokens: list[float]
+    uncached_tokens: list[float]
     details: dict[Deployment, dict[str, Any]]
     #: The prompt's length in the engines' tokens when known, else the estimate.
     prompt_tokens: float
-    #: For a prompt cached nowhere: tokens of it each deployment served recently (routing
-    #: history), so it goes back home when that is among the least loaded.
-    history_tokens: dict[Deployment, float] | None
+    ticket: Ticket | None = None
 
 
 class PreciseKVAware(StrategyDefaults):
@@ -83,12 +85,12 @@ class PreciseKVAware(StrategyDefaults):
         deployments: Sequence[Deployment],
         settings: RoutingSettings,
         affinity: AffinityIndex,
-        load: LoadView,
         *,
         zmq_context: zmq.asyncio.Context | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._deployments = list(deployments)
+        self._position = {d: i for i, d in enumerate(self._deployments)}
         self._ids = [d.id for d in deployments]
         self._prefix = settings.prefix
         self._precise = precise = settings.precise
@@ -125,7 +127,9 @@ class PreciseKVAware(StrategyDefaults):
             max_links_per_deployment=precise.max_blocks_per_deployment
         )
         block_size = max((d.settings.block_size for d in deployments), default=16)
-        self._scorer = LoadGuardedScorer(self.name, settings.prefix, load, tie_tokens=block_size)
+        self._scorer = TTFTScorer(self.name, deployments, settings.prefix,
+                                  block_tokens=block_size, clock=clock,
+                                  load_s_per_token=1.0 / precise.offload_load_tokens_per_s)
         self._offload_tokens = precise.offload_chars // CHARS_PER_TOKEN
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -149,42 +153,35 @@ class PreciseKVAware(StrategyDefaults):
         if fp.hashes and any(p.state is None or not p.state.is_precise for p in plans.values()):
             approximate = await self._affinity.match(fp.hashes, self._ids)
         cumulative = cumulative_tokens(fp.tokens)
-        weight = self._precise.cpu_hit_weight
-        matched: dict[Deployment, float] = {}
-        covered: dict[Deployment, float] = {}
+        matched: list[float] = []
+        offloaded: list[float] = []
         details: dict[Deployment, dict[str, Any]] = {}
         for position, deployment in enumerate(self._deployments):
             plan = plans[deployment]
             state = plan.state
+            cpu_tokens = 0.0
             if state is not None and state.is_precise and plan.hasher is not None:
                 request = blocks[plan.hasher]
                 match = state.index.match(request.keys)
-                gpu_tokens = request.hit_tokens(match.gpu_blocks)
-                offloaded_tokens = (
-                    request.hit_tokens(match.gpu_blocks + match.offloaded_blocks) - gpu_tokens
-                )
-                matched[deployment] = gpu_tokens + weight * offloaded_tokens
-                covered[deployment] = gpu_tokens + offloaded_tokens
+                gpu_tokens: float = request.hit_tokens(match.gpu_blocks)
+                cpu_tokens = (request.hit_tokens(match.gpu_blocks + match.offloaded_blocks)
+                              - gpu_tokens)
                 details[deployment] = {"source": "precise", "gpu_tokens": gpu_tokens,
-                                       "offloaded_tokens": offloaded_tokens}
+                                       "offloaded_tokens": cpu_tokens}
             elif state is not None and state.is_precise:
-                links = self._event_clock.match(fp.hashes, deployment.id, state.index)
-                matched[deployment] = covered[deployment] = cumulative[links]
+                gpu_tokens = cumulative[self._event_clock.match(fp.hashes, deployment.id,
+                                                                state.index)]
                 details[deployment] = {"source": "event_clock"}
             else:
-                links = approximate[position] if approximate is not None else 0
-                matched[deployment] = covered[deployment] = cumulative[links]
+                gpu_tokens = cumulative[approximate[position] if approximate is not None else 0]
                 details[deployment] = {"source": "approximate" if state is None else "degraded"}
-        history: dict[Deployment, float] | None = None
+            matched.append(gpu_tokens)
+            offloaded.append(cpu_tokens)
         prompt_tokens = max((b.num_prompt_tokens for b in blocks), default=fp.total_tokens)
-        if fp.hashes and max(covered.values(), default=0) < (
-                self._prefix.min_match_ratio * prompt_tokens or 1):
-            if approximate is None:
-                approximate = await self._affinity.match(fp.hashes, self._ids)
-            history = {d: cumulative[links]
-                       for d, links in zip(self._deployments, approximate, strict=True) if links}
-        call.routing_state = _PreciseState(fp, blocks, matched, covered, details, prompt_tokens,
-                                           history)
+        uncached = [max(0.0, prompt_tokens - g - c)
+                    for g, c in zip(matched, offloaded, strict=True)]
+        call.routing_state = _PreciseState(fp, blocks, matched, offloaded, uncached, details,
+                                           prompt_tokens)
 
     async def _hash(self, call: Call, fp: Fingerprint) -> list[RequestBlocks]:
         if not self._hashers:
@@ -196,12 +193,19 @@ class PreciseKVAware(StrategyDefaults):
 
     def choose(self, call: Call, candidates: Sequence[Deployment]) -> RouteDecision:
         state: _PreciseState = call.routing_state
-        # The same score as prefix_kv_aware, min_match_ratio included: a best match covering
-        # little of the prompt (a shared system prompt) is placed by load, not followed.
-        decision, _ = self._scorer.choose(candidates, state.matched_tokens, state.details,
-                                          prompt_tokens=state.prompt_tokens,
-                                          history_tokens=state.history_tokens,
-                                          covered_tokens=state.covered_tokens)
+        if candidates == self._deployments:
+            positions: list[int] | None = None
+            matched, offloaded = state.matched_tokens, state.offloaded_tokens
+            uncached = state.uncached_tokens
+        else:
+            positions = [self._position[d] for d in candidates]
+            matched = [state.matched_tokens[p] for p in positions]
+            offloaded = [state.offloaded_tokens[p] for p in positions]
+            uncached = [state.uncached_tokens[p] for p in positions]
+        decision, _ = self._scorer.choose(
+            candidates, uncached, matched, max(state.matched_tokens, default=0.0),
+            positions=positions, offloaded=offloaded if any(offloaded) else None,
+            details=state.details)
         plan = self._plans[decision.deployment]
         prompt_tokens = (state.blocks[plan.hasher].num_prompt_tokens if plan.hasher is not None
                          else state.fingerprint.total_tokens)
@@ -213,6 +217,8 @@ class PreciseKVAware(StrategyDefaults):
         state: _PreciseState | None = call.routing_state
         if state is None:
             return
+        position = self._position[deployment]
+        state.ticket = self._scorer.dispatched(position, state.uncached_tokens[position])
         hashes = state.fingerprint.hashes
         if hashes:
             # Always: the approximate fallback must be warm when a replica degrades.
@@ -225,14 +231,27 @@ class PreciseKVAware(StrategyDefaults):
         elif hashes:
             self._event_clock.record(deployment.id, hashes, plan.state.index)
 
+    def on_first_token(self, call: Call, deployment: Deployment) -> None:
+        state: _PreciseState | None = call.routing_state
+        if state is not None and state.ticket is not None:
+            self._scorer.first_token(state.ticket)
+
+    def on_released(self, call: Call, deployment: Deployment, output_tokens: int) -> None:
+        state: _PreciseState | None = call.routing_state
+        if state is not None and state.ticket is not None:
+            self._scorer.released(state.ticket, output_tokens)
+
     # -- observability ----------------------------------------------------------------------
 
     def describe(self) -> dict[str, dict[str, Any]]:
-        """Per deployment id: how it is matched and where its event stream stands."""
+        """Per deployment id: how it is matched, where its event stream stands, and the
+        scorer's learned figures."""
         out: dict[str, dict[str, Any]] = {}
+        scored = self._scorer.describe()
         for deployment, plan in self._plans.items():
             if plan.state is None:
-                out[deployment.id] = {"mode": "approximate", "reason": "no kv_events configured"}
+                out[deployment.id] = {"mode": "approximate", "reason": "no kv_events configured",
+                                      **scored[deployment.id]}
                 continue
             ds = deployment.settings
             if plan.hasher is None:
@@ -247,6 +266,6 @@ class PreciseKVAware(StrategyDefaults):
             else:
                 entry = {**plan.state.describe(), "matching": "block_hashes",
                          "hashing": f"{ds.hash_algo}, block {ds.block_size}, {ds.tokenizer}"}
-            out[deployment.id] = entry
+            out[deployment.id] = {**entry, **scored[deployment.id]}
         return out
 

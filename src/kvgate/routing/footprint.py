@@ -1,0 +1,60 @@
+"""Each replica's KV working set as the router sees it: prefix tokens it was sent recently.
+
+Every dispatch adds the tokens the chosen replica did not already hold (the request's uncached
+tokens there) at the dispatch time; they leave the count once they are older than the
+horizon, the time after which the affinity index also assumes them evicted. A replica whose
+count plus a new prefix exceeds its KV capacity would have to evict something it was given
+within the horizon to take that prefix, which the scorer charges as a future recompute.
+
+NOTE: the count is of placements, not of reuse: a block reused every second but placed longer
+ago than the horizon has left the count. Horizons are minutes and working sets that matter are
+reused within them, so the undercount is of blocks that are cold in the count's own terms.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+#: Time buckets per horizon: the bound on entries per replica.
+BUCKETS = 64
+
+
+class PlacedTokens:
+    """Tokens placed on each of ``count`` replicas within the last ``horizon_s``."""
+
+    __slots__ = ("_bucket_s", "_horizon_s", "_placed", "_totals")
+
+    def __init__(self, count: int, horizon_s: float) -> None:
+        self._horizon_s = horizon_s
+        # Placements within one bucket share an entry (and expire with its first one, at most
+        # a bucket early): the table stays at BUCKETS entries per replica whatever the rate.
+        self._bucket_s = horizon_s / BUCKETS
+        self._placed: list[deque[tuple[float, float]]] = [deque() for _ in range(count)]
+        self._totals = [0.0] * count
+
+    def add(self, position: int, tokens: float, now_s: float) -> None:
+        if tokens <= 0:
+            return
+        placed = self._placed[position]
+        if placed and now_s - placed[-1][0] < self._bucket_s:
+            placed[-1] = (placed[-1][0], placed[-1][1] + tokens)
+        else:
+            placed.append((now_s, tokens))
+        self._totals[position] += tokens
+
+    def expire(self, now_s: float) -> None:
+        """Drop placements older than the horizon, on every replica."""
+        oldest_s = now_s - self._horizon_s
+        totals = self._totals
+        for position, placed in enumerate(self._placed):
+            while placed and placed[0][0] < oldest_s:
+                totals[position] -= placed.popleft()[1]
+            if not placed:
+                totals[position] = 0.0  # no float drift once empty
+
+    def totals(self) -> list[float]:
+        """Tokens per replica as of the last :meth:`expire` (a shared list: do not modify)."""
+        return self._totals
+
+    def entries(self) -> int:
+        return sum(len(placed) for placed in self._placed)

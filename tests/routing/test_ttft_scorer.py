@@ -1,0 +1,155 @@
+"""The predicted-TTFT scorer: cached prefix against queue (both ways), footprint placement of
+equal and unequal prefixes, per-replica calibration, and a ledger that returns to zero."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvgate.config.schema import PrefixRoutingSettings
+from kvgate.core.deployment import Deployment
+from kvgate.routing.ttft_scorer import Ticket, TTFTScorer
+from tests.routing.factories import deployment
+
+#: The prior: 10k tokens/s prefill, 25 ms decode steps, 2,048-token prefill chunks.
+SETTINGS = PrefixRoutingSettings()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now_s = 0.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def scorer(fleet: list[Deployment], clock: Clock | None = None) -> TTFTScorer:
+    return TTFTScorer("t", fleet, SETTINGS, block_tokens=16, clock=clock or Clock())
+
+
+def pick(s: TTFTScorer, fleet: list[Deployment], prompt: float,
+         matched: list[float]) -> tuple[Deployment, dict[str, object]]:
+    decision, _ = s.choose(fleet, [prompt - m for m in matched], matched, max(matched))
+    return decision.deployment, decision.explanation
+
+
+def queue(s: TTFTScorer, position: int, tokens: float) -> Ticket:
+    """A request of ``tokens`` uncached tokens dispatched to ``position``, still prefilling."""
+    return s.dispatched(position, tokens)
+
+
+def serve(s: TTFTScorer, clock: Clock, position: int, tokens: float) -> None:
+    """A request of ``tokens`` uncached tokens served alone at ``position`` exactly as fast
+    as the prior says (10k tokens/s, a 25 ms step per 2,048 tokens), so every replica's fit
+    stays the prior; answered before the next arrives."""
+    ticket = s.dispatched(position, tokens)
+    clock.now_s += tokens / 10_000 + 0.025 * (1 + tokens / 2048)
+    s.first_token(ticket)
+    clock.now_s += 0.5
+    s.released(ticket, 20)
+
+
+@pytest.mark.parametrize(("queued_tokens", "winner"), [(2_000, 0), (20_000, 1)])
+def test_a_long_cached_prefix_on_a_busy_replica_against_a_cold_idle_one(
+        queued_tokens: int, winner: int) -> None:
+    # 8k-token prompt, 7k of it cached on r0. With 2k tokens queued there, waiting beats
+    # computing 8k on idle r1; with 20k queued, the cold prefill on r1 is sooner.
+    fleet = [deployment("r0"), deployment("r1")]
+    s = scorer(fleet)
+    queue(s, 0, queued_tokens)
+    chosen, explanation = pick(s, fleet, 8_000, [7_000, 0])
+    assert chosen is fleet[winner]
+    assert explanation["outcome"] == ("hit" if winner == 0 else "spill")
+    candidates = explanation["candidates"]
+    assert isinstance(candidates, dict)
+    costs = {rid: c["predicted_cost_ms"] for rid, c in candidates.items()}
+    assert costs[fleet[winner].id] == min(costs.values())
+    assert explanation["runner_up_margin_ms"] == pytest.approx(
+        abs(costs["r0"] - costs["r1"]), abs=0.01)
+
+
+def test_equal_prefixes_arriving_one_by_one_are_placed_six_and_six() -> None:
+    # 12 images of 4,725 tokens on 2 replicas each holding 7, nothing queued anywhere: every
+    # placement is a tie on predicted time, broken by the emptier KV.
+    fleet = [deployment(f"r{i}", kv_capacity_tokens=7 * 4_725) for i in range(2)]
+    clock = Clock()
+    s = scorer(fleet, clock)
+    placed = [0, 0]
+    for _ in range(12):
+        chosen, explanation = pick(s, fleet, 4_725, [0, 0])
+        assert explanation["outcome"] == "cold"
+        serve(s, clock, fleet.index(chosen), 4_725)
+        placed[fleet.index(chosen)] += 1
+    assert placed == [6, 6]
+
+
+def test_a_cold_prefix_goes_where_it_fits_not_where_it_would_evict() -> None:
+    # r0 already holds 7 images (its whole KV), r1 holds 5 and is busy with a short prefill:
+    # r0 would answer a little sooner but only by evicting an image someone is reusing.
+    fleet = [deployment(f"r{i}", kv_capacity_tokens=7 * 4_725) for i in range(2)]
+    clock = Clock()
+    s = scorer(fleet, clock)
+    for position, images in ((0, 7), (1, 5)):
+        for _ in range(images):
+            serve(s, clock, position, 4_725)
+    queue(s, 1, 1_000)
+    chosen, explanation = pick(s, fleet, 4_725, [0, 0])
+    assert chosen is fleet[1]
+    candidates = explanation["candidates"]
+    assert isinstance(candidates, dict)
+    assert candidates["r0"]["eviction_ms"] > 0 and "eviction_ms" not in candidates["r1"]
+
+
+def test_unequal_prefixes_fill_by_tokens_not_by_count() -> None:
+    fleet = [deployment(f"r{i}", kv_capacity_tokens=10_000) for i in range(2)]
+    clock = Clock()
+    s = scorer(fleet, clock)
+    homes = []
+    for size in (9_000, 3_000, 3_000, 3_000):
+        chosen, _ = pick(s, fleet, size, [0, 0])
+        serve(s, clock, fleet.index(chosen), size)
+        homes.append(fleet.index(chosen))
+    # The big prefix alone on one replica, the three small ones together on the other.
+    assert homes.count(homes[0]) == 1 and len(set(homes[1:])) == 1
+
+
+def test_a_replica_learned_slower_gets_the_cold_prompt_less_often() -> None:
+    fleet = [deployment("fast"), deployment("slow")]
+    clock = Clock()
+    s = scorer(fleet, clock)
+    for size in (100.0, 1_000.0, 4_000.0) * 20:
+        for position, s_per_token in ((0, 1e-4), (1, 4e-4)):
+            ticket = s.dispatched(position, size)
+            clock.now_s += 0.05 + s_per_token * size
+            s.first_token(ticket)
+            s.released(ticket, 1)
+    learned = s.describe()
+    assert learned["fast"]["prefill_tokens_per_s"] > 2.5 * learned["slow"]["prefill_tokens_per_s"]
+    assert learned["slow"]["ttft_samples"] == 60
+    chosen, _ = pick(s, fleet, 3_000, [0, 0])
+    assert chosen is fleet[0]
+    # ...unless the fast one has a queue longer than the difference.
+    queue(s, 0, 20_000)
+    chosen, _ = pick(s, fleet, 3_000, [0, 0])
+    assert chosen is fleet[1]
+
+
+def test_the_ledger_returns_to_zero_whatever_the_endings() -> None:
+    fleet = [deployment("r0"), deployment("r1")]
+    clock = Clock()
+    s = scorer(fleet, clock)
+    tickets = [s.dispatched(i % 2, 100.0 + i) for i in range(10)]
+    assert s.describe()["r0"]["waiting_requests"] == 5
+    for i, ticket in enumerate(tickets):
+        clock.now_s += 0.1
+        if i % 3 == 0:  # a stream: first token, then the end
+            s.first_token(ticket)
+            s.first_token(ticket)  # a second first token changes nothing
+            s.released(ticket, 20)
+        elif i % 3 == 1:  # a blocking answer
+            s.released(ticket, 20)
+        else:  # abandoned before any token
+            s.released(ticket, 0)
+        s.released(ticket, 5)  # released twice: once only
+        s.first_token(ticket)  # a token after release: ignored
+    for figures in s.describe().values():
+        assert figures["waiting_requests"] == 0 and figures["queued_prefill_tokens"] == 0
