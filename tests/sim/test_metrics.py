@@ -5,7 +5,10 @@ from __future__ import annotations
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from kvgate.bench.simfit_probe import parse_info_labels
+from kvgate.sim.engine import Engine
 from kvgate.sim.metrics import render_metrics
+from kvgate.sim.profiles import get_profile
 from tests.sim.conftest import LLAMA, make_engine, request, run_alone
 
 REQUIRED = {
@@ -75,3 +78,47 @@ def test_kv_usage_gauge_tracks_blocks_in_use() -> None:
     # 80 prompt tokens = 5 of the 10 usable blocks (block 0 is vLLM's null block).
     assert _value(text, "vllm:kv_cache_usage_perc") == engine.kv_usage == 0.5
     assert _value(text, "vllm:gpu_cache_usage_perc") == 0.5
+
+
+#: Every label of ``vllm:cache_config_info`` on a real vLLM 0.32 CPU replica (read from one
+#: started by kvgate.testing.vllm, tiny-llava, --block-size 32, 5 MiB of KV).
+VLLM_032_CACHE_CONFIG_LABELS = frozenset({
+    "_block_size_resolved", "block_size", "cache_dtype", "cache_hit_alignment_tokens",
+    "effective_attention_block_size", "enable_mamba_shared_prefix_checkpoint",
+    "enable_prefix_caching", "engine", "gpu_memory_utilization", "hash_block_size",
+    "is_attention_free", "kv_cache_dtype_skip_layers", "kv_cache_layout",
+    "kv_cache_max_concurrency", "kv_cache_memory_bytes", "kv_cache_size_tokens",
+    "kv_offloading_backend", "kv_offloading_size", "kv_sharing_fast_prefill",
+    "mamba_block_size", "mamba_cache_dtype", "mamba_cache_mode", "mamba_page_size_padded",
+    "mamba_ssm_cache_dtype", "num_cpu_blocks", "num_gpu_blocks", "num_gpu_blocks_override",
+    "prefix_cache_retention_interval", "prefix_caching_hash_algo", "prefix_match_unit",
+    "replayssm_buffer_len", "skip_page_size_padded", "sliding_window", "swa_bounded_replay",
+    "use_kda_recoverssm", "use_replayssm", "user_specified_block_size",
+})
+
+
+def test_cache_config_info_publishes_kv_capacity_like_vllm() -> None:
+    engine, _ = make_engine(LLAMA, num_gpu_blocks=161)
+    text = render_metrics(engine, "m").decode()
+    family = _families(text)["vllm:cache_config_info"]
+    assert family.type == "gauge"
+    (sample,) = family.samples
+    assert sample.value == 1.0
+    labels = sample.labels
+    # vLLM labels this gauge by engine only; values are str() of the config fields.
+    assert "model_name" not in labels and labels["engine"] == "0"
+    assert set(labels) <= VLLM_032_CACHE_CONFIG_LABELS
+    assert labels["num_gpu_blocks"] == "161" and labels["block_size"] == "16"
+    assert labels["kv_cache_size_tokens"] == str(161 * 16)
+    assert labels["enable_prefix_caching"] == "True"
+    assert labels["prefix_caching_hash_algo"] == "sha256"
+    # What a reader of real replicas' /metrics (the simfit probe's) gets back.
+    assert parse_info_labels(text)["num_gpu_blocks"] == "161"
+
+
+def test_cache_config_info_follows_the_profile_and_defaults() -> None:
+    engine = Engine(get_profile("cpu-tiny-llava"))
+    labels = parse_info_labels(render_metrics(engine, "tiny-llava").decode())
+    assert labels["block_size"] == "32"
+    assert labels["num_gpu_blocks"] == str(get_profile("cpu-tiny-llava").num_gpu_blocks)
+    assert labels["num_gpu_blocks_override"] == "None"

@@ -100,9 +100,8 @@ def spread(values: Sequence[float]) -> dict[str, float]:
         raise FitError("no values")
     median = statistics.median(values)
     low, high = min(values), max(values)
-    if median:
-        relative = (high - low) / abs(median)
-    else:  # a constant clamped to 0 in every round has no spread; otherwise it is unbounded
-        relative = 0.0 if high == low else math.inf
+    # A constant clamped to 0 in every round has no spread; otherwise it is unbounded.
+    unbounded = 0.0 if high == low else math.inf
+    relative = (high - low) / abs(median) if median else unbounded
     return {"median": median, "min": low, "max": high, "relative_spread": round(relative, 4),
             "n": len(values)}

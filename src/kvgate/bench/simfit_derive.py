@@ -40,10 +40,33 @@ CONSTANTS = ("step_overhead_s", "compute_s_per_token", "attn_s_per_token_pair",
              "vision_encoder_s_per_token", "image_preprocess_s_per_token")
 
 Point = Mapping[str, Any]
+#: Prompt lengths at which each round's prefill fit is evaluated, for the spread of what the
+#: fit predicts (the realvllm cases' prompts are ~615 and ~1,254 tokens).
+PREDICT_AT_TOKENS = (512, 1024, 2048)
 
 
 def _of(points: Iterable[Point], kind: str) -> list[Point]:
     return [p for p in points if p["kind"] == kind]
+
+
+def medians(points: Sequence[Point]) -> list[dict[str, Any]]:
+    """One point per probe (kind, batch, prompt tokens): the median of each numeric figure
+    over its repeats, so one stalled request (another process took the core) does not pull a
+    fit the way a mean would."""
+    groups: dict[tuple[Any, ...], list[Point]] = {}
+    for point in points:
+        groups.setdefault((point["kind"], point["batch"], point["prompt_tokens"]), []
+                          ).append(point)
+    out = []
+    for group in groups.values():
+        merged: dict[str, Any] = dict(group[0])
+        for key, value in group[0].items():
+            if isinstance(value, float):
+                values = [p[key] for p in group if isinstance(p.get(key), float)]
+                merged[key] = statistics.median(values)
+        merged["repeats"] = len(group)
+        out.append(merged)
+    return out
 
 
 def fit_prefill(points: Sequence[Point]) -> tuple[LinearFit, bool]:
@@ -61,8 +84,9 @@ def fit_prefill(points: Sequence[Point]) -> tuple[LinearFit, bool]:
 
 
 def derive_round(points: Sequence[Point], image_tokens: int) -> dict[str, Any]:
-    """The constants from one round of points (see the module docstring); raises FitError
-    when a kind of point needed for a fit is missing."""
+    """The constants from one round of points (see the module docstring), fitted on each
+    probe's median; raises FitError when a kind of point needed for a fit is missing."""
+    points = medians(points)
     prefill_points = _of(points, "prefill")
     prefill, quadratic = fit_prefill(prefill_points)
     _, compute, attn = prefill.coefficients
@@ -88,6 +112,10 @@ def derive_round(points: Sequence[Point], image_tokens: int) -> dict[str, Any]:
         "image_preprocess_s_per_token": 0.0,
     }
     checks: dict[str, Any] = {
+        # Compute and attention trade off against each other in the fit (n and n^2 are far
+        # from independent over 0-2k tokens); the predictions they make together are steadier.
+        "prefill_s_at_tokens": {str(n): prefill.predict(_prefill_row(n))
+                                for n in PREDICT_AT_TOKENS},
         "prefill_quadratic": quadratic,
         "prefill_intercept_s": prefill.coefficients[0],
         # What the formula charges a prefill step besides its tokens; the measured intercept
@@ -136,9 +164,12 @@ def derive(points: Sequence[Point], image_tokens: int) -> dict[str, Any]:
     per_round = [derive_round([p for p in points if p["round"] == r], image_tokens)
                  for r in rounds]
     spreads = {name: spread([r["constants"][name] for r in per_round]) for name in CONSTANTS}
+    predicted = {str(n): spread([r["model_check"]["prefill_s_at_tokens"][str(n)]
+                                 for r in per_round]) for n in PREDICT_AT_TOKENS}
     return {
         "rounds": per_round,
         "spread": spreads,
+        "prefill_s_at_tokens_spread": predicted,
         "profile_constants": {name: _significant(spreads[name]["median"]) for name in CONSTANTS},
     }
 

@@ -74,10 +74,41 @@ class _Writer:
         self.lines.append(f"{name}_sum{_labels(self.base)} {_num(hist.sum)}")
 
 
+def cache_config_labels(engine: Engine) -> dict[str, str]:
+    """The labels of ``vllm:cache_config_info`` that the simulator knows, under vLLM's names.
+
+    vLLM 0.32 publishes every ``CacheConfig`` field as a label (``str()`` of the value, so
+    ``None`` and ``True`` as words), labelled with ``engine`` but not ``model_name``; a gateway
+    reads each replica's KV capacity from ``num_gpu_blocks`` x ``block_size``. Fields with no
+    meaning here (GPU memory utilisation, Mamba and sliding-window settings) are left out.
+    """
+    config = engine.config
+    block_size = engine.profile.block_size
+    num_gpu_blocks = engine.pool.num_gpu_blocks
+    return {
+        "block_size": str(block_size),
+        "cache_dtype": "auto",
+        "enable_prefix_caching": str(config.enable_prefix_caching),
+        "engine": "0",
+        "kv_cache_size_tokens": str(num_gpu_blocks * block_size),
+        # NOTE: vLLM's own CPU swap space, which it no longer allocates; the simulator's
+        # LMCache-like tier (--cpu-offload-blocks) is a connector, not this.
+        "num_cpu_blocks": "None",
+        "num_gpu_blocks": str(num_gpu_blocks),
+        "num_gpu_blocks_override": str(config.num_gpu_blocks),
+        "prefix_caching_hash_algo": config.hash_algo,
+    }
+
+
 def render_metrics(engine: Engine, model_name: str, server_load: int = 0) -> bytes:
     """The /metrics body for one replica."""
     stats = engine.stats
     out = _Writer(f'engine="0",model_name="{model_name}"')
+    info = cache_config_labels(engine)
+    out.lines += ["# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig",
+                  "# TYPE vllm:cache_config_info gauge",
+                  "vllm:cache_config_info{"
+                  + ",".join(f'{key}="{info[key]}"' for key in sorted(info)) + "} 1.0"]
     out.gauge("vllm:num_requests_running", "Number of requests in model execution batches.",
               engine.num_running)
     out.gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.",

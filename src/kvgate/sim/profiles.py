@@ -2,6 +2,8 @@
 
 Every constant is derived in a comment from a public spec or a first-principles estimate
 (see docs/SIMULATOR.md, "Calibration"); none is a measurement of a real GPU unless it says so.
+The ``cpu-tiny-*`` profiles are the exception: fitted to measurements of the real vLLM CPU
+replicas the test suite starts (``kvgate bench scenario simfit``).
 The two anchors the issue fixes are the seed's measured LLaVA-OneVision-7B on A40 figures: a cold
 request with ~6.5k vision tokens has a TTFT of 1.3-2.7 s and a warm repeat about 250 ms.
 """
@@ -12,7 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
-from kvgate.vllm_compat.sim_prompt import LLAMA_31, LLAVA_ONEVISION_QWEN2, PromptFormat
+from kvgate.vllm_compat.sim_prompt import (
+    LLAMA_31,
+    LLAVA_ONEVISION_QWEN2,
+    TINY_CHATML,
+    TINY_LLAVA_CHATML,
+    PromptFormat,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +133,66 @@ LLAMA_31_8B_H100 = Profile(
     offload_latency_s=0.0003,
 )
 
+# --- The tiny random-weight models of kvgate.testing.vllm on real vLLM 0.32's CPU build -------
+# Fitted to measurements, not estimated: `kvgate bench scenario simfit` started one replica of
+# each model with the options the realvllm scenario uses (5,120 KV tokens, --block-size 32) and
+# wrote benchmarks/results/simfit.json; every timing constant below is the median over its 3
+# rounds of models.<kind>.profile_constants there (the spread is in models.<kind>.spread and
+# docs/SIMULATOR.md). Capacity comes from the replica's vllm:cache_config_info. Wall seconds
+# of two shared CPU cores: these profiles model the suite's test replicas, not a GPU.
+# weight_read_s is 0: the models' weights are a few MB, and the fixed cost of a step is
+# step_overhead_s (the decode fit's intercept).
+_TINY_SCHEDULER = {
+    # vLLM 0.32's `vllm serve` defaults on CPU (engine/arg_utils.py) and its encoder cache
+    # (config/scheduler.py: sized to max_num_batched_tokens). From the source, not measured.
+    "max_num_seqs": 128,
+    "max_num_batched_tokens": 2048,
+    "max_model_len": 5120,  # ReplicaOptions.model_len at realvllm's 5,120-token budget
+    "num_gpu_blocks": 161,  # cache_config_info num_gpu_blocks (5,120 tokens / 32 + null block)
+    "block_size": 32,  # cache_config_info block_size (the CPU backend needs a multiple of 32)
+    # Not measured: the real replicas have no CPU tier. A host memory copy (~10 GB/s).
+    "offload_bandwidth_bytes_per_s": 10e9,
+    "offload_latency_s": 0.0001,
+    "weight_read_s": 0.0,
+}
+CPU_TINY_LLAMA = Profile(
+    name="cpu-tiny-llama",
+    served_model_name="tiny-llama",
+    prompt_format=TINY_CHATML,
+    step_overhead_s=0.00607,  # decode: mean inter-token gap vs batch size, intercept
+    compute_s_per_token=2.03e-05,  # cold prefill time vs [1, n, n(n+1)/2], the n term
+    attn_s_per_token_pair=3.24e-08,  # the same fit, the n(n+1)/2 term
+    kv_read_s_per_token=9.93e-08,  # batch-1 inter-token gap vs context, slope
+    per_seq_overhead_s=0.000406,  # gap vs batch slope - compute - KV read at its context
+    frontend_s=0.00923,  # client TTFT - engine queue - engine prefill, median
+    image_preprocess_s_per_token=0.0,
+    vision_encoder_s_per_token=0.0,
+    encoder_cache_tokens=0,
+    kv_bytes_per_token=2048,  # cache_config_info kv_cache_memory_bytes / kv_cache_size_tokens
+    **_TINY_SCHEDULER,  # type: ignore[arg-type]
+)
+CPU_TINY_LLAVA = Profile(
+    name="cpu-tiny-llava",
+    served_model_name="tiny-llava",
+    prompt_format=TINY_LLAVA_CHATML,  # 576 vision tokens per image
+    step_overhead_s=0.0033,
+    compute_s_per_token=1.87e-05,
+    attn_s_per_token_pair=1.37e-08,
+    kv_read_s_per_token=1.85e-07,
+    per_seq_overhead_s=9.64e-05,
+    frontend_s=0.00928,
+    # A cold 512x512 image prompt's front end beyond the text fit at its length, per token.
+    image_preprocess_s_per_token=1.8e-05,
+    # Its prefill beyond what the text prefill fit predicts for its length, per token.
+    vision_encoder_s_per_token=1.44e-05,
+    encoder_cache_tokens=2048,  # vLLM: encoder_cache_size = max_num_batched_tokens (source)
+    kv_bytes_per_token=1024,  # cache_config_info kv_cache_memory_bytes / kv_cache_size_tokens
+    **_TINY_SCHEDULER,  # type: ignore[arg-type]
+)
+
 PROFILES: Mapping[str, Profile] = MappingProxyType(
-    {profile.name: profile for profile in (LLAVA_ONEVISION_7B_A40, LLAMA_31_8B_H100)}
+    {profile.name: profile for profile in (LLAVA_ONEVISION_7B_A40, LLAMA_31_8B_H100,
+                                           CPU_TINY_LLAMA, CPU_TINY_LLAVA)}
 )
 DEFAULT_PROFILE = LLAVA_ONEVISION_7B_A40.name
 

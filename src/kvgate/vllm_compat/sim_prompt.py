@@ -85,11 +85,29 @@ LLAMA_31 = PromptFormat(
     default_image_tokens=0,  # text-only: image parts are rejected with 400, as vLLM does
 )
 
+# The tiny random-weight models that kvgate.testing.vllm serves with real vLLM: a ChatML template
+# (the builder's), and for tiny-llava every image as 576 placeholders ((336 px / 14 px)^2, its
+# CLIP tower's patches; its processor resizes any image to 336 x 336).
+TINY_CHATML = PromptFormat(
+    chat_template="chatml",
+    image_token_id=151_646,
+    vision_token_rule="fixed",
+    default_image_tokens=0,  # tiny-llama is text-only
+)
+TINY_LLAVA_CHATML = PromptFormat(
+    chat_template="chatml",
+    image_token_id=151_646,
+    vision_token_rule="fixed",
+    default_image_tokens=576,
+)
+
 #: Formats by ``kvgate sim`` profile name, the ``<profile>`` of a ``kvgate-sim:<profile>``
 #: tokenizer. ``kvgate.sim.profiles`` builds each profile on its entry here.
 PROMPT_FORMATS: Mapping[str, PromptFormat] = MappingProxyType({
     "llava-onevision-7b-a40": LLAVA_ONEVISION_QWEN2,
     "llama-3.1-8b-h100": LLAMA_31,
+    "cpu-tiny-llama": TINY_CHATML,
+    "cpu-tiny-llava": TINY_LLAVA_CHATML,
 })
 
 
@@ -273,6 +291,7 @@ def _decode_data_url(url: str) -> bytes:
 __all__ = [
     "IM_END_ID", "IM_START_ID", "LLAMA3_BOS_ID", "LLAMA3_END_HEADER_ID", "LLAMA3_EOT_ID",
     "LLAMA3_START_HEADER_ID", "LLAMA_31", "LLAVA_ONEVISION_QWEN2", "PROMPT_FORMATS",
+    "TINY_CHATML", "TINY_LLAVA_CHATML",
     "ChatTemplateKind", "PromptError", "PromptFormat", "SimPrompt", "SimPromptRenderer",
     "VisionTokenRule",
 ]

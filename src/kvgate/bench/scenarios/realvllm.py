@@ -20,13 +20,18 @@ prefix, multimodal and encoder caches are reset (vLLM's dev endpoints): KVGate w
 ``round_robin``, ``least_busy``, ``prefix_kv_aware`` and ``precise_kv`` (a fresh `kvgate run`
 per strategy), then vllm-router with ``cache_aware`` (PyPI ``vllm-router``, installed into
 ``benchmarks/.venvs/``; ``--no-peers`` leaves it out). KVGate serves the replicas' own model
-name, so not even ``model`` differs between routers. About 11 minutes on two busy cores, most
-of it four replica start-ups (``--quick``: about 7; numbers not meaningful).
+name, so not even ``model`` differs between routers. Then the same requests and KVGate's arms
+run on the simulator fitted to these replicas (``simfit``; :mod:`.realvllm_sim`), in virtual
+time over several seeds, and each case reports real and simulated hit rates side by side
+(``fitted_sim``): the differences, and whether both rank the arms alike. About 11 minutes on
+two busy cores, most of it four replica start-ups (``--quick``: about 7; numbers not
+meaningful).
 """
 
 from __future__ import annotations
 
 import contextlib
+import statistics
 import tempfile
 import time
 import urllib.request
@@ -41,6 +46,7 @@ from kvgate.bench.loadgen import LoadSpec
 from kvgate.bench.processes import local_gateway
 from kvgate.bench.request import BenchRequest
 from kvgate.bench.scenarios import ScenarioOptions
+from kvgate.bench.scenarios.realvllm_sim import SIM_SEEDS, fitted_sim_section, print_comparison
 from kvgate.bench.workloads import (
     MultimodalWorkload,
     SharedPrefixWorkload,
@@ -89,7 +95,8 @@ def cases(quick: bool) -> list[Case]:
     ]
 
 
-def _requests(case: Case, model_name: str, seed: int) -> list[BenchRequest]:
+def requests_for(case: Case, model_name: str, seed: int) -> list[BenchRequest]:
+    """The case's requests, in order; the same for every router, real or simulated."""
     options = WorkloadOptions(model=model_name, seed=seed, stream=True, ignore_eos=True,
                               num_requests=case.num_requests)
     return case.workload.build(options)
@@ -108,6 +115,11 @@ def _hit_rate(before: Sequence[EngineCounters], after: Sequence[EngineCounters],
         "prompt_tokens": int(sum(d.prompt_tokens for d in delta)),
         "preemptions": int(sum(d.preemptions for d in delta)),
         "requests_per_replica": requests,
+        # The replicas' own mean TTFT (their API server's arrival to first token): whether
+        # one ran slower than the other on the shared cores.
+        "engine_ttft_mean_ms_per_replica": [
+            round(d.ttft_sum_s / d.ttft_count * 1000, 1) if d.ttft_count else None
+            for d in delta],
     }
 
 
@@ -173,7 +185,7 @@ def run_case(case: Case, env: VllmEnvironment, options: ScenarioOptions,
     console = options.console
     model = env.models[case.model]
     served = model.spec.name
-    requests = _requests(case, served, options.seed)
+    requests = requests_for(case, served, options.seed)
     replica_options = ReplicaOptions(kv_cache_tokens=case.kv_cache_tokens, dev_mode=True)
     results: list[BenchResult] = []
     engine: dict[str, dict[str, Any]] = {}
@@ -208,7 +220,13 @@ def run_case(case: Case, env: VllmEnvironment, options: ScenarioOptions,
         numbers = document["comparison"][result.label]
         numbers.update(engine[result.label])
         numbers["ttft_p95_ms"] = (result.summary.get("ttft_ms") or {}).get("p95")
+        numbers["ttft_p50_ms_by_deployment"] = _ttft_p50_by_deployment(result)
     document["fleet"] = fleet_info
+    document["fitted_sim"] = fitted_sim_section(
+        requests, model_kind=case.model, kv_cache_tokens=case.kv_cache_tokens,
+        concurrency=case.concurrency, seeds=range(SIM_SEEDS),
+        real={label: n.get("prefix_cache_hit_rate")
+              for label, n in document["comparison"].items()})
     document["model"] = {"name": served, "path": str(model.path), **model.info,
                          "image_tokens": model.spec.image_tokens,
                          "spec": asdict(model.spec)}
@@ -216,6 +234,17 @@ def run_case(case: Case, env: VllmEnvironment, options: ScenarioOptions,
                             "parameters": parameters(case.workload),
                             "num_requests": len(requests), "concurrency": case.concurrency}
     return document
+
+
+def _ttft_p50_by_deployment(result: BenchResult) -> dict[str, float]:
+    """Client TTFT p50 per replica (KVGate names the deployment in a header): whether one
+    replica ran slower than the other, which load-aware routers react to."""
+    by_deployment: dict[str, list[float]] = {}
+    for record in result.records:
+        if record.deployment and record.ttft_s is not None:
+            by_deployment.setdefault(record.deployment, []).append(record.ttft_s)
+    return {name: round(statistics.median(ttfts) * 1000, 1)
+            for name, ttfts in sorted(by_deployment.items())}
 
 
 def print_table(document: dict[str, Any], console: Any) -> None:
@@ -251,9 +280,11 @@ def run(options: ScenarioOptions) -> dict[str, Any]:
         documents[case.name] = run_case(case, env, options, unavailable)
         if console is not None:
             print_table(documents[case.name], console)
+            print_comparison(case.name, documents[case.name]["fitted_sim"], console)
     return {
         "scenario": "realvllm",
         "quick": options.quick,
+        "seed": options.seed,
         "engine": {"vllm": env.venv.versions, "venv": str(env.venv.path),
                    "venv_first_setup_s": env.venv.marker.get("setup_s"),
                    "prepare_s": env.timings_s},

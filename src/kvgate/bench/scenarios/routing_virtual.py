@@ -27,8 +27,9 @@ import asyncio
 import heapq
 import itertools
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -39,6 +40,7 @@ from kvgate.bench.virtual_fleet import Pacing, VirtualFleet
 from kvgate.bench.virtual_loads import RequestBuilder
 from kvgate.config.schema import RoutingSettings
 from kvgate.sim.engine import Engine, EngineConfig
+from kvgate.sim.events import CollectingSink
 from kvgate.sim.profiles import get_profile
 from kvgate.sim.request import RequestStats
 
@@ -130,14 +132,23 @@ class _Workers:
 
 def run_virtual(requests: Sequence[BenchRequest], *, strategy: str, profile_name: str,
                 replicas: int, kv_blocks: int | None, concurrency: int, think_s: float = 0.0,
-                seed: int = 0, routing: RoutingSettings | None = None) -> VirtualRun:
+                seed: int = 0, routing: RoutingSettings | None = None,
+                deployment_settings: Sequence[Mapping[str, Any]] | None = None,
+                kv_events: bool = False) -> VirtualRun:
     """Route ``requests`` with ``strategy`` onto ``replicas`` engines, closed loop; a
-    conversation's next turn is sent ``think_s`` after the previous answer ended."""
+    conversation's next turn is sent ``think_s`` after the previous answer ended.
+
+    ``deployment_settings``: extra settings per deployment (block size, tokenizer, image
+    tokens, KV events), as a gateway config gives them; ``kv_events``: every engine's KV events
+    reach the strategy (``precise_kv``, whose deployments then need ``kv_events`` settings)."""
     profile = get_profile(profile_name)
-    engines = [Engine(profile, EngineConfig(num_gpu_blocks=kv_blocks)) for _ in range(replicas)]
+    sinks = [CollectingSink() for _ in range(replicas)] if kv_events else None
+    engines = [Engine(profile, EngineConfig(num_gpu_blocks=kv_blocks, enable_kv_events=kv_events),
+                      sink=None if sinks is None else sinks[i]) for i in range(replicas)]
     model = orjson.loads(requests[0].body)["model"] if requests else strategy
     fleet = VirtualFleet(engines, strategy, routing or RoutingSettings(strategy=strategy,
-                                                                        seed=seed), model=model)
+                                                                        seed=seed), model=model,
+                         deployment_settings=deployment_settings, event_sinks=sinks)
     workers = _Workers(requests, RequestBuilder(profile, model=model), concurrency, think_s, seed)
     asyncio.run(fleet.drive(workers, Pacing(quantum_s=DISPATCH_QUANTUM_S, exact=False)))
     done = [r for r in workers.records if r is not None]

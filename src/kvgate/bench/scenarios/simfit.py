@@ -3,9 +3,9 @@
 One replica of each tiny model (``kvgate.testing.vllm``: tiny-llama, tiny-llava), started with
 the options the ``realvllm`` scenario gives its replicas (the same KV budget, block size 32,
 prefix caching, eager mode, dev endpoints), is probed alone, one request or one batch at a
-time, in ``ROUNDS`` rounds:
+time, in ``ROUNDS`` rounds of ``REPEATS`` passes over every probe:
 
-- ``prefill``: cold text prompts of several lengths (each prompt distinct, so nothing is
+- ``prefill``: cold text prompts of ten lengths (each prompt distinct, so nothing is
   cached), 4 output tokens: client TTFT, and the replica's own queue and prefill times;
 - ``warm``: the last prompt again (its blocks cached): what a hit leaves to compute;
 - ``decode_batch``: 1, 2, 4, 8 short prompts at once, 64 tokens each: mean inter-token gap;
@@ -46,16 +46,19 @@ from kvgate.bench.text import filler
 from kvgate.testing.vllm import BuiltModel, ReplicaFleet, ReplicaOptions, VllmEnvironment, prepare
 
 COMMAND = "kvgate bench scenario simfit --out benchmarks/results/simfit.json"
+#: Rounds, each fitted on its own (their spread is the result's uncertainty); within a round
+#: every probe runs REPEATS times, interleaved, and the fits take each probe's median.
 ROUNDS = 3
+REPEATS = 3
 #: Filler pieces per cold prompt (+14 template tokens); all within one prefill chunk (vLLM's
 #: CPU default max_num_batched_tokens is 2,048), so each prefill is one engine step.
-PREFILL_LENGTHS = (64, 256, 512, 1024, 1536, 2000)
+PREFILL_LENGTHS = (32, 128, 256, 512, 768, 1024, 1280, 1536, 1792, 2000)
 CONTEXT_LENGTHS = (64, 1024, 2000, 4000)
 BATCH_SIZES = (1, 2, 4, 8)
 DECODE_TOKENS = 64
 PREFILL_OUTPUT_TOKENS = 4
 BATCH_PROMPT_PIECES = 64
-IMAGES_PER_ROUND = 3
+IMAGES_PER_PASS = 2
 IMAGE_SIZE_PX = 512
 QUESTION_PIECES = 24
 #: vLLM 0.32's defaults on CPU for `vllm serve` (vllm/engine/arg_utils.py,
@@ -75,13 +78,13 @@ def _kv_cache_tokens() -> int:
     return budgets.pop()
 
 
-def _point(kind: str, round_index: int, observation: Observation, **extra: Any
+def _point(kind: str, where: tuple[int, int], observation: Observation, **extra: Any
            ) -> dict[str, Any]:
     probes, server = observation.probes, observation.server
     first = probes[0]
     gaps = sorted(g for p in probes for g in p.gaps_s[1:])  # [0]: role chunk -> first token
     point: dict[str, Any] = {
-        "kind": kind, "round": round_index, "batch": len(probes),
+        "kind": kind, "round": where[0], "repeat": where[1], "batch": len(probes),
         "prompt_tokens": first.prompt_tokens, "cached_tokens": first.cached_tokens,
         "new_tokens": first.prompt_tokens - first.cached_tokens,
         "output_tokens": first.output_tokens,
@@ -131,34 +134,41 @@ class _Prober:
                 {"type": "text", "text": self._text(QUESTION_PIECES)}]
 
     def round(self, index: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
-        points = []
-        lengths = PREFILL_LENGTHS[::2] if self._quick else PREFILL_LENGTHS
-        last = ""
-        for pieces in lengths:
-            last = self._text(pieces)
-            points.append(_point("prefill", index, self._alone(last, PREFILL_OUTPUT_TOKENS)))
-        points.append(_point("warm", index, self._alone(last, PREFILL_OUTPUT_TOKENS)))
-        for batch in BATCH_SIZES[:3] if self._quick else BATCH_SIZES:
-            bodies = [chat_body(self._model, self._text(BATCH_PROMPT_PIECES), DECODE_TOKENS)
-                      for _ in range(batch)]
-            observation = observe(self._url, bodies)
-            points.append(_point("decode_batch", index, observation,
-                                 mean_context_tokens=_mean_context(observation)))
-        for pieces in CONTEXT_LENGTHS[::2] if self._quick else CONTEXT_LENGTHS:
-            observation = self._alone(self._text(pieces), DECODE_TOKENS)
-            points.append(_point("decode_context", index, observation,
-                                 mean_context_tokens=_mean_context(observation)))
-        if self._vision:
-            for _ in range(1 if self._quick else IMAGES_PER_ROUND):
-                url = self._image()
-                points.append(_point("image_cold", index, self._alone(
-                    self._image_content(url), PREFILL_OUTPUT_TOKENS)))
-                points.append(_point("image_warm", index, self._alone(
-                    self._image_content(url), PREFILL_OUTPUT_TOKENS)))
+        points: list[dict[str, Any]] = []
+        for repeat in range(1 if self._quick else REPEATS):
+            points += self._pass((index, repeat))
         cold = [p for p in points if p["kind"] in ("prefill", "image_cold")]
         if any(p["cached_tokens"] for p in cold):
             log(f"round {index}: a cold prompt hit the prefix cache: "
                 f"{[p['cached_tokens'] for p in cold]}")
+        return points
+
+    def _pass(self, where: tuple[int, int]) -> list[dict[str, Any]]:
+        """Every probe once."""
+        points = []
+        lengths = PREFILL_LENGTHS[::3] if self._quick else PREFILL_LENGTHS
+        last = ""
+        for pieces in lengths:
+            last = self._text(pieces)
+            points.append(_point("prefill", where, self._alone(last, PREFILL_OUTPUT_TOKENS)))
+        points.append(_point("warm", where, self._alone(last, PREFILL_OUTPUT_TOKENS)))
+        for batch in BATCH_SIZES[:3] if self._quick else BATCH_SIZES:
+            bodies = [chat_body(self._model, self._text(BATCH_PROMPT_PIECES), DECODE_TOKENS)
+                      for _ in range(batch)]
+            observation = observe(self._url, bodies)
+            points.append(_point("decode_batch", where, observation,
+                                 mean_context_tokens=_mean_context(observation)))
+        for pieces in CONTEXT_LENGTHS[::2] if self._quick else CONTEXT_LENGTHS:
+            observation = self._alone(self._text(pieces), DECODE_TOKENS)
+            points.append(_point("decode_context", where, observation,
+                                 mean_context_tokens=_mean_context(observation)))
+        if self._vision:
+            for _ in range(1 if self._quick else IMAGES_PER_PASS):
+                url = self._image()
+                points.append(_point("image_cold", where, self._alone(
+                    self._image_content(url), PREFILL_OUTPUT_TOKENS)))
+                points.append(_point("image_warm", where, self._alone(
+                    self._image_content(url), PREFILL_OUTPUT_TOKENS)))
         return points
 
 

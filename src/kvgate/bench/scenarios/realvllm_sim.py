@@ -1,0 +1,229 @@
+"""The ``realvllm`` workload on the fitted simulator, next to the real replicas' hit rates.
+
+Each case's very requests go, closed loop at the case's concurrency, through the gateway's own
+strategies (whatever is registered under each arm's name, built as the gateway builds it) onto
+two in-process ``kvgate.sim`` engines with the profile fitted to that model's real replica
+(``cpu-tiny-llava``, ``cpu-tiny-llama``: block size 32 and the KV blocks the real replica
+allocated for the case's budget), in virtual time (:mod:`.routing_virtual`). Deployments carry
+what the real gateway config gives them: block size, a tokenizer that reproduces the engine's
+token ids (``kvgate-sim:<profile>``), the image model id and vision tokens per image, and KV
+events for the strategies that read them.
+
+The simulated arms run over several seeds (routing tie-breaks and the order in which workers
+due at the same instant send), because the real gateway breaks ties at random too: the spread
+says how far one real run may sit from the simulator's mean for reasons that are not the
+engine model. vllm-router runs only against real replicas.
+
+Standalone, against a real result already written::
+
+    python -m kvgate.bench.scenarios.realvllm_sim --real benchmarks/results/realvllm.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from kvgate.bench.request import BenchRequest
+from kvgate.bench.scenarios.routing_virtual import run_virtual
+from kvgate.config.schema import KVEventsSettings, RoutingSettings
+from kvgate.sim.profiles import Profile, get_profile
+
+#: The fitted profile of each realvllm model kind.
+SIM_PROFILES = {"vision": "cpu-tiny-llava", "text": "cpu-tiny-llama"}
+#: KVGate's arms that run in-process (every realvllm arm but the peer router).
+SIM_ARMS = ("round_robin", "least_busy", "prefix_kv_aware", "precise_kv")
+#: Arms that subscribe to the replicas' KV events (the gateway config gives every deployment
+#: its endpoints; only these strategies read them).
+_READS_KV_EVENTS = frozenset({"precise_kv"})
+SIM_SEEDS = 5
+#: The issue's bar: per-arm hit rates within this of the real ones.
+TOLERANCE = 0.05
+
+
+def kv_blocks(kv_cache_tokens: int, profile: Profile) -> int:
+    """vLLM's num_gpu_blocks for a KV budget in tokens: whole blocks plus the null block (what
+    ``ReplicaOptions.kv_cache_bytes`` asks for, and what the real replica reported)."""
+    return -(-kv_cache_tokens // profile.block_size) + 1
+
+
+def deployment_settings(profile: Profile, strategy: str, replicas: int
+                        ) -> list[dict[str, Any]]:
+    """Per deployment, what ``kvgate.testing.vllm.gateway_config`` gives a real replica, with
+    the simulated model's tokenizer and image model id."""
+    out = []
+    for i in range(replicas):
+        settings: dict[str, Any] = {
+            "block_size": profile.block_size,
+            "tokenizer": f"kvgate-sim:{profile.name}",
+            "hash_algo": "sha256",
+            "mm_model_id": profile.served_model_name,
+        }
+        if profile.prompt_format.default_image_tokens:
+            settings["image_tokens"] = profile.prompt_format.default_image_tokens
+        if strategy in _READS_KV_EVENTS:
+            settings["kv_events"] = KVEventsSettings(endpoint=f"inproc://replica-{i}")
+        out.append(settings)
+    return out
+
+
+def run_sim_arm(requests: Sequence[BenchRequest], *, strategy: str, profile_name: str,
+                kv_cache_tokens: int, concurrency: int, seed: int, replicas: int = 2,
+                ) -> dict[str, Any]:
+    """One arm, one seed: the engines' prefix-cache figures and where requests went."""
+    profile = get_profile(profile_name)
+    run = run_virtual(
+        requests, strategy=strategy, profile_name=profile_name, replicas=replicas,
+        kv_blocks=kv_blocks(kv_cache_tokens, profile), concurrency=concurrency, seed=seed,
+        routing=RoutingSettings(strategy=strategy, seed=seed),
+        deployment_settings=deployment_settings(profile, strategy, replicas),
+        kv_events=strategy in _READS_KV_EVENTS,
+    )
+    queries = sum(c.prefix_cache_queries for c in run.engine)
+    hits = sum(c.prefix_cache_hits for c in run.engine)
+    per_replica = [sum(1 for r in run.records if r.deployment == d) for d in run.deployment_ids]
+    return {
+        "prefix_cache_hit_rate": round(hits / queries, 4) if queries else None,
+        "prompt_tokens": int(sum(r.prompt_tokens for r in run.records)),
+        "preemptions": int(sum(c.preemptions for c in run.engine)),
+        "requests_per_replica": per_replica,
+        "errors": sum(1 for r in run.records if not r.ok),
+        "simulated_s": run.simulated_s,
+    }
+
+
+def run_sim_case(requests: Sequence[BenchRequest], *, model_kind: str, kv_cache_tokens: int,
+                 concurrency: int, seeds: Sequence[int]) -> dict[str, Any]:
+    """Every in-process arm over ``seeds``: mean hit rate, its range, and each seed's run."""
+    profile_name = SIM_PROFILES[model_kind]
+    arms: dict[str, Any] = {}
+    for strategy in SIM_ARMS:
+        runs = [run_sim_arm(requests, strategy=strategy, profile_name=profile_name,
+                            kv_cache_tokens=kv_cache_tokens, concurrency=concurrency, seed=s)
+                for s in seeds]
+        rates = [r["prefix_cache_hit_rate"] for r in runs]
+        arms[strategy] = {
+            "prefix_cache_hit_rate": round(statistics.fmean(rates), 4),
+            "hit_rate_min": min(rates), "hit_rate_max": max(rates),
+            "runs": [{"seed": s, **r} for s, r in zip(seeds, runs, strict=True)],
+        }
+    return {"profile": profile_name, "seeds": list(seeds),
+            "kv_blocks": kv_blocks(kv_cache_tokens, get_profile(profile_name)), "arms": arms}
+
+
+def ranking(rates: Mapping[str, float]) -> list[str]:
+    """Arms from the highest hit rate down (ties keep the given order)."""
+    return sorted(rates, key=lambda arm: -rates[arm])
+
+
+def compare(real: Mapping[str, float | None], sim: Mapping[str, float],
+            tolerance: float = TOLERANCE) -> dict[str, Any]:
+    """Per arm: real, simulated, difference; and whether the two rank the arms alike.
+
+    Only arms with both figures are compared. ``pairs_disagreeing`` lists the pairs ordered
+    differently, with both gaps, so a swap of two near-equal arms can be told from a real
+    disagreement."""
+    arms = [arm for arm in sim if real.get(arm) is not None]
+    real_rates = {arm: float(real[arm]) for arm in arms}  # type: ignore[arg-type]
+    rows = {arm: {"real": real_rates[arm], "sim": sim[arm],
+                  "difference": round(sim[arm] - real_rates[arm], 4),
+                  "within_tolerance": abs(sim[arm] - real_rates[arm]) <= tolerance}
+            for arm in arms}
+    disagreeing = []
+    for i, a in enumerate(arms):
+        for b in arms[i + 1:]:
+            real_gap, sim_gap = real_rates[a] - real_rates[b], sim[a] - sim[b]
+            if real_gap * sim_gap < 0 or (real_gap == 0) != (sim_gap == 0):
+                disagreeing.append({"arms": [a, b], "real_gap": round(real_gap, 4),
+                                    "sim_gap": round(sim_gap, 4)})
+    real_order = ranking(real_rates)
+    sim_order = ranking({arm: sim[arm] for arm in arms})
+    return {
+        "tolerance": tolerance,
+        "arms": rows,
+        "all_within_tolerance": all(row["within_tolerance"] for row in rows.values()),
+        "max_abs_difference": max((abs(r["difference"]) for r in rows.values()), default=None),
+        "real_ranking": real_order, "sim_ranking": sim_order,
+        "ranking_agrees": real_order == sim_order,
+        "pairs_disagreeing": disagreeing,
+    }
+
+
+def fitted_sim_section(requests: Sequence[BenchRequest], *, model_kind: str,
+                       kv_cache_tokens: int, concurrency: int,
+                       real: Mapping[str, float | None], seeds: Sequence[int]
+                       ) -> dict[str, Any]:
+    """What a realvllm case document carries under ``fitted_sim``."""
+    sim = run_sim_case(requests, model_kind=model_kind, kv_cache_tokens=kv_cache_tokens,
+                       concurrency=concurrency, seeds=seeds)
+    means = {arm: row["prefix_cache_hit_rate"] for arm, row in sim["arms"].items()}
+    return {**sim, "comparison": compare(real, means)}
+
+
+def print_comparison(name: str, section: Mapping[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    comparison = section["comparison"]
+    table = Table(title=f"{name}: engine hit rate, real vLLM vs fitted sim "
+                        f"({section['profile']}, mean of {len(section['seeds'])} seeds)")
+    for column in ("arm", "real", "sim", "sim range", "sim - real", f"within {TOLERANCE}"):
+        table.add_column(column, justify="left" if column == "arm" else "right")
+    for arm, row in comparison["arms"].items():
+        arm_sim = section["arms"][arm]
+        table.add_row(arm, f"{row['real']:.3f}", f"{row['sim']:.3f}",
+                      f"{arm_sim['hit_rate_min']:.3f}-{arm_sim['hit_rate_max']:.3f}",
+                      f"{row['difference']:+.3f}", "yes" if row["within_tolerance"] else "NO")
+    console.print(table)
+    console.print(f"ranking real: {' > '.join(comparison['real_ranking'])}\n"
+                  f"ranking sim:  {' > '.join(comparison['sim_ranking'])}  "
+                  f"({'agrees' if comparison['ranking_agrees'] else 'differs'})")
+
+
+def compare_result(real_document: Mapping[str, Any], seeds: Sequence[int]) -> dict[str, Any]:
+    """The fitted simulator against a realvllm result written earlier (its cases rebuilt from
+    the recorded quick flag and seed: the same requests)."""
+    from kvgate.bench.scenarios.realvllm import cases, requests_for
+
+    out: dict[str, Any] = {}
+    seed = int(real_document.get("seed", 0))
+    for case in cases(bool(real_document.get("quick"))):
+        case_document = real_document["cases"].get(case.name)
+        if case_document is None:
+            continue
+        served = case_document["model"]["name"]
+        real = {arm: n.get("prefix_cache_hit_rate")
+                for arm, n in case_document["comparison"].items()}
+        out[case.name] = fitted_sim_section(
+            requests_for(case, served, seed), model_kind=case.model,
+            kv_cache_tokens=case.kv_cache_tokens, concurrency=case.concurrency, real=real,
+            seeds=seeds)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kvgate.bench.scenarios.realvllm_sim",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--real", type=Path, required=True, help="a realvllm result JSON")
+    parser.add_argument("--seeds", type=int, default=SIM_SEEDS)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    from rich.console import Console
+
+    document = compare_result(json.loads(args.real.read_text()), range(args.seeds))
+    console = Console()
+    for name, section in document.items():
+        print_comparison(name, section, console)
+    if args.out is not None:
+        args.out.write_text(json.dumps({"real": str(args.real), "cases": document},
+                                       indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
