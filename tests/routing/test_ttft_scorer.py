@@ -28,7 +28,7 @@ def scorer(fleet: list[Deployment], clock: Clock | None = None) -> TTFTScorer:
 
 def pick(s: TTFTScorer, fleet: list[Deployment], prompt: float,
          matched: list[float]) -> tuple[Deployment, dict[str, object]]:
-    decision, _ = s.choose(fleet, [prompt - m for m in matched], matched, max(matched))
+    decision, _ = s.choose(fleet, prompt, matched, max(matched))
     return decision.deployment, decision.explanation
 
 

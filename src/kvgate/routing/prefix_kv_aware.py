@@ -90,8 +90,7 @@ class PrefixKVAware(StrategyDefaults):
             matched = [state.matched_tokens[p] for p in positions]
         prompt_tokens = state.fingerprint.total_tokens
         decision, _ = self._scorer.choose(
-            candidates, [prompt_tokens - m for m in matched], matched, state.best_match_tokens,
-            positions=positions)
+            candidates, prompt_tokens, matched, state.best_match_tokens, positions=positions)
         explanation = decision.explanation
         explanation["matched_blocks"] = state.matched_blocks[
             self._position[decision.deployment]]

@@ -33,8 +33,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import compress, repeat
-from operator import eq
-from typing import Any
+from operator import eq, le
+from typing import Any, overload
 
 from kvgate.config.schema import PrefixRoutingSettings
 from kvgate.core.deployment import Deployment, RouteDecision
@@ -78,6 +78,30 @@ class _Replica:
         self.mean_tokens = 0.0
         self.configured_capacity = configured_capacity
         self.capacity_tokens = math.inf if configured_capacity is None else configured_capacity
+
+
+class _Remaining(Sequence[float]):
+    """``prompt_tokens - matched[i]``, computed for the few candidates a decision reads it
+    of, instead of a list over the whole fleet."""
+
+    __slots__ = ("_matched", "_prompt")
+
+    def __init__(self, prompt_tokens: float, matched: Sequence[float]) -> None:
+        self._prompt = prompt_tokens
+        self._matched = matched
+
+    def __len__(self) -> int:
+        return len(self._matched)
+
+    @overload
+    def __getitem__(self, i: int) -> float: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[float]: ...
+
+    def __getitem__(self, i: int | slice) -> float | Sequence[float]:
+        if isinstance(i, slice):
+            return [self._prompt - m for m in self._matched[i]]
+        return self._prompt - self._matched[i]
 
 
 class TTFTScorer:
@@ -203,7 +227,7 @@ class TTFTScorer:
 
     # -- the choice -------------------------------------------------------------------------
 
-    def choose(self, candidates: Sequence[Deployment], uncached: Sequence[float],
+    def choose(self, candidates: Sequence[Deployment], prompt_tokens: float,
                matched: Sequence[float], best_match: float, *,
                positions: Sequence[int] | None = None,
                offloaded: Sequence[float] | None = None,
@@ -211,11 +235,12 @@ class TTFTScorer:
                ) -> tuple[RouteDecision, int]:
         """The decision and the chosen candidate's index in ``candidates``.
 
-        ``uncached[i]`` / ``matched[i]`` are ``candidates[i]``'s tokens to compute / already
-        held; ``best_match`` is the most any deployment of the model holds (a failover attempt
-        away from it is a spill). ``positions``: the candidates' places in the deployment list
-        (None: the candidates are the whole list, in order). ``offloaded[i]``: tokens held in
-        the CPU tier, loaded instead of computed.
+        ``matched[i]``: tokens of the prompt ``candidates[i]`` already holds (on its GPU);
+        ``offloaded[i]``: tokens after those it holds in the CPU tier, loaded instead of
+        computed; it computes the rest. ``best_match`` is the most any deployment of the
+        model holds (a failover attempt away from it is a spill). ``positions``: the
+        candidates' places in the deployment list (None: the candidates are the whole list,
+        in order).
         """
         now_s = self._clock()
         if now_s - self._refreshed_s >= _REFRESH_S:
@@ -225,30 +250,37 @@ class TTFTScorer:
         else:
             base = [self._base[p] for p in positions]
             rate = [self._rate[p] for p in positions]
-        headroom, capacity, min_headroom = self._footprint(positions)
-        costs = [b + r * u for b, r, u in zip(base, rate, uncached, strict=True)]
-        busy = self._busy_replicas
-        if busy:
-            # NOTE: the prefill a request adds delays whatever arrives behind it there. With
-            # the fleet idle nobody waits, so only this request's TTFT counts; the busier the
-            # fleet, the more a recompute costs others: weighted by the share of replicas with
-            # prefill queued. Without it a burst for one prefix copies it onto every replica
-            # whose queue is a little shorter, evicting others' prefixes to do it.
-            share = busy / len(self._replicas)
-            costs = [c + share * r * u for c, r, u in zip(costs, rate, uncached, strict=True)]
-        evict_s: list[float] | None = None
-        if max(uncached) > min_headroom:  # some replica would evict to take its share
-            ps = positions if positions is not None else range(len(costs))
-            fits = [self._replicas[p].fit.s_per_token for p in ps]
-            # The tokens it would push out, each one recompute later, and the more so the more
-            # the replica was already sent beyond its size (an over-committed replica's
-            # victims are younger): (placed + U) / capacity.
-            evict_s = [k * min(u, u - h) * (c - h + u) / c if u > h else 0.0
-                       for k, u, h, c in zip(fits, uncached, headroom, capacity, strict=True)]
-            costs = [c + e for c, e in zip(costs, evict_s, strict=True)]
-        if offloaded is not None:
+        uncached: Sequence[float]
+        if offloaded is None:
+            uncached = _Remaining(prompt_tokens, matched)
+        else:
+            uncached = [max(0.0, prompt_tokens - m - o)
+                        for m, o in zip(matched, offloaded, strict=True)]
+        # NOTE: the prefill a request adds delays whatever arrives behind it there. With the
+        # fleet idle nobody waits, so only this request's TTFT counts; the busier the fleet,
+        # the more a recompute costs others: weighted by the share of replicas with prefill
+        # queued. Without it a burst for one prefix copies it onto every replica whose queue
+        # is a little shorter, evicting others' prefixes to do it.
+        factor = 1.0 + self._busy_replicas / len(self._replicas)
+        if offloaded is None:  # one pass over the fleet: the common case
+            costs = [b + r * (prompt_tokens - m) * factor
+                     for b, r, m in zip(base, rate, matched, strict=True)]
+        else:
             load = self._load_s_per_token
-            costs = [c + load * t for c, t in zip(costs, offloaded, strict=True)]
+            costs = [b + r * u * factor + load * o
+                     for b, r, u, o in zip(base, rate, uncached, offloaded, strict=True)]
+        evict_s: dict[int, float] = {}
+        if prompt_tokens - min(matched) > self._least_headroom(positions):  # someone evicts
+            # Eviction only adds cost, so only candidates already below the cheapest one's
+            # total can still win: price those (usually a handful), not the whole fleet.
+            first = costs.index(min(costs))
+            evict_s[first] = self._eviction_s(positions, first, uncached[first])
+            bound = costs[first] + evict_s[first]
+            for i in compress(range(len(costs)), map(le, costs, repeat(bound))):
+                if i not in evict_s:
+                    evict_s[i] = self._eviction_s(positions, i, uncached[i])
+            for i, e in evict_s.items():
+                costs[i] += e
         best = min(costs)
         ties = costs.count(best)
         if ties == 1:
@@ -258,6 +290,7 @@ class TTFTScorer:
             least = min(uncached[i] for i in tied)
             tied = [i for i in tied if uncached[i] == least]  # equal cost: the least work,
             if len(tied) > 1:  # then the emptiest KV, then in turn
+                headroom, capacity = self._footprint(positions)
                 fill = [0.0 if math.isinf(capacity[i]) else (capacity[i] - headroom[i])
                         / capacity[i] for i in tied]
                 emptiest = min(fill)
@@ -273,15 +306,16 @@ class TTFTScorer:
             "strategy": self.name,
             "outcome": outcome,
             "matched_tokens": tokens_value(matched[pick]),
-            "predicted_ttft_ms": round((best - (evict_s[pick] if evict_s else 0.0)) * 1e3, 3),
+            "predicted_ttft_ms": round((base[pick] + rate[pick] * uncached[pick] + (
+                self._load_s_per_token * offloaded[pick] if offloaded is not None else 0.0))
+                * 1e3, 3),
             "runner_up_margin_ms": round((runner_up - best) * 1e3, 3),
             "candidates": {
                 candidates[i].id: {
                     "matched_tokens": tokens_value(matched[i]),
                     "uncached_tokens": tokens_value(uncached[i]),
                     "predicted_cost_ms": round(costs[i] * 1e3, 3),
-                    **({"eviction_ms": round(evict_s[i] * 1e3, 3)}
-                       if evict_s and evict_s[i] else {}),
+                    **({"eviction_ms": round(evict_s[i] * 1e3, 3)} if evict_s.get(i) else {}),
                     **(details or {}).get(candidates[i], {}),
                 }
                 for i in shown
@@ -289,9 +323,38 @@ class TTFTScorer:
         }
         return RouteDecision(candidates[pick], explanation), pick
 
+    def _eviction_s(self, positions: Sequence[int] | None, i: int, uncached: float) -> float:
+        """Candidate ``i``'s eviction cost: the tokens taking ``uncached`` would push out,
+        each one recompute later, and the more so the more the replica was already sent
+        beyond its size (an over-committed replica's victims are younger):
+        ``(placed + U) / capacity``."""
+        p = i if positions is None else positions[i]
+        replica = self._replicas[p]
+        capacity = replica.capacity_tokens
+        placed = self._placed.totals()
+        if math.isinf(capacity):
+            capacity = sum(placed) / len(placed) or math.inf  # see _footprint
+        headroom = capacity - placed[p]
+        if uncached <= headroom:
+            return 0.0
+        return (replica.fit.s_per_token * min(uncached, uncached - headroom)
+                * (capacity - headroom + uncached) / capacity)
+
+    def _least_headroom(self, positions: Sequence[int] | None) -> float:
+        """The least KV headroom (tokens) among the candidates, cheaply: a decision builds
+        the per-candidate lists only when some candidate would have to evict."""
+        if not self._unknown_capacity:
+            if positions is None:
+                return self._min_headroom
+            return min(self._headroom[p] for p in positions)
+        if self._unknown_capacity == len(self._replicas):
+            placed = self._placed.totals()
+            return sum(placed) / len(placed) - max(placed) if any(placed) else math.inf
+        return min(self._footprint(positions)[0])
+
     def _footprint(self, positions: Sequence[int] | None
-                   ) -> tuple[Sequence[float], Sequence[float], float]:
-        """The candidates' KV headroom and capacity (tokens), and the least headroom.
+                   ) -> tuple[Sequence[float], Sequence[float]]:
+        """The candidates' KV headroom and capacity, in tokens.
 
         NOTE: a replica whose KV size is unknown (an engine that publishes no
         ``vllm:cache_config_info``, no ``kv_capacity_tokens`` set) is assumed to hold its
@@ -302,16 +365,14 @@ class TTFTScorer:
         ps: Sequence[int] = positions if positions is not None else range(len(self._replicas))
         if not self._unknown_capacity:
             if positions is None:
-                return self._headroom, [r.capacity_tokens for r in self._replicas], (
-                    self._min_headroom)
-            headroom = [self._headroom[p] for p in ps]
-            return headroom, [self._replicas[p].capacity_tokens for p in ps], min(headroom)
+                return self._headroom, [r.capacity_tokens for r in self._replicas]
+            return ([self._headroom[p] for p in ps],
+                    [self._replicas[p].capacity_tokens for p in ps])
         placed = self._placed.totals()
         fair = sum(placed) / len(placed) or math.inf
         capacity = [c if (c := self._replicas[p].capacity_tokens) != math.inf else fair
                     for p in ps]
-        headroom = [c - placed[p] for c, p in zip(capacity, ps, strict=True)]
-        return headroom, capacity, min(headroom)
+        return [c - placed[p] for c, p in zip(capacity, ps, strict=True)], capacity
 
     # -- observability ----------------------------------------------------------------------
 

@@ -196,14 +196,12 @@ class PreciseKVAware(StrategyDefaults):
         if candidates == self._deployments:
             positions: list[int] | None = None
             matched, offloaded = state.matched_tokens, state.offloaded_tokens
-            uncached = state.uncached_tokens
         else:
             positions = [self._position[d] for d in candidates]
             matched = [state.matched_tokens[p] for p in positions]
             offloaded = [state.offloaded_tokens[p] for p in positions]
-            uncached = [state.uncached_tokens[p] for p in positions]
         decision, _ = self._scorer.choose(
-            candidates, uncached, matched, max(state.matched_tokens, default=0.0),
+            candidates, state.prompt_tokens, matched, max(state.matched_tokens, default=0.0),
             positions=positions, offloaded=offloaded if any(offloaded) else None,
             details=state.details)
         plan = self._plans[decision.deployment]
