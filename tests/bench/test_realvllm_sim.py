@@ -114,3 +114,21 @@ def test_simulated_prompts_are_as_long_as_the_real_ones() -> None:
         assert per_request == pytest.approx(real_tokens[case.name], abs=10)
         output = case.workload.output_tokens
         assert ((per_request + output) // 32 == (real_tokens[case.name] + output) // 32)
+
+
+def test_a_slower_replica_draws_less_load_aware_traffic() -> None:
+    """The what-if behind the real runs' uneven splits: when one replica runs slower (its
+    core shared with other work), load-aware arms send more to the other one."""
+    case = cases(quick=False)[1]  # text
+    profile = get_profile(SIM_PROFILES[case.model])
+    requests = requests_for(case, profile.served_model_name, 0)
+    even = run_sim_arm(requests, strategy="least_busy", profile_name=profile.name,
+                       kv_cache_tokens=case.kv_cache_tokens, concurrency=case.concurrency,
+                       seed=0)
+    slowed = run_sim_arm(requests, strategy="least_busy", profile_name=profile.name,
+                         kv_cache_tokens=case.kv_cache_tokens, concurrency=case.concurrency,
+                         seed=0, time_factors=[1.0, 4.0])
+    assert abs(even["requests_per_replica"][0] - even["requests_per_replica"][1]) <= 4
+    fast, slow = slowed["requests_per_replica"]
+    assert fast > 2 * slow
+    assert slowed["simulated_s"] > even["simulated_s"]

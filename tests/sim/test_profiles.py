@@ -41,3 +41,15 @@ def test_offload_transfer_is_cheaper_than_recomputing_a_block() -> None:
     for profile in PROFILES.values():
         recompute_s = profile.block_size * profile.compute_s_per_token
         assert profile.block_load_s < recompute_s / 10
+
+
+def test_slowed_scales_every_duration_and_nothing_else() -> None:
+    llava = get_profile("cpu-tiny-llava")
+    slow = llava.slowed(3.0)
+    assert slow.step_overhead_s == pytest.approx(3 * llava.step_overhead_s)
+    assert slow.compute_s_per_token == pytest.approx(3 * llava.compute_s_per_token)
+    assert slow.frontend_s == pytest.approx(3 * llava.frontend_s)
+    assert slow.vision_encoder_s_per_token == pytest.approx(3 * llava.vision_encoder_s_per_token)
+    assert slow.num_gpu_blocks == llava.num_gpu_blocks and slow.block_size == llava.block_size
+    assert slow.block_load_s == llava.block_load_s
+    assert llava.slowed(1.0) == llava

@@ -39,6 +39,9 @@ class EngineCounters:
     requests: float = 0.0
     #: Seconds requests spent waiting to be scheduled, summed (the histogram's ``_sum``).
     queue_time_sum_s: float = 0.0
+    #: Gaps between consecutive tokens of a request: their sum and count.
+    itl_sum_s: float = 0.0
+    itl_count: float = 0.0
 
     def delta(self, earlier: EngineCounters) -> EngineCounters:
         """What happened between ``earlier`` and this reading."""
@@ -77,6 +80,8 @@ _SERIES = {
     "vllm:time_to_first_token_seconds_count": "ttft_count",
     "vllm:request_success_total": "requests",
     "vllm:request_queue_time_seconds_sum": "queue_time_sum_s",
+    "vllm:inter_token_latency_seconds_sum": "itl_sum_s",
+    "vllm:inter_token_latency_seconds_count": "itl_count",
 }
 
 

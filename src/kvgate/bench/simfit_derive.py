@@ -9,8 +9,8 @@ model's weights are a few MB: no step is bound by reading them), is
 so each constant comes from one fit of the measured points (``simfit`` records them):
 
 - ``compute_s_per_token``, ``attn_s_per_token_pair``: the engine's prefill time of cold text
-  prompts (``vllm:request_prefill_time_seconds``) against [1, n, n(n+1)/2]; a negative
-  quadratic term is not physical, and the linear fit is used instead (attention 0);
+  prompts (``vllm:request_prefill_time_seconds``) against [1, n, n(n+1)/2]; a negative term
+  is not physical, and is dropped from the fit (its constant 0);
 - ``step_overhead_s``: the intercept of the mean inter-token gap against the batch size
   (``vllm:inter_token_latency_seconds``, B sequences decoding together);
 - ``kv_read_s_per_token``: the slope of the batch-1 gap against the context length;
@@ -72,15 +72,23 @@ def medians(points: Sequence[Point]) -> list[dict[str, Any]]:
 def fit_prefill(points: Sequence[Point]) -> tuple[LinearFit, bool]:
     """Engine prefill seconds against [1, n, n(n+1)/2] over cold prompts; (fit, quadratic).
 
-    Falls back to [1, n] (quadratic False) when the quadratic term comes out negative."""
+    Neither term may be negative (a cost per token or per pair is not): a negative quadratic
+    term falls back to [1, n] (quadratic False), a negative linear one to [1, n(n+1)/2]."""
     ns = [float(p["new_tokens"]) for p in points]
     ys = [float(p["prefill_s"]) for p in points]
     quadratic = least_squares([[1.0, n, n * (n + 1) / 2] for n in ns], ys)
-    if quadratic.coefficients[2] >= 0:
-        return quadratic, True
-    linear = fit_line(ns, ys)
-    return LinearFit((*linear.coefficients, 0.0), linear.residual_rms, linear.r_squared,
-                     linear.num_points), False
+    _, per_token, per_pair = quadratic.coefficients
+    if per_pair < 0:
+        linear = fit_line(ns, ys)
+        return _padded(linear, (*linear.coefficients, 0.0)), False
+    if per_token < 0:
+        pairs = least_squares([[1.0, n * (n + 1) / 2] for n in ns], ys)
+        return _padded(pairs, (pairs.coefficients[0], 0.0, pairs.coefficients[1])), True
+    return quadratic, True
+
+
+def _padded(fit: LinearFit, coefficients: tuple[float, ...]) -> LinearFit:
+    return LinearFit(coefficients, fit.residual_rms, fit.r_squared, fit.num_points)
 
 
 def derive_round(points: Sequence[Point], image_tokens: int) -> dict[str, Any]:
@@ -157,20 +165,27 @@ def _prefill_row(n: float) -> list[float]:
 
 
 def derive(points: Sequence[Point], image_tokens: int) -> dict[str, Any]:
-    """Constants per round, their spread over rounds, and the medians a profile takes."""
+    """The constants a profile takes, from every round's points at once (each probe's median
+    over all its repeats), and each round's own fit, whose spread is their uncertainty.
+
+    Pooled rather than a median of per-round constants: compute and attention trade off in
+    each fit, and the medians of the two taken from different rounds need not fit together."""
     rounds = sorted({int(p["round"]) for p in points})
     if not rounds:
         raise FitError("no points")
+    pooled = derive_round(points, image_tokens)
     per_round = [derive_round([p for p in points if p["round"] == r], image_tokens)
                  for r in rounds]
     spreads = {name: spread([r["constants"][name] for r in per_round]) for name in CONSTANTS}
     predicted = {str(n): spread([r["model_check"]["prefill_s_at_tokens"][str(n)]
                                  for r in per_round]) for n in PREDICT_AT_TOKENS}
     return {
+        "pooled": pooled,
         "rounds": per_round,
         "spread": spreads,
         "prefill_s_at_tokens_spread": predicted,
-        "profile_constants": {name: _significant(spreads[name]["median"]) for name in CONSTANTS},
+        "profile_constants": {name: _significant(pooled["constants"][name])
+                              for name in CONSTANTS},
     }
 
 

@@ -69,6 +69,17 @@ class Profile:
         """A copy with some fields replaced (e.g. num_gpu_blocks from --kv-blocks)."""
         return replace(self, **changes)  # type: ignore[arg-type]
 
+    def slowed(self, factor: float) -> Profile:
+        """A copy whose engine and front end take ``factor`` times as long (a replica sharing
+        its cores with other work); capacity and the offload link are unchanged."""
+        return replace(self, **{name: getattr(self, name) * factor for name in _TIMES})
+
+
+#: The fields that are durations (per step, token, pair, sequence or request).
+_TIMES = ("step_overhead_s", "weight_read_s", "compute_s_per_token", "attn_s_per_token_pair",
+          "kv_read_s_per_token", "per_seq_overhead_s", "frontend_s",
+          "image_preprocess_s_per_token", "vision_encoder_s_per_token")
+
 
 # --- LLaVA-OneVision-7B (Qwen2-7B LM + SigLIP-400M) on one A40 (48 GB, 696 GB/s, ~150 TFLOPS) ---
 # KV: 28 layers x 4 KV heads x 128 dims x 2 (K, V) x 2 bytes = 57,344 B/token.
@@ -136,12 +147,13 @@ LLAMA_31_8B_H100 = Profile(
 # --- The tiny random-weight models of kvgate.testing.vllm on real vLLM 0.32's CPU build -------
 # Fitted to measurements, not estimated: `kvgate bench scenario simfit` started one replica of
 # each model with the options the realvllm scenario uses (5,120 KV tokens, --block-size 32) and
-# wrote benchmarks/results/simfit.json; every timing constant below is the median over its 3
-# rounds of models.<kind>.profile_constants there (the spread is in models.<kind>.spread and
-# docs/SIMULATOR.md). Capacity comes from the replica's vllm:cache_config_info. Wall seconds
-# of two shared CPU cores: these profiles model the suite's test replicas, not a GPU.
-# weight_read_s is 0: the models' weights are a few MB, and the fixed cost of a step is
-# step_overhead_s (the decode fit's intercept).
+# wrote benchmarks/results/simfit.json (2026-12-05 03:00 UTC, 2 shared cores, load average 3-5
+# from other work). Each timing constant is models.<kind>.profile_constants there: one fit of
+# all 3 rounds x 3 repeats (each probe's median); each round's own fit gives the range in
+# models.<kind>.spread, quoted in docs/SIMULATOR.md. Capacity is the replica's
+# vllm:cache_config_info. Wall seconds of tiny models on CPU: these profiles model the test
+# suite's replicas, not a GPU. weight_read_s is 0: the weights are a few MB, and a step's fixed
+# cost is step_overhead_s (the decode fit's intercept).
 _TINY_SCHEDULER = {
     # vLLM 0.32's `vllm serve` defaults on CPU (engine/arg_utils.py) and its encoder cache
     # (config/scheduler.py: sized to max_num_batched_tokens). From the source, not measured.
@@ -159,12 +171,12 @@ CPU_TINY_LLAMA = Profile(
     name="cpu-tiny-llama",
     served_model_name="tiny-llama",
     prompt_format=TINY_CHATML,
-    step_overhead_s=0.00607,  # decode: mean inter-token gap vs batch size, intercept
-    compute_s_per_token=2.03e-05,  # cold prefill time vs [1, n, n(n+1)/2], the n term
-    attn_s_per_token_pair=3.24e-08,  # the same fit, the n(n+1)/2 term
-    kv_read_s_per_token=9.93e-08,  # batch-1 inter-token gap vs context, slope
-    per_seq_overhead_s=0.000406,  # gap vs batch slope - compute - KV read at its context
-    frontend_s=0.00923,  # client TTFT - engine queue - engine prefill, median
+    step_overhead_s=0.00398,  # mean inter-token gap vs batch size 1-8: intercept
+    compute_s_per_token=1.41e-05,  # cold prefill (engine) vs [1, n, n(n+1)/2]: the n term
+    attn_s_per_token_pair=2.97e-08,  # the same fit: the n(n+1)/2 term
+    kv_read_s_per_token=3.59e-07,  # batch-1 inter-token gap vs context 78-4,014: slope
+    per_seq_overhead_s=4.74e-05,  # gap vs batch slope - compute - KV read at its context
+    frontend_s=0.0183,  # client TTFT - engine queue - engine prefill, cold text: median
     image_preprocess_s_per_token=0.0,
     vision_encoder_s_per_token=0.0,
     encoder_cache_tokens=0,
@@ -175,16 +187,16 @@ CPU_TINY_LLAVA = Profile(
     name="cpu-tiny-llava",
     served_model_name="tiny-llava",
     prompt_format=TINY_LLAVA_CHATML,  # 576 vision tokens per image
-    step_overhead_s=0.0033,
-    compute_s_per_token=1.87e-05,
-    attn_s_per_token_pair=1.37e-08,
-    kv_read_s_per_token=1.85e-07,
-    per_seq_overhead_s=9.64e-05,
-    frontend_s=0.00928,
-    # A cold 512x512 image prompt's front end beyond the text fit at its length, per token.
-    image_preprocess_s_per_token=1.8e-05,
-    # Its prefill beyond what the text prefill fit predicts for its length, per token.
-    vision_encoder_s_per_token=1.44e-05,
+    step_overhead_s=0.00304,  # as for cpu-tiny-llama, on tiny-llava's 2-layer decoder
+    compute_s_per_token=1.47e-05,
+    attn_s_per_token_pair=6.71e-09,
+    kv_read_s_per_token=6.18e-08,
+    per_seq_overhead_s=7.38e-05,
+    frontend_s=0.0177,
+    # A cold 512x512 image prompt's front end beyond the text front end, per vision token.
+    image_preprocess_s_per_token=1.85e-05,
+    # Its engine prefill beyond what the text prefill fit predicts for its length, per token.
+    vision_encoder_s_per_token=9.9e-06,
     encoder_cache_tokens=2048,  # vLLM: encoder_cache_size = max_num_batched_tokens (source)
     kv_bytes_per_token=1024,  # cache_config_info kv_cache_memory_bytes / kv_cache_size_tokens
     **_TINY_SCHEDULER,  # type: ignore[arg-type]

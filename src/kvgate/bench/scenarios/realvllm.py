@@ -120,6 +120,9 @@ def _hit_rate(before: Sequence[EngineCounters], after: Sequence[EngineCounters],
         "engine_ttft_mean_ms_per_replica": [
             round(d.ttft_sum_s / d.ttft_count * 1000, 1) if d.ttft_count else None
             for d in delta],
+        "engine_itl_mean_ms_per_replica": [
+            round(d.itl_sum_s / d.itl_count * 1000, 2) if d.itl_count else None
+            for d in delta],
     }
 
 

@@ -14,7 +14,8 @@ due at the same instant send), because the real gateway breaks ties at random to
 says how far one real run may sit from the simulator's mean for reasons that are not the
 engine model. vllm-router runs only against real replicas.
 
-Standalone, against a real result already written::
+Standalone, against a real result already written (``--slow-replica 3``: what if the second
+replica ran 3x slower, as one sharing its core with other work does)::
 
     python -m kvgate.bench.scenarios.realvllm_sim --real benchmarks/results/realvllm.json
 """
@@ -74,15 +75,16 @@ def deployment_settings(profile: Profile, strategy: str, replicas: int
 
 def run_sim_arm(requests: Sequence[BenchRequest], *, strategy: str, profile_name: str,
                 kv_cache_tokens: int, concurrency: int, seed: int, replicas: int = 2,
-                ) -> dict[str, Any]:
-    """One arm, one seed: the engines' prefix-cache figures and where requests went."""
+                time_factors: Sequence[float] | None = None) -> dict[str, Any]:
+    """One arm, one seed: the engines' prefix-cache figures and where requests went.
+    ``time_factors``: replica i runs that many times slower than the fitted profile."""
     profile = get_profile(profile_name)
     run = run_virtual(
         requests, strategy=strategy, profile_name=profile_name, replicas=replicas,
         kv_blocks=kv_blocks(kv_cache_tokens, profile), concurrency=concurrency, seed=seed,
         routing=RoutingSettings(strategy=strategy, seed=seed),
         deployment_settings=deployment_settings(profile, strategy, replicas),
-        kv_events=strategy in _READS_KV_EVENTS,
+        kv_events=strategy in _READS_KV_EVENTS, replica_time_factors=time_factors,
     )
     queries = sum(c.prefix_cache_queries for c in run.engine)
     hits = sum(c.prefix_cache_hits for c in run.engine)
@@ -98,13 +100,15 @@ def run_sim_arm(requests: Sequence[BenchRequest], *, strategy: str, profile_name
 
 
 def run_sim_case(requests: Sequence[BenchRequest], *, model_kind: str, kv_cache_tokens: int,
-                 concurrency: int, seeds: Sequence[int]) -> dict[str, Any]:
+                 concurrency: int, seeds: Sequence[int],
+                 time_factors: Sequence[float] | None = None) -> dict[str, Any]:
     """Every in-process arm over ``seeds``: mean hit rate, its range, and each seed's run."""
     profile_name = SIM_PROFILES[model_kind]
     arms: dict[str, Any] = {}
     for strategy in SIM_ARMS:
         runs = [run_sim_arm(requests, strategy=strategy, profile_name=profile_name,
-                            kv_cache_tokens=kv_cache_tokens, concurrency=concurrency, seed=s)
+                            kv_cache_tokens=kv_cache_tokens, concurrency=concurrency, seed=s,
+                            time_factors=time_factors)
                 for s in seeds]
         rates = [r["prefix_cache_hit_rate"] for r in runs]
         arms[strategy] = {
@@ -113,6 +117,7 @@ def run_sim_case(requests: Sequence[BenchRequest], *, model_kind: str, kv_cache_
             "runs": [{"seed": s, **r} for s, r in zip(seeds, runs, strict=True)],
         }
     return {"profile": profile_name, "seeds": list(seeds),
+            "replica_time_factors": list(time_factors or [1.0, 1.0]),
             "kv_blocks": kv_blocks(kv_cache_tokens, get_profile(profile_name)), "arms": arms}
 
 
@@ -156,11 +161,11 @@ def compare(real: Mapping[str, float | None], sim: Mapping[str, float],
 
 def fitted_sim_section(requests: Sequence[BenchRequest], *, model_kind: str,
                        kv_cache_tokens: int, concurrency: int,
-                       real: Mapping[str, float | None], seeds: Sequence[int]
-                       ) -> dict[str, Any]:
+                       real: Mapping[str, float | None], seeds: Sequence[int],
+                       time_factors: Sequence[float] | None = None) -> dict[str, Any]:
     """What a realvllm case document carries under ``fitted_sim``."""
     sim = run_sim_case(requests, model_kind=model_kind, kv_cache_tokens=kv_cache_tokens,
-                       concurrency=concurrency, seeds=seeds)
+                       concurrency=concurrency, seeds=seeds, time_factors=time_factors)
     means = {arm: row["prefix_cache_hit_rate"] for arm, row in sim["arms"].items()}
     return {**sim, "comparison": compare(real, means)}
 
@@ -169,8 +174,10 @@ def print_comparison(name: str, section: Mapping[str, Any], console: Any) -> Non
     from rich.table import Table
 
     comparison = section["comparison"]
+    slowed = "" if set(section["replica_time_factors"]) == {1.0} else (
+        f", replica speeds x{section['replica_time_factors']}")
     table = Table(title=f"{name}: engine hit rate, real vLLM vs fitted sim "
-                        f"({section['profile']}, mean of {len(section['seeds'])} seeds)")
+                        f"({section['profile']}{slowed}, mean of {len(section['seeds'])} seeds)")
     for column in ("arm", "real", "sim", "sim range", "sim - real", f"within {TOLERANCE}"):
         table.add_column(column, justify="left" if column == "arm" else "right")
     for arm, row in comparison["arms"].items():
@@ -184,7 +191,8 @@ def print_comparison(name: str, section: Mapping[str, Any], console: Any) -> Non
                   f"({'agrees' if comparison['ranking_agrees'] else 'differs'})")
 
 
-def compare_result(real_document: Mapping[str, Any], seeds: Sequence[int]) -> dict[str, Any]:
+def compare_result(real_document: Mapping[str, Any], seeds: Sequence[int],
+                   time_factors: Sequence[float] | None = None) -> dict[str, Any]:
     """The fitted simulator against a realvllm result written earlier (its cases rebuilt from
     the recorded quick flag and seed: the same requests)."""
     from kvgate.bench.scenarios.realvllm import cases, requests_for
@@ -201,7 +209,7 @@ def compare_result(real_document: Mapping[str, Any], seeds: Sequence[int]) -> di
         out[case.name] = fitted_sim_section(
             requests_for(case, served, seed), model_kind=case.model,
             kv_cache_tokens=case.kv_cache_tokens, concurrency=case.concurrency, real=real,
-            seeds=seeds)
+            seeds=seeds, time_factors=time_factors)
     return out
 
 
@@ -211,16 +219,21 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--real", type=Path, required=True, help="a realvllm result JSON")
     parser.add_argument("--seeds", type=int, default=SIM_SEEDS)
+    parser.add_argument("--slow-replica", type=float, default=1.0, metavar="FACTOR",
+                        help="what-if: the second simulated replica runs FACTOR times slower "
+                             "(as when other work shares its core)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     from rich.console import Console
 
-    document = compare_result(json.loads(args.real.read_text()), range(args.seeds))
+    factors = None if args.slow_replica == 1.0 else [1.0, args.slow_replica]
+    document = compare_result(json.loads(args.real.read_text()), range(args.seeds), factors)
     console = Console()
     for name, section in document.items():
         print_comparison(name, section, console)
     if args.out is not None:
-        args.out.write_text(json.dumps({"real": str(args.real), "cases": document},
+        args.out.write_text(json.dumps({"real": str(args.real), "replica_time_factors":
+                                        factors or [1.0, 1.0], "cases": document},
                                        indent=2) + "\n")
     return 0
 

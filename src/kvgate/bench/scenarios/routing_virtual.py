@@ -134,16 +134,20 @@ def run_virtual(requests: Sequence[BenchRequest], *, strategy: str, profile_name
                 replicas: int, kv_blocks: int | None, concurrency: int, think_s: float = 0.0,
                 seed: int = 0, routing: RoutingSettings | None = None,
                 deployment_settings: Sequence[Mapping[str, Any]] | None = None,
-                kv_events: bool = False) -> VirtualRun:
+                kv_events: bool = False,
+                replica_time_factors: Sequence[float] | None = None) -> VirtualRun:
     """Route ``requests`` with ``strategy`` onto ``replicas`` engines, closed loop; a
     conversation's next turn is sent ``think_s`` after the previous answer ended.
 
     ``deployment_settings``: extra settings per deployment (block size, tokenizer, image
     tokens, KV events), as a gateway config gives them; ``kv_events``: every engine's KV events
-    reach the strategy (``precise_kv``, whose deployments then need ``kv_events`` settings)."""
+    reach the strategy (``precise_kv``, whose deployments then need ``kv_events`` settings);
+    ``replica_time_factors``: replica i runs that many times slower than the profile."""
     profile = get_profile(profile_name)
+    factors = list(replica_time_factors or [1.0] * replicas)
     sinks = [CollectingSink() for _ in range(replicas)] if kv_events else None
-    engines = [Engine(profile, EngineConfig(num_gpu_blocks=kv_blocks, enable_kv_events=kv_events),
+    engines = [Engine(profile if factors[i] == 1.0 else profile.slowed(factors[i]),
+                      EngineConfig(num_gpu_blocks=kv_blocks, enable_kv_events=kv_events),
                       sink=None if sinks is None else sinks[i]) for i in range(replicas)]
     model = orjson.loads(requests[0].body)["model"] if requests else strategy
     fleet = VirtualFleet(engines, strategy, routing or RoutingSettings(strategy=strategy,

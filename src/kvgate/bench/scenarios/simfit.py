@@ -20,15 +20,20 @@ profiles in :mod:`kvgate.sim.profiles` copy. Times are wall seconds on this mach
 whatever else runs on it: the result records the load average before and after.
 
 Run: kvgate bench scenario simfit --out benchmarks/results/simfit.json  (about 4 minutes;
-``--quick``: one round, fewer points, numbers not meaningful).
+``--quick``: one round, fewer points, numbers not meaningful). The fits are a pure function of
+the recorded points: ``python -m kvgate.bench.scenarios.simfit --refit FILE`` recomputes them.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from kvgate.bench.images import generate_png, png_data_url
@@ -190,7 +195,9 @@ def measure_model(env: VllmEnvironment, kind: str, options: ScenarioOptions,
         prober = _Prober(replica.url, model, options.quick)
         prober.warm_up()
         points: list[dict[str, Any]] = []
+        load_per_round = []
         for index in range(1 if options.quick else ROUNDS):
+            load_per_round.append(_load_average()[0])
             points += prober.round(index, log)
             log(f"{model.spec.name}: round {index} done ({len(points)} points)")
         rss_gib = round(replica.rss_bytes() / 2**30, 2)
@@ -208,6 +215,7 @@ def measure_model(env: VllmEnvironment, kind: str, options: ScenarioOptions,
         "cache_config": {key: labels.get(key) for key in _CACHE_LABELS},
         "scheduler_defaults": VLLM_CPU_SCHEDULER,
         "startup_s": replica.startup_s, "rss_gib": rss_gib,
+        "load_average_1m_per_round": load_per_round,
         "wall_s": round(time.monotonic() - started, 1),
         **fitted,
         "points": points,
@@ -221,7 +229,7 @@ def _load_average() -> list[float]:
 def print_table(document: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
-    table = Table(title="simfit: fitted constants (median over rounds; relative spread)")
+    table = Table(title="simfit: fitted constants (all rounds pooled; each round's own fit)")
     table.add_column("constant")
     for kind, result in document["models"].items():
         table.add_column(f"{kind} ({result['model']['name']})", justify="right")
@@ -229,7 +237,8 @@ def print_table(document: dict[str, Any], console: Any) -> None:
         cells = []
         for result in document["models"].values():
             s = result["spread"][name]
-            cells.append(f"{s['median']:.3g} ({s['relative_spread']:.0%})")
+            cells.append(f"{result['profile_constants'][name]:.3g} "
+                         f"({s['min']:.2g} .. {s['max']:.2g})")
         table.add_row(name, *cells)
     for label in ("num_gpu_blocks", "block_size"):
         table.add_row(label, *(str(r["cache_config"][label])
@@ -266,3 +275,30 @@ def run(options: ScenarioOptions) -> dict[str, Any]:
     if console is not None:
         print_table(document, console)
     return document
+
+
+def refit(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` with every model's fits recomputed from its recorded points."""
+    for result in document["models"].values():
+        result.update(derive(result["points"], result["model"]["image_tokens"]))
+        # Keep the points last, as measure_model writes them.
+        result["points"] = result.pop("points")
+    return document
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kvgate.bench.scenarios.simfit",
+                                     description="Recompute a simfit result's fits from its "
+                                                 "recorded points.")
+    parser.add_argument("--refit", type=Path, required=True, help="a simfit result JSON")
+    parser.add_argument("--out", type=Path, default=None, help="default: overwrite --refit")
+    args = parser.parse_args(argv)
+    document = refit(json.loads(args.refit.read_text()))
+    (args.out or args.refit).write_text(json.dumps(document, indent=2) + "\n")
+    for kind, result in document["models"].items():
+        print(kind, json.dumps(result["profile_constants"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
