@@ -84,10 +84,9 @@ def test_cells_are_sized_to_their_regime(swept: tuple[dict[str, Any], Path]) -> 
     document, _ = swept
     for cell in document["cells"]:
         regime = cell["regime"]
-        usable = regime["kv_blocks"] - 1
-        assert usable == math.ceil(regime["kv_ratio_target"] * regime["working_set_blocks"]) \
-            or usable == pytest.approx(regime["kv_ratio_target"]
-                                       * regime["working_set_blocks"], abs=1)
+        usable = regime["kv_blocks"] - 1  # block 0 is the null block
+        assert usable == pytest.approx(
+            regime["kv_ratio_target"] * regime["working_set_blocks"], abs=1)
         assert regime["kv_ratio"] == pytest.approx(regime["kv_ratio_target"], rel=0.02)
         assert regime["rate_per_s"] == pytest.approx(
             regime["load_target"] * regime["capacity_per_s"], rel=1e-3)
@@ -105,6 +104,7 @@ def test_targets_and_heat_maps(swept: tuple[dict[str, Any], Path]) -> None:
         partitioned = row["kv_ratio"] < 1 <= row["kv_ratio"] * REPLICAS
         assert ("vs_round_robin" in row["checks"]) is partitioned
     assert set(document["targets"]) == {"all_met", "per_check", "failed"}
+    assert len(document["routing_sources_sha256"]) == 64
     for spec in sweep_workloads(quick=True):
         png = plots / f"sweep_{spec.name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

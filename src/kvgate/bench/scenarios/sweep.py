@@ -20,13 +20,16 @@ the simulator's (engine model, simulated seconds), none a GPU's.
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
 from typing import Any
 
+import kvgate.routing
 from kvgate import __version__
 from kvgate.bench.api import RESULT_FORMAT, host_info
 from kvgate.bench.scenarios import ScenarioOptions
@@ -41,7 +44,6 @@ from kvgate.bench.scenarios.sweep_run import ARMS, REPLICAS, Arm, PreparedWorklo
 from kvgate.bench.scenarios.sweep_sizing import SLO_FACTOR
 from kvgate.bench.scenarios.sweep_workloads import sweep_workloads
 from kvgate.bench.workloads import parameters
-from kvgate.routing import STRATEGIES
 
 COMMAND = "kvgate bench scenario sweep --out benchmarks/results/sweep.json --plots docs/img"
 KV_RATIOS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -87,8 +89,9 @@ def run_task(task: Task) -> list[dict[str, Any]]:
 
 def available_arms() -> tuple[list[Arm], list[str]]:
     """The arms whose strategy is registered, and the names of those that are not."""
-    present = [arm for arm in ARMS if arm.name in STRATEGIES]
-    return present, [arm.name for arm in ARMS if arm.name not in STRATEGIES]
+    registered = kvgate.routing.STRATEGIES
+    present = [arm for arm in ARMS if arm.name in registered]
+    return present, [arm.name for arm in ARMS if arm.name not in registered]
 
 
 def run_tasks(tasks: list[Task], jobs: int, console: Any) -> list[dict[str, Any]]:
@@ -116,6 +119,19 @@ def run_tasks(tasks: list[Task], jobs: int, console: Any) -> list[dict[str, Any]
             done.append(future.result())
             progress(task, done[-1], started_s)
     return [cell for cells in done for cell in cells]
+
+
+def routing_sources_digest() -> str:
+    """sha256 over the routing package's sources and the virtual fleet: results whose
+    digests match came from the same strategies (the scorer under test changes often)."""
+    from kvgate.bench import virtual_fleet
+
+    package = Path(kvgate.routing.__file__).parent
+    digest = hashlib.sha256()
+    for path in [*sorted(package.rglob("*.py")), Path(virtual_fleet.__file__)]:
+        digest.update(str(path.relative_to(package.parent)).encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def _schedule(schedule: object) -> dict[str, Any]:
@@ -148,6 +164,7 @@ def run(options: ScenarioOptions) -> dict[str, Any]:
         "host": host_info(),
         "source": "simulator (in-process engines, virtual clock) + the gateway's routing code",
         "command": COMMAND,
+        "routing_sources_sha256": routing_sources_digest(),
         "replicas": REPLICAS,
         "grid": {"kv_ratios": list(kv_ratios), "loads": list(loads), "seeds": list(seeds)},
         "arms": [arm.name for arm in arms],

@@ -5,6 +5,8 @@
 - ``chat`` (Llama-3.1-8B on H100): 256 users x 4 turns, every conversation starting with the
   same 1,000-token system prompt and a 2,000-token history of its own, 100-token answers;
   users arrive as a Poisson stream and each next turn comes a think time after the answer.
+  Turns resend the workload's own filler answers (bodies are built before the run), so a
+  turn's cached prefix ends at the previous question, as in ``kvgate bench run``.
 - ``shared_prefix`` (Llama-3.1-8B on H100): 64 prefixes of 2,048 tokens x 16 questions of 128,
   128 output tokens, sent as fan-outs of 4 requests on one prefix; Poisson fan-outs.
 - ``trace`` (Llama-3.1-8B on H100): a synthetic Mooncake-style trace of 1,024 entries, its own
