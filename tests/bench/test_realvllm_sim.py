@@ -13,10 +13,13 @@ from kvgate.bench.scenarios.realvllm_sim import (
     SIM_PROFILES,
     compare,
     deployment_settings,
+    fitted_sim_section,
     kv_blocks,
     ranking,
+    replica_time_factors,
     run_sim_arm,
     run_sim_case,
+    summarize,
 )
 from kvgate.config.schema import DeploymentSettings
 from kvgate.sim.profiles import get_profile
@@ -132,3 +135,48 @@ def test_a_slower_replica_draws_less_load_aware_traffic() -> None:
     fast, slow = slowed["requests_per_replica"]
     assert fast > 2 * slow
     assert slowed["simulated_s"] > even["simulated_s"]
+
+
+def test_replica_time_factors_are_gaps_over_the_fastest() -> None:
+    assert replica_time_factors([9.0, 3.0]) == [3.0, 1.0]
+    assert replica_time_factors([4.0, 4.0]) == [1.0, 1.0]
+    assert replica_time_factors([4.0, None]) is None
+    assert replica_time_factors([]) is None
+
+
+def _section(real: dict[str, float], sim: dict[str, float]) -> dict[str, object]:
+    return {"arms": {arm: {"prefix_cache_hit_rate": rate} for arm, rate in sim.items()},
+            "comparison": compare(real, sim)}
+
+
+def test_summarize_compares_the_mean_of_the_real_runs() -> None:
+    sim = {"round_robin": 0.50, "prefix_kv_aware": 0.80}
+    runs = [{"text": _section({"round_robin": 0.48, "prefix_kv_aware": 0.60}, sim)},
+            {"text": _section({"round_robin": 0.52, "prefix_kv_aware": 0.80}, sim)}]
+    summary = summarize(runs)["text"]
+    assert summary["real_runs"] == {"round_robin": [0.48, 0.52],
+                                    "prefix_kv_aware": [0.60, 0.80]}
+    mean = summary["mean_of_real_runs"]
+    assert mean["arms"]["round_robin"]["difference"] == pytest.approx(0.0)
+    assert mean["arms"]["prefix_kv_aware"]["difference"] == pytest.approx(0.1)
+    assert not mean["all_within_tolerance"] and mean["ranking_agrees"]
+    assert summary["runs_ranking_agrees"] == [True, True]
+    assert summary["speed_matched_runs"]["round_robin"] == [None, None]
+
+
+def test_the_section_adds_speed_matched_arms_from_the_real_gaps() -> None:
+    case = cases(quick=False)[1]
+    profile = get_profile(SIM_PROFILES[case.model])
+    section = fitted_sim_section(
+        requests_for(case, profile.served_model_name, 0), model_kind=case.model,
+        kv_cache_tokens=case.kv_cache_tokens, concurrency=case.concurrency,
+        real={"least_busy": 0.4, "round_robin": 0.35}, seeds=range(1),
+        real_itl_ms={"least_busy": [16.0, 4.0], "round_robin": [None, 3.0]})
+    assert section["comparison"]["arms"].keys() == {"least_busy", "round_robin"}
+    matched = section["speed_matched"]
+    assert matched["arms"].keys() == {"least_busy"}  # round robin's gaps are incomplete
+    arm = matched["arms"]["least_busy"]
+    assert arm["replica_time_factors"] == [4.0, 1.0]
+    (slow, fast), = arm["requests_per_replica"]
+    assert fast > slow
+    assert matched["comparison"]["arms"]["least_busy"]["real"] == 0.4

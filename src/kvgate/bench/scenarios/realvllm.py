@@ -229,7 +229,9 @@ def run_case(case: Case, env: VllmEnvironment, options: ScenarioOptions,
         requests, model_kind=case.model, kv_cache_tokens=case.kv_cache_tokens,
         concurrency=case.concurrency, seeds=range(SIM_SEEDS),
         real={label: n.get("prefix_cache_hit_rate")
-              for label, n in document["comparison"].items()})
+              for label, n in document["comparison"].items()},
+        real_itl_ms={label: n["engine_itl_mean_ms_per_replica"]
+                     for label, n in document["comparison"].items()})
     document["model"] = {"name": served, "path": str(model.path), **model.info,
                          "image_tokens": model.spec.image_tokens,
                          "spec": asdict(model.spec)}

@@ -14,6 +14,13 @@ due at the same instant send), because the real gateway breaks ties at random to
 says how far one real run may sit from the simulator's mean for reasons that are not the
 engine model. vllm-router runs only against real replicas.
 
+The fitted replicas are identical; the real ones, on two cores shared with the gateway, the
+load generator and whatever else runs, are not: during one arm a replica's mean inter-token
+gap can be several times the other's, and load-aware arms send less to the slow one. So each
+arm also runs once more with each simulated replica slowed by its real counterpart's gap
+relative to the faster one (``speed_matched``): a diagnostic of that one condition, not a
+second fit (a whole-arm mean cannot follow contention that comes and goes within it).
+
 Standalone, against a real result already written (``--slow-replica 3``: what if the second
 replica ran 3x slower, as one sharing its core with other work does)::
 
@@ -159,15 +166,57 @@ def compare(real: Mapping[str, float | None], sim: Mapping[str, float],
     }
 
 
+def replica_time_factors(itl_ms: Sequence[float | None]) -> list[float] | None:
+    """Each real replica's mean inter-token gap over the fastest one's (>= 1), or None when a
+    replica reported none. Decode batches differ little in cost on these models (the fitted
+    per-sequence cost is ~2 % of a step), so the ratio is mostly how much slower it ran."""
+    if not itl_ms or any(x is None or x <= 0 for x in itl_ms):
+        return None
+    gaps = [float(x) for x in itl_ms if x is not None]
+    fastest = min(gaps)
+    return [round(x / fastest, 3) for x in gaps]
+
+
+def speed_matched(requests: Sequence[BenchRequest], *, model_kind: str, kv_cache_tokens: int,
+                  concurrency: int, real: Mapping[str, float | None],
+                  real_itl_ms: Mapping[str, Sequence[float | None]], seeds: Sequence[int],
+                  ) -> dict[str, Any]:
+    """Each arm with its replicas slowed as the real arm's were (see the module docstring)."""
+    profile_name = SIM_PROFILES[model_kind]
+    arms: dict[str, Any] = {}
+    for strategy in SIM_ARMS:
+        factors = replica_time_factors(real_itl_ms.get(strategy) or ())
+        if factors is None:
+            continue
+        runs = [run_sim_arm(requests, strategy=strategy, profile_name=profile_name,
+                            kv_cache_tokens=kv_cache_tokens, concurrency=concurrency, seed=s,
+                            replicas=len(factors), time_factors=factors) for s in seeds]
+        rates = [r["prefix_cache_hit_rate"] for r in runs]
+        arms[strategy] = {"replica_time_factors": factors,
+                          "prefix_cache_hit_rate": round(statistics.fmean(rates), 4),
+                          "hit_rate_min": min(rates), "hit_rate_max": max(rates),
+                          "requests_per_replica": [r["requests_per_replica"] for r in runs]}
+    means = {arm: row["prefix_cache_hit_rate"] for arm, row in arms.items()}
+    return {"arms": arms, "comparison": compare(real, means)}
+
+
 def fitted_sim_section(requests: Sequence[BenchRequest], *, model_kind: str,
                        kv_cache_tokens: int, concurrency: int,
                        real: Mapping[str, float | None], seeds: Sequence[int],
-                       time_factors: Sequence[float] | None = None) -> dict[str, Any]:
-    """What a realvllm case document carries under ``fitted_sim``."""
+                       time_factors: Sequence[float] | None = None,
+                       real_itl_ms: Mapping[str, Sequence[float | None]] | None = None,
+                       ) -> dict[str, Any]:
+    """What a realvllm case document carries under ``fitted_sim``; with the real arms'
+    per-replica inter-token gaps, also ``speed_matched``."""
     sim = run_sim_case(requests, model_kind=model_kind, kv_cache_tokens=kv_cache_tokens,
                        concurrency=concurrency, seeds=seeds, time_factors=time_factors)
     means = {arm: row["prefix_cache_hit_rate"] for arm, row in sim["arms"].items()}
-    return {**sim, "comparison": compare(real, means)}
+    section = {**sim, "comparison": compare(real, means)}
+    if real_itl_ms:
+        section["speed_matched"] = speed_matched(
+            requests, model_kind=model_kind, kv_cache_tokens=kv_cache_tokens,
+            concurrency=concurrency, real=real, real_itl_ms=real_itl_ms, seeds=seeds)
+    return section
 
 
 def print_comparison(name: str, section: Mapping[str, Any], console: Any) -> None:
@@ -178,13 +227,20 @@ def print_comparison(name: str, section: Mapping[str, Any], console: Any) -> Non
         f", replica speeds x{section['replica_time_factors']}")
     table = Table(title=f"{name}: engine hit rate, real vLLM vs fitted sim "
                         f"({section['profile']}{slowed}, mean of {len(section['seeds'])} seeds)")
-    for column in ("arm", "real", "sim", "sim range", "sim - real", f"within {TOLERANCE}"):
+    matched = (section.get("speed_matched") or {}).get("arms", {})
+    for column in ("arm", "real", "sim", "sim range", "sim - real", f"within {TOLERANCE}",
+                   "speed-matched", "slowdowns"):
         table.add_column(column, justify="left" if column == "arm" else "right")
     for arm, row in comparison["arms"].items():
         arm_sim = section["arms"][arm]
+        arm_matched = matched.get(arm)
         table.add_row(arm, f"{row['real']:.3f}", f"{row['sim']:.3f}",
                       f"{arm_sim['hit_rate_min']:.3f}-{arm_sim['hit_rate_max']:.3f}",
-                      f"{row['difference']:+.3f}", "yes" if row["within_tolerance"] else "NO")
+                      f"{row['difference']:+.3f}", "yes" if row["within_tolerance"] else "NO",
+                      "-" if arm_matched is None else
+                      f"{arm_matched['prefix_cache_hit_rate']:.3f}",
+                      "-" if arm_matched is None else
+                      "/".join(f"{f:.2g}" for f in arm_matched["replica_time_factors"]))
     console.print(table)
     console.print(f"ranking real: {' > '.join(comparison['real_ranking'])}\n"
                   f"ranking sim:  {' > '.join(comparison['sim_ranking'])}  "
@@ -206,10 +262,35 @@ def compare_result(real_document: Mapping[str, Any], seeds: Sequence[int],
         served = case_document["model"]["name"]
         real = {arm: n.get("prefix_cache_hit_rate")
                 for arm, n in case_document["comparison"].items()}
+        itl = {arm: n["engine_itl_mean_ms_per_replica"]
+               for arm, n in case_document["comparison"].items()
+               if n.get("engine_itl_mean_ms_per_replica")}
         out[case.name] = fitted_sim_section(
             requests_for(case, served, seed), model_kind=case.model,
             kv_cache_tokens=case.kv_cache_tokens, concurrency=case.concurrency, real=real,
-            seeds=seeds, time_factors=time_factors)
+            seeds=seeds, time_factors=time_factors, real_itl_ms=itl)
+    return out
+
+
+def summarize(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per case and arm, over several real runs: each run's real and speed-matched hit rate,
+    the fitted simulator's (the same in every run: same requests, same seeds), and whether the
+    mean of the real runs is within the tolerance and ranks the arms alike."""
+    out: dict[str, Any] = {}
+    for name in runs[0]:
+        sections = [run[name] for run in runs if name in run]
+        sim = {arm: row["prefix_cache_hit_rate"] for arm, row in sections[0]["arms"].items()}
+        real_runs = {arm: [sec["comparison"]["arms"][arm]["real"] for sec in sections
+                           if arm in sec["comparison"]["arms"]] for arm in sim}
+        mean_real = {arm: round(statistics.fmean(rates), 4)
+                     for arm, rates in real_runs.items() if rates}
+        matched = {arm: [sec.get("speed_matched", {}).get("arms", {}).get(arm, {})
+                         .get("prefix_cache_hit_rate") for sec in sections] for arm in sim}
+        out[name] = {
+            "real_runs": real_runs, "speed_matched_runs": matched,
+            "runs_ranking_agrees": [sec["comparison"]["ranking_agrees"] for sec in sections],
+            "mean_of_real_runs": compare(mean_real, sim),
+        }
     return out
 
 
@@ -217,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kvgate.bench.scenarios.realvllm_sim",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--real", type=Path, required=True, help="a realvllm result JSON")
+    parser.add_argument("--real", type=Path, nargs="+", required=True,
+                        help="realvllm result JSON files (several: also a summary over them)")
     parser.add_argument("--seeds", type=int, default=SIM_SEEDS)
     parser.add_argument("--slow-replica", type=float, default=1.0, metavar="FACTOR",
                         help="what-if: the second simulated replica runs FACTOR times slower "
@@ -227,14 +309,29 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     factors = None if args.slow_replica == 1.0 else [1.0, args.slow_replica]
-    document = compare_result(json.loads(args.real.read_text()), range(args.seeds), factors)
     console = Console()
-    for name, section in document.items():
-        print_comparison(name, section, console)
+    runs = []
+    for path in args.real:
+        document = compare_result(json.loads(path.read_text()), range(args.seeds), factors)
+        console.print(f"[bold]{path}")
+        for name, section in document.items():
+            print_comparison(name, section, console)
+        runs.append(document)
+    summary = summarize(runs)
+    for name, row in summary.items():
+        mean = row["mean_of_real_runs"]
+        console.print(f"{name}, mean of {len(args.real)} real run(s): max |sim - real| "
+                      f"{mean['max_abs_difference']}, ranking "
+                      f"{'agrees' if mean['ranking_agrees'] else 'differs'}; per run: "
+                      f"{row['runs_ranking_agrees']}")
     if args.out is not None:
-        args.out.write_text(json.dumps({"real": str(args.real), "replica_time_factors":
-                                        factors or [1.0, 1.0], "cases": document},
-                                       indent=2) + "\n")
+        args.out.write_text(json.dumps({
+            "command": "python -m kvgate.bench.scenarios.realvllm_sim " + " ".join(
+                argv if argv is not None else sys.argv[1:]),
+            "real": [str(path) for path in args.real],
+            "replica_time_factors": factors or [1.0, 1.0], "summary": summary,
+            "runs": [{"real": str(path), "cases": run} for path, run in zip(
+                args.real, runs, strict=True)]}, indent=2) + "\n")
     return 0
 
 
