@@ -1,16 +1,15 @@
 """How fast each replica is, learned from what the gateway sees it do.
 
-Two figures per replica, both online and both forgetting (a replica that slows down, or a
-prior that was wrong, is overwritten by a few dozen requests):
+Two lines per replica (:mod:`kvgate.routing.ttft_ledger`), both :class:`LineFit`, both online
+and both forgetting (a replica that slows down, or a prior that was wrong, is overwritten by a
+few dozen requests): time to first token against the prefill tokens ahead of the first token
+(the replica's queued prefill plus the request's own uncached tokens), and the decode step
+against the batch it ran in (from the gaps between a stream's tokens).
 
-- :class:`PrefillFit`: time to first token against the prefill tokens ahead of the first
-  token (the replica's queued prefill plus the request's own uncached tokens), as a straight
-  line ``ttft = fixed_s + s_per_token x tokens`` fitted by ridge regression whose old samples
-  fade, geometrically per new sample and with age. The prior is the ridge penalty and never
-  fades: against a steady flow of samples it weighs about a tenth, and a replica nobody sends
-  work to drifts back to it instead of keeping one bad spell's figures for ever.
-- :class:`StepTimer`: the replica's current decode step, from the gaps between a stream's
-  tokens, as a moving average that starts at the prior.
+Each is ``y = intercept + slope x x`` fitted by ridge regression whose old samples fade,
+geometrically per new sample and with age. The prior is the ridge penalty and never fades:
+against a steady flow of samples it weighs about a tenth, and a replica nobody sends work to
+drifts back to it instead of keeping one bad spell's figures for ever.
 
 Nothing here reads a clock: callers hand in measured seconds, so the same code learns from the
 gateway's wall clock and from the simulator's virtual one.
@@ -25,84 +24,68 @@ import math
 _MIN_S_PER_TOKEN = 1e-9
 
 
-class PrefillFit:
-    """``ttft_s ~ fixed_s + s_per_token x tokens`` by least squares with forgetting."""
+class LineFit:
+    """``y ~ intercept + slope x x`` by ridge regression with forgetting."""
 
-    __slots__ = ("_forget", "_half_life_s", "_prior_fixed", "_prior_slope", "_sampled_s",
-                 "_slope_weight", "_sums", "_weight", "fixed_s", "s_per_token", "samples")
+    __slots__ = ("_forget", "_half_life_s", "_prior_intercept", "_prior_slope", "_sampled_s",
+                 "_slope_weight", "_sums", "_weight", "intercept", "samples", "slope")
 
-    def __init__(self, *, s_per_token: float, fixed_s: float, span_tokens: float,
+    def __init__(self, *, slope: float, intercept: float, span: float,
                  prior_weight: float = 2.0, forget: float = 0.95, half_life_s: float = 60.0
                  ) -> None:
-        """``prior_weight``: how many samples the prior is worth: for the intercept, and for
-        the slope as if those samples were ``span_tokens`` apart (a typical prefill). So
-        samples of one size (every request a cache hit) move the intercept and leave the
-        slope at the prior, which only samples of different sizes can move. ``forget``: each
-        new sample multiplies the weight of the samples before it by this (0.95: ~20
-        samples); ``half_life_s``: and they halve in weight every this many seconds."""
+        """The prior is worth ``prior_weight`` samples: on the line's level where the
+        samples are (their weighted mean x), and on its slope as if those samples were
+        ``span`` apart (a typical spread of x: a prefill chunk, a few sequences). Samples of
+        one size (every request a cache hit) move the level there and leave the slope at the
+        prior; only samples of different sizes move the slope, and the level's prior, taken
+        at the samples' own centre, cannot tilt it. ``forget``: each new sample multiplies
+        the weight of the samples before it by this (0.95: ~20 samples); ``half_life_s``:
+        and they halve in weight every this many seconds."""
         self._forget = forget
         self._half_life_s = half_life_s
-        self._prior_fixed = fixed_s
-        self._prior_slope = s_per_token
+        self._prior_intercept = intercept
+        self._prior_slope = slope
         self._weight = prior_weight
-        self._slope_weight = prior_weight * span_tokens * span_tokens
+        self._slope_weight = prior_weight * span * span
         # Fading weighted sums of the samples: w, wx, wy, wxx, wxy.
         self._sums = [0.0] * 5
         self._sampled_s = 0.0
         self.samples = 0
-        self.s_per_token = s_per_token
-        self.fixed_s = fixed_s
+        self.slope = slope
+        self.intercept = intercept
 
-    def observe(self, tokens: float, ttft_s: float, now_s: float) -> None:
-        """One request's first token came ``ttft_s`` after dispatch with ``tokens`` of prefill
-        ahead of it (its own uncached tokens included); ``now_s``: when, on any clock."""
-        if tokens < 0 or ttft_s < 0:
+    def observe(self, x: float, y: float, now_s: float) -> None:
+        """One sample (e.g. a first token ``y`` seconds after dispatch with ``x`` prefill
+        tokens ahead of it); ``now_s``: when, on any clock."""
+        if x < 0 or y < 0:
             return
         # NOTE: one sample can be far off the line for reasons the line does not model (a
         # replica whose cache lost what routing believed it held recomputes it): it may move
         # the fit, but by no more than a sample three times the prediction would.
-        ttft_s = min(ttft_s, 3.0 * self.predict_s(tokens) + 0.01)
+        y = min(y, 3.0 * self.predict(x) + 0.01)
         fade = self._forget * math.exp2(-max(0.0, now_s - self._sampled_s) / self._half_life_s)
         self._sampled_s = now_s
         sums = self._sums
-        for i, value in enumerate((1.0, tokens, ttft_s, tokens * tokens, tokens * ttft_s)):
+        for i, value in enumerate((1.0, x, y, x * x, x * y)):
             sums[i] = sums[i] * fade + value
         self.samples += 1
         sw, swx, swy, swxx, swxy = sums
-        # Ridge regression: the prior is a penalty on the intercept's and the slope's
-        # distances from their prior values, so the normal equations gain those terms.
-        a = sw + self._weight
-        b = swx
-        d = swxx + self._slope_weight
-        e = swy + self._weight * self._prior_fixed
-        f = swxy + self._slope_weight * self._prior_slope
-        det = a * d - b * b
-        fixed = (e * d - b * f) / det
-        slope = (a * f - b * e) / det
-        if fixed < 0.0:
+        mean_x, mean_y = swx / sw, swy / sw
+        # Centred: y = level + slope x (x - mean_x), each with its own prior (ridge).
+        spread = max(0.0, swxx - sw * mean_x * mean_x)
+        covariance = swxy - sw * mean_x * mean_y
+        lam, prior_slope = self._slope_weight, self._prior_slope
+        slope = (covariance + lam * prior_slope) / (spread + lam)
+        prior_level = self._prior_intercept + prior_slope * mean_x
+        level = (sw * mean_y + self._weight * prior_level) / (sw + self._weight)
+        intercept = level - slope * mean_x
+        if intercept < 0.0:
             # NOTE: a negative intercept means the points bend (queueing grows faster than
             # linearly); a line through the origin fits them better than one that predicts
             # negative times for short prompts.
-            fixed, slope = 0.0, f / d
-        self.s_per_token, self.fixed_s = max(slope, _MIN_S_PER_TOKEN), fixed
+            intercept = 0.0
+            slope = (swxy + lam * prior_slope) / (swxx + lam)
+        self.slope, self.intercept = max(slope, _MIN_S_PER_TOKEN), intercept
 
-    def predict_s(self, tokens: float) -> float:
-        return self.fixed_s + self.s_per_token * tokens
-
-
-class StepTimer:
-    """A replica's decode step time (seconds), a moving average of observed token gaps."""
-
-    __slots__ = ("_alpha", "samples", "step_s")
-
-    def __init__(self, *, step_s: float, alpha: float = 0.2) -> None:
-        self.step_s = step_s
-        self._alpha = alpha
-        self.samples = 0
-
-    def observe(self, gap_s: float) -> None:
-        """A stream's mean gap between tokens (first token to last, over the gaps)."""
-        if gap_s <= 0:
-            return
-        self.step_s += self._alpha * (gap_s - self.step_s)
-        self.samples += 1
+    def predict(self, x: float) -> float:
+        return self.intercept + self.slope * x

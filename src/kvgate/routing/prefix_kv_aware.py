@@ -24,7 +24,8 @@ from kvgate.core.deployment import Deployment, RouteDecision
 from kvgate.routing.affinity import AffinityIndex
 from kvgate.routing.base import StrategyDefaults
 from kvgate.routing.fingerprint import Fingerprint, MessageMemo, fingerprint
-from kvgate.routing.ttft_scorer import Ticket, TTFTScorer
+from kvgate.routing.ttft_ledger import Ticket
+from kvgate.routing.ttft_scorer import TTFTScorer
 
 if TYPE_CHECKING:
     from kvgate.core.call import Call

@@ -1,0 +1,222 @@
+"""What the TTFT scorer knows of each replica, kept up to date by the attempts it follows.
+
+Per replica: the prefill tokens dispatched there whose first token has not come back, the
+requests decoding there, two learned lines (TTFT against prefill tokens ahead, decode step
+against the batch) and the KV it was sent within the eviction horizon. Every event (dispatch,
+first token, release) updates the replica's two decision constants, so a decision reads each
+candidate as ``base + rate x uncached tokens`` (:mod:`kvgate.routing.ttft_scorer`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kvgate.config.schema import PrefixRoutingSettings
+from kvgate.core.deployment import Deployment
+from kvgate.routing.calibration import LineFit
+from kvgate.routing.footprint import PlacedTokens
+
+#: Weight of a new request in a replica's means (uncached tokens, output tokens).
+_MEAN_ALPHA = 0.1
+#: The decode step's prior growth per sequence in the batch, as a share of the prior step.
+_PER_SEQUENCE_SHARE = 0.02
+#: Batch sizes apart that the step prior is worth ``prior_weight`` samples at.
+_BATCH_SPAN = 8.0
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One dispatched attempt, from ``dispatched`` to ``released``."""
+
+    position: int
+    uncached_tokens: float
+    #: Prefill tokens ahead of this request's first token at dispatch, its own included.
+    work_tokens: float
+    dispatched_s: float
+    #: The TTFT the ledger predicted at dispatch (seconds).
+    predicted_ttft_s: float = 0.0
+    first_token_s: float | None = None
+    #: Requests in the replica's batch when the first token came (for the step fit).
+    batch_at_first: int = 0
+    released: bool = False
+
+
+class Replica:
+    """One deployment's ledger and fits."""
+
+    __slots__ = ("capacity_tokens", "configured_capacity", "decoding", "error_s",
+                 "mean_output", "mean_uncached", "prefill", "queued", "step", "waiting")
+
+    def __init__(self, settings: PrefixRoutingSettings, configured_capacity: int | None
+                 ) -> None:
+        step_s = settings.decode_step_ms_prior / 1000.0
+        self.prefill = LineFit(slope=1.0 / settings.prefill_tokens_per_s_prior,
+                               intercept=0.0, span=settings.prefill_chunk_tokens)
+        self.step = LineFit(slope=_PER_SEQUENCE_SHARE * step_s, intercept=step_s,
+                            span=_BATCH_SPAN)
+        self.queued = 0.0  # prefill tokens dispatched, first token not back
+        self.waiting = 0  # requests in that state
+        self.decoding = 0  # first token back, not released
+        self.mean_uncached = 0.0
+        self.mean_output = 0.0
+        #: Mean absolute error of this replica's TTFT predictions; a decode step until measured.
+        self.error_s = step_s
+        self.configured_capacity = configured_capacity
+        self.capacity_tokens = math.inf if configured_capacity is None else configured_capacity
+
+    @property
+    def batch(self) -> int:
+        """Requests this gateway has running or queued there."""
+        return self.waiting + self.decoding
+
+
+class Ledger:
+    """Every replica of one model, in the strategy's deployment order."""
+
+    def __init__(self, deployments: Sequence[Deployment], settings: PrefixRoutingSettings, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.deployments = list(deployments)
+        self.replicas = [Replica(settings, d.settings.kv_capacity_tokens)
+                         for d in self.deployments]
+        self.placed = PlacedTokens(len(self.deployments), settings.ttl_s)
+        self._clock = clock
+        self._chunk = float(settings.prefill_chunk_tokens)
+        #: Per replica: cost = base + rate x uncached tokens; ``ttft_base`` leaves out what a
+        #: request costs others (the decode slowdown it brings), for the explanation.
+        self.base = [0.0] * len(self.deployments)
+        self.ttft_base = [0.0] * len(self.deployments)
+        self.rate = [0.0] * len(self.deployments)
+        #: Replicas with prefill queued (waiting > 0).
+        self.busy_replicas = 0
+        for position in range(len(self.deployments)):
+            self.update(position)
+
+    def update(self, position: int) -> None:
+        """Recompute the replica's decision constants after a change."""
+        replica = self.replicas[position]
+        stats = self.deployments[position].stats
+        # Requests the engine is waiting on that this gateway did not send (other gateways).
+        others = max(0.0, stats.engine_waiting - replica.waiting) * replica.mean_uncached
+        batch = replica.batch
+        step = replica.step
+        step_s = step.predict(batch + 1)
+        rate = replica.prefill.slope + step_s / self._chunk
+        self.rate[position] = rate
+        ttft_base = replica.prefill.intercept + step_s + rate * (replica.queued + others)
+        self.ttft_base[position] = ttft_base
+        # NOTE: joining the batch slows every step of the requests already in it, for as
+        # many steps as this request decodes: their time counts against the replica too, or
+        # every request would follow its prefix onto one replica until its steps crawl.
+        self.base[position] = ttft_base + step.slope * batch * replica.mean_output
+
+    def refresh(self) -> None:
+        """Engine figures (KV size) for every replica."""
+        for position, (replica, deployment) in enumerate(
+                zip(self.replicas, self.deployments, strict=True)):
+            if replica.configured_capacity is None:
+                scraped = deployment.stats.engine_kv_capacity_tokens
+                replica.capacity_tokens = scraped if scraped > 0 else math.inf
+            self.update(position)
+
+    # -- events -----------------------------------------------------------------------------
+
+    def dispatched(self, position: int, uncached_tokens: float) -> Ticket:
+        now_s = self._clock()
+        replica = self.replicas[position]
+        stats = self.deployments[position].stats
+        others = max(0.0, stats.engine_waiting - replica.waiting) * replica.mean_uncached
+        ticket = Ticket(position, uncached_tokens, replica.queued + others + uncached_tokens,
+                        now_s, self.ttft_base[position] + self.rate[position] * uncached_tokens)
+        replica.queued += uncached_tokens
+        replica.waiting += 1
+        if replica.waiting == 1:
+            self.busy_replicas += 1
+        replica.mean_uncached += _MEAN_ALPHA * (uncached_tokens - replica.mean_uncached)
+        self.placed.add(position, uncached_tokens, now_s)
+        self.update(position)
+        return ticket
+
+    def first_token(self, ticket: Ticket) -> None:
+        """The ticket's first token arrived (a stream): its prefill is done, and its time is a
+        calibration sample."""
+        if ticket.released or ticket.first_token_s is not None:
+            return
+        now_s = self._clock()
+        ticket.first_token_s = now_s
+        replica = self.replicas[ticket.position]
+        self._leave_queue(replica, ticket)
+        replica.decoding += 1
+        ticket.batch_at_first = replica.batch
+        ttft_s = now_s - ticket.dispatched_s
+        replica.error_s += _MEAN_ALPHA * (abs(ttft_s - ticket.predicted_ttft_s) - replica.error_s)
+        self._observe_ttft(replica, ticket, ttft_s, now_s)
+        self.update(ticket.position)
+
+    def released(self, ticket: Ticket, output_tokens: int) -> None:
+        """The attempt ended (answered, failed or abandoned) after ``output_tokens``."""
+        if ticket.released:
+            return
+        ticket.released = True
+        now_s = self._clock()
+        replica = self.replicas[ticket.position]
+        if ticket.first_token_s is None:
+            self._leave_queue(replica, ticket)
+            if output_tokens > 0:
+                # A blocking answer: its TTFT is the whole time less the decode steps after
+                # the first token, at the replica's current step time.
+                steps_s = (output_tokens - 1) * replica.step.predict(replica.batch + 1)
+                self._observe_ttft(replica, ticket, now_s - ticket.dispatched_s - steps_s,
+                                   now_s)
+        else:
+            replica.decoding -= 1
+            if output_tokens >= 2:
+                batch = (ticket.batch_at_first + replica.batch + 1) / 2
+                replica.step.observe(batch, (now_s - ticket.first_token_s)
+                                     / (output_tokens - 1), now_s)
+        if output_tokens > 0:
+            replica.mean_output += _MEAN_ALPHA * (output_tokens - replica.mean_output)
+        self.update(ticket.position)
+
+    def _leave_queue(self, replica: Replica, ticket: Ticket) -> None:
+        replica.waiting -= 1
+        replica.queued -= ticket.uncached_tokens
+        if replica.waiting == 0:
+            replica.queued = 0.0  # no float drift on an idle replica
+            self.busy_replicas -= 1
+
+    def _observe_ttft(self, replica: Replica, ticket: Ticket, ttft_s: float, now_s: float
+                      ) -> None:
+        work = ticket.work_tokens
+        steps_s = replica.step.predict(ticket.batch_at_first) * (1.0 + work / self._chunk)
+        replica.prefill.observe(work, max(0.0, ttft_s - steps_s), now_s)
+
+    # -- observability ----------------------------------------------------------------------
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """Per deployment id: the learned figures and the ledger, for ``/admin/stats``."""
+        placed = self.placed.totals()
+        out: dict[str, dict[str, Any]] = {}
+        for position, (replica, deployment) in enumerate(
+                zip(self.replicas, self.deployments, strict=True)):
+            prefill, step = replica.prefill, replica.step
+            out[deployment.id] = {
+                "prefill_tokens_per_s": round(1.0 / prefill.slope, 1),
+                "ttft_fixed_ms": round(prefill.intercept * 1e3, 3),
+                "decode_step_ms": round(step.intercept * 1e3, 3),
+                "decode_step_ms_per_sequence": round(step.slope * 1e3, 4),
+                "ttft_error_ms": round(replica.error_s * 1e3, 3),
+                "ttft_samples": prefill.samples,
+                "step_samples": step.samples,
+                "queued_prefill_tokens": round(replica.queued, 1),
+                "waiting_requests": replica.waiting,
+                "decoding_requests": replica.decoding,
+                "mean_output_tokens": round(replica.mean_output, 1),
+                "placed_tokens": round(placed[position], 1),
+                "kv_capacity_tokens": (None if math.isinf(replica.capacity_tokens)
+                                       else int(replica.capacity_tokens)),
+            }
+        return out
