@@ -53,8 +53,10 @@ def serve(s: TTFTScorer, clock: Clock, position: int, tokens: float) -> None:
 def test_a_long_cached_prefix_on_a_busy_replica_against_a_cold_idle_one(
         queued_tokens: int, winner: int) -> None:
     # 8k-token prompt, 7k of it cached on r0. With 2k tokens queued there, waiting beats
-    # computing 8k on idle r1; with 20k queued, the cold prefill on r1 is sooner.
-    fleet = [deployment("r0"), deployment("r1")]
+    # computing 8k on idle r1; with 20k queued, the cold prefill on r1 is sooner. The figures
+    # are HOW_ROUTING_WORKS.md's worked example.
+    fleet = [deployment("r0", kv_capacity_tokens=100_000),
+             deployment("r1", kv_capacity_tokens=100_000)]
     s = scorer(fleet)
     queue(s, 0, queued_tokens)
     chosen, explanation = pick(s, fleet, 8_000, [7_000, 0])
@@ -64,6 +66,8 @@ def test_a_long_cached_prefix_on_a_busy_replica_against_a_cold_idle_one(
     assert isinstance(candidates, dict)
     costs = {rid: c["predicted_cost_ms"] for rid, c in candidates.items()}
     assert costs[fleet[winner].id] == min(costs.values())
+    assert costs["r0"] == pytest.approx(420 if winner == 0 else 2449, abs=1)
+    assert costs["r1"] == pytest.approx(1375, abs=1)
     assert explanation["runner_up_margin_ms"] == pytest.approx(
         abs(costs["r0"] - costs["r1"]), abs=0.01)
 
