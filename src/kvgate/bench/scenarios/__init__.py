@@ -73,6 +73,11 @@ SCENARIOS: Mapping[str, ScenarioEntry] = MappingProxyType({
         "precise_kv vs prefix_kv_aware on `kvgate sim --kv-events` under memory pressure "
         "(working set 3x KV); about 3 minutes",
     ),
+    "images-seeds": ScenarioEntry(
+        "kvgate.bench.scenarios.images_seeds",
+        "the seed's images on 2 replicas (KV 55% of the images) with 8/24/50 questions per "
+        "image over 10 seeds, in virtual time, every routing arm; about 4 minutes",
+    ),
     "precise-seeds": ScenarioEntry(
         "kvgate.bench.scenarios.precise_seeds",
         "the precise scenario's policies in virtual time over 10 seeds (fan-out and steady "
