@@ -165,3 +165,33 @@ def test_publisher_down_routes_approximately_without_errors(
             sources = {c["source"] for c in result["route"]["candidates"].values()}
             assert sources == {"precise", "degraded"}
         assert served == {"replica-0", "replica-1"}
+
+
+def test_the_scorer_learns_each_replica_and_reads_its_kv_size(
+        fleet: list[dict[str, Any]]) -> None:
+    # The TTFT model end to end: streamed answers feed the replicas' fits, the scraper reads
+    # each replica's KV size from vllm:cache_config_info, and decisions explain themselves.
+    with run_gateway(config(fleet)) as gateway:
+        url = gateway.base_url + "/chat/completions"
+        for k in range(6):
+            body = {"model": "m", "max_tokens": 4, "stream": True,
+                    "messages": [{"role": "user", "content": f"{k} {DOC}"}]}
+            with httpx.stream("POST", url, json=body, timeout=30) as response:
+                assert response.status_code == 200
+                _ = [line for line in response.iter_lines()]
+        block_size = get_profile(PROFILE).block_size
+
+        def learned() -> bool:
+            ask(gateway.url, f"probe {DOC}")  # a decision re-reads the scraped figures
+            state = kv_state(gateway)
+            return all(s["kv_capacity_tokens"] == KV_BLOCKS * block_size
+                       for s in state.values())
+
+        wait_for(learned)
+        state = kv_state(gateway)
+        assert sum(s["ttft_samples"] for s in state.values()) >= 6
+        assert all(s["waiting_requests"] == 0 and s["queued_prefill_tokens"] == 0
+                   for s in state.values())
+        route = ask(gateway.url, DOC + " again")["kvgate"]["route"]
+        assert route["predicted_ttft_ms"] > 0 and "runner_up_margin_ms" in route
+        assert all("predicted_cost_ms" in c for c in route["candidates"].values())
