@@ -44,6 +44,12 @@ def test_compare_reports_differences_tolerance_and_ranking() -> None:
     assert not result["ranking_agrees"]
     (pair,) = result["pairs_disagreeing"]
     assert pair == {"arms": ["round_robin", "least_busy"], "real_gap": 0.02, "sim_gap": -0.02}
+    # ... two arms 0.02 apart on both sides: equal within the tolerance.
+    assert result["ranking_agrees_beyond_tolerance"]
+    swapped = compare({"a": 0.3, "b": 0.5}, {"a": 0.5, "b": 0.3})
+    assert not swapped["ranking_agrees"] and not swapped["ranking_agrees_beyond_tolerance"]
+    tied = compare({"a": 0.78, "b": 0.77}, {"a": 0.79, "b": 0.79})
+    assert tied["pairs_disagreeing"] and tied["ranking_agrees_beyond_tolerance"]
     agreeing = compare(real, {arm: real[arm] + 0.01 for arm in sim})
     assert agreeing["ranking_agrees"] and agreeing["all_within_tolerance"]
     assert agreeing["pairs_disagreeing"] == []

@@ -1,11 +1,12 @@
 """Hardware/model profiles: the numbers behind the simulator's timing and capacity.
 
-Every constant is derived in a comment from a public spec or a first-principles estimate
-(see docs/SIMULATOR.md, "Calibration"); none is a measurement of a real GPU unless it says so.
-The ``cpu-tiny-*`` profiles are the exception: fitted to measurements of the real vLLM CPU
-replicas the test suite starts (``kvgate bench scenario simfit``).
-The two anchors the issue fixes are the seed's measured LLaVA-OneVision-7B on A40 figures: a cold
-request with ~6.5k vision tokens has a TTFT of 1.3-2.7 s and a warm repeat about 250 ms.
+Every GPU profile constant is derived in a comment from a public spec or a first-principles
+estimate (see docs/SIMULATOR.md, "GPU profiles"); none is a measurement of a real GPU unless it
+says so. The two anchors the issue fixes are the seed's measured LLaVA-OneVision-7B on A40
+figures: a cold request with ~6.5k vision tokens has a TTFT of 1.3-2.7 s and a warm repeat
+about 250 ms. The ``cpu-tiny-*`` profiles are different: fitted to measurements of the real vLLM
+CPU replicas the test suite starts (``kvgate bench scenario simfit``; docs/SIMULATOR.md,
+"Fitted CPU profiles").
 """
 
 from __future__ import annotations

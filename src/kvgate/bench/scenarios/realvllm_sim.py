@@ -138,21 +138,24 @@ def compare(real: Mapping[str, float | None], sim: Mapping[str, float],
     """Per arm: real, simulated, difference; and whether the two rank the arms alike.
 
     Only arms with both figures are compared. ``pairs_disagreeing`` lists the pairs ordered
-    differently, with both gaps, so a swap of two near-equal arms can be told from a real
-    disagreement."""
+    differently, with both gaps; ``ranking_agrees_beyond_tolerance`` is False only when such a
+    pair is more than ``tolerance`` apart on either side, so that a swap of two arms that are
+    equal within the tolerance (or tied in the simulator) is told from a real disagreement."""
     arms = [arm for arm in sim if real.get(arm) is not None]
     real_rates = {arm: float(real[arm]) for arm in arms}  # type: ignore[arg-type]
     rows = {arm: {"real": real_rates[arm], "sim": sim[arm],
                   "difference": round(sim[arm] - real_rates[arm], 4),
                   "within_tolerance": abs(sim[arm] - real_rates[arm]) <= tolerance}
             for arm in arms}
-    disagreeing = []
+    disagreeing: list[dict[str, Any]] = []
+    widest_gap = 0.0  # of the pairs ordered differently
     for i, a in enumerate(arms):
         for b in arms[i + 1:]:
             real_gap, sim_gap = real_rates[a] - real_rates[b], sim[a] - sim[b]
             if real_gap * sim_gap < 0 or (real_gap == 0) != (sim_gap == 0):
                 disagreeing.append({"arms": [a, b], "real_gap": round(real_gap, 4),
                                     "sim_gap": round(sim_gap, 4)})
+                widest_gap = max(widest_gap, abs(real_gap), abs(sim_gap))
     real_order = ranking(real_rates)
     sim_order = ranking({arm: sim[arm] for arm in arms})
     return {
@@ -162,6 +165,7 @@ def compare(real: Mapping[str, float | None], sim: Mapping[str, float],
         "max_abs_difference": max((abs(r["difference"]) for r in rows.values()), default=None),
         "real_ranking": real_order, "sim_ranking": sim_order,
         "ranking_agrees": real_order == sim_order,
+        "ranking_agrees_beyond_tolerance": widest_gap <= tolerance,
         "pairs_disagreeing": disagreeing,
     }
 
@@ -242,9 +246,11 @@ def print_comparison(name: str, section: Mapping[str, Any], console: Any) -> Non
                       "-" if arm_matched is None else
                       "/".join(f"{f:.2g}" for f in arm_matched["replica_time_factors"]))
     console.print(table)
+    verdict = "agrees" if comparison["ranking_agrees"] else (
+        "differs only between arms within the tolerance"
+        if comparison["ranking_agrees_beyond_tolerance"] else "differs")
     console.print(f"ranking real: {' > '.join(comparison['real_ranking'])}\n"
-                  f"ranking sim:  {' > '.join(comparison['sim_ranking'])}  "
-                  f"({'agrees' if comparison['ranking_agrees'] else 'differs'})")
+                  f"ranking sim:  {' > '.join(comparison['sim_ranking'])}  ({verdict})")
 
 
 def compare_result(real_document: Mapping[str, Any], seeds: Sequence[int],
@@ -272,23 +278,41 @@ def compare_result(real_document: Mapping[str, Any], seeds: Sequence[int],
     return out
 
 
+def recompared(section: dict[str, Any]) -> dict[str, Any]:
+    """A recorded ``fitted_sim`` section with its comparisons made again by :func:`compare`
+    (runs recorded by older code lack some of its verdicts); the figures are untouched."""
+    for part in (section, section.get("speed_matched")):
+        if part:
+            real = {arm: row["real"] for arm, row in part["comparison"]["arms"].items()}
+            part["comparison"] = compare(real, {arm: row["prefix_cache_hit_rate"]
+                                                for arm, row in part["arms"].items()})
+    return section
+
+
 def summarize(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Per case and arm, over several real runs: each run's real and speed-matched hit rate,
-    the fitted simulator's (the same in every run: same requests, same seeds), and whether the
-    mean of the real runs is within the tolerance and ranks the arms alike."""
+    each run's verdicts, and the mean of the real runs against the mean of the runs' simulated
+    figures (the same requests and seeds each time)."""
     out: dict[str, Any] = {}
     for name in runs[0]:
         sections = [run[name] for run in runs if name in run]
-        sim = {arm: row["prefix_cache_hit_rate"] for arm, row in sections[0]["arms"].items()}
+        # Each run simulated with the routing code it ran: the same figures unless that changed.
+        sim = {arm: round(statistics.fmean(sec["arms"][arm]["prefix_cache_hit_rate"]
+                                           for sec in sections), 4)
+               for arm in sections[0]["arms"]}
         real_runs = {arm: [sec["comparison"]["arms"][arm]["real"] for sec in sections
                            if arm in sec["comparison"]["arms"]] for arm in sim}
         mean_real = {arm: round(statistics.fmean(rates), 4)
                      for arm, rates in real_runs.items() if rates}
         matched = {arm: [sec.get("speed_matched", {}).get("arms", {}).get(arm, {})
                          .get("prefix_cache_hit_rate") for sec in sections] for arm in sim}
+        per_run = [sec["comparison"] for sec in sections]
         out[name] = {
             "real_runs": real_runs, "speed_matched_runs": matched,
-            "runs_ranking_agrees": [sec["comparison"]["ranking_agrees"] for sec in sections],
+            "runs_max_abs_difference": [c["max_abs_difference"] for c in per_run],
+            "runs_ranking_agrees": [c["ranking_agrees"] for c in per_run],
+            "runs_ranking_agrees_beyond_tolerance": [c["ranking_agrees_beyond_tolerance"]
+                                                     for c in per_run],
             "mean_of_real_runs": compare(mean_real, sim),
         }
     return out
@@ -300,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--real", type=Path, nargs="+", required=True,
                         help="realvllm result JSON files (several: also a summary over them)")
+    parser.add_argument("--recorded", action="store_true",
+                        help="summarize the comparisons the runs recorded (fitted_sim), with "
+                             "the routing code they ran, instead of simulating again")
     parser.add_argument("--seeds", type=int, default=SIM_SEEDS)
     parser.add_argument("--slow-replica", type=float, default=1.0, metavar="FACTOR",
                         help="what-if: the second simulated replica runs FACTOR times slower "
@@ -312,7 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     runs = []
     for path in args.real:
-        document = compare_result(json.loads(path.read_text()), range(args.seeds), factors)
+        real_document = json.loads(path.read_text())
+        document = ({name: recompared(case["fitted_sim"])
+                     for name, case in real_document["cases"].items()}
+                    if args.recorded else
+                    compare_result(real_document, range(args.seeds), factors))
         console.print(f"[bold]{path}")
         for name, section in document.items():
             print_comparison(name, section, console)
@@ -322,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         mean = row["mean_of_real_runs"]
         console.print(f"{name}, mean of {len(args.real)} real run(s): max |sim - real| "
                       f"{mean['max_abs_difference']}, ranking "
-                      f"{'agrees' if mean['ranking_agrees'] else 'differs'}; per run: "
+                      f"{'agrees' if mean['ranking_agrees'] else 'differs'} (beyond "
+                      f"{TOLERANCE}: {mean['ranking_agrees_beyond_tolerance']}); per run: "
                       f"{row['runs_ranking_agrees']}")
     if args.out is not None:
         args.out.write_text(json.dumps({
