@@ -106,13 +106,14 @@ SCENARIOS: Mapping[str, ScenarioEntry] = MappingProxyType({
     "realvllm": ScenarioEntry(
         "kvgate.bench.scenarios.realvllm",
         "KVGate's strategies and vllm-router's cache_aware in front of 2 real vLLM replicas "
-        "(CPU build, tiny models; images and shared documents); about 11 minutes",
+        "(CPU build, tiny models; images and shared documents), then KVGate's arms on the "
+        "simulator fitted to them (simfit), hit rates side by side; about 4 minutes",
     ),
     "simfit": ScenarioEntry(
         "kvgate.bench.scenarios.simfit",
         "one real vLLM CPU replica of each tiny model probed alone (prefill vs length, decode "
         "vs batch and context, images, KV blocks), fitted to the simulator's cost model (the "
-        "cpu-tiny-* profiles); about 4 minutes",
+        "cpu-tiny-* profiles); about 3 minutes",
     ),
 })
 

@@ -23,9 +23,9 @@ per strategy), then vllm-router with ``cache_aware`` (PyPI ``vllm-router``, inst
 name, so not even ``model`` differs between routers. Then the same requests and KVGate's arms
 run on the simulator fitted to these replicas (``simfit``; :mod:`.realvllm_sim`), in virtual
 time over several seeds, and each case reports real and simulated hit rates side by side
-(``fitted_sim``): the differences, and whether both rank the arms alike. About 11 minutes on
-two busy cores, most of it four replica start-ups (``--quick``: about 7; numbers not
-meaningful).
+(``fitted_sim``): the differences, and whether both rank the arms alike. About 4 minutes on
+two busy cores (3.7-3.9 minutes measured on 2026-12-05), most of it two fleet start-ups and the
+peer router (``--quick``: less; numbers not meaningful).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ round's fits and constants, their spread over rounds, and the medians that the `
 profiles in :mod:`kvgate.sim.profiles` copy. Times are wall seconds on this machine, with
 whatever else runs on it: the result records the load average before and after.
 
-Run: kvgate bench scenario simfit --out benchmarks/results/simfit.json  (about 4 minutes;
+Run: kvgate bench scenario simfit --out benchmarks/results/simfit.json  (about 3 minutes;
 ``--quick``: one round, fewer points, numbers not meaningful). The fits are a pure function of
 the recorded points: ``python -m kvgate.bench.scenarios.simfit --refit FILE`` recomputes them.
 """
