@@ -63,28 +63,45 @@ class LineFit:
         # replica whose cache lost what routing believed it held recomputes it): it may move
         # the fit, but by no more than a sample three times the prediction would.
         y = min(y, 3.0 * self.predict(x) + 0.01)
-        fade = self._forget * math.exp2(-max(0.0, now_s - self._sampled_s) / self._half_life_s)
-        self._sampled_s = now_s
+        self._fade(now_s, self._forget)
         sums = self._sums
         for i, value in enumerate((1.0, x, y, x * x, x * y)):
-            sums[i] = sums[i] * fade + value
+            sums[i] += value
         self.samples += 1
-        sw, swx, swy, swxx, swxy = sums
+        self._solve()
+
+    def relax(self, now_s: float) -> None:
+        """Let time pass without a sample: old samples fade, so a replica routing stopped
+        sending work to (often because the fit said it was slow) drifts back to the prior
+        and gets another chance, instead of keeping one bad spell's figures for ever."""
+        if self._sums[0] and now_s > self._sampled_s:
+            self._fade(now_s, 1.0)
+            self._solve()
+
+    def _fade(self, now_s: float, factor: float) -> None:
+        fade = factor * math.exp2(-max(0.0, now_s - self._sampled_s) / self._half_life_s)
+        self._sampled_s = now_s
+        self._sums = [value * fade for value in self._sums]
+
+    def _solve(self) -> None:
+        sw, swx, swy, swxx, swxy = self._sums
+        lam, prior_slope = self._slope_weight, self._prior_slope
+        if sw <= 0.0:
+            return
         mean_x, mean_y = swx / sw, swy / sw
         # Centred: y = level + slope x (x - mean_x), each with its own prior (ridge).
         spread = max(0.0, swxx - sw * mean_x * mean_x)
         covariance = swxy - sw * mean_x * mean_y
-        lam, prior_slope = self._slope_weight, self._prior_slope
         slope = (covariance + lam * prior_slope) / (spread + lam)
         prior_level = self._prior_intercept + prior_slope * mean_x
         level = (sw * mean_y + self._weight * prior_level) / (sw + self._weight)
         intercept = level - slope * mean_x
         if intercept < 0.0:
             # NOTE: a negative intercept means the points bend (queueing grows faster than
-            # linearly); a line through the origin fits them better than one that predicts
-            # negative times for short prompts.
+            # linearly); the line through the origin and the level where the samples are fits
+            # them better than one that predicts negative times for short prompts.
             intercept = 0.0
-            slope = (swxy + lam * prior_slope) / (swxx + lam)
+            slope = level / mean_x if mean_x > 0 else slope
         self.slope, self.intercept = max(slope, _MIN_S_PER_TOKEN), intercept
 
     def predict(self, x: float) -> float:

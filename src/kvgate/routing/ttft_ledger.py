@@ -114,9 +114,12 @@ class Ledger:
         self.base[position] = ttft_base + step.slope * batch * replica.mean_output
 
     def refresh(self) -> None:
-        """Engine figures (KV size) for every replica."""
+        """Engine figures (KV size) for every replica, and the fits' fading with time."""
+        now_s = self._clock()
         for position, (replica, deployment) in enumerate(
                 zip(self.replicas, self.deployments, strict=True)):
+            replica.prefill.relax(now_s)
+            replica.step.relax(now_s)
             if replica.configured_capacity is None:
                 scraped = deployment.stats.engine_kv_capacity_tokens
                 replica.capacity_tokens = scraped if scraped > 0 else math.inf

@@ -9,7 +9,7 @@ For candidate replica ``i``, with ``U_i`` the request's tokens that replica does
     ttft_i  = fixed_i + s_per_token_i x (ahead_i + U_i) + step_i x (1 + (ahead_i + U_i) / chunk)
               (+ offloaded_i x load_s_per_token: CPU-tier tokens are loaded, not recomputed)
     evict_i = s_per_token_i x min(U_i, max(0, placed_i + U_i - capacity_i))
-              x (placed_i + U_i) / capacity_i
+              x (placed_i + U_i) / max(capacity_i, the fleet's mean placed)
     cost_i  = ttft_i + evict_i
 
 ``fixed_i`` and ``s_per_token_i`` are learned per replica from observed TTFTs
@@ -225,19 +225,22 @@ class TTFTScorer:
 
     def _eviction_s(self, positions: Sequence[int] | None, i: int, uncached: float) -> float:
         """Candidate ``i``'s eviction cost: the tokens taking ``uncached`` would push out,
-        each one recompute later, and the more so the more the replica was already sent
-        beyond its size (an over-committed replica's victims are younger):
-        ``(placed + U) / capacity``."""
+        each one recompute later, and the more so the more the replica was sent beyond its
+        share (an over-committed replica's victims are younger):
+        ``(placed + U) / max(capacity, the fleet's mean placed)``. When every replica was
+        sent far more than it holds, the factor is about 1 everywhere and the queues decide:
+        the cache thrashes wherever the request goes."""
         p = i if positions is None else positions[i]
         capacity = self._capacity[p]
         placed = self.ledger.placed.totals()
+        fair = sum(placed) / len(placed)
         if math.isinf(capacity):
-            capacity = sum(placed) / len(placed) or math.inf  # see _footprint
+            capacity = fair or math.inf  # see _footprint
         headroom = capacity - placed[p]
         if uncached <= headroom:
             return 0.0
         return (self.ledger.replicas[p].prefill.slope * min(uncached, uncached - headroom)
-                * (capacity - headroom + uncached) / capacity)
+                * (placed[p] + uncached) / max(capacity, fair))
 
     def _least_headroom(self, positions: Sequence[int] | None) -> float:
         """The least KV headroom (tokens) among the candidates, cheaply: a decision prices
