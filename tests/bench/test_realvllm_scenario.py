@@ -7,7 +7,8 @@ import pytest
 
 from kvgate.bench.engine_counters import EngineCounters
 from kvgate.bench.scenarios import SCENARIOS
-from kvgate.bench.scenarios.realvllm import _hit_rate, cases
+from kvgate.bench.scenarios.realvllm import _hit_rate
+from kvgate.bench.scenarios.realvllm_cases import cases
 from kvgate.bench.workloads import WorkloadOptions
 from kvgate.testing.vllm import MODELS
 

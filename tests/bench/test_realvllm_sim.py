@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kvgate.bench.scenarios.realvllm import cases, requests_for
+from kvgate.bench.scenarios.realvllm_cases import cases, requests_for
 from kvgate.bench.scenarios.realvllm_sim import (
     SIM_ARMS,
     SIM_PROFILES,
@@ -91,7 +91,7 @@ def test_deployments_carry_what_the_real_gateway_config_does() -> None:
 
 @pytest.mark.parametrize("case", cases(quick=True), ids=lambda c: c.name)
 def test_quick_cases_run_every_arm_on_the_fitted_sim(case: object) -> None:
-    from kvgate.bench.scenarios.realvllm import Case
+    from kvgate.bench.scenarios.realvllm_cases import Case
 
     assert isinstance(case, Case)
     profile = get_profile(SIM_PROFILES[case.model])

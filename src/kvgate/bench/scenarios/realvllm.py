@@ -36,7 +36,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +46,9 @@ from kvgate.bench.loadgen import LoadSpec
 from kvgate.bench.processes import local_gateway
 from kvgate.bench.request import BenchRequest
 from kvgate.bench.scenarios import ScenarioOptions
+from kvgate.bench.scenarios.realvllm_cases import Case, cases, requests_for
 from kvgate.bench.scenarios.realvllm_sim import SIM_SEEDS, fitted_sim_section, print_comparison
 from kvgate.bench.workloads import (
-    MultimodalWorkload,
-    SharedPrefixWorkload,
-    WorkloadOptions,
     parameters,
 )
 from kvgate.testing.vllm import (
@@ -64,42 +62,6 @@ from kvgate.testing.vllm import (
 
 KVGATE_STRATEGIES = ("round_robin", "least_busy", "prefix_kv_aware", "precise_kv")
 PEER = "vllm-router/cache_aware"
-
-
-@dataclass(frozen=True, slots=True)
-class Case:
-    name: str
-    #: Which tiny model: "vision" (tiny-llava) or "text" (tiny-llama).
-    model: str
-    kv_cache_tokens: int
-    concurrency: int
-    workload: MultimodalWorkload | SharedPrefixWorkload
-    num_requests: int
-
-
-def cases(quick: bool) -> list[Case]:
-    per_image, per_doc = (2, 3) if quick else (6, 8)
-    return [
-        # ~20 blocks per image prompt: 12 images need ~240 blocks, a replica holds 160.
-        Case("multimodal", "vision", kv_cache_tokens=5120, concurrency=4,
-             workload=MultimodalWorkload(num_images=12, resolutions="512x512",
-                                         questions_per_image=per_image, question_tokens=24,
-                                         output_tokens=16),
-             num_requests=12 * per_image),
-        # 38 blocks per document: 8 documents need ~300 blocks, a replica holds 160.
-        Case("text", "text", kv_cache_tokens=5120, concurrency=4,
-             workload=SharedPrefixWorkload(num_groups=8, prompts_per_group=per_doc,
-                                           system_prompt_tokens=1200, question_tokens=32,
-                                           output_tokens=16),
-             num_requests=8 * per_doc),
-    ]
-
-
-def requests_for(case: Case, model_name: str, seed: int) -> list[BenchRequest]:
-    """The case's requests, in order; the same for every router, real or simulated."""
-    options = WorkloadOptions(model=model_name, seed=seed, stream=True, ignore_eos=True,
-                              num_requests=case.num_requests)
-    return case.workload.build(options)
 
 
 def _hit_rate(before: Sequence[EngineCounters], after: Sequence[EngineCounters],

@@ -257,7 +257,7 @@ def compare_result(real_document: Mapping[str, Any], seeds: Sequence[int],
                    time_factors: Sequence[float] | None = None) -> dict[str, Any]:
     """The fitted simulator against a realvllm result written earlier (its cases rebuilt from
     the recorded quick flag and seed: the same requests)."""
-    from kvgate.bench.scenarios.realvllm import cases, requests_for
+    from kvgate.bench.scenarios.realvllm_cases import cases, requests_for
 
     out: dict[str, Any] = {}
     seed = int(real_document.get("seed", 0))

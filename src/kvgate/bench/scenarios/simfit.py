@@ -38,7 +38,7 @@ from typing import Any
 
 from kvgate.bench.images import generate_png, png_data_url
 from kvgate.bench.scenarios import ScenarioOptions
-from kvgate.bench.scenarios.realvllm import cases
+from kvgate.bench.scenarios.realvllm_cases import cases
 from kvgate.bench.simfit_derive import CONSTANTS, derive
 from kvgate.bench.simfit_probe import (
     Observation,
