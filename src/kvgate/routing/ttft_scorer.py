@@ -32,7 +32,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from itertools import compress, repeat
-from operator import le, sub
+from operator import ge, gt, le, sub
 from typing import Any, overload
 
 from kvgate.config.schema import PrefixRoutingSettings
@@ -161,12 +161,20 @@ class TTFTScorer:
         if prompt_tokens - min(matched) > self._least_headroom(positions):  # someone evicts
             # Eviction only adds cost, so only candidates already below the cheapest one's
             # total can still win: price those (usually a handful), not the whole fleet.
+            placed = ledger.placed.totals()
+            fair = sum(placed) / len(placed)
             first = costs.index(min(costs))
-            evict_s[first] = self._eviction_s(positions, first, uncached[first])
+            evict_s[first] = self._eviction_s(positions, first, uncached[first], placed, fair)
             bound = costs[first] + evict_s[first]
-            for i in compress(range(len(costs)), map(le, costs, repeat(bound))):
-                if i not in evict_s:
-                    evict_s[i] = self._eviction_s(positions, i, uncached[i])
+            near = compress(range(len(costs)), map(le, costs, repeat(bound)))
+            # Of those, only the ones that would overflow (found by C loops) cost anything.
+            headroom, _ = self._footprint(positions)
+            work = (list(map(sub, repeat(prompt_tokens), matched)) if offloaded is None
+                    else uncached)
+            overflowing = set(compress(range(len(costs)), map(gt, work, headroom)))
+            for i in near:
+                if i in overflowing and i not in evict_s:
+                    evict_s[i] = self._eviction_s(positions, i, uncached[i], placed, fair)
             for i, e in evict_s.items():
                 costs[i] += e
         best = min(costs)
@@ -182,8 +190,11 @@ class TTFTScorer:
         if ties == 1:
             pick = tied[0]
         else:
-            least = min(uncached[i] for i in tied)
-            tied = [i for i in tied if uncached[i] <= least + self._block_tokens]
+            # The least work = the most of the prompt held (C loops: ties can be the fleet).
+            held = list(map((matched if offloaded is None
+                             else [prompt_tokens - u for u in uncached]).__getitem__, tied))
+            most = max(held)
+            tied = list(compress(tied, map(ge, held, repeat(most - self._block_tokens))))
             if len(tied) > 1:
                 headroom, capacity = self._footprint(positions)
                 fill = [0.0 if math.isinf(capacity[i]) else (capacity[i] - headroom[i])
@@ -223,19 +234,19 @@ class TTFTScorer:
         }
         return RouteDecision(candidates[pick], explanation), pick
 
-    def _eviction_s(self, positions: Sequence[int] | None, i: int, uncached: float) -> float:
+    def _eviction_s(self, positions: Sequence[int] | None, i: int, uncached: float,
+                    placed: Sequence[float], fair: float) -> float:
         """Candidate ``i``'s eviction cost: the tokens taking ``uncached`` would push out,
         each one recompute later, and the more so the more the replica was sent beyond its
         share (an over-committed replica's victims are younger):
         ``(placed + U) / max(capacity, the fleet's mean placed)``. When every replica was
         sent far more than it holds, the factor is about 1 everywhere and the queues decide:
-        the cache thrashes wherever the request goes."""
+        the cache thrashes wherever the request goes. ``placed``, ``fair``: every
+        replica's placed tokens and their mean, read once per decision."""
         p = i if positions is None else positions[i]
         capacity = self._capacity[p]
-        placed = self.ledger.placed.totals()
-        fair = sum(placed) / len(placed)
         if math.isinf(capacity):
-            capacity = fair or math.inf  # see _footprint
+            return 0.0  # unknown size: only the tie rule's fill balances it (_footprint)
         headroom = capacity - placed[p]
         if uncached <= headroom:
             return 0.0
@@ -243,14 +254,14 @@ class TTFTScorer:
                 * (placed[p] + uncached) / max(capacity, fair))
 
     def _least_headroom(self, positions: Sequence[int] | None) -> float:
-        """The least KV headroom (tokens) among the candidates, cheaply: a decision prices
-        evictions only when some candidate would have to evict."""
+        """The least KV headroom (tokens) among the candidates whose KV size is known,
+        cheaply: a decision prices evictions only when some candidate would have to evict."""
+        if self._unknown_capacity == len(self._capacity):
+            return math.inf
         placed = self.ledger.placed.totals()
-        if positions is None and not self._unknown_capacity:
+        if positions is None:
             return float(min(map(sub, self._capacity, placed)))
-        if positions is None and self._unknown_capacity == len(placed):
-            return sum(placed) / len(placed) - max(placed) if any(placed) else math.inf
-        return min(self._footprint(positions)[0])
+        return min(self._capacity[p] - placed[p] for p in positions)
 
     def _footprint(self, positions: Sequence[int] | None
                    ) -> tuple[Sequence[float], Sequence[float]]:
@@ -258,9 +269,10 @@ class TTFTScorer:
 
         NOTE: a replica whose KV size is unknown (an engine that publishes no
         ``vllm:cache_config_info``, no ``kv_capacity_tokens`` set) is assumed to hold its
-        fair share of what the fleet was sent: without it, prompts arriving one at a time
-        would all follow the replica holding a few shared tokens, and nothing would spread
-        the working set until a queue formed.
+        fair share of what the fleet was sent, for the tie rule's "emptiest KV" (no eviction
+        is priced without a known size): without it, prompts arriving one at a time would
+        all follow the replica holding a few shared tokens, and nothing would spread the
+        working set until a queue formed.
         """
         placed = self.ledger.placed.totals()
         ps: Sequence[int] = positions if positions is not None else range(len(placed))
