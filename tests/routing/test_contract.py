@@ -50,3 +50,31 @@ def test_unknown_strategy_names_what_is_available() -> None:
 
 def test_all_simple_strategies_of_the_spec_are_registered() -> None:
     assert {"round_robin", "weighted", "least_busy", "latency", "cost"} <= set(STRATEGIES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_progress_hooks_accept_every_ending_and_leave_nothing_behind(name: str) -> None:
+    """first token then release, release alone (blocking or abandoned), and hooks for a call
+    the strategy never prepared: none raises, and a strategy that follows attempts
+    (``observes_progress``) ends with an empty ledger."""
+    import json
+
+    fleet = [deployment(f"d{i}") for i in range(3)]
+    strategy = build_strategy(name, fleet, routing(), context())
+    for ending in range(6):
+        attempt = prepared(strategy, call(stream=ending % 2 == 0))
+        chosen = strategy.choose(attempt, fleet).deployment
+        strategy.on_dispatched(attempt, chosen)
+        if ending % 3 == 0:
+            strategy.on_first_token(attempt, chosen)
+        strategy.on_released(attempt, chosen, 0 if ending == 5 else 7)
+    stranger = call()  # never prepared: no routing state
+    strategy.on_first_token(stranger, fleet[0])
+    strategy.on_released(stranger, fleet[0], 3)
+    described = strategy.describe()
+    json.dumps(described)  # JSON-ready for /admin/stats
+    if STRATEGIES[name].observes_progress:
+        assert {d.id for d in fleet} <= set(described)
+        for figures in described.values():
+            assert figures["waiting_requests"] == 0 and figures["decoding_requests"] == 0
+            assert figures["queued_prefill_tokens"] == 0
