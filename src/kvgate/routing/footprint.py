@@ -55,6 +55,3 @@ class PlacedTokens:
     def totals(self) -> list[float]:
         """Tokens per replica as of the last :meth:`expire` (a shared list: do not modify)."""
         return self._totals
-
-    def entries(self) -> int:
-        return sum(len(placed) for placed in self._placed)

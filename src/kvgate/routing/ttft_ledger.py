@@ -98,9 +98,7 @@ class Ledger:
     def update(self, position: int) -> None:
         """Recompute the replica's decision constants after a change."""
         replica = self.replicas[position]
-        stats = self.deployments[position].stats
-        # Requests the engine is waiting on that this gateway did not send (other gateways).
-        others = max(0.0, stats.engine_waiting - replica.waiting) * replica.mean_uncached
+        others = self._others_tokens(position)
         batch = replica.batch
         step = replica.step
         step_s = step.predict(batch + 1)
@@ -113,9 +111,15 @@ class Ledger:
         # every request would follow its prefix onto one replica until its steps crawl.
         self.base[position] = ttft_base + step.slope * batch * replica.mean_output
 
-    def refresh(self) -> None:
+    def _others_tokens(self, position: int) -> float:
+        """Prefill the engine is waiting on that this gateway did not send (other gateways'
+        requests), at the replica's mean uncached tokens per request."""
+        replica = self.replicas[position]
+        waiting = self.deployments[position].stats.engine_waiting
+        return max(0.0, waiting - replica.waiting) * replica.mean_uncached
+
+    def refresh(self, now_s: float) -> None:
         """Engine figures (KV size) for every replica, and the fits' fading with time."""
-        now_s = self._clock()
         for position, (replica, deployment) in enumerate(
                 zip(self.replicas, self.deployments, strict=True)):
             replica.prefill.relax(now_s)
@@ -130,8 +134,7 @@ class Ledger:
     def dispatched(self, position: int, uncached_tokens: float) -> Ticket:
         now_s = self._clock()
         replica = self.replicas[position]
-        stats = self.deployments[position].stats
-        others = max(0.0, stats.engine_waiting - replica.waiting) * replica.mean_uncached
+        others = self._others_tokens(position)
         ticket = Ticket(position, uncached_tokens, replica.queued + others + uncached_tokens,
                         now_s, self.ttft_base[position] + self.rate[position] * uncached_tokens)
         replica.queued += uncached_tokens

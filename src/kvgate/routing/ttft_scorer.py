@@ -96,7 +96,7 @@ class TTFTScorer:
         self._refreshed_s = now_s
         ledger = self.ledger
         ledger.placed.expire(now_s)
-        ledger.refresh()
+        ledger.refresh(now_s)
         self._capacity = [r.capacity_tokens for r in ledger.replicas]
         self._unknown_capacity = sum(map(math.isinf, self._capacity))
 
@@ -158,6 +158,7 @@ class TTFTScorer:
             costs = [b + r * u * factor + load * o
                      for b, r, u, o in zip(base, rate, uncached, offloaded, strict=True)]
         evict_s: dict[int, float] = {}
+        footprint: tuple[Sequence[float], Sequence[float]] | None = None  # at most once
         if prompt_tokens - min(matched) > self._least_headroom(positions):  # someone evicts
             # Eviction only adds cost, so only candidates already below the cheapest one's
             # total can still win: price those (usually a handful), not the whole fleet.
@@ -168,7 +169,8 @@ class TTFTScorer:
             bound = costs[first] + evict_s[first]
             near = compress(range(len(costs)), map(le, costs, repeat(bound)))
             # Of those, only the ones that would overflow (found by C loops) cost anything.
-            headroom, _ = self._footprint(positions)
+            footprint = self._footprint(positions)
+            headroom = footprint[0]
             work = (list(map(sub, repeat(prompt_tokens), matched)) if offloaded is None
                     else uncached)
             overflowing = set(compress(range(len(costs)), map(gt, work, headroom)))
@@ -196,7 +198,7 @@ class TTFTScorer:
             most = max(held)
             tied = list(compress(tied, map(ge, held, repeat(most - self._block_tokens))))
             if len(tied) > 1:
-                headroom, capacity = self._footprint(positions)
+                headroom, capacity = footprint or self._footprint(positions)
                 fill = [0.0 if math.isinf(capacity[i]) else (capacity[i] - headroom[i])
                         / capacity[i] for i in tied]
                 emptiest = min(fill)

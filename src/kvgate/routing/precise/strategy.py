@@ -68,10 +68,9 @@ class _PreciseState:
     fingerprint: Fingerprint
     blocks: list[RequestBlocks]
     #: Per deployment, in the strategy's order: leading tokens on the GPU (or the estimate),
-    #: leading tokens after those in the CPU tier, tokens to compute.
+    #: and leading tokens after those in the CPU tier; it computes the rest.
     matched_tokens: list[float]
     offloaded_tokens: list[float]
-    uncached_tokens: list[float]
     details: dict[Deployment, dict[str, Any]]
     #: The prompt's length in the engines' tokens when known, else the estimate.
     prompt_tokens: float
@@ -179,9 +178,7 @@ class PreciseKVAware(StrategyDefaults):
             matched.append(gpu_tokens)
             offloaded.append(cpu_tokens)
         prompt_tokens = max((b.num_prompt_tokens for b in blocks), default=fp.total_tokens)
-        uncached = [max(0.0, prompt_tokens - g - c)
-                    for g, c in zip(matched, offloaded, strict=True)]
-        call.routing_state = _PreciseState(fp, blocks, matched, offloaded, uncached, details,
+        call.routing_state = _PreciseState(fp, blocks, matched, offloaded, details,
                                            prompt_tokens)
 
     async def _hash(self, call: Call, fp: Fingerprint) -> list[RequestBlocks]:
@@ -217,7 +214,9 @@ class PreciseKVAware(StrategyDefaults):
         if state is None:
             return
         position = self._position[deployment]
-        state.ticket = self._scorer.dispatched(position, state.uncached_tokens[position])
+        state.ticket = self._scorer.dispatched(position, max(
+            0.0, state.prompt_tokens - state.matched_tokens[position]
+            - state.offloaded_tokens[position]))
         hashes = state.fingerprint.hashes
         if hashes:
             # Always: the approximate fallback must be warm when a replica degrades.
