@@ -12,6 +12,7 @@ import redis.asyncio as redis_async
 from kvgate.routing.affinity import AffinityIndex, MemoryAffinityIndex
 from kvgate.routing.affinity_redis import RedisAffinityIndex
 from kvgate.routing.affinity_shm import AffinityTable, SharedMemoryAffinityIndex
+from tests.support.clock import FakeClock
 from tests.support.redis_server import run_redis
 
 
@@ -72,3 +73,20 @@ async def test_concurrent_records_and_matches(index: AffinityIndex) -> None:
     results = await asyncio.gather(*(index.match([i, i + 1000], [f"d{i % 5}"])
                                      for i in range(50)))
     assert all(r == [2] for r in results)
+
+
+@pytest.mark.parametrize("backend", ["memory", "shared_memory"])
+def test_entries_expire_after_ttl_and_refresh_on_use(backend: str) -> None:
+    """The in-process backends on a clock the test moves (Redis expires keys on its own)."""
+    clock = FakeClock()
+    index: MemoryAffinityIndex | SharedMemoryAffinityIndex = (
+        MemoryAffinityIndex(max_blocks_per_deployment=100, ttl_s=30, clock=clock)
+        if backend == "memory" else SharedMemoryAffinityIndex(
+            AffinityTable.private(100_000), namespace="m", ttl_s=30, clock=clock))
+    index.record("a", [1, 2])
+    clock.now_s += 20
+    index.record("a", [1])
+    clock.now_s += 15
+    assert index.match_now([1, 2], ["a"]) == [1]  # 2 is 35 s old, 1 was refreshed 15 s ago
+    clock.now_s += 20
+    assert index.match_now([1, 2], ["a"]) == [0]

@@ -1,5 +1,5 @@
 """The in-memory affinity index: leading-run matches (the same as a walk per deployment),
-LRU bound, TTL, memory per entry."""
+LRU bound, memory per entry (the TTL: test_affinity_contract.py)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvgate.routing.affinity import MemoryAffinityIndex
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now_s = 1000.0
-
-    def __call__(self) -> float:
-        return self.now_s
+from tests.support.clock import FakeClock
 
 
 def test_match_counts_only_the_leading_run() -> None:
@@ -38,18 +31,6 @@ def test_lru_bound_evicts_tails_before_heads() -> None:
     # The newer prompt is whole; the older one lost its tail, not its head.
     assert index.match_now([10, 11, 12], ["a"]) == [3]
     assert index.match_now([1, 2, 3, 4], ["a"]) == [2]
-
-
-def test_entries_expire_after_ttl_and_refresh_on_use() -> None:
-    clock = FakeClock()
-    index = MemoryAffinityIndex(max_blocks_per_deployment=100, ttl_s=30, clock=clock)
-    index.record("a", [1, 2])
-    clock.now_s += 20
-    index.record("a", [1])
-    clock.now_s += 15
-    assert index.match_now([1, 2], ["a"]) == [1]  # 2 is 35 s old, 1 was refreshed 15 s ago
-    clock.now_s += 20
-    assert index.match_now([1, 2], ["a"]) == [0]
 
 
 def test_forget_drops_a_deployment() -> None:

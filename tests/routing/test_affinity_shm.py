@@ -1,4 +1,4 @@
-"""The shared-memory affinity index: same answers as the memory index, TTL, the bucket bound,
+"""The shared-memory affinity index: same answers as the memory index, the bucket bound,
 models kept apart, and two real processes sharing one table."""
 
 from __future__ import annotations
@@ -11,14 +11,7 @@ import pytest
 
 from kvgate.routing.affinity import MemoryAffinityIndex
 from kvgate.routing.affinity_shm import AffinitySegment, AffinityTable, SharedMemoryAffinityIndex
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now_s = 1000.0
-
-    def __call__(self) -> float:
-        return self.now_s
+from tests.support.clock import FakeClock
 
 
 def shm_index(num_entries: int = 100_000, clock: FakeClock | None = None,
@@ -101,18 +94,6 @@ def test_deployments_past_the_columns_are_not_tracked() -> None:
     for deployment_id in ids:
         index.record(deployment_id, [1, 2])
     assert index.match_now([1, 2], ids) == [2] * 8 + [0, 0]
-
-
-def test_entries_expire_after_ttl_and_refresh_on_use() -> None:
-    clock = FakeClock()
-    index = shm_index(clock=clock)
-    index.record("a", [1, 2])
-    clock.now_s += 20
-    index.record("a", [1])
-    clock.now_s += 15
-    assert index.match_now([1, 2], ["a"]) == [1]  # 2 is 35 s old, 1 was refreshed 15 s ago
-    clock.now_s += 20
-    assert index.match_now([1, 2], ["a"]) == [0]
 
 
 def test_a_full_bucket_evicts_the_oldest_then_tails_before_heads() -> None:

@@ -7,23 +7,17 @@ import pytest
 
 from kvgate.config.schema import PrefixRoutingSettings
 from kvgate.core.deployment import Deployment
-from kvgate.routing.ttft_scorer import Ticket, TTFTScorer
+from kvgate.routing.ttft_ledger import Ticket
+from kvgate.routing.ttft_scorer import TTFTScorer
 from tests.routing.factories import deployment
+from tests.support.clock import FakeClock
 
 #: The prior: 10k tokens/s prefill, 25 ms decode steps, 2,048-token prefill chunks.
 SETTINGS = PrefixRoutingSettings()
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now_s = 0.0
-
-    def __call__(self) -> float:
-        return self.now_s
-
-
-def scorer(fleet: list[Deployment], clock: Clock | None = None) -> TTFTScorer:
-    return TTFTScorer("t", fleet, SETTINGS, block_tokens=16, clock=clock or Clock())
+def scorer(fleet: list[Deployment], clock: FakeClock | None = None) -> TTFTScorer:
+    return TTFTScorer("t", fleet, SETTINGS, block_tokens=16, clock=clock or FakeClock(0.0))
 
 
 def pick(s: TTFTScorer, fleet: list[Deployment], prompt: float,
@@ -37,7 +31,7 @@ def queue(s: TTFTScorer, position: int, tokens: float) -> Ticket:
     return s.dispatched(position, tokens)
 
 
-def serve(s: TTFTScorer, clock: Clock, position: int, tokens: float) -> None:
+def serve(s: TTFTScorer, clock: FakeClock, position: int, tokens: float) -> None:
     """A request of ``tokens`` uncached tokens served alone at ``position`` exactly as fast
     as the prior says (10k tokens/s; a step of 25 ms + 2% per sequence, one per 2,048
     tokens), so every replica's fits stay the prior; answered before the next arrives."""
@@ -76,7 +70,7 @@ def test_equal_prefixes_arriving_one_by_one_are_placed_six_and_six() -> None:
     # 12 images of 4,725 tokens on 2 replicas each holding 7, nothing queued anywhere: every
     # placement is a tie on predicted time, broken by the emptier KV.
     fleet = [deployment(f"r{i}", kv_capacity_tokens=7 * 4_725) for i in range(2)]
-    clock = Clock()
+    clock = FakeClock(0.0)
     s = scorer(fleet, clock)
     placed = [0, 0]
     for _ in range(12):
@@ -91,7 +85,7 @@ def test_a_cold_prefix_goes_where_it_fits_not_where_it_would_evict() -> None:
     # r0 already holds 7 images (its whole KV), r1 holds 5 and is busy with a short prefill:
     # r0 would answer a little sooner but only by evicting an image someone is reusing.
     fleet = [deployment(f"r{i}", kv_capacity_tokens=7 * 4_725) for i in range(2)]
-    clock = Clock()
+    clock = FakeClock(0.0)
     s = scorer(fleet, clock)
     for position, images in ((0, 7), (1, 5)):
         for _ in range(images):
@@ -106,7 +100,7 @@ def test_a_cold_prefix_goes_where_it_fits_not_where_it_would_evict() -> None:
 
 def test_unequal_prefixes_fill_by_tokens_not_by_count() -> None:
     fleet = [deployment(f"r{i}", kv_capacity_tokens=10_000) for i in range(2)]
-    clock = Clock()
+    clock = FakeClock(0.0)
     s = scorer(fleet, clock)
     homes = []
     for size in (9_000, 3_000, 3_000, 3_000):
@@ -119,7 +113,7 @@ def test_unequal_prefixes_fill_by_tokens_not_by_count() -> None:
 
 def test_a_replica_learned_slower_gets_the_cold_prompt_less_often() -> None:
     fleet = [deployment("fast"), deployment("slow")]
-    clock = Clock()
+    clock = FakeClock(0.0)
     s = scorer(fleet, clock)
     for size in (100.0, 1_000.0, 4_000.0) * 20:
         for position, s_per_token in ((0, 1e-4), (1, 4e-4)):
@@ -140,7 +134,7 @@ def test_a_replica_learned_slower_gets_the_cold_prompt_less_often() -> None:
 
 def test_the_ledger_returns_to_zero_whatever_the_endings() -> None:
     fleet = [deployment("r0"), deployment("r1")]
-    clock = Clock()
+    clock = FakeClock(0.0)
     s = scorer(fleet, clock)
     tickets = [s.dispatched(i % 2, 100.0 + i) for i in range(10)]
     assert s.describe()["r0"]["waiting_requests"] == 5
