@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,14 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from kvgate.bench.processes import free_port as free_port  # one port picker for tests and benches
 from kvgate.bench.processes import stop_process
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_http(url: str, *, timeout_s: float = 20.0, process: subprocess.Popen[bytes] | None = None,

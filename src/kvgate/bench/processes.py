@@ -7,7 +7,9 @@ the block ends.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import random
 import socket
 import subprocess
 import sys
@@ -26,11 +28,50 @@ class ProcessStartError(RuntimeError):
     """A process a scenario needs exited or never served; the message ends with its log."""
 
 
+#: Ports this process handed out lately: a server given one may not have bound it yet.
+_ISSUED_PORTS: collections.deque[int] = collections.deque(maxlen=512)
+_PORT_RANDOM = random.Random()  # private: benchmarks seed the module-level generator
+_LOWEST_PORT = 10000
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
+    """A port nothing on this machine listens on, for a server about to start.
+
+    Chosen *below* the kernel's ephemeral range: the kernel hands out ports for ``bind(0)``
+    and outgoing connections only from that range, so between this check and the server's
+    own bind no other process can take the port by accident. (A port from ``bind(0)`` can:
+    vLLM's engine picks its internal ZMQ ports that way, and once took the KV-events replay
+    port a test fleet had just picked.) ``host`` is checked too when it is not loopback."""
+    low = _ephemeral_low()
+    if low - _LOWEST_PORT >= 1000:
+        for _ in range(200):
+            port = _PORT_RANDOM.randrange(_LOWEST_PORT, low)
+            if port not in _ISSUED_PORTS and _bindable(port, host):
+                _ISSUED_PORTS.append(port)
+                return port
+    with socket.socket() as sock:  # no room below the ephemeral range: the kernel's pick
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+    _ISSUED_PORTS.append(chosen)
+    return chosen
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def _bindable(port: int, host: str) -> bool:
+    """Free on every interface (servers such as vLLM's ZMQ publisher bind the wildcard)."""
+    for address in {"", host}:
+        with socket.socket() as sock:
+            try:
+                sock.bind((address, port))
+            except OSError:
+                return False
+    return True
 
 
 def is_serving(url: str, *, timeout_s: float = 1.0) -> bool:

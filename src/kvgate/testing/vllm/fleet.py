@@ -22,7 +22,6 @@ import fcntl
 import json
 import os
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -31,11 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from kvgate.bench.processes import free_port
 from kvgate.testing.vllm.models import BuiltModel
 from kvgate.testing.vllm.replicas import ReplicaOptions, ReplicaStartError, VllmReplica
 from kvgate.testing.vllm.venv import VllmVenv
 
 _POLL_S = 0.25
+#: Starts tried when a replica dies because a port it was given got taken first.
+_START_ATTEMPTS = 3
+_ADDRESS_IN_USE = "Address already in use"
 KV_EVENTS_TOPIC = "kv-events"
 
 
@@ -75,14 +78,23 @@ class ReplicaFleet:
             log_dir = self.log_dir
             log_dir.mkdir(parents=True, exist_ok=True)
         cores = os.cpu_count() or 1
-        self.replicas = [self._make(index, log_dir, cores) for index in range(self.count)]
-        try:
-            for replica in self.replicas:
-                replica.spawn()
-            self.wait_ready(self.replicas)
-        except BaseException:
-            self.stop()
-            raise
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            self.replicas = [self._make(index, log_dir, cores) for index in range(self.count)]
+            try:
+                for replica in self.replicas:
+                    replica.spawn()
+                self.wait_ready(self.replicas)
+                return
+            except ReplicaStartError as error:
+                # A port picked free can still be taken before vLLM binds it; new ports fix
+                # that, anything else is a real failure.
+                self._stop_replicas()
+                if attempt == _START_ATTEMPTS or _ADDRESS_IN_USE not in str(error):
+                    self.stop()
+                    raise
+            except BaseException:
+                self.stop()
+                raise
 
     def wait_ready(self, replicas: Sequence[VllmReplica]) -> None:
         deadline = time.monotonic() + self.options.start_timeout_s
@@ -107,17 +119,20 @@ class ReplicaFleet:
         return replica
 
     def stop(self) -> None:
-        for replica in self.replicas:
-            if replica.process is not None and replica.process.poll() is None:
-                replica._signal_group(signal.SIGTERM)
-        for replica in self.replicas:
-            replica.stop()
+        self._stop_replicas()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
         if self._lock is not None:
             self._lock.close()  # closing the file releases the flock
             self._lock = None
+
+    def _stop_replicas(self) -> None:
+        for replica in self.replicas:
+            if replica.process is not None and replica.process.poll() is None:
+                replica._signal_group(signal.SIGTERM)
+        for replica in self.replicas:
+            replica.stop()
 
     def _make(self, index: int, log_dir: Path, cores: int) -> VllmReplica:
         options = self.options
@@ -183,13 +198,6 @@ def _acquire_fleet_lock() -> IO[str]:
               f"to stop ({path})", file=sys.stderr, flush=True)
         fcntl.flock(lock, fcntl.LOCK_EX)
     return lock
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager
