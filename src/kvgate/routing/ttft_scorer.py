@@ -32,7 +32,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from itertools import compress, repeat
-from operator import ge, gt, le, sub
+from operator import add, eq, ge, gt, le, mul, sub
 from typing import Any, overload
 
 from kvgate.config.schema import PrefixRoutingSettings
@@ -88,6 +88,7 @@ class TTFTScorer:
         self._capacity = [math.inf] * len(self.ledger.replicas)
         #: Replicas whose KV size is not known (see _footprint).
         self._unknown_capacity = len(self._capacity)
+        self._inverse_capacity = [0.0] * len(self._capacity)
         self._refreshed_s = -math.inf
         self._rotation = 0
 
@@ -99,6 +100,8 @@ class TTFTScorer:
         ledger.refresh(now_s)
         self._capacity = [r.capacity_tokens for r in ledger.replicas]
         self._unknown_capacity = sum(map(math.isinf, self._capacity))
+        self._inverse_capacity = [0.0 if math.isinf(c) or c <= 0 else 1.0 / c
+                                  for c in self._capacity]
 
     def dispatched(self, position: int, uncached_tokens: float) -> Ticket:
         return self.ledger.dispatched(position, uncached_tokens)
@@ -150,7 +153,12 @@ class TTFTScorer:
         # queued. Without it a burst for one prefix copies it onto every replica whose queue
         # is a little shorter, evicting others' prefixes to do it.
         factor = 1.0 + ledger.busy_replicas / len(ledger.replicas)
-        if offloaded is None:  # one pass over the fleet: the common case
+        if offloaded is None and matched.count(matched[0]) == len(matched):
+            # Every candidate holds the same (cold prompts, or a prefix everyone serves): one
+            # product per candidate, by C loops.
+            costs = list(map(add, base, map(mul, rate,
+                                            repeat((prompt_tokens - matched[0]) * factor))))
+        elif offloaded is None:  # one pass over the fleet
             costs = [b + r * (prompt_tokens - m) * factor
                      for b, r, m in zip(base, rate, matched, strict=True)]
         else:
@@ -158,7 +166,6 @@ class TTFTScorer:
             costs = [b + r * u * factor + load * o
                      for b, r, u, o in zip(base, rate, uncached, offloaded, strict=True)]
         evict_s: dict[int, float] = {}
-        footprint: tuple[Sequence[float], Sequence[float]] | None = None  # at most once
         if prompt_tokens - min(matched) > self._least_headroom(positions):  # someone evicts
             # Eviction only adds cost, so only candidates already below the cheapest one's
             # total can still win: price those (usually a handful), not the whole fleet.
@@ -169,8 +176,7 @@ class TTFTScorer:
             bound = costs[first] + evict_s[first]
             near = compress(range(len(costs)), map(le, costs, repeat(bound)))
             # Of those, only the ones that would overflow (found by C loops) cost anything.
-            footprint = self._footprint(positions)
-            headroom = footprint[0]
+            headroom = self._footprint(positions)[0]
             work = (list(map(sub, repeat(prompt_tokens), matched)) if offloaded is None
                     else uncached)
             overflowing = set(compress(range(len(costs)), map(gt, work, headroom)))
@@ -198,17 +204,19 @@ class TTFTScorer:
             most = max(held)
             tied = list(compress(tied, map(ge, held, repeat(most - self._block_tokens))))
             if len(tied) > 1:
-                headroom, capacity = footprint or self._footprint(positions)
-                fill = [0.0 if math.isinf(capacity[i]) else (capacity[i] - headroom[i])
-                        / capacity[i] for i in tied]
-                emptiest = min(fill)
-                tied = [i for i, f in zip(tied, fill, strict=True) if f == emptiest]
+                fill = self._fill(positions, tied)
+                tied = list(compress(tied, map(eq, fill, repeat(min(fill)))))
             if len(tied) > 1:
-                lowest = min(costs[i] for i in tied)
-                tied = [i for i in tied if costs[i] <= lowest + abs(lowest) * _SAME]
+                tied_costs = list(map(costs.__getitem__, tied))
+                lowest = min(tied_costs)
+                tied = list(compress(tied, map(le, tied_costs,
+                                               repeat(lowest + abs(lowest) * _SAME))))
             self._rotation += 1
             pick = tied[self._rotation % len(tied)]
-        runner_up = min(costs[:pick] + costs[pick + 1:], default=costs[pick])
+        chosen_cost = costs[pick]
+        costs[pick] = math.inf  # the runner-up: the best of the others (no copy of the list)
+        runner_up = min(costs) if len(costs) > 1 else chosen_cost
+        costs[pick] = chosen_cost
         outcome = ("cold" if best_match < 0.5 * (matched[pick] + uncached[pick])
                    else "hit" if matched[pick] >= best_match - self._block_tokens
                    else "spill")
@@ -264,6 +272,22 @@ class TTFTScorer:
         if positions is None:
             return float(min(map(sub, self._capacity, placed)))
         return min(self._capacity[p] - placed[p] for p in positions)
+
+    def _fill(self, positions: Sequence[int] | None, tied: Sequence[int]) -> list[float]:
+        """The share of its KV each ``tied`` candidate was sent (the tie rule's "emptiest"),
+        for the tied ones only: ties are often the whole fleet, but often a few."""
+        placed = self.ledger.placed.totals()
+        ps = tied if positions is None else [positions[i] for i in tied]
+        if self._unknown_capacity == len(self._capacity):
+            # Every size unknown: each is taken to hold the fleet's mean (_footprint), so the
+            # fill orders as the tokens placed.
+            return list(map(placed.__getitem__, ps))
+        if not self._unknown_capacity:
+            inverse = self._inverse_capacity
+            return list(map(mul, map(placed.__getitem__, ps), map(inverse.__getitem__, ps)))
+        headroom, capacity = self._footprint(positions)
+        return [0.0 if math.isinf(capacity[i]) else (capacity[i] - headroom[i]) / capacity[i]
+                for i in tied]
 
     def _footprint(self, positions: Sequence[int] | None
                    ) -> tuple[Sequence[float], Sequence[float]]:
