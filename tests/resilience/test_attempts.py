@@ -25,6 +25,7 @@ from kvgate.providers.errors import (
     UpstreamServerError,
     UpstreamTimeout,
 )
+from kvgate.resilience.accounting import cached_share
 from kvgate.resilience.attempts import AttemptLoop, Dispatch, ModelRoute
 from kvgate.resilience.breaker import CircuitBreakerBoard
 from kvgate.resilience.failover import Failover
@@ -37,9 +38,13 @@ from tests.routing.factories import deployment, routing
 class Controlled:
     """A provider whose every call does what the test says: answer, raise, or wait."""
 
-    def __init__(self, *, error: UpstreamError | None = None, wait: bool = False) -> None:
+    def __init__(self, *, error: UpstreamError | None = None, wait: bool = False,
+                 cached_tokens: int | None = None) -> None:
         self.error = error
         self.wait = wait
+        #: Reported as ``usage.prompt_tokens_details.cached_tokens`` (of 4 prompt tokens),
+        #: and streams end with a usage chunk.
+        self.cached_tokens = cached_tokens
         self.entered = asyncio.Event()
         self.release = asyncio.Event()
         self.calls = 0
@@ -54,7 +59,13 @@ class Controlled:
             raise self.error
         return {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
                              "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
+                "usage": self._usage(1) if self.cached_tokens is not None
+                else {"prompt_tokens": 3, "completion_tokens": 1}}
+
+    def _usage(self, completion_tokens: int) -> JSONObject:
+        return {"prompt_tokens": 4, "completion_tokens": completion_tokens,
+                "total_tokens": 4 + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
 
     def stream(self, call: UpstreamCall) -> aclosing[AsyncGenerator[ChunkBatch, None]]:
         return aclosing(self._batches())
@@ -71,6 +82,8 @@ class Controlled:
                 if self.wait:
                     await self.release.wait()
             yield [{"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
+            if self.cached_tokens is not None:
+                yield [{"id": "x", "choices": [], "usage": self._usage(3)}]
         finally:
             self.streams_closed += 1
 
@@ -279,3 +292,56 @@ async def test_the_strategy_ledger_is_released_on_failover_cancel_and_client_gon
     await anext(outcome.chunks)
     await outcome.chunks.aclose()  # the client left mid-answer
     assert ledger_is_empty(strategy) and in_flight(slow) == [0]
+
+
+class Recording(RoundRobin):
+    """Round robin that keeps what each release told it."""
+
+    def __init__(self, deployments: list[Deployment]) -> None:
+        super().__init__(deployments, routing())
+        self.releases: list[tuple[str, int, float | None]] = []
+
+    def on_released(self, call: Call, deployment: Deployment, output_tokens: int,
+                    cached_share: float | None = None) -> None:
+        self.releases.append((deployment.id, output_tokens, cached_share))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(("cached_tokens", "share"), [(3, 0.75), (0, 0.0), (None, None)])
+async def test_the_strategy_hears_the_share_of_the_prompt_the_engine_had_cached(
+        stream: bool, cached_tokens: int | None, share: float | None) -> None:
+    a = on(Controlled(cached_tokens=cached_tokens), "a")
+    strategy = Recording([a])
+    route = ModelRoute("m", [a], strategy, 3, observes_progress=True)
+    failover = Failover({"m": route}, CircuitBreakerBoard(), Metrics(), request_timeout_s=30)
+    outcome = await failover(call(stream=stream))
+    if isinstance(outcome, StreamingCompletion):
+        _ = [batch async for batch in outcome.chunks]
+        await outcome.chunks.aclose()
+    assert strategy.releases == [("a", 1 if not stream else 3, share)]
+
+
+async def test_a_failed_attempt_reports_no_cached_share() -> None:
+    a, b = on(Controlled(error=UpstreamServerError("down"), cached_tokens=4), "a"), on(
+        Controlled(cached_tokens=2), "b")
+    strategy = Recording([a, b])
+    route = ModelRoute("m", [a, b], strategy, 3, observes_progress=True)
+    failover = Failover({"m": route}, CircuitBreakerBoard(), Metrics(), request_timeout_s=30)
+    assert isinstance(await failover(call()), Completion)
+    assert strategy.releases == [("a", 0, None), ("b", 1, 0.5)]
+
+
+@pytest.mark.parametrize(("usage", "share"), [
+    ({"prompt_tokens": 8, "prompt_tokens_details": {"cached_tokens": 2}}, 0.25),
+    ({"prompt_tokens": 8, "prompt_tokens_details": {"cached_tokens": 9}}, 1.0),  # capped
+    ({"prompt_tokens": 8}, None),  # vLLM without --enable-prompt-tokens-details
+    ({"prompt_tokens": 8, "prompt_tokens_details": None}, None),
+    ({"prompt_tokens": 0, "prompt_tokens_details": {"cached_tokens": 0}}, None),
+    ({"prompt_tokens": 8, "prompt_tokens_details": {"cached_tokens": -1}}, None),
+    ({"prompt_tokens": 8, "prompt_tokens_details": {"cached_tokens": True}}, None),
+    ({"prompt_tokens": "8", "prompt_tokens_details": {"cached_tokens": 2}}, None),
+    (None, None),
+])
+def test_the_cached_share_is_read_only_from_a_well_formed_usage(usage: object,
+                                                                  share: float | None) -> None:
+    assert cached_share(usage) == share

@@ -329,7 +329,11 @@ class VirtualFleet:
                 self.strategy.on_first_token(*followed)
             if output.stats is not None:
                 del self._followed[output.request_id]
-                self.strategy.on_released(*followed, output.stats.num_output_tokens)
+                stats = output.stats
+                self.strategy.on_released(
+                    *followed, stats.num_output_tokens,
+                    (max(stats.num_cached_tokens, 0) + stats.num_offloaded_tokens)
+                    / stats.num_prompt_tokens if stats.num_prompt_tokens > 0 else None)
         if output.stats is None:
             return
         engine_index, on_finished = self._pending.pop(output.request_id)

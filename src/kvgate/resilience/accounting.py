@@ -51,6 +51,21 @@ def record_usage(
     return cost
 
 
+def cached_share(usage: object) -> float | None:
+    """``cached_tokens / prompt_tokens`` from an OpenAI usage object; None when the engine did
+    not report cached tokens (vLLM reports them with ``--enable-prompt-tokens-details``)."""
+    if not isinstance(usage, dict):
+        return None
+    details = usage.get("prompt_tokens_details")
+    prompt = usage.get("prompt_tokens")
+    if not isinstance(details, dict) or not isinstance(prompt, int) or prompt <= 0:
+        return None
+    cached = details.get("cached_tokens")
+    if not isinstance(cached, int) or isinstance(cached, bool) or cached < 0:
+        return None
+    return min(1.0, cached / prompt)
+
+
 def update_latency(
     deployment: Deployment, *, ttft_s: float | None, ms_per_token: float | None
 ) -> None:

@@ -172,7 +172,7 @@ class Attempt:
     """
 
     __slots__ = ("_closed", "_error", "_first_token_seen", "_loop", "_outcome", "_stream",
-                 "deployment", "output_tokens", "started_s")
+                 "cached_share", "deployment", "output_tokens", "started_s")
 
     def __init__(self, loop: AttemptLoop, deployment: Deployment) -> None:
         self._loop = loop
@@ -186,6 +186,9 @@ class Attempt:
         #: Tokens this attempt produced, as far as the caller counted them (for the routing
         #: strategy's step timing when it follows attempts).
         self.output_tokens = 0
+        #: The share of the prompt the engine reported cached, once its usage came (None: it
+        #: reported none), for a strategy that learns how far its cache estimates hold.
+        self.cached_share: float | None = None
 
     async def __aenter__(self) -> Attempt:
         stats = self.deployment.stats
@@ -247,7 +250,8 @@ class Attempt:
         self.deployment.stats.in_flight -= 1
         route = self._loop.route
         if route.observes_progress:
-            route.strategy.on_released(self._loop.call, self.deployment, self.output_tokens)
+            route.strategy.on_released(self._loop.call, self.deployment, self.output_tokens,
+                                       self.cached_share)
         if self._outcome == "ok":
             self._loop._record(self.deployment, None)
         elif self._outcome == "failed" and self._error is not None:

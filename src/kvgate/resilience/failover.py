@@ -13,7 +13,12 @@ from typing import Any
 from kvgate.core.call import Call, Completion, Outcome, StreamingCompletion
 from kvgate.observability.metrics import Metrics
 from kvgate.providers.errors import UpstreamError, UpstreamTimeout
-from kvgate.resilience.accounting import record_usage, update_latency, upstream_body
+from kvgate.resilience.accounting import (
+    cached_share,
+    record_usage,
+    update_latency,
+    upstream_body,
+)
 from kvgate.resilience.attempts import AttemptLoop, Dispatch, ModelRoute
 from kvgate.resilience.breaker import BreakerBoard
 from kvgate.resilience.stream_relay import StreamRelay
@@ -77,6 +82,7 @@ class Failover:
                     usage, dict
                 ) else 0
                 attempt.output_tokens = completion_tokens
+                attempt.cached_share = cached_share(usage)
                 update_latency(
                     deployment, ttft_s=None,
                     ms_per_token=elapsed_s * 1000 / max(1, completion_tokens),

@@ -23,7 +23,12 @@ from kvgate.core.provider import ChunkBatch, JSONObject
 from kvgate.errors import GatewayError
 from kvgate.observability.metrics import Metrics
 from kvgate.providers.errors import UpstreamError, UpstreamServerError, UpstreamTimeout
-from kvgate.resilience.accounting import record_usage, update_latency, upstream_body
+from kvgate.resilience.accounting import (
+    cached_share,
+    record_usage,
+    update_latency,
+    upstream_body,
+)
 from kvgate.resilience.attempts import Attempt, AttemptLoop
 
 logger = logging.getLogger("kvgate.stream_relay")
@@ -247,6 +252,8 @@ class StreamRelay:
         if usage and self.deployment is not None:
             self._billed_this_attempt = True
             record_usage(self._metrics, self._call, self._route_name, self.deployment, usage)
+            if self._attempt is not None:
+                self._attempt.cached_share = cached_share(usage)
             if self._chunks_before_resume:
                 # Report the whole answer as completion tokens, not part of the resent prompt.
                 usage["completion_tokens"] = (usage.get("completion_tokens") or 0) + (

@@ -37,9 +37,12 @@ class RoutingStrategy(Protocol):
         """The attempt at ``deployment`` streamed its first token (its prefill is done)."""
         ...
 
-    def on_released(self, call: Call, deployment: Deployment, output_tokens: int) -> None:
+    def on_released(self, call: Call, deployment: Deployment, output_tokens: int,
+                    cached_share: float | None = None) -> None:
         """The attempt at ``deployment`` ended, whatever the ending, after ``output_tokens``;
-        called exactly once per ``on_dispatched``."""
+        called exactly once per ``on_dispatched``. ``cached_share``: the share of the prompt
+        the engine reported it had cached (``usage.prompt_tokens_details.cached_tokens`` /
+        ``prompt_tokens``), None when it reported none."""
         ...
 
     async def prepare(self, call: Call) -> None:
@@ -71,7 +74,8 @@ class StrategyDefaults:
     def on_first_token(self, call: Call, deployment: Deployment) -> None:
         return None
 
-    def on_released(self, call: Call, deployment: Deployment, output_tokens: int) -> None:
+    def on_released(self, call: Call, deployment: Deployment, output_tokens: int,
+                    cached_share: float | None = None) -> None:
         return None
 
     async def prepare(self, call: Call) -> None:

@@ -66,7 +66,8 @@ class PrefixKVAware(StrategyDefaults):
         self._settings = settings
         self._index = index
         self._scorer = TTFTScorer(self.name, deployments, settings,
-                                  block_tokens=max(1, settings.block_chars // 4), clock=clock)
+                                  block_tokens=max(1, settings.block_chars // 4),
+                                  discount_matches=True, clock=clock)
 
     async def prepare(self, call: Call) -> None:
         fp = fingerprint(call, block_chars=self._settings.block_chars, memo=self._memo)
@@ -108,18 +109,22 @@ class PrefixKVAware(StrategyDefaults):
         state = self._record(call, deployment)
         if state is not None:
             position = self._position[deployment]
+            prompt_tokens = state.fingerprint.total_tokens
+            matched = state.matched_tokens[position]
             state.ticket = self._scorer.dispatched(
-                position, state.fingerprint.total_tokens - state.matched_tokens[position])
+                position, prompt_tokens - matched * self._scorer.ledger.hold[position],
+                prompt_tokens=prompt_tokens, index_matched_tokens=matched)
 
     def on_first_token(self, call: Call, deployment: Deployment) -> None:
         state: PrefixState | None = call.routing_state
         if state is not None and state.ticket is not None:
             self._scorer.first_token(state.ticket)
 
-    def on_released(self, call: Call, deployment: Deployment, output_tokens: int) -> None:
+    def on_released(self, call: Call, deployment: Deployment, output_tokens: int,
+                    cached_share: float | None = None) -> None:
         state: PrefixState | None = call.routing_state
         if state is not None and state.ticket is not None:
-            self._scorer.released(state.ticket, output_tokens)
+            self._scorer.released(state.ticket, output_tokens, cached_share)
 
     def describe(self) -> dict[str, dict[str, Any]]:
         return self._scorer.describe()

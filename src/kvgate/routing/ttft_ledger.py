@@ -26,6 +26,8 @@ _MEAN_ALPHA = 0.1
 _PER_SEQUENCE_SHARE = 0.02
 #: Batch sizes apart that the step prior is worth ``prior_weight`` samples at.
 _BATCH_SPAN = 8.0
+#: Hold ratios at or above this count as 1 (matches are taken at face value).
+_HOLDS_ALL = 0.99
 
 
 @dataclass(slots=True)
@@ -39,7 +41,16 @@ class Ticket:
     dispatched_s: float
     #: The TTFT the ledger predicted at dispatch (seconds).
     predicted_ttft_s: float = 0.0
+    #: The prompt's tokens and the part of it the affinity index said the replica held (the
+    #: approximate mode's estimate, before the replica's hold ratio): with the share of the
+    #: prompt the engine reports cached, they correct the sample and measure the index.
+    prompt_tokens: float = 0.0
+    index_matched_tokens: float = 0.0
     first_token_s: float | None = None
+    #: Time to first token, observed; the calibration sample waits for the engine's usage.
+    ttft_s: float | None = None
+    #: KV tokens the request takes there while it runs (prompt + the replica's mean output).
+    kv_tokens: float = 0.0
     #: Requests in the replica's batch when the first token came (for the step fit).
     batch_at_first: int = 0
     released: bool = False
@@ -48,7 +59,7 @@ class Ticket:
 class Replica:
     """One deployment's ledger and fits."""
 
-    __slots__ = ("capacity_tokens", "configured_capacity", "decoding", "error_s",
+    __slots__ = ("capacity_tokens", "configured_capacity", "decoding", "error_s", "hold",
                  "mean_output", "mean_uncached", "prefill", "queued", "step", "waiting")
 
     def __init__(self, settings: PrefixRoutingSettings, configured_capacity: int | None
@@ -65,6 +76,10 @@ class Replica:
         self.mean_output = 0.0
         #: Mean absolute error of this replica's TTFT predictions; a decode step until measured.
         self.error_s = step_s
+        #: Of the prefix tokens the affinity index says this replica holds, the share its
+        #: engine reported cached (mean over requests; 1 until measured): below 1 when the
+        #: engine evicts sooner than the index assumes.
+        self.hold = 1.0
         self.configured_capacity = configured_capacity
         self.capacity_tokens = math.inf if configured_capacity is None else configured_capacity
 
@@ -92,6 +107,11 @@ class Ledger:
         self.rate = [0.0] * len(self.deployments)
         #: Replicas with prefill queued (waiting > 0).
         self.busy_replicas = 0
+        #: Per replica, its ``Replica.hold``; ``holds_all``: every one is (about) 1.
+        self.hold = [1.0] * len(self.deployments)
+        self.holds_all = True
+        #: Per replica, KV tokens its running and waiting requests take (``Ticket.kv_tokens``).
+        self.resident = [0.0] * len(self.deployments)
         for position in range(len(self.deployments)):
             self.update(position)
 
@@ -131,12 +151,18 @@ class Ledger:
 
     # -- events -----------------------------------------------------------------------------
 
-    def dispatched(self, position: int, uncached_tokens: float) -> Ticket:
+    def dispatched(self, position: int, uncached_tokens: float, *, prompt_tokens: float = 0.0,
+                   index_matched_tokens: float = 0.0) -> Ticket:
+        """``prompt_tokens``, ``index_matched_tokens``: the approximate mode's prompt size
+        and the affinity index's match there (see :attr:`Replica.hold`); 0 otherwise."""
         now_s = self._clock()
         replica = self.replicas[position]
         others = self._others_tokens(position)
         ticket = Ticket(position, uncached_tokens, replica.queued + others + uncached_tokens,
-                        now_s, self.ttft_base[position] + self.rate[position] * uncached_tokens)
+                        now_s, self.ttft_base[position] + self.rate[position] * uncached_tokens,
+                        prompt_tokens, index_matched_tokens,
+                        kv_tokens=prompt_tokens + replica.mean_output if prompt_tokens else 0.0)
+        self.resident[position] += ticket.kv_tokens
         replica.queued += uncached_tokens
         replica.waiting += 1
         if replica.waiting == 1:
@@ -157,18 +183,30 @@ class Ledger:
         self._leave_queue(replica, ticket)
         replica.decoding += 1
         ticket.batch_at_first = replica.batch
-        ttft_s = now_s - ticket.dispatched_s
-        replica.error_s += _MEAN_ALPHA * (abs(ttft_s - ticket.predicted_ttft_s) - replica.error_s)
-        self._observe_ttft(replica, ticket, ttft_s, now_s)
+        ticket.ttft_s = now_s - ticket.dispatched_s
+        replica.error_s += _MEAN_ALPHA * (abs(ticket.ttft_s - ticket.predicted_ttft_s)
+                                          - replica.error_s)
         self.update(ticket.position)
 
-    def released(self, ticket: Ticket, output_tokens: int) -> None:
-        """The attempt ended (answered, failed or abandoned) after ``output_tokens``."""
+    def released(self, ticket: Ticket, output_tokens: int,
+                 cached_share: float | None = None) -> None:
+        """The attempt ended (answered, failed or abandoned) after ``output_tokens``;
+        ``cached_share``: the share of the prompt its engine reported cached, if it did."""
         if ticket.released:
             return
         ticket.released = True
         now_s = self._clock()
         replica = self.replicas[ticket.position]
+        # NOTE: the TTFT sample is of the tokens the engine really computed: where the index
+        # said "held" but the engine had evicted, the sample is a full prefill, and taking it
+        # as the predicted few tokens taught the fit a replica seconds slower than it is.
+        missed = 0.0
+        if cached_share is not None and ticket.prompt_tokens > 0:
+            missed = (1.0 - cached_share) * ticket.prompt_tokens - ticket.uncached_tokens
+            if ticket.index_matched_tokens > 0:
+                self._observe_hold(ticket.position, cached_share * ticket.prompt_tokens
+                                   / ticket.index_matched_tokens)
+        self.resident[ticket.position] -= ticket.kv_tokens
         if ticket.first_token_s is None:
             self._leave_queue(replica, ticket)
             if output_tokens > 0:
@@ -176,16 +214,33 @@ class Ledger:
                 # the first token, at the replica's current step time.
                 steps_s = (output_tokens - 1) * replica.step.predict(replica.batch + 1)
                 self._observe_ttft(replica, ticket, now_s - ticket.dispatched_s - steps_s,
-                                   now_s)
+                                   now_s, missed)
         else:
             replica.decoding -= 1
+            if ticket.ttft_s is not None:
+                self._observe_ttft(replica, ticket, ticket.ttft_s, now_s, missed)
             if output_tokens >= 2:
                 batch = (ticket.batch_at_first + replica.batch + 1) / 2
                 replica.step.observe(batch, (now_s - ticket.first_token_s)
                                      / (output_tokens - 1), now_s)
         if output_tokens > 0:
             replica.mean_output += _MEAN_ALPHA * (output_tokens - replica.mean_output)
+        if replica.batch == 0:
+            self.resident[ticket.position] = 0.0  # no float drift on an idle replica
         self.update(ticket.position)
+
+    def admission_wait_s(self, position: int, prompt_tokens: float) -> float:
+        """Time a request of ``prompt_tokens`` waits there for KV space, not for compute:
+        when what runs there and this prompt exceed the replica's KV, the engine admits it
+        only as running requests finish (or preempts one, which costs as much), a share of
+        their remaining decode."""
+        resident = self.resident[position]
+        replica = self.replicas[position]
+        over = resident + prompt_tokens - replica.capacity_tokens
+        if over <= 0 or resident <= 0:
+            return 0.0
+        drain_s = replica.mean_output * replica.step.predict(replica.batch)
+        return drain_s * min(1.0, over / resident)
 
     def _leave_queue(self, replica: Replica, ticket: Ticket) -> None:
         replica.waiting -= 1
@@ -194,9 +249,17 @@ class Ledger:
             replica.queued = 0.0  # no float drift on an idle replica
             self.busy_replicas -= 1
 
-    def _observe_ttft(self, replica: Replica, ticket: Ticket, ttft_s: float, now_s: float
-                      ) -> None:
-        work = ticket.work_tokens
+    def _observe_hold(self, position: int, held_share: float) -> None:
+        replica = self.replicas[position]
+        replica.hold += _MEAN_ALPHA * (min(1.0, held_share) - replica.hold)
+        self.hold[position] = replica.hold
+        self.holds_all = min(self.hold) >= _HOLDS_ALL
+
+    def _observe_ttft(self, replica: Replica, ticket: Ticket, ttft_s: float, now_s: float,
+                      missed_tokens: float = 0.0) -> None:
+        """``missed_tokens``: computed beyond the ticket's uncached estimate (negative: the
+        engine held more than estimated)."""
+        work = max(0.0, ticket.work_tokens + missed_tokens)
         steps_s = replica.step.predict(ticket.batch_at_first) * (1.0 + work / self._chunk)
         replica.prefill.observe(work, max(0.0, ttft_s - steps_s), now_s)
 
@@ -216,12 +279,14 @@ class Ledger:
                 "decode_step_ms_per_sequence": round(step.slope * 1e3, 4),
                 "ttft_error_ms": round(replica.error_s * 1e3, 3),
                 "ttft_samples": prefill.samples,
+                "index_hold_ratio": round(replica.hold, 3),
                 "step_samples": step.samples,
                 "queued_prefill_tokens": round(replica.queued, 1),
                 "waiting_requests": replica.waiting,
                 "decoding_requests": replica.decoding,
                 "mean_output_tokens": round(replica.mean_output, 1),
                 "placed_tokens": round(placed[position], 1),
+                "resident_tokens": round(self.resident[position], 1),
                 "kv_capacity_tokens": (None if math.isinf(replica.capacity_tokens)
                                        else int(replica.capacity_tokens)),
             }

@@ -76,13 +76,16 @@ class TTFTScorer:
 
     def __init__(self, name: str, deployments: Sequence[Deployment],
                  settings: PrefixRoutingSettings, *, block_tokens: float,
-                 load_s_per_token: float = 0.0,
+                 load_s_per_token: float = 0.0, discount_matches: bool = False,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        """``load_s_per_token``: time to bring one CPU-tier (offloaded) token back."""
+        """``load_s_per_token``: time to bring one CPU-tier (offloaded) token back.
+        ``discount_matches``: matches are estimates (the affinity index), worth each
+        replica's measured hold ratio (:attr:`~kvgate.routing.ttft_ledger.Replica.hold`)."""
         self.name = name
         self.ledger = Ledger(deployments, settings, clock=clock)
         self._clock = clock
         self._load_s_per_token = load_s_per_token
+        self._discount_matches = discount_matches
         #: Matches within one block of the best count as the best (for the outcome label).
         self._block_tokens = block_tokens
         self._capacity = [math.inf] * len(self.ledger.replicas)
@@ -103,14 +106,17 @@ class TTFTScorer:
         self._inverse_capacity = [0.0 if math.isinf(c) or c <= 0 else 1.0 / c
                                   for c in self._capacity]
 
-    def dispatched(self, position: int, uncached_tokens: float) -> Ticket:
-        return self.ledger.dispatched(position, uncached_tokens)
+    def dispatched(self, position: int, uncached_tokens: float, *, prompt_tokens: float = 0.0,
+                   index_matched_tokens: float = 0.0) -> Ticket:
+        return self.ledger.dispatched(position, uncached_tokens, prompt_tokens=prompt_tokens,
+                                      index_matched_tokens=index_matched_tokens)
 
     def first_token(self, ticket: Ticket) -> None:
         self.ledger.first_token(ticket)
 
-    def released(self, ticket: Ticket, output_tokens: int) -> None:
-        self.ledger.released(ticket, output_tokens)
+    def released(self, ticket: Ticket, output_tokens: int,
+                 cached_share: float | None = None) -> None:
+        self.ledger.released(ticket, output_tokens, cached_share)
 
     def describe(self) -> dict[str, dict[str, Any]]:
         return self.ledger.describe()
@@ -136,6 +142,11 @@ class TTFTScorer:
         if now_s - self._refreshed_s >= _REFRESH_S:
             self._refresh(now_s)
         ledger = self.ledger
+        index_matched = matched
+        if self._discount_matches and not ledger.holds_all:
+            # What the index says is held, times how much of that the engine had last times.
+            hold = ledger.hold if positions is None else [ledger.hold[p] for p in positions]
+            matched = list(map(mul, matched, hold))
         if positions is None:
             base, rate = ledger.base, ledger.rate
         else:
@@ -165,6 +176,17 @@ class TTFTScorer:
             load = self._load_s_per_token
             costs = [b + r * u * factor + load * o
                      for b, r, u, o in zip(base, rate, uncached, offloaded, strict=True)]
+        wait_s: dict[int, float] = {}
+        if self._unknown_capacity < len(self._capacity):
+            # NOTE: a replica whose running requests fill its KV admits a prompt only as they
+            # finish (vLLM queues or preempts): without this, prompts that match best pile
+            # onto a replica with no room, which preempts and recomputes all of them.
+            wait = ledger.admission_wait_s
+            candidates_at = range(len(costs)) if positions is None else positions
+            for i, p in enumerate(candidates_at):
+                if (w := wait(p, prompt_tokens)) > 0.0:
+                    wait_s[i] = w
+                    costs[i] += w
         evict_s: dict[int, float] = {}
         if prompt_tokens - min(matched) > self._least_headroom(positions):  # someone evicts
             # Eviction only adds cost, so only candidates already below the cheapest one's
@@ -217,14 +239,16 @@ class TTFTScorer:
         costs[pick] = math.inf  # the runner-up: the best of the others (no copy of the list)
         runner_up = min(costs) if len(costs) > 1 else chosen_cost
         costs[pick] = chosen_cost
-        outcome = ("cold" if best_match < 0.5 * (matched[pick] + uncached[pick])
-                   else "hit" if matched[pick] >= best_match - self._block_tokens
+        computed_or_held = (prompt_tokens if offloaded is None  # what it does not load
+                            else index_matched[pick] + uncached[pick])
+        outcome = ("cold" if best_match < 0.5 * computed_or_held
+                   else "hit" if index_matched[pick] >= best_match - self._block_tokens
                    else "spill")
         shown = shown_candidates(costs, pick, ties == len(costs), lowest=True)
         explanation: dict[str, Any] = {
             "strategy": self.name,
             "outcome": outcome,
-            "matched_tokens": tokens_value(matched[pick]),
+            "matched_tokens": tokens_value(index_matched[pick]),
             "predicted_ttft_ms": round((ledger.ttft_base[pick if positions is None else
                                                          positions[pick]]
                                         + rate[pick] * uncached[pick] + (
@@ -233,10 +257,11 @@ class TTFTScorer:
             "runner_up_margin_ms": round((runner_up - costs[pick]) * 1e3, 3),
             "candidates": {
                 candidates[i].id: {
-                    "matched_tokens": tokens_value(matched[i]),
+                    "matched_tokens": tokens_value(index_matched[i]),
                     "uncached_tokens": tokens_value(uncached[i]),
                     "predicted_cost_ms": round(costs[i] * 1e3, 3),
                     **({"eviction_ms": round(evict_s[i] * 1e3, 3)} if evict_s.get(i) else {}),
+                    **({"kv_wait_ms": round(wait_s[i] * 1e3, 3)} if i in wait_s else {}),
                     **(details or {}).get(candidates[i], {}),
                 }
                 for i in shown

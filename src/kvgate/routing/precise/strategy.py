@@ -216,7 +216,7 @@ class PreciseKVAware(StrategyDefaults):
         position = self._position[deployment]
         state.ticket = self._scorer.dispatched(position, max(
             0.0, state.prompt_tokens - state.matched_tokens[position]
-            - state.offloaded_tokens[position]))
+            - state.offloaded_tokens[position]), prompt_tokens=state.prompt_tokens)
         hashes = state.fingerprint.hashes
         if hashes:
             # Always: the approximate fallback must be warm when a replica degrades.
@@ -234,10 +234,11 @@ class PreciseKVAware(StrategyDefaults):
         if state is not None and state.ticket is not None:
             self._scorer.first_token(state.ticket)
 
-    def on_released(self, call: Call, deployment: Deployment, output_tokens: int) -> None:
+    def on_released(self, call: Call, deployment: Deployment, output_tokens: int,
+                    cached_share: float | None = None) -> None:
         state: _PreciseState | None = call.routing_state
         if state is not None and state.ticket is not None:
-            self._scorer.released(state.ticket, output_tokens)
+            self._scorer.released(state.ticket, output_tokens, cached_share)
 
     # -- observability ----------------------------------------------------------------------
 
