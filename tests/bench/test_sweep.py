@@ -15,7 +15,7 @@ import pytest
 from kvgate.bench.request import BenchRequest
 from kvgate.bench.scenarios import SCENARIOS
 from kvgate.bench.scenarios.sweep import QUICK_KV_RATIOS, QUICK_LOADS
-from kvgate.bench.scenarios.sweep_report import compare
+from kvgate.bench.scenarios.sweep_report import compare, grids_markdown
 from kvgate.bench.scenarios.sweep_run import ARMS, REPLICAS
 from kvgate.bench.scenarios.sweep_sizing import (
     RequestShape,
@@ -108,6 +108,17 @@ def test_targets_and_heat_maps(swept: tuple[dict[str, Any], Path]) -> None:
     for spec in sweep_workloads(quick=True):
         png = plots / f"sweep_{spec.name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_report_grids_and_the_recorded_command(swept: tuple[dict[str, Any], Path]) -> None:
+    document, _ = swept
+    assert document["command"].startswith("kvgate bench scenario sweep --quick --seed 0 ")
+    grids = grids_markdown(document).split("\n\n")
+    workloads = [spec.name for spec in sweep_workloads(quick=True)]
+    assert [grid.split("**")[1] for grid in grids if grid.startswith("**")] == workloads
+    first = next(c for c in document["comparisons"] if c["workload"] == workloads[0])
+    rows = [line for line in grids[1].splitlines() if line.startswith(f"| {first['kv_ratio']:g} |")]
+    assert rows and rows[0].split(" | ")[1].startswith(f"{first['ttft_p95_ratio']:.2f} / ")
 
 
 def _shape(blocks: tuple[bytes, ...]) -> RequestShape:

@@ -17,9 +17,10 @@ from kvgate.core.deployment import Deployment
 from kvgate.request.parse import parse_call
 from kvgate.routing.affinity import MemoryAffinityIndex
 from kvgate.routing.load import InFlightLoad
-from kvgate.routing.prefix_kv_aware import PrefixKVAware
+from kvgate.routing.prefix_kv_aware import PrefixKVAware, _links_served_since
 from kvgate.routing.prefix_kv_aware_v1 import PrefixKVAwareV1
 from tests.routing.factories import deployment
+from tests.support.clock import FakeClock
 from tests.support.processes import run_gateway
 
 DOCS = [f"Document {i}: " + ("lorem ipsum dolor sit amet " * 60) + f" end of document {i}."
@@ -230,3 +231,54 @@ def test_explanation_is_bounded_on_large_fleets() -> None:
     assert chosen is home
     assert len(call.route["candidates"]) <= 8
     assert home.id in call.route["candidates"]
+
+
+def _return_after_traffic(capacity_tokens: int) -> dict[str, object]:
+    """DOCS[0] is asked about at t=0; then, a second apart, 24 other documents; then DOCS[0]
+    again. Returns that last decision's explanation."""
+    clock = FakeClock(1_000.0)
+    fleet = [deployment(f"r{i}", kv_capacity_tokens=capacity_tokens) for i in range(2)]
+    s = PrefixKVAware(fleet, PrefixRoutingSettings(block_chars=64),
+                      MemoryAffinityIndex(max_blocks_per_deployment=100_000, ttl_s=300,
+                                          clock=clock), clock=clock)
+    home = route(s, chat(DOCS[0], "first question"), fleet)
+    for i in range(24):
+        clock.now_s += 1.0
+        route(s, chat(f"Other {i}: " + "consectetur adipiscing elit " * 60, "q"), fleet)
+    clock.now_s += 1.0
+    call = chat(DOCS[0], "second question")
+    asyncio.run(s.prepare(call))
+    decision = s.choose(call, fleet)
+    explanation = decision.explanation
+    candidates = explanation["candidates"]
+    assert isinstance(candidates, dict)
+    return {"home_matched": candidates[home.id]["matched_tokens"],
+            "outcome": explanation["outcome"], "stats": s.describe()[home.id]}
+
+
+def test_a_prefix_its_replica_has_since_evicted_counts_as_cold_there() -> None:
+    # Each replica holds 2,000 tokens and was sent about 12 documents of ~420 tokens within
+    # 25 s: a block untouched for ~10 s is gone, and DOCS[0] was last served 25 s ago. The
+    # index (TTL 300 s) still lists it; the match is cut to what can still be there.
+    evicting = _return_after_traffic(2_000)
+    stats = evicting["stats"]
+    assert isinstance(stats, dict) and stats["kv_residency_s"] < 15
+    assert evicting["home_matched"] == 0 and evicting["outcome"] == "cold"
+    # With room for everything it was sent, the same history is a hit.
+    roomy = _return_after_traffic(100_000)
+    assert isinstance(roomy["stats"], dict) and roomy["stats"]["kv_residency_s"] is None
+    assert roomy["home_matched"] > 300 and roomy["outcome"] == "hit"
+
+
+def test_the_resident_links_are_the_leading_run_served_since_the_cut() -> None:
+    served = {("r0", h): t for h, t in zip(range(5), (10, 10, 8, 8, 5), strict=True)}
+
+    def served_s(deployment_id: str, block_hash: int) -> float | None:
+        return served.get((deployment_id, block_hash))
+
+    hashes = list(range(5))
+    assert _links_served_since(served_s, "r0", hashes, 5, 8.0) == 4
+    assert _links_served_since(served_s, "r0", hashes, 5, 9.0) == 2
+    assert _links_served_since(served_s, "r0", hashes, 3, 0.0) == 3
+    assert _links_served_since(served_s, "r0", hashes, 5, 11.0) == 0
+    assert _links_served_since(served_s, "r1", hashes, 5, 0.0) == 0  # not tracked there

@@ -159,9 +159,9 @@ def _learn_on_misses(report_cached: bool) -> dict[str, object]:
     them: it computes all 8k, at the prior's speed."""
     fleet = [deployment("r0")]
     clock = FakeClock(0.0)
-    s = TTFTScorer("t", fleet, SETTINGS, block_tokens=16, discount_matches=True, clock=clock)
+    s = scorer(fleet, clock)
     for _ in range(40):
-        ticket = s.dispatched(0, 1_000, prompt_tokens=8_000, index_matched_tokens=7_000)
+        ticket = s.dispatched(0, 1_000, prompt_tokens=8_000)
         clock.now_s += 8_000 / 10_000 + 0.025 * 1.02 * (1 + 8_000 / 2048)
         s.first_token(ticket)
         clock.now_s += 19 * 0.025
@@ -176,46 +176,20 @@ def test_the_calibration_sample_counts_the_tokens_the_engine_computed() -> None:
     measured = _learn_on_misses(report_cached=True)
     assert measured["prefill_tokens_per_s"] == pytest.approx(10_000, rel=0.1)
     assert measured["ttft_fixed_ms"] == pytest.approx(0, abs=50)
-    assert measured["index_hold_ratio"] < 0.05
     blind = _learn_on_misses(report_cached=False)
     assert blind["ttft_fixed_ms"] > 300 or blind["prefill_tokens_per_s"] < 3_000
-    assert blind["index_hold_ratio"] == 1.0
-
-
-def test_matches_on_a_replica_that_evicts_early_are_worth_what_its_engine_kept() -> None:
-    # The index says r0 holds 7k of the 8k-token prompt; r0 has 3k tokens of prefill queued.
-    # Taken at face value r0 wins (1k + 3k tokens against 8k on idle r1). Once r0's engine
-    # has reported holding a fifth of what the index claimed, r0's 7k are worth 1.4k, and
-    # the idle replica is sooner.
-    fleet = [deployment("r0"), deployment("r1")]
-    clock = FakeClock(0.0)
-    s = TTFTScorer("t", fleet, SETTINGS, block_tokens=16, discount_matches=True, clock=clock)
-    queue(s, 0, 3_000)
-    assert pick(s, fleet, 8_000, [7_000, 0])[0] is fleet[0]
-    for _ in range(50):
-        ticket = s.dispatched(0, 1_000, prompt_tokens=8_000, index_matched_tokens=7_000)
-        s.released(ticket, 0, 7_000 / 8_000 / 5)
-    assert s.describe()["r0"]["index_hold_ratio"] == pytest.approx(0.2, abs=0.02)
-    chosen, explanation = pick(s, fleet, 8_000, [7_000, 0])
-    assert chosen is fleet[1]
-    candidates = explanation["candidates"]
-    assert isinstance(candidates, dict)
-    assert candidates["r0"]["matched_tokens"] == 7_000  # what the index said
-    assert candidates["r0"]["uncached_tokens"] == pytest.approx(8_000 - 0.2 * 7_000, rel=0.02)
-    # The exact mode's matches are not estimates: never discounted.
-    exact = scorer(fleet, clock)
-    exact.ledger.hold[0], exact.ledger.holds_all = 0.2, False
-    queue(exact, 0, 3_000)
-    assert pick(exact, fleet, 8_000, [7_000, 0])[0] is fleet[0]
+    # What it recomputed entered its KV: the footprint counts it (7k per request more).
+    assert measured["placed_tokens"] == pytest.approx(8 * blind["placed_tokens"])
 
 
 @pytest.mark.parametrize(("output_tokens", "winner"), [(20, 0), (400, 1)])
 def test_a_prompt_waits_for_kv_space_on_a_replica_its_running_requests_fill(
         output_tokens: int, winner: int) -> None:
-    # Both replicas hold 10k tokens of KV. Two 4k-token requests run on r0 (first tokens
-    # back, decoding); a 4k prompt with 3k of it cached on r0 would not fit beside them, so
-    # r0 admits it only as they finish: with short answers that is soon and the cached 3k
-    # win; with long ones the cold prefill on idle r1 is sooner.
+    # Both replicas hold 10k tokens of KV. Two 4.5k-token requests run on r0 (first tokens
+    # back, decoding); a 4k prompt with 3k of it cached on r0 brings 1k new tokens and its
+    # answer, which do not fit beside them, so r0 admits it only as they finish: with short
+    # answers that is soon and the cached 3k win; with long ones the cold prefill on idle r1
+    # is sooner.
     fleet = [deployment(f"r{i}", kv_capacity_tokens=10_000) for i in range(2)]
     clock = FakeClock(0.0)
     s = scorer(fleet, clock)
@@ -223,7 +197,7 @@ def test_a_prompt_waits_for_kv_space_on_a_replica_its_running_requests_fill(
         ticket = s.dispatched(0, 10, prompt_tokens=10)
         s.first_token(ticket)
         s.released(ticket, output_tokens)
-    running = [s.dispatched(0, 4_000, prompt_tokens=4_000) for _ in range(2)]
+    running = [s.dispatched(0, 4_500, prompt_tokens=4_500) for _ in range(2)]
     for ticket in running:
         s.first_token(ticket)
     chosen, explanation = pick(s, fleet, 4_000, [3_000, 0])
@@ -236,3 +210,19 @@ def test_a_prompt_waits_for_kv_space_on_a_replica_its_running_requests_fill(
     assert s.describe()["r0"]["resident_tokens"] == 0
     _, explanation = pick(s, fleet, 4_000, [3_000, 0])
     assert "kv_wait_ms" not in explanation["candidates"]["r0"]  # type: ignore[index]
+
+
+def test_requests_sharing_a_prefix_hold_it_once_in_the_kv_they_take() -> None:
+    fleet = [deployment("r0", kv_capacity_tokens=100_000)]
+    s = scorer(fleet)
+    image = [s.dispatched(0, 50, prompt_tokens=5_000, shared_key="image", shared_tokens=4_950)
+             for _ in range(10)]
+    other = s.dispatched(0, 3_000, prompt_tokens=3_000)
+    # One image (4,950) + ten questions (50 each) + the other prompt; no answers seen yet.
+    assert s.describe()["r0"]["resident_tokens"] == 4_950 + 10 * 50 + 3_000
+    for ticket in image[:9]:
+        s.released(ticket, 0)
+    assert s.describe()["r0"]["resident_tokens"] == 4_950 + 50 + 3_000
+    s.released(image[9], 0)
+    s.released(other, 0)
+    assert s.describe()["r0"]["resident_tokens"] == 0

@@ -124,6 +124,10 @@ class RecordingIndex:
     def forget(self, deployment_id: str) -> None:
         self._inner.forget(deployment_id)
 
+    def served_s(self, deployment_id: str, block_hash: int) -> float | None:
+        served = getattr(self._inner, "served_s", None)
+        return None if served is None else served(deployment_id, block_hash)
+
     def size(self) -> int:
         return self._inner.size()
 
@@ -135,8 +139,10 @@ def build_router(name: str, deployments: Sequence[Deployment], routing: RoutingS
                  clock: VirtualClock) -> tuple[RoutingStrategy, RecordingIndex | None]:
     """The strategy as the gateway builds it; the index, if the strategy has one."""
     model = deployments[0].settings.model if deployments else "fleet"
+    # NOTE: the index on the simulated clock: on the wall clock its TTL never passed within a
+    # run (minutes of simulated time take seconds).
     new_index = affinity_index_factory(model, routing, len(deployments),
-                                       SharedRedis(RedisSettings().url))
+                                       SharedRedis(RedisSettings().url), clock)
     made: list[RecordingIndex] = []
 
     def index() -> AffinityIndex:

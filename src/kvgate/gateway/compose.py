@@ -12,6 +12,7 @@ metrics, stream resume) comes from its registry entry: nothing here branches on 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -124,13 +125,15 @@ class SharedRedis:
 
 
 def affinity_index_factory(
-    model: str, routing: RoutingSettings, num_deployments: int, redis: SharedRedis
+    model: str, routing: RoutingSettings, num_deployments: int, redis: SharedRedis,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Callable[[], AffinityIndex]:
     """Builds one model's affinity index (memory, shared memory or Redis) for strategies that
     use one; the benchmarks call this too, so they route exactly as the gateway does.
 
     ``auto`` is shared memory when ``kvgate run`` made a segment for its workers (it sets
-    ``affinity_segment``), else memory.
+    ``affinity_segment``), else memory. ``clock``: the in-memory index's, which must be the
+    strategy's (the simulator's virtual clock in benchmarks).
     """
     prefix = routing.prefix
     backend = routing.affinity_backend
@@ -153,7 +156,7 @@ def affinity_index_factory(
             return SharedMemoryAffinityIndex(table, namespace=model, ttl_s=prefix.ttl_s)
         return MemoryAffinityIndex(
             max_blocks_per_deployment=max(1, prefix.max_tracked_blocks // num_deployments),
-            ttl_s=prefix.ttl_s,
+            ttl_s=prefix.ttl_s, clock=clock,
         )
 
     return build

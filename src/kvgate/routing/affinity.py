@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from itertools import accumulate, compress, islice, repeat, takewhile
 from operator import and_, is_, neg, not_
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class AffinityIndex(Protocol):
@@ -45,6 +45,17 @@ class AffinityIndex(Protocol):
     async def flush(self) -> None:
         """Return once every ``record`` made so far is seen by ``match`` (on every gateway
         sharing the index); a backend that records synchronously returns at once."""
+        ...
+
+
+@runtime_checkable
+class ServedTimes(Protocol):
+    """An index that can tell when a deployment last served a block (the in-memory one):
+    ``prefix_kv_aware`` then counts only links recent enough to have survived the
+    replica's own eviction."""
+
+    def served_s(self, deployment_id: str, block_hash: int) -> float | None:
+        """The clock second ``deployment_id`` last served the block; None if not tracked."""
         ...
 
 
@@ -207,6 +218,11 @@ class MemoryAffinityIndex:
 
     def size(self) -> int:
         return sum(len(b) for b in self._blocks.values())
+
+    def served_s(self, deployment_id: str, block_hash: int) -> float | None:
+        """When ``deployment_id`` last served the block (whole clock seconds), if tracked."""
+        blocks = self._blocks.get(deployment_id)
+        return None if blocks is None else blocks.get(block_hash)
 
     async def flush(self) -> None:
         return None  # record() writes synchronously

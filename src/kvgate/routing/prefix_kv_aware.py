@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvgate.config.schema import PrefixRoutingSettings
 from kvgate.core.deployment import Deployment, RouteDecision
-from kvgate.routing.affinity import AffinityIndex
+from kvgate.routing.affinity import AffinityIndex, ServedTimes
 from kvgate.routing.base import StrategyDefaults
 from kvgate.routing.fingerprint import Fingerprint, MessageMemo, fingerprint
 from kvgate.routing.ttft_ledger import Ticket
@@ -65,14 +65,19 @@ class PrefixKVAware(StrategyDefaults):
         self._memo = MessageMemo()
         self._settings = settings
         self._index = index
+        #: When the index can tell when a block was last served: matches are cut to the links
+        #: recent enough to have survived the replica's own eviction (_resident_links).
+        self._served = index.served_s if isinstance(index, ServedTimes) else None
+        self._clock = clock
         self._scorer = TTFTScorer(self.name, deployments, settings,
-                                  block_tokens=max(1, settings.block_chars // 4),
-                                  discount_matches=True, clock=clock)
+                                  block_tokens=max(1, settings.block_chars // 4), clock=clock)
 
     async def prepare(self, call: Call) -> None:
         fp = fingerprint(call, block_chars=self._settings.block_chars, memo=self._memo)
         if fp.hashes:
             counts = await self._index.match(fp.hashes, self._ids)
+            if self._served is not None and self._scorer.ledger.turning_over:
+                counts = self._resident_links(fp.hashes, counts)
             # NOTE: tokens per distinct count, summed on demand: a few groups of deployments
             # match alike, and a running total of every link costs more than the lookup.
             tokens_at = {count: fp.tokens_in_first(count) for count in set(counts)}
@@ -81,6 +86,28 @@ class PrefixKVAware(StrategyDefaults):
         else:
             none = [0] * len(self._deployments)
             call.routing_state = PrefixState(fp, none, none, 0)
+
+    def _resident_links(self, hashes: Sequence[int], counts: list[int]) -> list[int]:
+        """``counts`` (leading links each deployment served within the TTL) cut, on replicas
+        whose KV turns over faster than the TTL, to the links served within their residency
+        (:attr:`~kvgate.routing.ttft_ledger.Ledger.residency_s`).
+
+        NOTE: a prompt's links are recorded together and a head is recorded whenever its
+        tail is, so along a chain the last-served times never increase: the resident links
+        are a leading run, found by bisection (a few dict reads per replica).
+        """
+        ledger = self._scorer.ledger
+        served = self._served
+        assert served is not None
+        now_s = self._clock()
+        counts = list(counts)
+        for position in ledger.turning_over:
+            if counts[position]:
+                # Served ticks are whole seconds (floored): one second of slack.
+                counts[position] = _links_served_since(
+                    served, self._ids[position], hashes, counts[position],
+                    now_s - ledger.residency_s[position] - 1.0)
+        return counts
 
     def choose(self, call: Call, candidates: Sequence[Deployment]) -> RouteDecision:
         state: PrefixState = call.routing_state
@@ -111,9 +138,12 @@ class PrefixKVAware(StrategyDefaults):
             position = self._position[deployment]
             prompt_tokens = state.fingerprint.total_tokens
             matched = state.matched_tokens[position]
+            links = state.matched_blocks[position]
             state.ticket = self._scorer.dispatched(
-                position, prompt_tokens - matched * self._scorer.ledger.hold[position],
-                prompt_tokens=prompt_tokens, index_matched_tokens=matched)
+                position, prompt_tokens - matched, prompt_tokens=prompt_tokens,
+                # The chain's last matched link names the whole matched prefix.
+                shared_key=state.fingerprint.hashes[links - 1] if links else None,
+                shared_tokens=matched)
 
     def on_first_token(self, call: Call, deployment: Deployment) -> None:
         state: PrefixState | None = call.routing_state
@@ -137,3 +167,24 @@ class PrefixKVAware(StrategyDefaults):
 def cumulative_tokens(tokens: Sequence[int]) -> list[int]:
     """``out[k]`` = tokens in the first ``k`` links."""
     return list(accumulate(tokens, initial=0))
+
+
+def _links_served_since(served: Callable[[str, int], float | None], deployment_id: str,
+                        hashes: Sequence[int], links: int, oldest_s: float) -> int:
+    """How many of the first ``links`` links ``deployment_id`` served at ``oldest_s`` or
+    later (a leading run: served times never increase along a chain)."""
+
+    def fresh(link: int) -> bool:
+        served_s = served(deployment_id, hashes[link])
+        return served_s is not None and served_s >= oldest_s
+
+    if fresh(links - 1):
+        return links
+    low, high = 0, links - 1  # links before ``low`` are fresh; ``high`` is not
+    while low < high:
+        middle = (low + high) // 2
+        if fresh(middle):
+            low = middle + 1
+        else:
+            high = middle
+    return low

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +26,6 @@ _MEAN_ALPHA = 0.1
 _PER_SEQUENCE_SHARE = 0.02
 #: Batch sizes apart that the step prior is worth ``prior_weight`` samples at.
 _BATCH_SPAN = 8.0
-#: Hold ratios at or above this count as 1 (matches are taken at face value).
-_HOLDS_ALL = 0.99
 
 
 @dataclass(slots=True)
@@ -41,16 +39,19 @@ class Ticket:
     dispatched_s: float
     #: The TTFT the ledger predicted at dispatch (seconds).
     predicted_ttft_s: float = 0.0
-    #: The prompt's tokens and the part of it the affinity index said the replica held (the
-    #: approximate mode's estimate, before the replica's hold ratio): with the share of the
-    #: prompt the engine reports cached, they correct the sample and measure the index.
+    #: The prompt's tokens: with the share of it the engine reports cached, the tokens it
+    #: really computed (0: unknown).
     prompt_tokens: float = 0.0
-    index_matched_tokens: float = 0.0
     first_token_s: float | None = None
     #: Time to first token, observed; the calibration sample waits for the engine's usage.
     ttft_s: float | None = None
-    #: KV tokens the request takes there while it runs (prompt + the replica's mean output).
+    #: KV tokens the request takes there while it runs beyond the prefix it shares (its
+    #: prompt less ``shared_tokens``, plus the replica's mean output)...
     kv_tokens: float = 0.0
+    #: ...and the prefix it matched, which requests with the same ``shared_key`` running
+    #: there at once hold once (ten questions on one image pin one image, not ten).
+    shared_key: Hashable = None
+    shared_tokens: float = 0.0
     #: Requests in the replica's batch when the first token came (for the step fit).
     batch_at_first: int = 0
     released: bool = False
@@ -59,7 +60,7 @@ class Ticket:
 class Replica:
     """One deployment's ledger and fits."""
 
-    __slots__ = ("capacity_tokens", "configured_capacity", "decoding", "error_s", "hold",
+    __slots__ = ("capacity_tokens", "configured_capacity", "decoding", "error_s",
                  "mean_output", "mean_uncached", "prefill", "queued", "step", "waiting")
 
     def __init__(self, settings: PrefixRoutingSettings, configured_capacity: int | None
@@ -76,10 +77,6 @@ class Replica:
         self.mean_output = 0.0
         #: Mean absolute error of this replica's TTFT predictions; a decode step until measured.
         self.error_s = step_s
-        #: Of the prefix tokens the affinity index says this replica holds, the share its
-        #: engine reported cached (mean over requests; 1 until measured): below 1 when the
-        #: engine evicts sooner than the index assumes.
-        self.hold = 1.0
         self.configured_capacity = configured_capacity
         self.capacity_tokens = math.inf if configured_capacity is None else configured_capacity
 
@@ -100,6 +97,13 @@ class Ledger:
         self.placed = PlacedTokens(len(self.deployments), settings.ttl_s)
         self._clock = clock
         self._chunk = float(settings.prefill_chunk_tokens)
+        self._horizon_s = settings.ttl_s
+        self._started_s = clock()
+        #: Per replica: how long a block nobody reuses stays in its KV, from how fast new
+        #: tokens enter it (``inf`` while what it was sent within the horizon fits); and the
+        #: replicas where that is shorter than the horizon. Read at each refresh.
+        self.residency_s = [math.inf] * len(self.deployments)
+        self.turning_over: list[int] = []
         #: Per replica: cost = base + rate x uncached tokens; ``ttft_base`` leaves out what a
         #: request costs others (the decode slowdown it brings), for the explanation.
         self.base = [0.0] * len(self.deployments)
@@ -107,11 +111,13 @@ class Ledger:
         self.rate = [0.0] * len(self.deployments)
         #: Replicas with prefill queued (waiting > 0).
         self.busy_replicas = 0
-        #: Per replica, its ``Replica.hold``; ``holds_all``: every one is (about) 1.
-        self.hold = [1.0] * len(self.deployments)
-        self.holds_all = True
-        #: Per replica, KV tokens its running and waiting requests take (``Ticket.kv_tokens``).
+        #: Per replica, KV tokens its running and waiting requests take (``Ticket.kv_tokens``),
+        #: and its KV size less those and a mean answer: the uncached prompt tokens that fit
+        #: (``inf`` while its size is unknown).
         self.resident = [0.0] * len(self.deployments)
+        #: Per replica: shared key -> requests in flight there sharing it (see Ticket).
+        self._sharing: list[dict[Hashable, int]] = [{} for _ in self.deployments]
+        self.room = [r.capacity_tokens for r in self.replicas]
         for position in range(len(self.deployments)):
             self.update(position)
 
@@ -139,7 +145,9 @@ class Ledger:
         return max(0.0, waiting - replica.waiting) * replica.mean_uncached
 
     def refresh(self, now_s: float) -> None:
-        """Engine figures (KV size) for every replica, and the fits' fading with time."""
+        """Engine figures (KV size) for every replica, the fits' fading with time, and each
+        replica's residency (call after ``placed.expire``)."""
+        self._refresh_residency(now_s)
         for position, (replica, deployment) in enumerate(
                 zip(self.replicas, self.deployments, strict=True)):
             replica.prefill.relax(now_s)
@@ -147,22 +155,48 @@ class Ledger:
             if replica.configured_capacity is None:
                 scraped = deployment.stats.engine_kv_capacity_tokens
                 replica.capacity_tokens = scraped if scraped > 0 else math.inf
+            self._add_resident(position, 0.0)  # its room, from the size just read
             self.update(position)
+
+    def _refresh_residency(self, now_s: float) -> None:
+        # NOTE: vLLM evicts the least recently used free blocks: a block last used t seconds
+        # ago is gone once more than the KV's size in new tokens came in since, i.e. after
+        # capacity / inflow seconds, the inflow being the tokens placed there per second.
+        placed = self.placed.totals()
+        window_s = max(1.0, min(self._horizon_s, now_s - self._started_s))
+        turning = []
+        for position, replica in enumerate(self.replicas):
+            if placed[position] > replica.capacity_tokens:
+                self.residency_s[position] = (window_s * replica.capacity_tokens
+                                              / placed[position])
+                turning.append(position)
+            else:
+                self.residency_s[position] = math.inf
+        self.turning_over = turning
 
     # -- events -----------------------------------------------------------------------------
 
     def dispatched(self, position: int, uncached_tokens: float, *, prompt_tokens: float = 0.0,
-                   index_matched_tokens: float = 0.0) -> Ticket:
-        """``prompt_tokens``, ``index_matched_tokens``: the approximate mode's prompt size
-        and the affinity index's match there (see :attr:`Replica.hold`); 0 otherwise."""
+                   shared_key: Hashable = None, shared_tokens: float = 0.0) -> Ticket:
+        """``prompt_tokens``: the prompt's size (0: unknown; no KV is counted for it);
+        ``shared_key``, ``shared_tokens``: the prefix it matched there and an identity for it
+        (see :class:`Ticket`)."""
         now_s = self._clock()
         replica = self.replicas[position]
         others = self._others_tokens(position)
         ticket = Ticket(position, uncached_tokens, replica.queued + others + uncached_tokens,
                         now_s, self.ttft_base[position] + self.rate[position] * uncached_tokens,
-                        prompt_tokens, index_matched_tokens,
-                        kv_tokens=prompt_tokens + replica.mean_output if prompt_tokens else 0.0)
-        self.resident[position] += ticket.kv_tokens
+                        prompt_tokens)
+        if prompt_tokens > 0:
+            if shared_key is not None and shared_tokens > 0:
+                ticket.shared_key, ticket.shared_tokens = shared_key, shared_tokens
+                sharing = self._sharing[position]
+                if shared_key not in sharing:
+                    sharing[shared_key] = 0
+                    self._add_resident(position, shared_tokens)
+                sharing[shared_key] += 1
+            ticket.kv_tokens = prompt_tokens - ticket.shared_tokens + replica.mean_output
+            self._add_resident(position, ticket.kv_tokens)
         replica.queued += uncached_tokens
         replica.waiting += 1
         if replica.waiting == 1:
@@ -203,10 +237,17 @@ class Ledger:
         missed = 0.0
         if cached_share is not None and ticket.prompt_tokens > 0:
             missed = (1.0 - cached_share) * ticket.prompt_tokens - ticket.uncached_tokens
-            if ticket.index_matched_tokens > 0:
-                self._observe_hold(ticket.position, cached_share * ticket.prompt_tokens
-                                   / ticket.index_matched_tokens)
-        self.resident[ticket.position] -= ticket.kv_tokens
+            if missed > 0:
+                # What it recomputed beyond the estimate entered its KV too: the footprint
+                # is of what it really took in (the eviction clock of _residency_s).
+                self.placed.add(ticket.position, missed, now_s)
+        self._add_resident(ticket.position, -ticket.kv_tokens)
+        if ticket.shared_key is not None:
+            sharing = self._sharing[ticket.position]
+            sharing[ticket.shared_key] -= 1
+            if not sharing[ticket.shared_key]:
+                del sharing[ticket.shared_key]
+                self._add_resident(ticket.position, -ticket.shared_tokens)
         if ticket.first_token_s is None:
             self._leave_queue(replica, ticket)
             if output_tokens > 0:
@@ -225,18 +266,25 @@ class Ledger:
                                      / (output_tokens - 1), now_s)
         if output_tokens > 0:
             replica.mean_output += _MEAN_ALPHA * (output_tokens - replica.mean_output)
-        if replica.batch == 0:
-            self.resident[ticket.position] = 0.0  # no float drift on an idle replica
+        # The room left, with the new mean answer (and no float drift on an idle replica).
+        self._add_resident(ticket.position,
+                           -self.resident[ticket.position] if replica.batch == 0 else 0.0)
         self.update(ticket.position)
 
-    def admission_wait_s(self, position: int, prompt_tokens: float) -> float:
-        """Time a request of ``prompt_tokens`` waits there for KV space, not for compute:
-        when what runs there and this prompt exceed the replica's KV, the engine admits it
-        only as running requests finish (or preempts one, which costs as much), a share of
-        their remaining decode."""
+    def _add_resident(self, position: int, tokens: float) -> None:
+        self.resident[position] += tokens
+        replica = self.replicas[position]
+        self.room[position] = (replica.capacity_tokens - self.resident[position]
+                               - replica.mean_output)
+
+    def admission_wait_s(self, position: int, new_tokens: float) -> float:
+        """Time a request that brings ``new_tokens`` of KV (its uncached prompt tokens)
+        waits there for KV space, not for compute: when what runs there and those exceed the
+        replica's KV, the engine admits it only as running requests finish (or preempts one,
+        which costs as much), a share of their remaining decode."""
         resident = self.resident[position]
         replica = self.replicas[position]
-        over = resident + prompt_tokens - replica.capacity_tokens
+        over = resident + new_tokens + replica.mean_output - replica.capacity_tokens
         if over <= 0 or resident <= 0:
             return 0.0
         drain_s = replica.mean_output * replica.step.predict(replica.batch)
@@ -248,12 +296,6 @@ class Ledger:
         if replica.waiting == 0:
             replica.queued = 0.0  # no float drift on an idle replica
             self.busy_replicas -= 1
-
-    def _observe_hold(self, position: int, held_share: float) -> None:
-        replica = self.replicas[position]
-        replica.hold += _MEAN_ALPHA * (min(1.0, held_share) - replica.hold)
-        self.hold[position] = replica.hold
-        self.holds_all = min(self.hold) >= _HOLDS_ALL
 
     def _observe_ttft(self, replica: Replica, ticket: Ticket, ttft_s: float, now_s: float,
                       missed_tokens: float = 0.0) -> None:
@@ -279,13 +321,14 @@ class Ledger:
                 "decode_step_ms_per_sequence": round(step.slope * 1e3, 4),
                 "ttft_error_ms": round(replica.error_s * 1e3, 3),
                 "ttft_samples": prefill.samples,
-                "index_hold_ratio": round(replica.hold, 3),
                 "step_samples": step.samples,
                 "queued_prefill_tokens": round(replica.queued, 1),
                 "waiting_requests": replica.waiting,
                 "decoding_requests": replica.decoding,
                 "mean_output_tokens": round(replica.mean_output, 1),
                 "placed_tokens": round(placed[position], 1),
+                "kv_residency_s": (None if math.isinf(self.residency_s[position])
+                                   else round(self.residency_s[position], 1)),
                 "resident_tokens": round(self.resident[position], 1),
                 "kv_capacity_tokens": (None if math.isinf(replica.capacity_tokens)
                                        else int(replica.capacity_tokens)),

@@ -10,7 +10,9 @@ For candidate replica ``i``, with ``U_i`` the request's tokens that replica does
               (+ offloaded_i x load_s_per_token: CPU-tier tokens are loaded, not recomputed)
     evict_i = s_per_token_i x min(U_i, max(0, placed_i + U_i - capacity_i))
               x (placed_i + U_i) / max(capacity_i, the fleet's mean placed)
-    cost_i  = ttft_i + evict_i
+    wait_i  = the wait for KV space when what runs there and U_i do not fit
+              (:meth:`~kvgate.routing.ttft_ledger.Ledger.admission_wait_s`)
+    cost_i  = ttft_i + evict_i + wait_i
 
 ``fixed_i`` and ``s_per_token_i`` are learned per replica from observed TTFTs
 (:class:`~kvgate.routing.calibration.LineFit`), ``step_i`` from observed token gaps,
@@ -30,9 +32,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from itertools import compress, repeat
-from operator import add, eq, ge, gt, le, mul, sub
+from operator import add, eq, ge, gt, le, lt, mul, sub
 from typing import Any, overload
 
 from kvgate.config.schema import PrefixRoutingSettings
@@ -76,16 +78,13 @@ class TTFTScorer:
 
     def __init__(self, name: str, deployments: Sequence[Deployment],
                  settings: PrefixRoutingSettings, *, block_tokens: float,
-                 load_s_per_token: float = 0.0, discount_matches: bool = False,
+                 load_s_per_token: float = 0.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        """``load_s_per_token``: time to bring one CPU-tier (offloaded) token back.
-        ``discount_matches``: matches are estimates (the affinity index), worth each
-        replica's measured hold ratio (:attr:`~kvgate.routing.ttft_ledger.Replica.hold`)."""
+        """``load_s_per_token``: time to bring one CPU-tier (offloaded) token back."""
         self.name = name
         self.ledger = Ledger(deployments, settings, clock=clock)
         self._clock = clock
         self._load_s_per_token = load_s_per_token
-        self._discount_matches = discount_matches
         #: Matches within one block of the best count as the best (for the outcome label).
         self._block_tokens = block_tokens
         self._capacity = [math.inf] * len(self.ledger.replicas)
@@ -107,9 +106,9 @@ class TTFTScorer:
                                   for c in self._capacity]
 
     def dispatched(self, position: int, uncached_tokens: float, *, prompt_tokens: float = 0.0,
-                   index_matched_tokens: float = 0.0) -> Ticket:
+                   shared_key: Hashable = None, shared_tokens: float = 0.0) -> Ticket:
         return self.ledger.dispatched(position, uncached_tokens, prompt_tokens=prompt_tokens,
-                                      index_matched_tokens=index_matched_tokens)
+                                      shared_key=shared_key, shared_tokens=shared_tokens)
 
     def first_token(self, ticket: Ticket) -> None:
         self.ledger.first_token(ticket)
@@ -142,11 +141,6 @@ class TTFTScorer:
         if now_s - self._refreshed_s >= _REFRESH_S:
             self._refresh(now_s)
         ledger = self.ledger
-        index_matched = matched
-        if self._discount_matches and not ledger.holds_all:
-            # What the index says is held, times how much of that the engine had last times.
-            hold = ledger.hold if positions is None else [ledger.hold[p] for p in positions]
-            matched = list(map(mul, matched, hold))
         if positions is None:
             base, rate = ledger.base, ledger.rate
         else:
@@ -181,10 +175,13 @@ class TTFTScorer:
             # NOTE: a replica whose running requests fill its KV admits a prompt only as they
             # finish (vLLM queues or preempts): without this, prompts that match best pile
             # onto a replica with no room, which preempts and recomputes all of them.
-            wait = ledger.admission_wait_s
-            candidates_at = range(len(costs)) if positions is None else positions
-            for i, p in enumerate(candidates_at):
-                if (w := wait(p, prompt_tokens)) > 0.0:
+            # Only where the uncached tokens do not fit in what is left (found by C loops;
+            # the output's room is checked in admission_wait_s).
+            room = ledger.room if positions is None else [ledger.room[p] for p in positions]
+            for i in compress(range(len(room)), map(lt, room, uncached)):
+                w = ledger.admission_wait_s(i if positions is None else positions[i],
+                                            uncached[i])
+                if w > 0.0:
                     wait_s[i] = w
                     costs[i] += w
         evict_s: dict[int, float] = {}
@@ -239,16 +236,14 @@ class TTFTScorer:
         costs[pick] = math.inf  # the runner-up: the best of the others (no copy of the list)
         runner_up = min(costs) if len(costs) > 1 else chosen_cost
         costs[pick] = chosen_cost
-        computed_or_held = (prompt_tokens if offloaded is None  # what it does not load
-                            else index_matched[pick] + uncached[pick])
-        outcome = ("cold" if best_match < 0.5 * computed_or_held
-                   else "hit" if index_matched[pick] >= best_match - self._block_tokens
+        outcome = ("cold" if best_match < 0.5 * (matched[pick] + uncached[pick])
+                   else "hit" if matched[pick] >= best_match - self._block_tokens
                    else "spill")
         shown = shown_candidates(costs, pick, ties == len(costs), lowest=True)
         explanation: dict[str, Any] = {
             "strategy": self.name,
             "outcome": outcome,
-            "matched_tokens": tokens_value(index_matched[pick]),
+            "matched_tokens": tokens_value(matched[pick]),
             "predicted_ttft_ms": round((ledger.ttft_base[pick if positions is None else
                                                          positions[pick]]
                                         + rate[pick] * uncached[pick] + (
@@ -257,7 +252,7 @@ class TTFTScorer:
             "runner_up_margin_ms": round((runner_up - costs[pick]) * 1e3, 3),
             "candidates": {
                 candidates[i].id: {
-                    "matched_tokens": tokens_value(index_matched[i]),
+                    "matched_tokens": tokens_value(matched[i]),
                     "uncached_tokens": tokens_value(uncached[i]),
                     "predicted_cost_ms": round(costs[i] * 1e3, 3),
                     **({"eviction_ms": round(evict_s[i] * 1e3, 3)} if evict_s.get(i) else {}),

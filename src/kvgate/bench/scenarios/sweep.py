@@ -46,6 +46,14 @@ from kvgate.bench.scenarios.sweep_workloads import sweep_workloads
 from kvgate.bench.workloads import parameters
 
 COMMAND = "kvgate bench scenario sweep --out benchmarks/results/sweep.json --plots docs/img"
+
+
+def command_line(options: ScenarioOptions) -> str:
+    """The command that repeats this run (its seeds and size; output paths as committed)."""
+    return " ".join(["kvgate bench scenario sweep", *(["--quick"] if options.quick else []),
+                     f"--seed {options.seed}",
+                     *([f"--seeds {options.seeds}"] if options.seeds > 1 else []),
+                     COMMAND.removeprefix("kvgate bench scenario sweep ")])
 KV_RATIOS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
 LOADS: tuple[float, ...] = (0.3, 0.6, 0.9)
 QUICK_KV_RATIOS: tuple[float, ...] = (0.5, 2.0)
@@ -163,7 +171,7 @@ def run(options: ScenarioOptions) -> dict[str, Any]:
         "quick": options.quick,
         "host": host_info(),
         "source": "simulator (in-process engines, virtual clock) + the gateway's routing code",
-        "command": COMMAND,
+        "command": command_line(options),
         "routing_sources_sha256": routing_sources_digest(),
         "replicas": REPLICAS,
         "grid": {"kv_ratios": list(kv_ratios), "loads": list(loads), "seeds": list(seeds)},

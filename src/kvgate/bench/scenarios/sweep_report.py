@@ -12,7 +12,8 @@ in either mode: the lowest TTFT p95, the highest goodput. Targets (issue 13), pe
   baseline's (a load balancer knowing nothing of KV) >= 1.3 x new's (``vs_best_baseline``);
 - ``no_refusals``: no arm in the cell refused or lost a request (no winning by shedding).
 
-``python -m kvgate.bench.scenarios.sweep_report RESULT.json`` prints the Markdown tables.
+``python -m kvgate.bench.scenarios.sweep_report [--grids] RESULT.json`` prints the Markdown
+tables (``--grids``: one KV/WS x load grid per workload, as the benchmark report shows).
 """
 
 from __future__ import annotations
@@ -214,6 +215,38 @@ def markdown(document: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+_SHORT_ARMS = {"round_robin": "rr", "least_busy": "lb", "prefix_kv_aware_v1": "v1"}
+
+
+def grids_markdown(document: Mapping[str, Any]) -> str:
+    """Per workload, a KV/WS x load grid: each new arm's TTFT p95 over the best other arm's
+    (new arms in the document's order, joined by " / "), then that arm and its p95 in ms."""
+    summary = {(r["workload"], r["kv_ratio"], r["load"]): r for r in document["summary"]}
+    by_cell: dict[tuple[str, float, float], list[Mapping[str, Any]]] = {}
+    for comparison in comparisons(document):
+        key = (comparison["workload"], comparison["kv_ratio"], comparison["load"])
+        by_cell.setdefault(key, []).append(comparison)
+    ratios, loads = document["grid"]["kv_ratios"], document["grid"]["loads"]
+    new_arms = [arm for arm, role in document["arm_roles"].items() if role == "new"]
+    out = []
+    for workload in dict.fromkeys(key[0] for key in by_cell):
+        out += [f"**{workload}**: TTFT p95 of {' / '.join(new_arms)} over the best other arm "
+                "(which arm; its p95 ms)", "",
+                "| KV/WS | " + " | ".join(f"{load:.0%} load" for load in loads) + " |",
+                "|---|" + "---|" * len(loads)]
+        for ratio in ratios:
+            row = []
+            for load in loads:
+                cell = by_cell[(workload, ratio, load)]
+                best = cell[0]["best_ttft_arm"]
+                best_ms = summary[(workload, ratio, load)]["arms"][best]["ttft_p95_ms"]
+                row.append(" / ".join(_fmt(c["ttft_p95_ratio"], ".2f") for c in cell)
+                           + f" ({_SHORT_ARMS.get(best, best)} {best_ms:,.0f})")
+            out.append(f"| {ratio:g} | " + " | ".join(row) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def write_heat_maps(document: Mapping[str, Any], out_dir: Path) -> list[Path]:
     """Per workload: each new arm's TTFT p95 and goodput over the best other arm, a heat map
     of KV ratio x load; a framed cell failed one of its targets."""
@@ -264,4 +297,5 @@ def _panel(cells: Mapping[tuple[float, float], Mapping[str, Any]], ratios: Seque
 if __name__ == "__main__":
     import orjson
 
-    print(markdown(orjson.loads(Path(sys.argv[1]).read_bytes())))
+    loaded = orjson.loads(Path(sys.argv[-1]).read_bytes())
+    print(grids_markdown(loaded) if "--grids" in sys.argv[1:-1] else markdown(loaded))

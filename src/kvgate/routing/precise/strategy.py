@@ -214,10 +214,13 @@ class PreciseKVAware(StrategyDefaults):
         if state is None:
             return
         position = self._position[deployment]
-        state.ticket = self._scorer.dispatched(position, max(
-            0.0, state.prompt_tokens - state.matched_tokens[position]
-            - state.offloaded_tokens[position]), prompt_tokens=state.prompt_tokens)
+        matched = state.matched_tokens[position]
         hashes = state.fingerprint.hashes
+        state.ticket = self._scorer.dispatched(position, max(
+            0.0, state.prompt_tokens - matched - state.offloaded_tokens[position]),
+            prompt_tokens=state.prompt_tokens,
+            # Requests that start alike and match as much there share that prefix.
+            shared_key=(hashes[0], matched) if hashes else None, shared_tokens=matched)
         if hashes:
             # Always: the approximate fallback must be warm when a replica degrades.
             self._affinity.record(deployment.id, hashes)
