@@ -47,7 +47,7 @@ from kvgate.gateway.compose import SharedRedis, affinity_index_factory
 from kvgate.providers.mock import MockProvider
 from kvgate.request.parse import parse_call
 from kvgate.routing import RoutingContext, RoutingStrategy, build_strategy, strategy_entry
-from kvgate.routing.affinity import AffinityIndex
+from kvgate.routing.affinity import AffinityIndex, ServedTimes
 from kvgate.sim.engine import Engine
 from kvgate.sim.events import CollectingSink
 from kvgate.sim.request import EngineRequest, RequestOutput, RequestStats
@@ -124,15 +124,31 @@ class RecordingIndex:
     def forget(self, deployment_id: str) -> None:
         self._inner.forget(deployment_id)
 
-    def served_s(self, deployment_id: str, block_hash: int) -> float | None:
-        served = getattr(self._inner, "served_s", None)
-        return None if served is None else served(deployment_id, block_hash)
 
     def size(self) -> int:
         return self._inner.size()
 
     async def flush(self) -> None:
         await self._inner.flush()
+
+
+class RecordingServedIndex(RecordingIndex):
+    """A recording index over one that keeps served times (:class:`ServedTimes`)."""
+
+    def __init__(self, inner: AffinityIndex, clock: VirtualClock) -> None:
+        assert isinstance(inner, ServedTimes)
+        super().__init__(inner, clock)
+        self._served = inner
+
+    def served_s(self, deployment_id: str, block_hash: int) -> float | None:
+        return self._served.served_s(deployment_id, block_hash)
+
+
+def recording(inner: AffinityIndex, clock: VirtualClock) -> RecordingIndex:
+    """``inner`` recorded, its served times passed through when it keeps them."""
+    if isinstance(inner, ServedTimes):
+        return RecordingServedIndex(inner, clock)
+    return RecordingIndex(inner, clock)
 
 
 def build_router(name: str, deployments: Sequence[Deployment], routing: RoutingSettings,
@@ -146,7 +162,7 @@ def build_router(name: str, deployments: Sequence[Deployment], routing: RoutingS
     made: list[RecordingIndex] = []
 
     def index() -> AffinityIndex:
-        made.append(RecordingIndex(new_index(), clock))
+        made.append(recording(new_index(), clock))
         return made[-1]
 
     strategy = build_strategy(name, deployments, routing,
