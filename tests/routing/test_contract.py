@@ -67,10 +67,12 @@ def test_the_progress_hooks_accept_every_ending_and_leave_nothing_behind(name: s
         strategy.on_dispatched(attempt, chosen)
         if ending % 3 == 0:
             strategy.on_first_token(attempt, chosen)
-        strategy.on_released(attempt, chosen, 0 if ending == 5 else 7)
+        # With and without the engine's cached share (0, partial, all, not reported).
+        strategy.on_released(attempt, chosen, 0 if ending == 5 else 7,
+                             (0.0, 0.5, 1.0, None)[ending % 4])
     stranger = call()  # never prepared: no routing state
     strategy.on_first_token(stranger, fleet[0])
-    strategy.on_released(stranger, fleet[0], 3)
+    strategy.on_released(stranger, fleet[0], 3, 0.25)
     described = strategy.describe()
     json.dumps(described)  # JSON-ready for /admin/stats
     if STRATEGIES[name].observes_progress:
@@ -78,3 +80,4 @@ def test_the_progress_hooks_accept_every_ending_and_leave_nothing_behind(name: s
         for figures in described.values():
             assert figures["waiting_requests"] == 0 and figures["decoding_requests"] == 0
             assert figures["queued_prefill_tokens"] == 0
+            assert figures["resident_tokens"] == 0
