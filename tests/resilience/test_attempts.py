@@ -14,7 +14,7 @@ import pytest
 
 from kvgate.config.schema import BreakerSettings, PrefixRoutingSettings
 from kvgate.core.call import Call, Completion, StreamingCompletion
-from kvgate.core.deployment import Deployment
+from kvgate.core.deployment import Deployment, EngineUsage
 from kvgate.core.provider import ChunkBatch, JSONObject, UpstreamCall
 from kvgate.errors import GatewayError
 from kvgate.observability.metrics import Metrics
@@ -25,7 +25,7 @@ from kvgate.providers.errors import (
     UpstreamServerError,
     UpstreamTimeout,
 )
-from kvgate.resilience.accounting import cached_share
+from kvgate.resilience.accounting import engine_usage
 from kvgate.resilience.attempts import AttemptLoop, Dispatch, ModelRoute
 from kvgate.resilience.breaker import CircuitBreakerBoard
 from kvgate.resilience.failover import Failover
@@ -302,8 +302,10 @@ class Recording(RoundRobin):
         self.releases: list[tuple[str, int, float | None]] = []
 
     def on_released(self, call: Call, deployment: Deployment, output_tokens: int,
-                    cached_share: float | None = None) -> None:
-        self.releases.append((deployment.id, output_tokens, cached_share))
+                    usage: EngineUsage | None = None) -> None:
+        assert usage is None or usage.prompt_tokens == 4  # as Controlled reports it
+        self.releases.append((deployment.id, output_tokens,
+                              None if usage is None else usage.cached_share))
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -331,17 +333,23 @@ async def test_a_failed_attempt_reports_no_cached_share() -> None:
     assert strategy.releases == [("a", 0, None), ("b", 1, 0.5)]
 
 
-@pytest.mark.parametrize(("usage", "share"), [
-    ({"prompt_tokens": 8, "prompt_tokens_details": {"cached_tokens": 2}}, 0.25),
-    ({"prompt_tokens": 8, "prompt_tokens_details": {"cached_tokens": 9}}, 1.0),  # capped
+@pytest.mark.parametrize(("usage", "read"), [
+    ({"prompt_tokens": 8, "prompt_tokens_details": {"cached_tokens": 2}}, (8, 2, 0.25)),
+    ({"prompt_tokens": 8, "prompt_tokens_details": {"cached_tokens": 9}}, (8, 9, 1.0)),
     ({"prompt_tokens": 8}, None),  # vLLM without --enable-prompt-tokens-details
     ({"prompt_tokens": 8, "prompt_tokens_details": None}, None),
     ({"prompt_tokens": 0, "prompt_tokens_details": {"cached_tokens": 0}}, None),
     ({"prompt_tokens": 8, "prompt_tokens_details": {"cached_tokens": -1}}, None),
     ({"prompt_tokens": 8, "prompt_tokens_details": {"cached_tokens": True}}, None),
+    ({"prompt_tokens": True, "prompt_tokens_details": {"cached_tokens": 0}}, None),
     ({"prompt_tokens": "8", "prompt_tokens_details": {"cached_tokens": 2}}, None),
     (None, None),
 ])
-def test_the_cached_share_is_read_only_from_a_well_formed_usage(usage: object,
-                                                                  share: float | None) -> None:
-    assert cached_share(usage) == share
+def test_the_engine_usage_is_read_only_from_a_well_formed_usage(
+        usage: object, read: tuple[int, int, float] | None) -> None:
+    got = engine_usage(usage)
+    if read is None:
+        assert got is None
+    else:
+        assert got is not None
+        assert (got.prompt_tokens, got.cached_tokens, got.cached_share) == read

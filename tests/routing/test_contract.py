@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kvgate.config.schema import RoutingSettings
+from kvgate.core.deployment import EngineUsage
 from kvgate.routing import STRATEGIES, build_strategy
 from tests.routing.factories import call, context, deployment, prepared, routing
 
@@ -67,12 +68,13 @@ def test_the_progress_hooks_accept_every_ending_and_leave_nothing_behind(name: s
         strategy.on_dispatched(attempt, chosen)
         if ending % 3 == 0:
             strategy.on_first_token(attempt, chosen)
-        # With and without the engine's cached share (0, partial, all, not reported).
+        # With and without the engine's usage (nothing cached, some, all, not reported).
         strategy.on_released(attempt, chosen, 0 if ending == 5 else 7,
-                             (0.0, 0.5, 1.0, None)[ending % 4])
+                             (EngineUsage(40, 0), EngineUsage(40, 20), EngineUsage(9, 9),
+                              None)[ending % 4])
     stranger = call()  # never prepared: no routing state
     strategy.on_first_token(stranger, fleet[0])
-    strategy.on_released(stranger, fleet[0], 3, 0.25)
+    strategy.on_released(stranger, fleet[0], 3, EngineUsage(8, 2))
     described = strategy.describe()
     json.dumps(described)  # JSON-ready for /admin/stats
     if STRATEGIES[name].observes_progress:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from kvgate.config.schema import PrefixRoutingSettings
-from kvgate.core.deployment import Deployment
+from kvgate.core.deployment import Deployment, EngineUsage
 from kvgate.routing.ttft_ledger import Ticket
 from kvgate.routing.ttft_scorer import TTFTScorer
 from tests.routing.factories import deployment
@@ -165,7 +165,7 @@ def _learn_on_misses(report_cached: bool) -> dict[str, object]:
         clock.now_s += 8_000 / 10_000 + 0.025 * 1.02 * (1 + 8_000 / 2048)
         s.first_token(ticket)
         clock.now_s += 19 * 0.025
-        s.released(ticket, 20, 0.0 if report_cached else None)
+        s.released(ticket, 20, EngineUsage(8_000, 0) if report_cached else None)
     return s.describe()["r0"]
 
 
@@ -226,3 +226,17 @@ def test_requests_sharing_a_prefix_hold_it_once_in_the_kv_they_take() -> None:
     s.released(image[9], 0)
     s.released(other, 0)
     assert s.describe()["r0"]["resident_tokens"] == 0
+
+
+def test_kv_sizes_are_compared_in_the_estimates_tokens() -> None:
+    # The engine's prompts are 4x the gateway's estimate (say images of a model with more
+    # vision tokens): its 40k-token KV holds 10k estimated tokens, and what the ledger counts
+    # is compared with that.
+    fleet = [deployment("r0", kv_capacity_tokens=40_000)]
+    s = scorer(fleet)
+    for _ in range(60):
+        s.released(s.dispatched(0, 1_000, prompt_tokens=1_000), 1, EngineUsage(4_000, 0))
+    described = s.describe()["r0"]
+    assert described["engine_tokens_per_estimated_token"] == pytest.approx(4.0, rel=0.01)
+    assert described["kv_capacity_tokens"] == 40_000  # as the engine counts it
+    assert s.ledger.replicas[0].capacity_tokens == pytest.approx(10_000, rel=0.01)

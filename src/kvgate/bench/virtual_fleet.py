@@ -42,7 +42,7 @@ from kvgate.config.schema import (
     RoutingSettings,
 )
 from kvgate.core.call import Call
-from kvgate.core.deployment import Deployment, DeploymentId
+from kvgate.core.deployment import Deployment, DeploymentId, EngineUsage
 from kvgate.gateway.compose import SharedRedis, affinity_index_factory
 from kvgate.providers.mock import MockProvider
 from kvgate.request.parse import parse_call
@@ -352,10 +352,12 @@ class VirtualFleet:
             if output.stats is not None:
                 del self._followed[output.request_id]
                 stats = output.stats
-                self.strategy.on_released(
-                    *followed, stats.num_output_tokens,
-                    (max(stats.num_cached_tokens, 0) + stats.num_offloaded_tokens)
-                    / stats.num_prompt_tokens if stats.num_prompt_tokens > 0 else None)
+                # What the replica's usage would say (the simulator's HTTP server reports the
+                # same: offloaded tokens count as cached).
+                self.strategy.on_released(*followed, stats.num_output_tokens, EngineUsage(
+                    stats.num_prompt_tokens,
+                    max(stats.num_cached_tokens, 0) + stats.num_offloaded_tokens)
+                    if stats.num_prompt_tokens > 0 else None)
         if output.stats is None:
             return
         engine_index, on_finished = self._pending.pop(output.request_id)

@@ -60,6 +60,20 @@ class Deployment:
             + completion_tokens * self.settings.cost_per_1k_output
         ) / 1000.0
 
+@dataclass(frozen=True, slots=True)
+class EngineUsage:
+    """What the engine reported of one attempt's prompt (``usage.prompt_tokens`` and
+    ``usage.prompt_tokens_details.cached_tokens``), in its own tokens."""
+
+    prompt_tokens: int
+    cached_tokens: int
+
+    @property
+    def cached_share(self) -> float:
+        """The share of the prompt the engine had cached."""
+        return min(1.0, self.cached_tokens / self.prompt_tokens)
+
+
 @dataclass(slots=True)
 class RouteDecision:
     deployment: Deployment

@@ -6,7 +6,7 @@ import math
 import time
 
 from kvgate.core.call import Call
-from kvgate.core.deployment import Deployment
+from kvgate.core.deployment import Deployment, EngineUsage
 from kvgate.core.provider import JSONObject
 from kvgate.observability.metrics import Metrics
 
@@ -51,19 +51,20 @@ def record_usage(
     return cost
 
 
-def cached_share(usage: object) -> float | None:
-    """``cached_tokens / prompt_tokens`` from an OpenAI usage object; None when the engine did
-    not report cached tokens (vLLM reports them with ``--enable-prompt-tokens-details``)."""
+def engine_usage(usage: object) -> EngineUsage | None:
+    """The prompt's tokens and cached tokens from an OpenAI usage object; None when the engine
+    did not report cached tokens (vLLM reports them with ``--enable-prompt-tokens-details``)."""
     if not isinstance(usage, dict):
         return None
     details = usage.get("prompt_tokens_details")
     prompt = usage.get("prompt_tokens")
-    if not isinstance(details, dict) or not isinstance(prompt, int) or prompt <= 0:
+    if (not isinstance(details, dict) or not isinstance(prompt, int)
+            or isinstance(prompt, bool) or prompt <= 0):
         return None
     cached = details.get("cached_tokens")
     if not isinstance(cached, int) or isinstance(cached, bool) or cached < 0:
         return None
-    return min(1.0, cached / prompt)
+    return EngineUsage(prompt, cached)
 
 
 def update_latency(

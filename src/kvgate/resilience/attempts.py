@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Literal
 
 from kvgate.core.call import Call
-from kvgate.core.deployment import Deployment
+from kvgate.core.deployment import Deployment, EngineUsage
 from kvgate.core.provider import ChunkBatch, JSONObject, UpstreamCall
 from kvgate.errors import GatewayError
 from kvgate.observability.metrics import Metrics
@@ -172,7 +172,7 @@ class Attempt:
     """
 
     __slots__ = ("_closed", "_error", "_first_token_seen", "_loop", "_outcome", "_stream",
-                 "cached_share", "deployment", "output_tokens", "started_s")
+                 "deployment", "engine_usage", "output_tokens", "started_s")
 
     def __init__(self, loop: AttemptLoop, deployment: Deployment) -> None:
         self._loop = loop
@@ -186,9 +186,9 @@ class Attempt:
         #: Tokens this attempt produced, as far as the caller counted them (for the routing
         #: strategy's step timing when it follows attempts).
         self.output_tokens = 0
-        #: The share of the prompt the engine reported cached, once its usage came (None: it
-        #: reported none), for a strategy that learns how far its cache estimates hold.
-        self.cached_share: float | None = None
+        #: The prompt's tokens and cached tokens as the engine reported them, once its usage
+        #: came (None: it reported none), for a strategy that calibrates on them.
+        self.engine_usage: EngineUsage | None = None
 
     async def __aenter__(self) -> Attempt:
         stats = self.deployment.stats
@@ -251,7 +251,7 @@ class Attempt:
         route = self._loop.route
         if route.observes_progress:
             route.strategy.on_released(self._loop.call, self.deployment, self.output_tokens,
-                                       self.cached_share)
+                                       self.engine_usage)
         if self._outcome == "ok":
             self._loop._record(self.deployment, None)
         elif self._outcome == "failed" and self._error is not None:

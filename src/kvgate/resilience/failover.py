@@ -14,7 +14,7 @@ from kvgate.core.call import Call, Completion, Outcome, StreamingCompletion
 from kvgate.observability.metrics import Metrics
 from kvgate.providers.errors import UpstreamError, UpstreamTimeout
 from kvgate.resilience.accounting import (
-    cached_share,
+    engine_usage,
     record_usage,
     update_latency,
     upstream_body,
@@ -82,7 +82,7 @@ class Failover:
                     usage, dict
                 ) else 0
                 attempt.output_tokens = completion_tokens
-                attempt.cached_share = cached_share(usage)
+                attempt.engine_usage = engine_usage(usage)
                 update_latency(
                     deployment, ttft_s=None,
                     ms_per_token=elapsed_s * 1000 / max(1, completion_tokens),

@@ -24,7 +24,7 @@ from kvgate.errors import GatewayError
 from kvgate.observability.metrics import Metrics
 from kvgate.providers.errors import UpstreamError, UpstreamServerError, UpstreamTimeout
 from kvgate.resilience.accounting import (
-    cached_share,
+    engine_usage,
     record_usage,
     update_latency,
     upstream_body,
@@ -253,7 +253,7 @@ class StreamRelay:
             self._billed_this_attempt = True
             record_usage(self._metrics, self._call, self._route_name, self.deployment, usage)
             if self._attempt is not None:
-                self._attempt.cached_share = cached_share(usage)
+                self._attempt.engine_usage = engine_usage(usage)
             if self._chunks_before_resume:
                 # Report the whole answer as completion tokens, not part of the resent prompt.
                 usage["completion_tokens"] = (usage.get("completion_tokens") or 0) + (

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from kvgate.core.deployment import Deployment, RouteDecision
+from kvgate.core.deployment import Deployment, EngineUsage, RouteDecision
 
 if TYPE_CHECKING:
     from kvgate.core.call import Call
@@ -38,11 +38,10 @@ class RoutingStrategy(Protocol):
         ...
 
     def on_released(self, call: Call, deployment: Deployment, output_tokens: int,
-                    cached_share: float | None = None) -> None:
+                    usage: EngineUsage | None = None) -> None:
         """The attempt at ``deployment`` ended, whatever the ending, after ``output_tokens``;
-        called exactly once per ``on_dispatched``. ``cached_share``: the share of the prompt
-        the engine reported it had cached (``usage.prompt_tokens_details.cached_tokens`` /
-        ``prompt_tokens``), None when it reported none."""
+        called exactly once per ``on_dispatched``. ``usage``: the prompt's tokens and cached
+        tokens as the engine reported them, None when it reported none."""
         ...
 
     async def prepare(self, call: Call) -> None:
@@ -75,7 +74,7 @@ class StrategyDefaults:
         return None
 
     def on_released(self, call: Call, deployment: Deployment, output_tokens: int,
-                    cached_share: float | None = None) -> None:
+                    usage: EngineUsage | None = None) -> None:
         return None
 
     async def prepare(self, call: Call) -> None:

@@ -20,7 +20,7 @@ from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
 from kvgate.config.schema import PrefixRoutingSettings
-from kvgate.core.deployment import Deployment, RouteDecision
+from kvgate.core.deployment import Deployment, EngineUsage, RouteDecision
 from kvgate.routing.affinity import AffinityIndex, ServedTimes
 from kvgate.routing.base import StrategyDefaults
 from kvgate.routing.fingerprint import Fingerprint, MessageMemo, fingerprint
@@ -151,10 +151,10 @@ class PrefixKVAware(StrategyDefaults):
             self._scorer.first_token(state.ticket)
 
     def on_released(self, call: Call, deployment: Deployment, output_tokens: int,
-                    cached_share: float | None = None) -> None:
+                    usage: EngineUsage | None = None) -> None:
         state: PrefixState | None = call.routing_state
         if state is not None and state.ticket is not None:
-            self._scorer.released(state.ticket, output_tokens, cached_share)
+            self._scorer.released(state.ticket, output_tokens, usage)
 
     def describe(self) -> dict[str, dict[str, Any]]:
         return self._scorer.describe()

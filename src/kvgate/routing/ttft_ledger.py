@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvgate.config.schema import PrefixRoutingSettings
-from kvgate.core.deployment import Deployment
+from kvgate.core.deployment import Deployment, EngineUsage
 from kvgate.routing.calibration import LineFit
 from kvgate.routing.footprint import PlacedTokens
 
@@ -24,6 +24,8 @@ from kvgate.routing.footprint import PlacedTokens
 _MEAN_ALPHA = 0.1
 #: The decode step's prior growth per sequence in the batch, as a share of the prior step.
 _PER_SEQUENCE_SHARE = 0.02
+#: The engine's tokens per estimated token, at most (and at least its inverse).
+_MAX_SCALE = 100.0
 #: Batch sizes apart that the step prior is worth ``prior_weight`` samples at.
 _BATCH_SPAN = 8.0
 
@@ -60,8 +62,9 @@ class Ticket:
 class Replica:
     """One deployment's ledger and fits."""
 
-    __slots__ = ("capacity_tokens", "configured_capacity", "decoding", "error_s",
-                 "mean_output", "mean_uncached", "prefill", "queued", "step", "waiting")
+    __slots__ = ("capacity_tokens", "configured_capacity", "decoding", "engine_capacity",
+                 "error_s", "mean_output", "mean_uncached", "prefill", "queued", "step",
+                 "token_scale", "waiting")
 
     def __init__(self, settings: PrefixRoutingSettings, configured_capacity: int | None
                  ) -> None:
@@ -78,7 +81,17 @@ class Replica:
         #: Mean absolute error of this replica's TTFT predictions; a decode step until measured.
         self.error_s = step_s
         self.configured_capacity = configured_capacity
-        self.capacity_tokens = math.inf if configured_capacity is None else configured_capacity
+        #: Its KV size in the engine's tokens (configured, or read from the engine)...
+        self.engine_capacity = math.inf if configured_capacity is None else configured_capacity
+        #: ...the engine's tokens per token of the gateway's estimate (from the prompt sizes
+        #: the engine reports: an image's estimate is another model's count, a text's is
+        #: characters / 4)...
+        self.token_scale = 1.0
+        #: ...and in the estimate's tokens, the unit of everything the ledger counts.
+        self.capacity_tokens = self.engine_capacity
+
+    def rescale(self) -> None:
+        self.capacity_tokens = self.engine_capacity / self.token_scale
 
     @property
     def batch(self) -> int:
@@ -154,7 +167,8 @@ class Ledger:
             replica.step.relax(now_s)
             if replica.configured_capacity is None:
                 scraped = deployment.stats.engine_kv_capacity_tokens
-                replica.capacity_tokens = scraped if scraped > 0 else math.inf
+                replica.engine_capacity = scraped if scraped > 0 else math.inf
+                replica.rescale()
             self._add_resident(position, 0.0)  # its room, from the size just read
             self.update(position)
 
@@ -223,9 +237,9 @@ class Ledger:
         self.update(ticket.position)
 
     def released(self, ticket: Ticket, output_tokens: int,
-                 cached_share: float | None = None) -> None:
+                 usage: EngineUsage | None = None) -> None:
         """The attempt ended (answered, failed or abandoned) after ``output_tokens``;
-        ``cached_share``: the share of the prompt its engine reported cached, if it did."""
+        ``usage``: the prompt's tokens and cached tokens as its engine reported them."""
         if ticket.released:
             return
         ticket.released = True
@@ -235,8 +249,12 @@ class Ledger:
         # said "held" but the engine had evicted, the sample is a full prefill, and taking it
         # as the predicted few tokens taught the fit a replica seconds slower than it is.
         missed = 0.0
-        if cached_share is not None and ticket.prompt_tokens > 0:
-            missed = (1.0 - cached_share) * ticket.prompt_tokens - ticket.uncached_tokens
+        if usage is not None and ticket.prompt_tokens > 0:
+            sample = min(_MAX_SCALE, max(1.0 / _MAX_SCALE,
+                                         usage.prompt_tokens / ticket.prompt_tokens))
+            replica.token_scale += _MEAN_ALPHA * (sample - replica.token_scale)
+            replica.rescale()
+            missed = (1.0 - usage.cached_share) * ticket.prompt_tokens - ticket.uncached_tokens
             if missed > 0:
                 # What it recomputed beyond the estimate entered its KV too: the footprint
                 # is of what it really took in (the eviction clock of _residency_s).
@@ -330,7 +348,8 @@ class Ledger:
                 "kv_residency_s": (None if math.isinf(self.residency_s[position])
                                    else round(self.residency_s[position], 1)),
                 "resident_tokens": round(self.resident[position], 1),
-                "kv_capacity_tokens": (None if math.isinf(replica.capacity_tokens)
-                                       else int(replica.capacity_tokens)),
+                "kv_capacity_tokens": (None if math.isinf(replica.engine_capacity)
+                                       else int(replica.engine_capacity)),
+                "engine_tokens_per_estimated_token": round(replica.token_scale, 3),
             }
         return out

@@ -38,7 +38,7 @@ from operator import add, eq, ge, gt, le, lt, mul, sub
 from typing import Any, overload
 
 from kvgate.config.schema import PrefixRoutingSettings
-from kvgate.core.deployment import Deployment, RouteDecision
+from kvgate.core.deployment import Deployment, EngineUsage, RouteDecision
 from kvgate.routing.explain import shown_candidates, tokens_value
 from kvgate.routing.ttft_ledger import Ledger, Ticket
 
@@ -114,8 +114,8 @@ class TTFTScorer:
         self.ledger.first_token(ticket)
 
     def released(self, ticket: Ticket, output_tokens: int,
-                 cached_share: float | None = None) -> None:
-        self.ledger.released(ticket, output_tokens, cached_share)
+                 usage: EngineUsage | None = None) -> None:
+        self.ledger.released(ticket, output_tokens, usage)
 
     def describe(self) -> dict[str, dict[str, Any]]:
         return self.ledger.describe()

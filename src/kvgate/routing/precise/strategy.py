@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import zmq.asyncio
 
 from kvgate.config.schema import RoutingSettings
-from kvgate.core.deployment import Deployment, RouteDecision
+from kvgate.core.deployment import Deployment, EngineUsage, RouteDecision
 from kvgate.routing.affinity import AffinityIndex
 from kvgate.routing.base import StrategyDefaults
 from kvgate.routing.fingerprint import CHARS_PER_TOKEN, Fingerprint, fingerprint
@@ -238,10 +238,10 @@ class PreciseKVAware(StrategyDefaults):
             self._scorer.first_token(state.ticket)
 
     def on_released(self, call: Call, deployment: Deployment, output_tokens: int,
-                    cached_share: float | None = None) -> None:
+                    usage: EngineUsage | None = None) -> None:
         state: _PreciseState | None = call.routing_state
         if state is not None and state.ticket is not None:
-            self._scorer.released(state.ticket, output_tokens, cached_share)
+            self._scorer.released(state.ticket, output_tokens, usage)
 
     # -- observability ----------------------------------------------------------------------
 
