@@ -55,6 +55,9 @@ OUT = Path("benchmarks/results/routing_cost.json")
 SYSTEM_TOKENS = 7168
 USER_TOKENS = 1024
 MODEL = "fleet"
+#: Each deployment's KV size, as a vLLM replica publishes it (about an 8B model's on one
+#: 80 GB GPU): with it known, the decision prices evictions and KV waits, as on a real fleet.
+KV_CAPACITY_TOKENS = 400_000
 
 
 class Prompts:
@@ -99,7 +102,8 @@ def fingerprint_us(prompt_tokens: int, samples: int, *, seen_system: bool = Fals
 
 async def decision_us(replicas: int, samples: int) -> dict[str, float]:
     """prefix_kv_aware's decision at ``replicas`` deployments, with and without fingerprinting."""
-    deployments = make_deployments(replicas)
+    deployments = make_deployments(
+        replicas, settings=[{"kv_capacity_tokens": KV_CAPACITY_TOKENS}] * replicas)
     routing = RoutingSettings(seed=0)
     strategy, _ = build_router("prefix_kv_aware", deployments, routing, VirtualClock())
     prompts = Prompts(SYSTEM_TOKENS, USER_TOKENS)
@@ -145,7 +149,8 @@ def gateway_settings(strategy: str, replicas: int) -> Settings:
     return Settings.model_validate({
         "providers": {"mock": {"type": "mock"}},
         "models": [{"name": MODEL, "deployments": [
-            {"provider": "mock", "model": MODEL, "id": f"replica-{i}"} for i in range(replicas)]}],
+            {"provider": "mock", "model": MODEL, "id": f"replica-{i}",
+             "kv_capacity_tokens": KV_CAPACITY_TOKENS} for i in range(replicas)]}],
         "routing": {"strategy": strategy, "health_check_interval_s": 0},
     })
 
