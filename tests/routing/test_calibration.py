@@ -79,3 +79,18 @@ def test_the_step_line_learns_the_cost_of_each_sequence_in_the_batch() -> None:
     assert step.slope == pytest.approx(0.001, rel=0.25)
     for batch in (8, 32, 56):
         assert step.predict(batch) == pytest.approx(0.010 + 0.001 * batch, rel=0.15)
+
+
+def test_a_moved_prior_is_taken_as_is_without_samples_and_weighed_against_them() -> None:
+    unmeasured = LineFit(slope=1e-4, intercept=0.0, span=2048)
+    unmeasured.set_prior(slope=3e-5, intercept=0.01)
+    assert (unmeasured.slope, unmeasured.intercept) == (3e-5, 0.01)
+    assert unmeasured.measured_weight == 0.0
+    measured = LineFit(slope=1e-4, intercept=0.0, span=2048)
+    for i in range(40):
+        tokens = 500.0 + 100 * (i % 10)
+        measured.observe(tokens, 0.005 + 5e-5 * tokens, now_s=float(i))
+    before = measured.slope
+    measured.set_prior(slope=2 * before, intercept=0.0)  # a slower prior: pulled, not taken
+    assert measured.measured_weight > 0
+    assert before < measured.slope < 2 * before

@@ -182,7 +182,7 @@ def test_the_calibration_sample_counts_the_tokens_the_engine_computed() -> None:
     assert measured["placed_tokens"] == pytest.approx(8 * blind["placed_tokens"])
 
 
-@pytest.mark.parametrize(("output_tokens", "winner"), [(20, 0), (400, 1)])
+@pytest.mark.parametrize(("output_tokens", "winner"), [(20, 0), (1_000, 1)])
 def test_a_prompt_waits_for_kv_space_on_a_replica_its_running_requests_fill(
         output_tokens: int, winner: int) -> None:
     # Both replicas hold 10k tokens of KV. Two 4.5k-token requests run on r0 (first tokens
@@ -240,3 +240,29 @@ def test_kv_sizes_are_compared_in_the_estimates_tokens() -> None:
     assert described["engine_tokens_per_estimated_token"] == pytest.approx(4.0, rel=0.01)
     assert described["kv_capacity_tokens"] == 40_000  # as the engine counts it
     assert s.ledger.replicas[0].capacity_tokens == pytest.approx(10_000, rel=0.01)
+
+
+def test_a_replica_nobody_has_measured_yet_is_taken_to_be_like_the_others() -> None:
+    # r0 and r1 were measured 3x faster than the configured prior; r2 has served nothing.
+    # With the prior alone r2 looks 3x slower than it is and a cold prompt never goes
+    # there, so it is never measured; with the fleet's figures as its prior it gets the
+    # prompt when the others are busy.
+    fleet = [deployment(f"r{i}") for i in range(3)]
+    clock = FakeClock(0.0)
+    s = scorer(fleet, clock)
+    for size in (500.0, 2_000.0, 4_000.0) * 10:
+        for position in (0, 1):
+            ticket = s.dispatched(position, size)
+            clock.now_s += 0.01 + size / 30_000
+            s.first_token(ticket)
+            s.released(ticket, 1)
+    s.ledger.refresh(clock.now_s)
+    learned = s.describe()
+    assert learned["r2"]["ttft_samples"] == 0
+    # The prior is the measured replicas' fits (which the prior itself pulls a little).
+    assert learned["r2"]["prefill_tokens_per_s"] > 2 * SETTINGS.prefill_tokens_per_s_prior
+    assert learned["r2"]["prefill_tokens_per_s"] > 0.5 * learned["r0"]["prefill_tokens_per_s"]
+    queue(s, 0, 1_000)
+    queue(s, 1, 1_000)
+    chosen, _ = pick(s, fleet, 3_000, [0, 0, 0])
+    assert chosen is fleet[2]

@@ -104,5 +104,19 @@ class LineFit:
             slope = level / mean_x if mean_x > 0 else slope
         self.slope, self.intercept = max(slope, _MIN_S_PER_TOKEN), intercept
 
+    def set_prior(self, *, slope: float, intercept: float) -> None:
+        """Move the prior (e.g. to what the model's other replicas measured): a fit with no
+        samples takes it as is; one with samples is solved again against it."""
+        self._prior_slope, self._prior_intercept = slope, intercept
+        if self._sums[0] > 0.0:
+            self._solve()
+        else:
+            self.slope, self.intercept = slope, intercept
+
+    @property
+    def measured_weight(self) -> float:
+        """The faded weight of the samples (0: nothing measured, or all of it long ago)."""
+        return self._sums[0]
+
     def predict(self, x: float) -> float:
         return self.intercept + self.slope * x

@@ -24,6 +24,12 @@ from kvgate.routing.footprint import PlacedTokens
 _MEAN_ALPHA = 0.1
 #: The decode step's prior growth per sequence in the batch, as a share of the prior step.
 _PER_SEQUENCE_SHARE = 0.02
+#: Weight of the decode slowdown a request brings the batch it joins, against TTFT seconds.
+#: Tuned on the sweep's seed 0 (24 cells) and seed 3's trace cells, of 1, 0.5, 0.25 and 0:
+#: at 1, replicas with longer batches were avoided so hard that cached prefixes were left
+#: for cold prefills elsewhere (trace: 130 of 1,024 requests spilled, p95 1.26x the first
+#: scorer's); at 0, requests piled onto few replicas.
+_DECODE_EXTERNALITY = 0.25
 #: The engine's tokens per estimated token, at most (and at least its inverse).
 _MAX_SCALE = 100.0
 #: Batch sizes apart that the step prior is worth ``prior_weight`` samples at.
@@ -147,8 +153,10 @@ class Ledger:
         self.ttft_base[position] = ttft_base
         # NOTE: joining the batch slows every step of the requests already in it, for as
         # many steps as this request decodes: their time counts against the replica too, or
-        # every request would follow its prefix onto one replica until its steps crawl.
-        self.base[position] = ttft_base + step.slope * batch * replica.mean_output
+        # every request would follow its prefix onto one replica until its steps crawl. At
+        # a weight (_DECODE_EXTERNALITY): it is decode time, not time to a first token.
+        self.base[position] = (ttft_base + _DECODE_EXTERNALITY * step.slope * batch
+                               * replica.mean_output)
 
     def _others_tokens(self, position: int) -> float:
         """Prefill the engine is waiting on that this gateway did not send (other gateways'
@@ -158,9 +166,10 @@ class Ledger:
         return max(0.0, waiting - replica.waiting) * replica.mean_uncached
 
     def refresh(self, now_s: float) -> None:
-        """Engine figures (KV size) for every replica, the fits' fading with time, and each
-        replica's residency (call after ``placed.expire``)."""
+        """Engine figures (KV size) for every replica, the fits' fading with time, their
+        shared prior, and each replica's residency (call after ``placed.expire``)."""
         self._refresh_residency(now_s)
+        self._share_priors()
         for position, (replica, deployment) in enumerate(
                 zip(self.replicas, self.deployments, strict=True)):
             replica.prefill.relax(now_s)
@@ -171,6 +180,25 @@ class Ledger:
                 replica.rescale()
             self._add_resident(position, 0.0)  # its room, from the size just read
             self.update(position)
+
+    def _share_priors(self) -> None:
+        """Each replica's prior becomes what the model's replicas measured (a weighted mean
+        of their fits), the configured prior until one has been measured.
+
+        NOTE: replicas of one model usually run on the same hardware. With the configured
+        prior alone, a replica nobody had sent work to yet looked as slow as that prior
+        (10k tokens/s, 25 ms steps) beside replicas measured at 30k and 7 ms, so cold
+        prompts never went there and it never got measured: two of four replicas served
+        nothing in a simulated trace at 30% load."""
+        for attribute in ("prefill", "step"):
+            fits = [getattr(replica, attribute) for replica in self.replicas]
+            weight = sum(fit.measured_weight for fit in fits)
+            if weight <= 0.0:
+                continue
+            slope = sum(fit.slope * fit.measured_weight for fit in fits) / weight
+            intercept = sum(fit.intercept * fit.measured_weight for fit in fits) / weight
+            for fit in fits:
+                fit.set_prior(slope=slope, intercept=intercept)
 
     def _refresh_residency(self, now_s: float) -> None:
         # NOTE: vLLM evicts the least recently used free blocks: a block last used t seconds
