@@ -25,11 +25,13 @@ _MEAN_ALPHA = 0.1
 #: The decode step's prior growth per sequence in the batch, as a share of the prior step.
 _PER_SEQUENCE_SHARE = 0.02
 #: Weight of the decode slowdown a request brings the batch it joins, against TTFT seconds.
-#: Tuned on the sweep's seed 0 (24 cells) and seed 3's trace cells, of 1, 0.5, 0.25 and 0:
-#: at 1, replicas with longer batches were avoided so hard that cached prefixes were left
-#: for cold prefills elsewhere (trace: 130 of 1,024 requests spilled, p95 1.26x the first
-#: scorer's); at 0, requests piled onto few replicas.
-_DECODE_EXTERNALITY = 0.25
+#: Chosen of 1, 0.5, 0.25 and 0 on the sweep's seed 0 (24 cells), seed 3's trace cells and
+#: real vLLM (CPU) runs: at 1, replicas with longer batches were avoided so hard that cached
+#: prefixes were left for cold prefills elsewhere (trace: 130 of 1,024 requests spilled, p95
+#: 1.26x the first scorer's); at 0.25 (best in the simulator) precise mode piled text onto
+#: the faster of two real replicas sharing 2 cores (88% of requests, hit rate 0.46 against
+#: 0.81) in 2 of 3 runs; at 0, requests piled onto few replicas in the simulator too.
+_DECODE_EXTERNALITY = 0.5
 #: The engine's tokens per estimated token, at most (and at least its inverse).
 _MAX_SCALE = 100.0
 #: Batch sizes apart that the step prior is worth ``prior_weight`` samples at.
