@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kvgate.bench import processes
-from kvgate.bench.processes import free_port
+from kvgate.bench.processes import free_port, free_port_block
 
 
 def _ephemeral_low() -> int:
@@ -59,3 +59,13 @@ def test_a_port_someone_listens_on_is_never_returned(monkeypatch: pytest.MonkeyP
     finally:
         for sock in held:
             sock.close()
+
+
+def test_a_block_of_ports_is_free_below_the_ephemeral_range_and_never_handed_out_twice() -> None:
+    bases = [free_port_block(4) for _ in range(20)]
+    ports = [base + i for base in bases for i in range(4)]
+    assert all(port < _ephemeral_low() for port in ports)
+    assert len(set(ports)) == len(ports)
+    for port in range(bases[0], bases[0] + 4):
+        with socket.socket() as sock:
+            sock.bind(("", port))

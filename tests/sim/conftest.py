@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import itertools
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from contextlib import contextmanager
 
 import pytest
 
+from kvgate.bench.processes import free_port_block as free_port_block  # tests import it here
 from kvgate.bench.processes import stop_process
 from kvgate.sim.engine import Engine, EngineConfig
 from kvgate.sim.events import CollectingSink
@@ -71,29 +71,6 @@ def run_alone(engine: Engine, req: EngineRequest, at_s: float = 0.0) -> RequestS
         for output in outputs:
             if output.stats is not None and output.request_id == req.request_id:
                 return output.stats
-
-
-def free_port_block(count: int) -> int:
-    """A base port such that base..base+count-1 are free on loopback (best effort)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
-        if base + count >= 65535:
-            continue
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise RuntimeError("no free port block")
 
 
 def wait_healthy(host: str, port: int, process: subprocess.Popen[bytes], timeout_s: float = 20

@@ -42,18 +42,30 @@ def free_port(host: str = "127.0.0.1") -> int:
     own bind no other process can take the port by accident. (A port from ``bind(0)`` can:
     vLLM's engine picks its internal ZMQ ports that way, and once took the KV-events replay
     port a test fleet had just picked.) ``host`` is checked too when it is not loopback."""
+    return free_port_block(1, host)
+
+
+def free_port_block(count: int, host: str = "127.0.0.1") -> int:
+    """The first of ``count`` consecutive free ports (servers numbered from a base port, such
+    as ``kvgate sim``'s replicas), chosen as :func:`free_port` chooses one."""
     low = _ephemeral_low()
-    if low - _LOWEST_PORT >= 1000:
+    if low - count - _LOWEST_PORT >= 1000:
         for _ in range(200):
-            port = _PORT_RANDOM.randrange(_LOWEST_PORT, low)
-            if port not in _ISSUED_PORTS and _bindable(port, host):
-                _ISSUED_PORTS.append(port)
-                return port
-    with socket.socket() as sock:  # no room below the ephemeral range: the kernel's pick
-        sock.bind((host, 0))
-        chosen: int = sock.getsockname()[1]
-    _ISSUED_PORTS.append(chosen)
-    return chosen
+            base = _PORT_RANDOM.randrange(_LOWEST_PORT, low - count)
+            block = range(base, base + count)
+            if (not any(port in _ISSUED_PORTS for port in block)
+                    and all(_bindable(port, host) for port in block)):
+                _ISSUED_PORTS.extend(block)
+                return base
+    for _ in range(50):  # no room below the ephemeral range: around the kernel's pick
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            base = int(sock.getsockname()[1])
+        block = range(base, base + count)
+        if base + count <= 65535 and all(_bindable(port, host) for port in block):
+            _ISSUED_PORTS.extend(block)
+            return base
+    raise OSError(f"no {count} consecutive free ports")
 
 
 def _ephemeral_low() -> int:
