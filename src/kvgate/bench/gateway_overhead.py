@@ -31,16 +31,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from kvgate.bench.processes import free_port
+
 CHAT_BODY = json.dumps({"model": "zero", "messages": [{"role": "user", "content": "hi"}],
                         "max_tokens": 8}).encode()
 STREAM_BODY = json.dumps({"model": "zero", "stream": True, "max_tokens": 8,
                           "messages": [{"role": "user", "content": "hi"}]}).encode()
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def pinned(cpu: int, args: list[str]) -> list[str]:

@@ -18,7 +18,6 @@ import functools
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -31,6 +30,7 @@ import numpy as np
 import redis.asyncio as redis_async
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from kvgate.bench.processes import free_port
 from kvgate.cache.embedders import HashingEmbedder
 from kvgate.cache.minilm import MiniLMEmbedder, fetch
 from kvgate.cache.semantic import SemanticIndex
@@ -65,12 +65,6 @@ async def per_await_us(fn: Callable[[], Awaitable[object]], calls: int, rounds: 
         samples.append((time.perf_counter() - start) / calls * 1e6)
     return round(statistics.median(samples), 2)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def reserve_and_settle(store: LimitStore) -> None:
