@@ -28,7 +28,7 @@ def pick(s: TTFTScorer, fleet: list[Deployment], prompt: float,
 
 def queue(s: TTFTScorer, position: int, tokens: float) -> Ticket:
     """A request of ``tokens`` uncached tokens dispatched to ``position``, still prefilling."""
-    return s.dispatched(position, tokens)
+    return s.ledger.dispatched(position, tokens)
 
 
 def serve(s: TTFTScorer, clock: FakeClock, position: int, tokens: float) -> None:
@@ -36,11 +36,11 @@ def serve(s: TTFTScorer, clock: FakeClock, position: int, tokens: float) -> None
     as the prior says (10k tokens/s; a step of 25 ms + 2% per sequence, one per 2,048
     tokens), so every replica's fits stay the prior; answered before the next arrives."""
     step_s = 0.025 * 1.02  # a batch of one
-    ticket = s.dispatched(position, tokens)
+    ticket = s.ledger.dispatched(position, tokens)
     clock.now_s += tokens / 10_000 + step_s * (1 + tokens / 2048)
-    s.first_token(ticket)
+    s.ledger.first_token(ticket)
     clock.now_s += 19 * step_s
-    s.released(ticket, 20)
+    s.ledger.released(ticket, 20)
 
 
 @pytest.mark.parametrize(("queued_tokens", "winner"), [(2_000, 0), (20_000, 1)])
@@ -117,11 +117,11 @@ def test_a_replica_learned_slower_gets_the_cold_prompt_less_often() -> None:
     s = scorer(fleet, clock)
     for size in (100.0, 1_000.0, 4_000.0) * 20:
         for position, s_per_token in ((0, 1e-4), (1, 4e-4)):
-            ticket = s.dispatched(position, size)
+            ticket = s.ledger.dispatched(position, size)
             clock.now_s += 0.05 + s_per_token * size
-            s.first_token(ticket)
-            s.released(ticket, 1)
-    learned = s.describe()
+            s.ledger.first_token(ticket)
+            s.ledger.released(ticket, 1)
+    learned = s.ledger.describe()
     assert learned["fast"]["prefill_tokens_per_s"] > 2.5 * learned["slow"]["prefill_tokens_per_s"]
     assert learned["slow"]["ttft_samples"] == 60
     chosen, _ = pick(s, fleet, 3_000, [0, 0])
@@ -136,21 +136,21 @@ def test_the_ledger_returns_to_zero_whatever_the_endings() -> None:
     fleet = [deployment("r0"), deployment("r1")]
     clock = FakeClock(0.0)
     s = scorer(fleet, clock)
-    tickets = [s.dispatched(i % 2, 100.0 + i) for i in range(10)]
-    assert s.describe()["r0"]["waiting_requests"] == 5
+    tickets = [s.ledger.dispatched(i % 2, 100.0 + i) for i in range(10)]
+    assert s.ledger.describe()["r0"]["waiting_requests"] == 5
     for i, ticket in enumerate(tickets):
         clock.now_s += 0.1
         if i % 3 == 0:  # a stream: first token, then the end
-            s.first_token(ticket)
-            s.first_token(ticket)  # a second first token changes nothing
-            s.released(ticket, 20)
+            s.ledger.first_token(ticket)
+            s.ledger.first_token(ticket)  # a second first token changes nothing
+            s.ledger.released(ticket, 20)
         elif i % 3 == 1:  # a blocking answer
-            s.released(ticket, 20)
+            s.ledger.released(ticket, 20)
         else:  # abandoned before any token
-            s.released(ticket, 0)
-        s.released(ticket, 5)  # released twice: once only
-        s.first_token(ticket)  # a token after release: ignored
-    for figures in s.describe().values():
+            s.ledger.released(ticket, 0)
+        s.ledger.released(ticket, 5)  # released twice: once only
+        s.ledger.first_token(ticket)  # a token after release: ignored
+    for figures in s.ledger.describe().values():
         assert figures["waiting_requests"] == 0 and figures["queued_prefill_tokens"] == 0
 
 
@@ -161,12 +161,12 @@ def _learn_on_misses(report_cached: bool) -> dict[str, object]:
     clock = FakeClock(0.0)
     s = scorer(fleet, clock)
     for _ in range(40):
-        ticket = s.dispatched(0, 1_000, prompt_tokens=8_000)
+        ticket = s.ledger.dispatched(0, 1_000, prompt_tokens=8_000)
         clock.now_s += 8_000 / 10_000 + 0.025 * 1.02 * (1 + 8_000 / 2048)
-        s.first_token(ticket)
+        s.ledger.first_token(ticket)
         clock.now_s += 19 * 0.025
-        s.released(ticket, 20, EngineUsage(8_000, 0) if report_cached else None)
-    return s.describe()["r0"]
+        s.ledger.released(ticket, 20, EngineUsage(8_000, 0) if report_cached else None)
+    return s.ledger.describe()["r0"]
 
 
 def test_the_calibration_sample_counts_the_tokens_the_engine_computed() -> None:
@@ -194,20 +194,20 @@ def test_a_prompt_waits_for_kv_space_on_a_replica_its_running_requests_fill(
     clock = FakeClock(0.0)
     s = scorer(fleet, clock)
     for _ in range(40):  # the replicas' mean answer length: ``output_tokens``
-        ticket = s.dispatched(0, 10, prompt_tokens=10)
-        s.first_token(ticket)
-        s.released(ticket, output_tokens)
-    running = [s.dispatched(0, 4_500, prompt_tokens=4_500) for _ in range(2)]
+        ticket = s.ledger.dispatched(0, 10, prompt_tokens=10)
+        s.ledger.first_token(ticket)
+        s.ledger.released(ticket, output_tokens)
+    running = [s.ledger.dispatched(0, 4_500, prompt_tokens=4_500) for _ in range(2)]
     for ticket in running:
-        s.first_token(ticket)
+        s.ledger.first_token(ticket)
     chosen, explanation = pick(s, fleet, 4_000, [3_000, 0])
     assert chosen is fleet[winner]
     candidates = explanation["candidates"]
     assert isinstance(candidates, dict)
     assert candidates["r0"]["kv_wait_ms"] > 0 and "kv_wait_ms" not in candidates["r1"]
     for ticket in running:
-        s.released(ticket, output_tokens)
-    assert s.describe()["r0"]["resident_tokens"] == 0
+        s.ledger.released(ticket, output_tokens)
+    assert s.ledger.describe()["r0"]["resident_tokens"] == 0
     _, explanation = pick(s, fleet, 4_000, [3_000, 0])
     assert "kv_wait_ms" not in explanation["candidates"]["r0"]  # type: ignore[index]
 
@@ -215,17 +215,17 @@ def test_a_prompt_waits_for_kv_space_on_a_replica_its_running_requests_fill(
 def test_requests_sharing_a_prefix_hold_it_once_in_the_kv_they_take() -> None:
     fleet = [deployment("r0", kv_capacity_tokens=100_000)]
     s = scorer(fleet)
-    image = [s.dispatched(0, 50, prompt_tokens=5_000, shared_key="image", shared_tokens=4_950)
-             for _ in range(10)]
-    other = s.dispatched(0, 3_000, prompt_tokens=3_000)
+    image = [s.ledger.dispatched(0, 50, prompt_tokens=5_000, shared_key="image",
+                                 shared_tokens=4_950) for _ in range(10)]
+    other = s.ledger.dispatched(0, 3_000, prompt_tokens=3_000)
     # One image (4,950) + ten questions (50 each) + the other prompt; no answers seen yet.
-    assert s.describe()["r0"]["resident_tokens"] == 4_950 + 10 * 50 + 3_000
+    assert s.ledger.describe()["r0"]["resident_tokens"] == 4_950 + 10 * 50 + 3_000
     for ticket in image[:9]:
-        s.released(ticket, 0)
-    assert s.describe()["r0"]["resident_tokens"] == 4_950 + 50 + 3_000
-    s.released(image[9], 0)
-    s.released(other, 0)
-    assert s.describe()["r0"]["resident_tokens"] == 0
+        s.ledger.released(ticket, 0)
+    assert s.ledger.describe()["r0"]["resident_tokens"] == 4_950 + 50 + 3_000
+    s.ledger.released(image[9], 0)
+    s.ledger.released(other, 0)
+    assert s.ledger.describe()["r0"]["resident_tokens"] == 0
 
 
 def test_kv_sizes_are_compared_in_the_estimates_tokens() -> None:
@@ -235,8 +235,9 @@ def test_kv_sizes_are_compared_in_the_estimates_tokens() -> None:
     fleet = [deployment("r0", kv_capacity_tokens=40_000)]
     s = scorer(fleet)
     for _ in range(60):
-        s.released(s.dispatched(0, 1_000, prompt_tokens=1_000), 1, EngineUsage(4_000, 0))
-    described = s.describe()["r0"]
+        ticket = s.ledger.dispatched(0, 1_000, prompt_tokens=1_000)
+        s.ledger.released(ticket, 1, EngineUsage(4_000, 0))
+    described = s.ledger.describe()["r0"]
     assert described["engine_tokens_per_estimated_token"] == pytest.approx(4.0, rel=0.01)
     assert described["kv_capacity_tokens"] == 40_000  # as the engine counts it
     assert s.ledger.replicas[0].capacity_tokens == pytest.approx(10_000, rel=0.01)
@@ -252,12 +253,12 @@ def test_a_replica_nobody_has_measured_yet_is_taken_to_be_like_the_others() -> N
     s = scorer(fleet, clock)
     for size in (500.0, 2_000.0, 4_000.0) * 10:
         for position in (0, 1):
-            ticket = s.dispatched(position, size)
+            ticket = s.ledger.dispatched(position, size)
             clock.now_s += 0.01 + size / 30_000
-            s.first_token(ticket)
-            s.released(ticket, 1)
+            s.ledger.first_token(ticket)
+            s.ledger.released(ticket, 1)
     s.ledger.refresh(clock.now_s)
-    learned = s.describe()
+    learned = s.ledger.describe()
     assert learned["r2"]["ttft_samples"] == 0
     # The prior is the measured replicas' fits (which the prior itself pulls a little).
     assert learned["r2"]["prefill_tokens_per_s"] > 2 * SETTINGS.prefill_tokens_per_s_prior

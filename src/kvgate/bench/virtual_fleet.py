@@ -124,7 +124,6 @@ class RecordingIndex:
     def forget(self, deployment_id: str) -> None:
         self._inner.forget(deployment_id)
 
-
     def size(self) -> int:
         return self._inner.size()
 

@@ -60,6 +60,7 @@ class Deployment:
             + completion_tokens * self.settings.cost_per_1k_output
         ) / 1000.0
 
+
 @dataclass(frozen=True, slots=True)
 class EngineUsage:
     """What the engine reported of one attempt's prompt (``usage.prompt_tokens`` and

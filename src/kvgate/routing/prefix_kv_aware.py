@@ -139,7 +139,7 @@ class PrefixKVAware(StrategyDefaults):
             prompt_tokens = state.fingerprint.total_tokens
             matched = state.matched_tokens[position]
             links = state.matched_blocks[position]
-            state.ticket = self._scorer.dispatched(
+            state.ticket = self._scorer.ledger.dispatched(
                 position, prompt_tokens - matched, prompt_tokens=prompt_tokens,
                 # The chain's last matched link names the whole matched prefix.
                 shared_key=state.fingerprint.hashes[links - 1] if links else None,
@@ -148,16 +148,16 @@ class PrefixKVAware(StrategyDefaults):
     def on_first_token(self, call: Call, deployment: Deployment) -> None:
         state: PrefixState | None = call.routing_state
         if state is not None and state.ticket is not None:
-            self._scorer.first_token(state.ticket)
+            self._scorer.ledger.first_token(state.ticket)
 
     def on_released(self, call: Call, deployment: Deployment, output_tokens: int,
                     usage: EngineUsage | None = None) -> None:
         state: PrefixState | None = call.routing_state
         if state is not None and state.ticket is not None:
-            self._scorer.released(state.ticket, output_tokens, usage)
+            self._scorer.ledger.released(state.ticket, output_tokens, usage)
 
     def describe(self) -> dict[str, dict[str, Any]]:
-        return self._scorer.describe()
+        return self._scorer.ledger.describe()
 
     def affinity_entries(self) -> int:
         """(deployment, block) pairs the affinity index tracks; -1 when the backend can't tell."""

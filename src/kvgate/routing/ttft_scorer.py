@@ -32,15 +32,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import compress, repeat
 from operator import add, eq, ge, gt, le, lt, mul, sub
 from typing import Any, overload
 
 from kvgate.config.schema import PrefixRoutingSettings
-from kvgate.core.deployment import Deployment, EngineUsage, RouteDecision
+from kvgate.core.deployment import Deployment, RouteDecision
 from kvgate.routing.explain import shown_candidates, tokens_value
-from kvgate.routing.ttft_ledger import Ledger, Ticket
+from kvgate.routing.ttft_ledger import Ledger
 
 #: How often engine figures (queue, KV capacity) are re-read and old placements expire, in
 #: clock seconds: the scraper refreshes them once a second, decisions come far more often.
@@ -104,21 +104,6 @@ class TTFTScorer:
         self._unknown_capacity = sum(map(math.isinf, self._capacity))
         self._inverse_capacity = [0.0 if math.isinf(c) or c <= 0 else 1.0 / c
                                   for c in self._capacity]
-
-    def dispatched(self, position: int, uncached_tokens: float, *, prompt_tokens: float = 0.0,
-                   shared_key: Hashable = None, shared_tokens: float = 0.0) -> Ticket:
-        return self.ledger.dispatched(position, uncached_tokens, prompt_tokens=prompt_tokens,
-                                      shared_key=shared_key, shared_tokens=shared_tokens)
-
-    def first_token(self, ticket: Ticket) -> None:
-        self.ledger.first_token(ticket)
-
-    def released(self, ticket: Ticket, output_tokens: int,
-                 usage: EngineUsage | None = None) -> None:
-        self.ledger.released(ticket, output_tokens, usage)
-
-    def describe(self) -> dict[str, dict[str, Any]]:
-        return self.ledger.describe()
 
     # -- the choice -------------------------------------------------------------------------
 

@@ -216,7 +216,7 @@ class PreciseKVAware(StrategyDefaults):
         position = self._position[deployment]
         matched = state.matched_tokens[position]
         hashes = state.fingerprint.hashes
-        state.ticket = self._scorer.dispatched(position, max(
+        state.ticket = self._scorer.ledger.dispatched(position, max(
             0.0, state.prompt_tokens - matched - state.offloaded_tokens[position]),
             prompt_tokens=state.prompt_tokens,
             # Requests that start alike and match as much there share that prefix.
@@ -235,13 +235,13 @@ class PreciseKVAware(StrategyDefaults):
     def on_first_token(self, call: Call, deployment: Deployment) -> None:
         state: _PreciseState | None = call.routing_state
         if state is not None and state.ticket is not None:
-            self._scorer.first_token(state.ticket)
+            self._scorer.ledger.first_token(state.ticket)
 
     def on_released(self, call: Call, deployment: Deployment, output_tokens: int,
                     usage: EngineUsage | None = None) -> None:
         state: _PreciseState | None = call.routing_state
         if state is not None and state.ticket is not None:
-            self._scorer.released(state.ticket, output_tokens, usage)
+            self._scorer.ledger.released(state.ticket, output_tokens, usage)
 
     # -- observability ----------------------------------------------------------------------
 
@@ -249,7 +249,7 @@ class PreciseKVAware(StrategyDefaults):
         """Per deployment id: how it is matched, where its event stream stands, and the
         scorer's learned figures."""
         out: dict[str, dict[str, Any]] = {}
-        scored = self._scorer.describe()
+        scored = self._scorer.ledger.describe()
         for deployment, plan in self._plans.items():
             if plan.state is None:
                 out[deployment.id] = {"mode": "approximate", "reason": "no kv_events configured",

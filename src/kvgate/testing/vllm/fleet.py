@@ -88,10 +88,10 @@ class ReplicaFleet:
             except ReplicaStartError as error:
                 # A port picked free can still be taken before vLLM binds it; new ports fix
                 # that, anything else is a real failure.
-                self._stop_replicas()
                 if attempt == _START_ATTEMPTS or _ADDRESS_IN_USE not in str(error):
                     self.stop()
                     raise
+                self._stop_replicas()
             except BaseException:
                 self.stop()
                 raise
