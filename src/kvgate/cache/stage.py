@@ -18,7 +18,6 @@ from kvgate.cache.semantic_key import semantic_key
 from kvgate.cache.store import CachedResponse, ResponseStore
 from kvgate.config.schema import SemanticCacheSettings
 from kvgate.core.call import CacheStatus, Call, Completion, Outcome, Stage, StreamingCompletion
-from kvgate.extras import require
 from kvgate.observability.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -44,7 +43,6 @@ class SemanticCache:
 
     @classmethod
     def from_settings(cls, settings: SemanticCacheSettings) -> SemanticCache:
-        require("semantic", "numpy", feature="the semantic cache (cache.semantic)")
         from kvgate.cache.embedders import build_embedder
         from kvgate.cache.semantic import SemanticIndex
 

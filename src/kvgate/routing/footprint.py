@@ -15,6 +15,9 @@ from __future__ import annotations
 
 from collections import deque
 
+import numpy as np
+import numpy.typing as npt
+
 #: Time buckets per horizon: the bound on entries per replica.
 BUCKETS = 64
 
@@ -30,7 +33,7 @@ class PlacedTokens:
         # a bucket early): the table stays at BUCKETS entries per replica whatever the rate.
         self._bucket_s = horizon_s / BUCKETS
         self._placed: list[deque[tuple[float, float]]] = [deque() for _ in range(count)]
-        self._totals = [0.0] * count
+        self._totals = np.zeros(count)
 
     def add(self, position: int, tokens: float, now_s: float) -> None:
         if tokens <= 0:
@@ -52,6 +55,6 @@ class PlacedTokens:
             if not placed:
                 totals[position] = 0.0  # no float drift once empty
 
-    def totals(self) -> list[float]:
-        """Tokens per replica as of the last :meth:`expire` (a shared list: do not modify)."""
+    def totals(self) -> npt.NDArray[np.float64]:
+        """Tokens per replica as of the last :meth:`expire` (a shared array: do not modify)."""
         return self._totals
