@@ -200,3 +200,25 @@ def test_rolling_counts_window() -> None:
     assert counts.totals(100.0) == (0, 0)
     counts.clear()
     assert counts.totals(19.0) == (0, 0)
+
+
+def test_allowed_is_allows_over_a_list_and_the_list_itself_while_all_are_closed() -> None:
+    breakers, d, clock = board(consecutive_failures=1, min_requests=1000)
+    others = [deployment(f"e{i}") for i in range(3)]
+    for other in others:
+        breakers.watch(other, BreakerSettings(cooldown_s=10.0))
+    fleet = [d, *others]
+    assert breakers.allowed(fleet) is fleet
+    breakers.record_failure(d)  # open
+    assert breakers.allowed(fleet) == others
+    clock.now_s += 10.0  # half-open: the probe may go
+    assert breakers.allowed(fleet) == fleet and breakers.allowed(fleet) is not fleet
+    breakers.on_dispatched(d)  # the probe is out: nobody else goes to d
+    assert breakers.allowed(fleet) == others
+    breakers.record_failure(d)  # re-opened, still one circuit not closed
+    assert breakers.allowed(fleet) == others
+    clock.now_s += 10.0
+    breakers.on_dispatched(d)
+    breakers.record_success(d)  # closed again: back to no copy
+    assert breakers.allowed(fleet) is fleet
+    assert [x for x in fleet if breakers.allows(x)] == fleet

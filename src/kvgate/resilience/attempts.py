@@ -107,7 +107,9 @@ class AttemptLoop:
     def _choose(self) -> Deployment | None:
         """Ask the strategy for the next untried deployment whose circuit lets it through."""
         route, breakers = self.route, self._dispatch.breakers
-        candidates = [d for d in route.deployments if d not in self.tried and breakers.allows(d)]
+        candidates = breakers.allowed(route.deployments)
+        if self.tried:
+            candidates = [d for d in candidates if d not in self.tried]
         if not candidates:
             return None
         decision = route.strategy.choose(self.call, candidates)
