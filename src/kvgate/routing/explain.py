@@ -30,8 +30,8 @@ def shown_candidates(values: Sequence[float] | npt.NDArray[np.float64], pick: in
     array = np.asarray(values, dtype=np.float64)
     at_kth = best_count - 1 if lowest else len(array) - best_count
     kth = np.partition(array, at_kth)[at_kth]
-    better = np.flatnonzero(array < kth if lowest else array > kth).tolist()
-    at = np.flatnonzero(array == kth)[:best_count - len(better)].tolist()
+    better = (array < kth if lowest else array > kth).nonzero()[0].tolist()
+    at = (array == kth).nonzero()[0][:best_count - len(better)].tolist()
     return sorted({pick, *better, *at})
 
 

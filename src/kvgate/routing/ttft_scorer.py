@@ -47,6 +47,10 @@ from kvgate.routing.ttft_ledger import Floats, Ledger, Positions
 _REFRESH_S = 0.05
 #: Relative difference below which two predicted costs are the same (float rounding).
 _SAME = 1e-9
+#: The ufuncs' reductions, without the Python wrapper of ``ndarray.min`` (a decision makes
+#: a handful of these on arrays of a few hundred: the wrapper cost as much as the pass).
+_min = np.minimum.reduce
+_max = np.maximum.reduce
 
 
 class TTFTScorer:
@@ -127,8 +131,8 @@ class TTFTScorer:
         # queued. Without it a burst for one prefix copies it onto every replica whose queue
         # is a little shorter, evicting others' prefixes to do it.
         factor = 1.0 + ledger.busy_replicas / len(ledger.replicas)
-        least_held = float(held.min())
-        if loaded is None and least_held == float(held.max()):
+        least_held = float(_min(held))
+        if loaded is None and least_held == float(_max(held)):
             # Every candidate holds the same (cold prompts, or a prefix everyone serves).
             costs = base + rate * ((prompt_tokens - least_held) * factor)
         elif loaded is None:
@@ -143,7 +147,7 @@ class TTFTScorer:
             # Only where the uncached tokens do not fit in what is left (the output's room is
             # checked in admission_wait_s).
             room = ledger.room if where is None else ledger.room[where]
-            for i in np.flatnonzero(room < uncached).tolist():
+            for i in (room < uncached).nonzero()[0].tolist():
                 w = ledger.admission_wait_s(i if positions is None else positions[i],
                                             uncached.item(i))
                 if w > 0.0:
@@ -161,7 +165,7 @@ class TTFTScorer:
             bound = costs.item(first) + evict_s[first]
             # Of those, only the ones that would overflow cost anything.
             headroom = self._footprint(where)[0]
-            for i in np.flatnonzero((costs <= bound) & (uncached > headroom)).tolist():
+            for i in ((costs <= bound) & (uncached > headroom)).nonzero()[0].tolist():
                 if i not in evict_s:
                     evict_s[i] = self._eviction_s(positions, i, uncached.item(i), placed, fair)
             for i, e in evict_s.items():
@@ -174,26 +178,26 @@ class TTFTScorer:
         best = costs.item(first)
         p_first = first if positions is None else positions[first]
         limit = best + 2.0 * ledger.replicas[p_first].error_s + abs(best) * _SAME
-        tied = np.flatnonzero(costs <= limit)
+        tied = (costs <= limit).nonzero()[0]
         ties = len(tied)
         if ties == 1:
             pick = int(tied[0])
         else:
             # The least work = the most of the prompt held.
             work_held = (held if loaded is None else prompt_tokens - uncached)[tied]
-            tied = tied[work_held >= work_held.max() - self._block_tokens]
+            tied = tied[work_held >= _max(work_held) - self._block_tokens]
             if len(tied) > 1:
                 fill = self._fill(where, tied)
-                tied = tied[fill == fill.min()]
+                tied = tied[fill == _min(fill)]
             if len(tied) > 1:
                 tied_costs = costs[tied]
-                lowest = float(tied_costs.min())
+                lowest = float(_min(tied_costs))
                 tied = tied[tied_costs <= lowest + abs(lowest) * _SAME]
             self._rotation += 1
             pick = int(tied[self._rotation % len(tied)])
         chosen_cost = costs.item(pick)
         costs[pick] = math.inf  # the runner-up: the best of the others (no copy of the array)
-        runner_up = float(costs.min()) if len(costs) > 1 else chosen_cost
+        runner_up = float(_min(costs)) if len(costs) > 1 else chosen_cost
         costs[pick] = chosen_cost
         matched_pick, uncached_pick = held.item(pick), uncached.item(pick)
         outcome = ("cold" if best_match < 0.5 * (matched_pick + uncached_pick)
@@ -266,7 +270,7 @@ class TTFTScorer:
         if self._unknown_capacity == len(self._capacity):
             return math.inf
         headroom = self._capacity - self.ledger.placed.totals()
-        return float((headroom if where is None else headroom[where]).min())
+        return float(_min(headroom if where is None else headroom[where]))
 
     def _fill(self, where: Positions | None, tied: Positions) -> Floats:
         """The share of its KV each ``tied`` candidate was sent (the tie rule's "emptiest"),
