@@ -132,7 +132,8 @@ class TTFTScorer:
         # is a little shorter, evicting others' prefixes to do it.
         factor = 1.0 + ledger.busy_replicas / len(ledger.replicas)
         least_held = float(_min(held))
-        if loaded is None and least_held == float(_max(held)):
+        uniform = loaded is None and least_held == float(_max(held))
+        if uniform:
             # Every candidate holds the same (cold prompts, or a prefix everyone serves).
             costs = base + rate * ((prompt_tokens - least_held) * factor)
         elif loaded is None:
@@ -183,9 +184,9 @@ class TTFTScorer:
         if ties == 1:
             pick = int(tied[0])
         else:
-            # The least work = the most of the prompt held.
-            work_held = (held if loaded is None else prompt_tokens - uncached)[tied]
-            tied = tied[work_held >= _max(work_held) - self._block_tokens]
+            if not uniform:  # the least work = the most of the prompt held
+                work_held = (held if loaded is None else prompt_tokens - uncached)[tied]
+                tied = tied[work_held >= _max(work_held) - self._block_tokens]
             if len(tied) > 1:
                 fill = self._fill(where, tied)
                 tied = tied[fill == _min(fill)]
@@ -227,11 +228,12 @@ class TTFTScorer:
                    ) -> dict[str, dict[str, Any]]:
         """The explanation's entry per shown candidate (a few of them; every decision
         builds one, so each figure is read out of the arrays once)."""
-        index = np.fromiter(shown, dtype=np.intp, count=len(shown))
+        if len(shown) < len(costs):
+            index = np.fromiter(shown, dtype=np.intp, count=len(shown))
+            held, uncached, costs = held[index], uncached[index], costs[index]
         out: dict[str, dict[str, Any]] = {}
-        for i, matched, left, cost_ms in zip(shown, held[index].tolist(),
-                                             uncached[index].tolist(),
-                                             (costs[index] * 1e3).tolist(), strict=True):
+        for i, matched, left, cost_ms in zip(shown, held.tolist(), uncached.tolist(),
+                                             (costs * 1e3).tolist(), strict=True):
             entry = {"matched_tokens": tokens_value(matched),
                      "uncached_tokens": tokens_value(left),
                      "predicted_cost_ms": round(cost_ms, 3)}
