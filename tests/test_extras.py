@@ -57,6 +57,7 @@ cache:
     assert [(n.extra, n.modules) for n in needs(settings)] == [
         ("granian", ("granian",)),
         ("redis", ("redis",)),
+        ("semantic", ("numpy",)),
         ("semantic", ("tokenizers",)),
     ]
     assert needs(settings)[1].feature == "routing.affinity_backend redis (model demo)"

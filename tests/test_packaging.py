@@ -27,12 +27,12 @@ from tests.support.processes import free_port, wait_http
 pytestmark = pytest.mark.timeout(300)
 
 REPO = Path(__file__).resolve().parents[1]
-#: Not core: the load generator's client, progress tables and plots (bench), Redis, the other
-#: ASGI server, and what precise_kv, the simulator and the minilm embedder need.
-NOT_CORE = ("aiohttp", "rich", "matplotlib", "redis", "granian", "zmq", "msgspec",
+#: Not core: the load generator's client, progress tables and plots (bench), the semantic
+#: cache's arrays, Redis, the other ASGI server, and what precise_kv and the simulator need.
+NOT_CORE = ("aiohttp", "rich", "matplotlib", "numpy", "redis", "granian", "zmq", "msgspec",
             "cbor2", "tokenizers")
 CORE = ("uvicorn", "uvloop", "httptools", "orjson", "pydantic", "yaml", "prometheus_client",
-        "swagger_ui_bundle", "blake3", "xxhash", "numpy")
+        "swagger_ui_bundle", "blake3", "xxhash")
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def core(tmp_path_factory: pytest.TempPathFactory) -> CoreVenv:
     return venv
 
 
-def test_the_core_install_has_no_bench_redis_or_second_http_client(
+def test_the_core_install_has_no_bench_redis_numpy_or_second_http_client(
     core: CoreVenv,
 ) -> None:
     probe = ("import importlib.util, json, sys; "
@@ -125,6 +125,7 @@ def test_kvgate_run_serves_the_demo_with_the_exact_cache(gateway: str) -> None:
     answer = first.json()
     assert answer["choices"][0]["message"]["content"]
     assert answer["kvgate"]["cache"] == "miss"
+    # The exact cache (on by default) works without numpy, which only the semantic cache needs.
     assert second.headers["x-kvgate-cache"] == "exact"
     assert second.json()["choices"] == answer["choices"]
     assert streamed.status_code == 200

@@ -88,8 +88,10 @@ def needs(settings: Settings) -> list[Need]:
         result.append(Need("precise_kv with a local tokenizer", "precise",
                            ("tokenizers", "jinja2")))
     semantic = settings.cache.semantic
-    if semantic.enabled and semantic.embedder == "minilm":
-        result.append(Need("the semantic cache's minilm embedder", "semantic", ("tokenizers",)))
+    if semantic.enabled:
+        result.append(Need("the semantic cache (cache.semantic)", "semantic", ("numpy",)))
+        if semantic.embedder == "minilm":
+            result.append(Need("the semantic cache's minilm embedder", "semantic", ("tokenizers",)))
     return result
 
 
@@ -110,6 +112,7 @@ def missing(settings: Settings) -> list[MissingExtra]:
 _EXTRA_OF_MODULE = {
     "granian": "granian",
     "redis": "redis",
+    "numpy": "semantic",
     "zmq": "precise",
     "msgspec": "precise",
     "cbor2": "precise",

@@ -18,6 +18,7 @@ from kvgate.cache.semantic_key import semantic_key
 from kvgate.cache.store import CachedResponse, ResponseStore
 from kvgate.config.schema import SemanticCacheSettings
 from kvgate.core.call import CacheStatus, Call, Completion, Outcome, Stage, StreamingCompletion
+from kvgate.extras import require
 from kvgate.observability.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ class SemanticCache:
 
     @classmethod
     def from_settings(cls, settings: SemanticCacheSettings) -> SemanticCache:
+        require("semantic", "numpy", feature="the semantic cache (cache.semantic)")
         from kvgate.cache.embedders import build_embedder
         from kvgate.cache.semantic import SemanticIndex
 

@@ -4,34 +4,32 @@ and how token counts are written."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import numpy as np
-import numpy.typing as npt
+from itertools import compress, islice, repeat
+from operator import eq, gt, lt
 
 #: Candidates listed in a decision's explanation, at most.
 EXPLAINED_CANDIDATES = 8
 
 
-def shown_candidates(values: Sequence[float] | npt.NDArray[np.float64], pick: int,
-                     uniform: bool, *, lowest: bool = False) -> Sequence[int]:
+def shown_candidates(values: Sequence[float], pick: int, uniform: bool, *,
+                     lowest: bool = False) -> Sequence[int]:
     """The candidates an explanation names, in candidate order: the chosen one and the
     ``EXPLAINED_CANDIDATES - 1`` best by ``values`` (largest, or with ``lowest`` smallest),
     earlier candidates first among equals. ``uniform``: every value is the same.
 
     NOTE: building an entry per replica dominated decisions on large fleets. The same set as
-    ``heapq.nlargest(k, range(n), key=values.__getitem__)``, found by vectorised passes:
-    everything better than the k-th best value, then the first candidates at it.
+    ``heapq.nlargest(k, range(n), key=values.__getitem__)``, found by C loops: everything
+    better than the k-th best value, then the first candidates at it.
     """
     if len(values) <= EXPLAINED_CANDIDATES:
         return range(len(values))
     best_count = EXPLAINED_CANDIDATES - 1
     if uniform:  # all equal: the first ones
         return sorted({pick, *range(best_count)})
-    array = np.asarray(values, dtype=np.float64)
-    at_kth = best_count - 1 if lowest else len(array) - best_count
-    kth = np.partition(array, at_kth)[at_kth]
-    better = (array < kth if lowest else array > kth).nonzero()[0].tolist()
-    at = (array == kth).nonzero()[0][:best_count - len(better)].tolist()
+    kth = sorted(values, reverse=not lowest)[best_count - 1]
+    everyone = range(len(values))
+    better = list(compress(everyone, map(lt if lowest else gt, values, repeat(kth))))
+    at = islice(compress(everyone, map(eq, values, repeat(kth))), best_count - len(better))
     return sorted({pick, *better, *at})
 
 

@@ -13,10 +13,9 @@ reused within them, so the undercount is of blocks that are cold in the count's 
 
 from __future__ import annotations
 
+import math
 from collections import deque
-
-import numpy as np
-import numpy.typing as npt
+from operator import sub
 
 #: Time buckets per horizon: the bound on entries per replica.
 BUCKETS = 64
@@ -25,7 +24,7 @@ BUCKETS = 64
 class PlacedTokens:
     """Tokens placed on each of ``count`` replicas within the last ``horizon_s``."""
 
-    __slots__ = ("_bucket_s", "_horizon_s", "_placed", "_totals")
+    __slots__ = ("_bucket_s", "_capacity", "_horizon_s", "_placed", "_totals", "least_headroom")
 
     def __init__(self, count: int, horizon_s: float) -> None:
         self._horizon_s = horizon_s
@@ -33,7 +32,12 @@ class PlacedTokens:
         # a bucket early): the table stays at BUCKETS entries per replica whatever the rate.
         self._bucket_s = horizon_s / BUCKETS
         self._placed: list[deque[tuple[float, float]]] = [deque() for _ in range(count)]
-        self._totals = np.zeros(count)
+        self._totals = [0.0] * count
+        self._capacity = [math.inf] * count
+        #: min(capacity - placed) over the replicas, kept as placements come in (they only
+        #: lower it) so that a decision need not take it over the fleet: recomputed only
+        #: when placements expire or the sizes change.
+        self.least_headroom = math.inf
 
     def add(self, position: int, tokens: float, now_s: float) -> None:
         if tokens <= 0:
@@ -44,6 +48,8 @@ class PlacedTokens:
         else:
             placed.append((now_s, tokens))
         self._totals[position] += tokens
+        self.least_headroom = min(self.least_headroom,
+                                  self._capacity[position] - self._totals[position])
 
     def expire(self, now_s: float) -> None:
         """Drop placements older than the horizon, on every replica."""
@@ -54,7 +60,16 @@ class PlacedTokens:
                 totals[position] -= placed.popleft()[1]
             if not placed:
                 totals[position] = 0.0  # no float drift once empty
+        self._recompute_least()
 
-    def totals(self) -> npt.NDArray[np.float64]:
-        """Tokens per replica as of the last :meth:`expire` (a shared array: do not modify)."""
+    def set_capacity(self, capacity: list[float]) -> None:
+        """Each replica's KV size in tokens (``inf``: unknown), for ``least_headroom``."""
+        self._capacity = list(capacity)
+        self._recompute_least()
+
+    def _recompute_least(self) -> None:
+        self.least_headroom = float(min(map(sub, self._capacity, self._totals), default=math.inf))
+
+    def totals(self) -> list[float]:
+        """Tokens per replica as of the last :meth:`expire` (a shared list: do not modify)."""
         return self._totals

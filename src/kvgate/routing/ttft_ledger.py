@@ -13,20 +13,12 @@ import math
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
-
-import numpy as np
-import numpy.typing as npt
+from typing import Any
 
 from kvgate.config.schema import PrefixRoutingSettings
 from kvgate.core.deployment import Deployment, EngineUsage
 from kvgate.routing.calibration import LineFit
 from kvgate.routing.footprint import PlacedTokens
-
-#: Per-replica figures a decision reads for the whole fleet at once (see TTFTScorer.choose),
-#: and candidate positions into them.
-Floats: TypeAlias = npt.NDArray[np.float64]
-Positions: TypeAlias = npt.NDArray[np.intp]
 
 #: Weight of a new request in a replica's means (uncached tokens, output tokens).
 _MEAN_ALPHA = 0.1
@@ -135,18 +127,18 @@ class Ledger:
         self.turning_over: list[int] = []
         #: Per replica: cost = base + rate x uncached tokens; ``ttft_base`` leaves out what a
         #: request costs others (the decode slowdown it brings), for the explanation.
-        self.base: Floats = np.zeros(len(self.deployments))
-        self.ttft_base: Floats = np.zeros(len(self.deployments))
-        self.rate: Floats = np.zeros(len(self.deployments))
+        self.base = [0.0] * len(self.deployments)
+        self.ttft_base = [0.0] * len(self.deployments)
+        self.rate = [0.0] * len(self.deployments)
         #: Replicas with prefill queued (waiting > 0).
         self.busy_replicas = 0
         #: Per replica, KV tokens its running and waiting requests take (``Ticket.kv_tokens``),
         #: and its KV size less those and a mean answer: the uncached prompt tokens that fit
         #: (``inf`` while its size is unknown).
-        self.resident: Floats = np.zeros(len(self.deployments))
+        self.resident = [0.0] * len(self.deployments)
         #: Per replica: shared key -> requests in flight there sharing it (see Ticket).
         self._sharing: list[dict[Hashable, int]] = [{} for _ in self.deployments]
-        self.room: Floats = np.array([r.capacity_tokens for r in self.replicas])
+        self.room = [r.capacity_tokens for r in self.replicas]
         for position in range(len(self.deployments)):
             self.update(position)
 
@@ -214,7 +206,7 @@ class Ledger:
         # NOTE: vLLM evicts the least recently used free blocks: a block last used t seconds
         # ago is gone once more than the KV's size in new tokens came in since, i.e. after
         # capacity / inflow seconds, the inflow being the tokens placed there per second.
-        placed = self.placed.totals().tolist()
+        placed = self.placed.totals()
         window_s = max(1.0, min(self._horizon_s, now_s - self._started_s))
         turning = []
         for position, replica in enumerate(self.replicas):
@@ -237,8 +229,8 @@ class Ledger:
         replica = self.replicas[position]
         others = self._others_tokens(position)
         ticket = Ticket(position, uncached_tokens, replica.queued + others + uncached_tokens,
-                        now_s, self.ttft_base.item(position)
-                        + self.rate.item(position) * uncached_tokens, prompt_tokens)
+                        now_s, self.ttft_base[position] + self.rate[position] * uncached_tokens,
+                        prompt_tokens)
         if prompt_tokens > 0:
             if shared_key is not None and shared_tokens > 0:
                 ticket.shared_key, ticket.shared_tokens = shared_key, shared_tokens
@@ -324,21 +316,21 @@ class Ledger:
             replica.mean_output += _MEAN_ALPHA * (output_tokens - replica.mean_output)
         # The room left, with the new mean answer (and no float drift on an idle replica).
         self._add_resident(ticket.position,
-                           -self.resident.item(ticket.position) if replica.batch == 0 else 0.0)
+                           -self.resident[ticket.position] if replica.batch == 0 else 0.0)
         self.update(ticket.position)
 
     def _add_resident(self, position: int, tokens: float) -> None:
-        resident = self.resident.item(position) + tokens
-        self.resident[position] = resident
+        self.resident[position] += tokens
         replica = self.replicas[position]
-        self.room[position] = replica.capacity_tokens - resident - replica.mean_output
+        self.room[position] = (replica.capacity_tokens - self.resident[position]
+                               - replica.mean_output)
 
     def admission_wait_s(self, position: int, new_tokens: float) -> float:
         """Time a request that brings ``new_tokens`` of KV (its uncached prompt tokens)
         waits there for KV space, not for compute: when what runs there and those exceed the
         replica's KV, the engine admits it only as running requests finish (or preempts one,
         which costs as much), a share of their remaining decode."""
-        resident = self.resident.item(position)
+        resident = self.resident[position]
         replica = self.replicas[position]
         over = resident + new_tokens + replica.mean_output - replica.capacity_tokens
         if over <= 0 or resident <= 0:
@@ -365,8 +357,7 @@ class Ledger:
 
     def describe(self) -> dict[str, dict[str, Any]]:
         """Per deployment id: the learned figures and the ledger, for ``/admin/stats``."""
-        placed = self.placed.totals().tolist()
-        resident = self.resident.tolist()
+        placed = self.placed.totals()
         out: dict[str, dict[str, Any]] = {}
         for position, (replica, deployment) in enumerate(
                 zip(self.replicas, self.deployments, strict=True)):
@@ -386,7 +377,7 @@ class Ledger:
                 "placed_tokens": round(placed[position], 1),
                 "kv_residency_s": (None if math.isinf(self.residency_s[position])
                                    else round(self.residency_s[position], 1)),
-                "resident_tokens": round(resident[position], 1),
+                "resident_tokens": round(self.resident[position], 1),
                 "kv_capacity_tokens": (None if math.isinf(replica.engine_capacity)
                                        else int(replica.engine_capacity)),
                 "engine_tokens_per_estimated_token": round(replica.token_scale, 3),

@@ -33,24 +33,20 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from itertools import compress, repeat
+from operator import add, eq, ge, gt, le, lt, mul, sub
 from typing import Any
-
-import numpy as np
 
 from kvgate.config.schema import PrefixRoutingSettings
 from kvgate.core.deployment import Deployment, RouteDecision
 from kvgate.routing.explain import shown_candidates, tokens_value
-from kvgate.routing.ttft_ledger import Floats, Ledger, Positions
+from kvgate.routing.ttft_ledger import Ledger
 
 #: How often engine figures (queue, KV capacity) are re-read and old placements expire, in
 #: clock seconds: the scraper refreshes them once a second, decisions come far more often.
 _REFRESH_S = 0.05
 #: Relative difference below which two predicted costs are the same (float rounding).
 _SAME = 1e-9
-#: The ufuncs' reductions, without the Python wrapper of ``ndarray.min`` (a decision makes
-#: a handful of these on arrays of a few hundred: the wrapper cost as much as the pass).
-_min = np.minimum.reduce
-_max = np.maximum.reduce
 
 
 class TTFTScorer:
@@ -67,10 +63,10 @@ class TTFTScorer:
         self._load_s_per_token = load_s_per_token
         #: Matches within one block of the best count as the best (for the outcome label).
         self._block_tokens = block_tokens
-        self._capacity: Floats = np.full(len(self.ledger.replicas), math.inf)
+        self._capacity = [math.inf] * len(self.ledger.replicas)
         #: Replicas whose KV size is not known (see _footprint).
         self._unknown_capacity = len(self._capacity)
-        self._inverse_capacity: Floats = np.zeros(len(self._capacity))
+        self._inverse_capacity = [0.0] * len(self._capacity)
         self._refreshed_s = -math.inf
         self._rotation = 0
 
@@ -80,18 +76,18 @@ class TTFTScorer:
         ledger = self.ledger
         ledger.placed.expire(now_s)
         ledger.refresh(now_s)
-        self._capacity = np.array([r.capacity_tokens for r in ledger.replicas])
-        known = np.isfinite(self._capacity) & (self._capacity > 0)
-        self._unknown_capacity = int(np.isinf(self._capacity).sum())
-        self._inverse_capacity = np.zeros(len(self._capacity))
-        np.divide(1.0, self._capacity, out=self._inverse_capacity, where=known)
+        self._capacity = [r.capacity_tokens for r in ledger.replicas]
+        self._unknown_capacity = sum(map(math.isinf, self._capacity))
+        self._inverse_capacity = [0.0 if math.isinf(c) or c <= 0 else 1.0 / c
+                                  for c in self._capacity]
+        ledger.placed.set_capacity(self._capacity)
 
     # -- the choice -------------------------------------------------------------------------
 
     def choose(self, candidates: Sequence[Deployment], prompt_tokens: float,
-               matched: Sequence[float] | Floats, best_match: float, *,
+               matched: Sequence[float], best_match: float, *,
                positions: Sequence[int] | None = None,
-               offloaded: Sequence[float] | Floats | None = None,
+               offloaded: Sequence[float] | None = None,
                details: Mapping[Deployment, Mapping[str, Any]] | None = None,
                ) -> tuple[RouteDecision, int]:
         """The decision and the chosen candidate's index in ``candidates``.
@@ -102,152 +98,136 @@ class TTFTScorer:
         model holds (a failover attempt away from it is a spill). ``positions``: the
         candidates' places in the deployment list (None: the candidates are the whole list,
         in order).
-
-        NOTE: every per-candidate figure is a numpy array and every pass over the fleet one
-        vectorised operation: a pass costs about 0.4 us whatever the fleet's size, where a
-        Python (or even ``map``) pass cost 5-15 us at 256 replicas, and a decision is a dozen
-        passes. The arithmetic is the same IEEE double arithmetic in the same order, so the
-        choices are the same as a scalar loop's.
         """
         now_s = self._clock()
         if now_s - self._refreshed_s >= _REFRESH_S:
             self._refresh(now_s)
         ledger = self.ledger
-        held = np.asarray(matched, dtype=np.float64)
-        where = None if positions is None else np.asarray(positions, dtype=np.intp)
-        if where is None:
+        if positions is None:
             base, rate = ledger.base, ledger.rate
         else:
-            base, rate = ledger.base[where], ledger.rate[where]
-        if offloaded is None:
-            loaded = None
-            uncached = prompt_tokens - held
+            base = [ledger.base[p] for p in positions]
+            rate = [ledger.rate[p] for p in positions]
+        uniform = offloaded is None and matched.count(matched[0]) == len(matched)
+        uncached: list[float]
+        if uniform:  # every candidate holds the same (cold prompts, or a prefix all serve)
+            uncached = [prompt_tokens - matched[0]] * len(matched)
+        elif offloaded is None:  # by C loops: on large fleets a decision is a few such passes
+            uncached = list(map(sub, repeat(prompt_tokens), matched))
         else:
-            loaded = np.asarray(offloaded, dtype=np.float64)
-            uncached = np.maximum(0.0, prompt_tokens - held - loaded)
+            uncached = [max(0.0, prompt_tokens - m - o)
+                        for m, o in zip(matched, offloaded, strict=True)]
         # NOTE: the prefill a request adds delays whatever arrives behind it there. With the
         # fleet idle nobody waits, so only this request's TTFT counts; the busier the fleet,
         # the more a recompute costs others: weighted by the share of replicas with prefill
         # queued. Without it a burst for one prefix copies it onto every replica whose queue
         # is a little shorter, evicting others' prefixes to do it.
         factor = 1.0 + ledger.busy_replicas / len(ledger.replicas)
-        least_held = float(_min(held))
-        uniform = loaded is None and least_held == float(_max(held))
-        if uniform:
-            # Every candidate holds the same (cold prompts, or a prefix everyone serves).
-            costs = base + rate * ((prompt_tokens - least_held) * factor)
-        elif loaded is None:
-            costs = base + rate * uncached * factor
+        if uniform:  # one product per candidate, by C loops
+            costs = list(map(add, base, map(mul, rate,
+                                            repeat((prompt_tokens - matched[0]) * factor))))
+        elif offloaded is None:
+            costs = list(map(add, base, map(mul, map(mul, rate, uncached), repeat(factor))))
         else:
-            costs = base + rate * uncached * factor + self._load_s_per_token * loaded
+            load = self._load_s_per_token
+            costs = [b + r * u * factor + load * o
+                     for b, r, u, o in zip(base, rate, uncached, offloaded, strict=True)]
         wait_s: dict[int, float] = {}
         if self._unknown_capacity < len(self._capacity):
             # NOTE: a replica whose running requests fill its KV admits a prompt only as they
             # finish (vLLM queues or preempts): without this, prompts that match best pile
             # onto a replica with no room, which preempts and recomputes all of them.
-            # Only where the uncached tokens do not fit in what is left (the output's room is
-            # checked in admission_wait_s).
-            room = ledger.room if where is None else ledger.room[where]
-            for i in (room < uncached).nonzero()[0].tolist():
+            # Only where the uncached tokens do not fit in what is left (found by C loops;
+            # the output's room is checked in admission_wait_s).
+            room = ledger.room if positions is None else [ledger.room[p] for p in positions]
+            for i in compress(range(len(room)), map(lt, room, uncached)):
                 w = ledger.admission_wait_s(i if positions is None else positions[i],
-                                            uncached.item(i))
+                                            uncached[i])
                 if w > 0.0:
                     wait_s[i] = w
                     costs[i] += w
         evict_s: dict[int, float] = {}
-        if prompt_tokens - least_held > self._least_headroom(where):  # someone evicts
+        if prompt_tokens - min(matched) > self._least_headroom(positions):  # someone evicts
             # Eviction only adds cost, so only candidates already below the cheapest one's
             # total can still win: price those (usually a handful), not the whole fleet.
             placed = ledger.placed.totals()
-            fair = sum(placed.tolist()) / len(placed)
-            first = int(costs.argmin())
-            evict_s[first] = self._eviction_s(positions, first, uncached.item(first), placed,
-                                              fair)
-            bound = costs.item(first) + evict_s[first]
-            # Of those, only the ones that would overflow cost anything.
-            headroom = self._footprint(where)[0]
-            for i in ((costs <= bound) & (uncached > headroom)).nonzero()[0].tolist():
-                if i not in evict_s:
-                    evict_s[i] = self._eviction_s(positions, i, uncached.item(i), placed, fair)
+            fair = sum(placed) / len(placed)
+            first = costs.index(min(costs))
+            evict_s[first] = self._eviction_s(positions, first, uncached[first], placed, fair)
+            bound = costs[first] + evict_s[first]
+            near = compress(range(len(costs)), map(le, costs, repeat(bound)))
+            # Of those, only the ones that would overflow (found by C loops) cost anything.
+            headroom = self._footprint(positions)[0]
+            overflowing = set(compress(range(len(costs)), map(gt, uncached, headroom)))
+            for i in near:
+                if i in overflowing and i not in evict_s:
+                    evict_s[i] = self._eviction_s(positions, i, uncached[i], placed, fair)
             for i, e in evict_s.items():
                 costs[i] += e
+        best = min(costs)
         # Costs closer than the replicas' own prediction error are a tie (the model cannot
         # tell them apart): among those the replica computing the least wins (it keeps the
         # prefix where it is cached: a copy elsewhere must pay for itself clearly), then the
         # emptiest KV, then each in turn.
-        first = int(costs.argmin())
-        best = costs.item(first)
+        first = costs.index(best)
         p_first = first if positions is None else positions[first]
         limit = best + 2.0 * ledger.replicas[p_first].error_s + abs(best) * _SAME
-        tied = (costs <= limit).nonzero()[0]
+        tied = list(compress(range(len(costs)), map(le, costs, repeat(limit))))
         ties = len(tied)
         if ties == 1:
-            pick = int(tied[0])
+            pick = tied[0]
         else:
-            if not uniform:  # the least work = the most of the prompt held
-                work_held = (held if loaded is None else prompt_tokens - uncached)[tied]
-                tied = tied[work_held >= _max(work_held) - self._block_tokens]
+            if not uniform:
+                # The least work = the most of the prompt held (C loops: ties can be the
+                # fleet).
+                held = list(map((matched if offloaded is None
+                                 else [prompt_tokens - u for u in uncached]).__getitem__, tied))
+                most = max(held)
+                tied = list(compress(tied, map(ge, held, repeat(most - self._block_tokens))))
             if len(tied) > 1:
-                fill = self._fill(where, tied)
-                tied = tied[fill == _min(fill)]
+                fill = self._fill(positions, tied)
+                tied = list(compress(tied, map(eq, fill, repeat(min(fill)))))
             if len(tied) > 1:
-                tied_costs = costs[tied]
-                lowest = float(_min(tied_costs))
-                tied = tied[tied_costs <= lowest + abs(lowest) * _SAME]
+                tied_costs = list(map(costs.__getitem__, tied))
+                lowest = min(tied_costs)
+                tied = list(compress(tied, map(le, tied_costs,
+                                               repeat(lowest + abs(lowest) * _SAME))))
             self._rotation += 1
-            pick = int(tied[self._rotation % len(tied)])
-        chosen_cost = costs.item(pick)
-        costs[pick] = math.inf  # the runner-up: the best of the others (no copy of the array)
-        runner_up = float(_min(costs)) if len(costs) > 1 else chosen_cost
+            pick = tied[self._rotation % len(tied)]
+        chosen_cost = costs[pick]
+        costs[pick] = math.inf  # the runner-up: the best of the others (no copy of the list)
+        runner_up = min(costs) if len(costs) > 1 else chosen_cost
         costs[pick] = chosen_cost
-        matched_pick, uncached_pick = held.item(pick), uncached.item(pick)
-        outcome = ("cold" if best_match < 0.5 * (matched_pick + uncached_pick)
-                   else "hit" if matched_pick >= best_match - self._block_tokens
+        outcome = ("cold" if best_match < 0.5 * (matched[pick] + uncached[pick])
+                   else "hit" if matched[pick] >= best_match - self._block_tokens
                    else "spill")
         shown = shown_candidates(costs, pick, ties == len(costs), lowest=True)
-        p_pick = pick if positions is None else positions[pick]
         explanation: dict[str, Any] = {
             "strategy": self.name,
             "outcome": outcome,
-            "matched_tokens": tokens_value(matched_pick),
-            "predicted_ttft_ms": round((ledger.ttft_base.item(p_pick)
-                                        + rate.item(pick) * uncached_pick + (
-                self._load_s_per_token * loaded.item(pick) if loaded is not None else 0.0))
+            "matched_tokens": tokens_value(matched[pick]),
+            "predicted_ttft_ms": round((ledger.ttft_base[pick if positions is None else
+                                                         positions[pick]]
+                                        + rate[pick] * uncached[pick] + (
+                self._load_s_per_token * offloaded[pick] if offloaded is not None else 0.0))
                 * 1e3, 3),
-            "runner_up_margin_ms": round((runner_up - chosen_cost) * 1e3, 3),
-            "candidates": self._explained(candidates, shown, held, uncached, costs, evict_s,
-                                          wait_s, details),
+            "runner_up_margin_ms": round((runner_up - costs[pick]) * 1e3, 3),
+            "candidates": {
+                candidates[i].id: {
+                    "matched_tokens": tokens_value(matched[i]),
+                    "uncached_tokens": tokens_value(uncached[i]),
+                    "predicted_cost_ms": round(costs[i] * 1e3, 3),
+                    **({"eviction_ms": round(evict_s[i] * 1e3, 3)} if evict_s.get(i) else {}),
+                    **({"kv_wait_ms": round(wait_s[i] * 1e3, 3)} if i in wait_s else {}),
+                    **(details or {}).get(candidates[i], {}),
+                }
+                for i in shown
+            },
         }
         return RouteDecision(candidates[pick], explanation), pick
 
-    @staticmethod
-    def _explained(candidates: Sequence[Deployment], shown: Sequence[int], held: Floats,
-                   uncached: Floats, costs: Floats, evict_s: Mapping[int, float],
-                   wait_s: Mapping[int, float],
-                   details: Mapping[Deployment, Mapping[str, Any]] | None
-                   ) -> dict[str, dict[str, Any]]:
-        """The explanation's entry per shown candidate (a few of them; every decision
-        builds one, so each figure is read out of the arrays once)."""
-        if len(shown) < len(costs):
-            index = np.fromiter(shown, dtype=np.intp, count=len(shown))
-            held, uncached, costs = held[index], uncached[index], costs[index]
-        out: dict[str, dict[str, Any]] = {}
-        for i, matched, left, cost_ms in zip(shown, held.tolist(), uncached.tolist(),
-                                             (costs * 1e3).tolist(), strict=True):
-            entry = {"matched_tokens": tokens_value(matched),
-                     "uncached_tokens": tokens_value(left),
-                     "predicted_cost_ms": round(cost_ms, 3)}
-            if evict_s.get(i):
-                entry["eviction_ms"] = round(evict_s[i] * 1e3, 3)
-            if i in wait_s:
-                entry["kv_wait_ms"] = round(wait_s[i] * 1e3, 3)
-            if details:
-                entry.update(details.get(candidates[i], {}))
-            out[candidates[i].id] = entry
-        return out
-
     def _eviction_s(self, positions: Sequence[int] | None, i: int, uncached: float,
-                    placed: Floats, fair: float) -> float:
+                    placed: Sequence[float], fair: float) -> float:
         """Candidate ``i``'s eviction cost: the tokens taking ``uncached`` would push out,
         each one recompute later, and the more so the more the replica was sent beyond its
         share (an over-committed replica's victims are younger):
@@ -256,43 +236,45 @@ class TTFTScorer:
         the cache thrashes wherever the request goes. ``placed``, ``fair``: every
         replica's placed tokens and their mean, read once per decision."""
         p = i if positions is None else positions[i]
-        capacity = self._capacity.item(p)
+        capacity = self._capacity[p]
         if math.isinf(capacity):
             return 0.0  # unknown size: only the tie rule's fill balances it (_footprint)
-        placed_p = placed.item(p)
-        headroom = capacity - placed_p
+        headroom = capacity - placed[p]
         if uncached <= headroom:
             return 0.0
         return (self.ledger.replicas[p].prefill.slope * min(uncached, uncached - headroom)
-                * (placed_p + uncached) / max(capacity, fair))
+                * (placed[p] + uncached) / max(capacity, fair))
 
-    def _least_headroom(self, where: Positions | None) -> float:
+    def _least_headroom(self, positions: Sequence[int] | None) -> float:
         """The least KV headroom (tokens) among the candidates whose KV size is known,
         cheaply: a decision prices evictions only when some candidate would have to evict."""
         if self._unknown_capacity == len(self._capacity):
             return math.inf
-        headroom = self._capacity - self.ledger.placed.totals()
-        return float(_min(headroom if where is None else headroom[where]))
+        if positions is None:
+            return self.ledger.placed.least_headroom
+        placed = self.ledger.placed.totals()
+        return min(self._capacity[p] - placed[p] for p in positions)
 
-    def _fill(self, where: Positions | None, tied: Positions) -> Floats:
+    def _fill(self, positions: Sequence[int] | None, tied: Sequence[int]) -> list[float]:
         """The share of its KV each ``tied`` candidate was sent (the tie rule's "emptiest"),
         for the tied ones only: ties are often the whole fleet, but often a few."""
         placed = self.ledger.placed.totals()
-        ps = tied if where is None else where[tied]
+        ps = tied if positions is None else [positions[i] for i in tied]
         if self._unknown_capacity == len(self._capacity):
             # Every size unknown: each is taken to hold the fleet's mean (_footprint), so the
             # fill orders as the tokens placed.
-            return placed[ps]
+            return list(map(placed.__getitem__, ps))
         if not self._unknown_capacity:
-            return placed[ps] * self._inverse_capacity[ps]
-        headroom, capacity = self._footprint(where)
-        capacity, headroom = capacity[tied], headroom[tied]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            share = (capacity - headroom) / capacity
-        share[np.isinf(capacity)] = 0.0
-        return share
+            inverse = self._inverse_capacity
+            if positions is None and len(ps) == len(placed):  # all tied: no lookups
+                return list(map(mul, placed, inverse))
+            return list(map(mul, map(placed.__getitem__, ps), map(inverse.__getitem__, ps)))
+        headroom, capacity = self._footprint(positions)
+        return [0.0 if math.isinf(capacity[i]) else (capacity[i] - headroom[i]) / capacity[i]
+                for i in tied]
 
-    def _footprint(self, where: Positions | None) -> tuple[Floats, Floats]:
+    def _footprint(self, positions: Sequence[int] | None
+                   ) -> tuple[Sequence[float], Sequence[float]]:
         """The candidates' KV headroom and capacity, in tokens.
 
         NOTE: a replica whose KV size is unknown (an engine that publishes no
@@ -303,8 +285,7 @@ class TTFTScorer:
         working set until a queue formed.
         """
         placed = self.ledger.placed.totals()
-        fair = sum(placed.tolist()) / len(placed) or math.inf
-        capacity = np.where(np.isinf(self._capacity), fair, self._capacity)
-        if where is not None:
-            capacity, placed = capacity[where], placed[where]
-        return capacity - placed, capacity
+        ps: Sequence[int] = positions if positions is not None else range(len(placed))
+        fair = sum(placed) / len(placed) or math.inf
+        capacity = [fair if math.isinf(c := self._capacity[p]) else c for p in ps]
+        return [c - placed[p] for c, p in zip(capacity, ps, strict=True)], capacity
