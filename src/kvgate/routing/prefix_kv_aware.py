@@ -80,9 +80,13 @@ class PrefixKVAware(StrategyDefaults):
                 counts = self._resident_links(fp.hashes, counts)
             # NOTE: tokens per distinct count, summed on demand: a few groups of deployments
             # match alike, and a running total of every link costs more than the lookup.
-            tokens_at = {count: fp.tokens_in_first(count) for count in set(counts)}
-            call.routing_state = PrefixState(fp, list(map(tokens_at.__getitem__, counts)),
-                                              counts, max(tokens_at.values(), default=0))
+            if counts and counts.count(counts[0]) == len(counts):  # cold, or held by all
+                tokens = fp.tokens_in_first(counts[0])
+                call.routing_state = PrefixState(fp, [tokens] * len(counts), counts, tokens)
+            else:
+                tokens_at = {count: fp.tokens_in_first(count) for count in set(counts)}
+                call.routing_state = PrefixState(fp, list(map(tokens_at.__getitem__, counts)),
+                                                  counts, max(tokens_at.values(), default=0))
         else:
             none = [0] * len(self._deployments)
             call.routing_state = PrefixState(fp, none, none, 0)
