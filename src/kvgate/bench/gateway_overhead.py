@@ -39,7 +39,6 @@ STREAM_BODY = json.dumps({"model": "zero", "stream": True, "max_tokens": 8,
                           "messages": [{"role": "user", "content": "hi"}]}).encode()
 
 
-
 def pinned(cpu: int, args: list[str]) -> list[str]:
     if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
         return ["taskset", "-c", str(cpu), *args]

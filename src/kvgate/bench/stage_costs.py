@@ -66,7 +66,6 @@ async def per_await_us(fn: Callable[[], Awaitable[object]], calls: int, rounds: 
     return round(statistics.median(samples), 2)
 
 
-
 async def reserve_and_settle(store: LimitStore) -> None:
     """One limited request's store work: admission with its reservation, then settlement
     (awaited here; the gateway queues it off the request path)."""

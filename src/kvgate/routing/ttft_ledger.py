@@ -180,7 +180,7 @@ class Ledger:
                 scraped = deployment.stats.engine_kv_capacity_tokens
                 replica.engine_capacity = scraped if scraped > 0 else math.inf
                 replica.rescale()
-            self._add_resident(position, 0.0)  # its room, from the size just read
+            self._update_room(position)  # from the size just read
             self.update(position)
 
     def _share_priors(self) -> None:
@@ -314,13 +314,16 @@ class Ledger:
                                      / (output_tokens - 1), now_s)
         if output_tokens > 0:
             replica.mean_output += _MEAN_ALPHA * (output_tokens - replica.mean_output)
-        # The room left, with the new mean answer (and no float drift on an idle replica).
-        self._add_resident(ticket.position,
-                           -self.resident[ticket.position] if replica.batch == 0 else 0.0)
+        if replica.batch == 0:
+            self.resident[ticket.position] = 0.0  # no float drift on an idle replica
+        self._update_room(ticket.position)  # with the new mean answer
         self.update(ticket.position)
 
     def _add_resident(self, position: int, tokens: float) -> None:
         self.resident[position] += tokens
+        self._update_room(position)
+
+    def _update_room(self, position: int) -> None:
         replica = self.replicas[position]
         self.room[position] = (replica.capacity_tokens - self.resident[position]
                                - replica.mean_output)

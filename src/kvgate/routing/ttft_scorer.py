@@ -124,8 +124,7 @@ class TTFTScorer:
         # is a little shorter, evicting others' prefixes to do it.
         factor = 1.0 + ledger.busy_replicas / len(ledger.replicas)
         if uniform:  # one product per candidate, by C loops
-            costs = list(map(add, base, map(mul, rate,
-                                            repeat((prompt_tokens - matched[0]) * factor))))
+            costs = list(map(add, base, map(mul, rate, repeat(uncached[0] * factor))))
         elif offloaded is None:
             costs = list(map(add, base, map(mul, map(mul, rate, uncached), repeat(factor))))
         else:

@@ -47,13 +47,6 @@ from kvgate.bench.workloads import parameters
 
 COMMAND = "kvgate bench scenario sweep --out benchmarks/results/sweep.json --plots docs/img"
 
-
-def command_line(options: ScenarioOptions) -> str:
-    """The command that repeats this run (its seeds and size; output paths as committed)."""
-    return " ".join(["kvgate bench scenario sweep", *(["--quick"] if options.quick else []),
-                     f"--seed {options.seed}",
-                     *([f"--seeds {options.seeds}"] if options.seeds > 1 else []),
-                     COMMAND.removeprefix("kvgate bench scenario sweep ")])
 KV_RATIOS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
 LOADS: tuple[float, ...] = (0.3, 0.6, 0.9)
 QUICK_KV_RATIOS: tuple[float, ...] = (0.5, 2.0)
@@ -74,6 +67,14 @@ DEFINITIONS = {
     "refused": "requests the gateway or a replica refused, by kind; lost: neither finished "
                "nor refused (both must be 0)",
 }
+
+
+def command_line(options: ScenarioOptions) -> str:
+    """The command that repeats this run (its seeds and size; output paths as committed)."""
+    return " ".join(["kvgate bench scenario sweep", *(["--quick"] if options.quick else []),
+                     f"--seed {options.seed}",
+                     *([f"--seeds {options.seeds}"] if options.seeds > 1 else []),
+                     COMMAND.removeprefix("kvgate bench scenario sweep ")])
 
 
 @dataclass(frozen=True, slots=True)
