@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,6 +121,51 @@ def test_repeats_go_where_the_prompt_was_first_served_whichever_worker_answers(
             break
     # Each prompt's repeats were answered by both workers, always on its first deployment.
     assert all(len(answered) == 2 for answered in answered_repeats.values())
+
+
+def placed_seen(gateway: RunningGateway, workers: list[int], body: bytes
+                ) -> tuple[int, dict[str, float]]:
+    """(worker, its placed tokens per deployment) after it routed ``body``: both requests on
+    one connection, so one worker answers both."""
+    port = int(gateway.url.rsplit(":", 1)[1])
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("POST", "/v1/chat/completions", body,
+                           {"content-type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 200
+        assert connection.sock is not None
+        worker = answering_worker(
+            workers, server_socket_inode(port, connection.sock.getsockname()[1]))
+        connection.request("GET", "/admin/stats")
+        stats = json.loads(connection.getresponse().read())
+        deployments = stats["models"][0]["deployments"]
+        return worker, {d["id"]: d["kv_cache"]["placed_tokens"] for d in deployments}
+    finally:
+        connection.close()
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
+def test_both_workers_count_the_kv_either_of_them_placed(
+        two_workers: tuple[RunningGateway, list[int]]) -> None:
+    gateway, pids = two_workers
+    workers = [pid for pid in pids if Path(f"/proc/{pid}/cmdline").read_bytes()]
+    for number in range(100, 112):  # cold prompts, answered by whichever worker
+        send(gateway, workers, prompt(number))
+    time.sleep(0.2)  # past a refresh interval: each worker's next decision reads the board
+    seen: dict[int, dict[str, float]] = {}
+    for _ in range(MAX_CONNECTIONS):
+        worker, placed = placed_seen(gateway, workers, prompt(100))  # a repeat: places nothing
+        seen[worker] = placed
+        if len(seen) == 2:
+            break
+    assert len(seen) == 2
+    first, second = seen.values()
+    # Each worker's ledger holds every placement, its own and the other's.
+    assert first == second
+    assert sum(first.values()) >= 12 * 500  # twelve ~540-token prompts at least
+    assert all(tokens > 0 for tokens in first.values())
 
 
 def settings(routing: dict[str, object]) -> Settings:

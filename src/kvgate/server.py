@@ -65,13 +65,17 @@ def worker_affinity_segment(settings: Settings, workers: int) -> Iterator[str | 
     if not shared:
         yield None
         return
-    from kvgate.routing.affinity_shm import SHM_DIR, AffinitySegment, table_bytes
+    from kvgate.routing.shm_table import SHM_DIR, AffinitySegment, table_bytes
 
     logger = logging.getLogger("kvgate")
     num_entries = sum(blocks for _, blocks in shared)
     # One tick byte per deployment of the largest model in every entry.
     columns = max(len(model.deployments) for model in settings.models)
-    size_bytes = table_bytes(num_entries, columns)
+    # The placement board: a slot per worker, and one spare for a worker started in place of
+    # one that died before its slot is seen free; an entry per deployment sharing the table.
+    sharing = {name for name, _ in shared}
+    board = (workers + 1, sum(len(m.deployments) for m in settings.models if m.name in sharing))
+    size_bytes = table_bytes(num_entries, columns, *board)
     # NOTE: tmpfs allocates pages on first write; a segment larger than what is free (Docker's
     # default /dev/shm is 64 MB) would kill a worker with SIGBUS mid-request, so check first.
     free_bytes = shutil.disk_usage(SHM_DIR).free if os.path.isdir(SHM_DIR) else 0
@@ -82,7 +86,7 @@ def worker_affinity_segment(settings: Settings, workers: int) -> Iterator[str | 
             SHM_DIR, size_bytes >> 20, free_bytes >> 20)
         yield None
         return
-    segment = AffinitySegment(num_entries, columns)
+    segment = AffinitySegment(num_entries, columns, *board)
     os.environ[AFFINITY_SEGMENT_ENV] = segment.name
     print(f"kvgate: {workers} workers share one affinity index in shared memory "
           f"({segment.name}, {size_bytes / 2**20:.0f} MiB; models "

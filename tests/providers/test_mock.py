@@ -73,3 +73,15 @@ def test_an_error_chunk_with_a_word_for_a_code_is_a_server_error() -> None:
             b'{"error": {"code": "rate_limit_exceeded", "message": "slow down"}}')
     with pytest.raises(UpstreamRateLimited):
         OpenAICompatibleProvider._chunk(b'{"error": {"code": 429, "message": "slow down"}}')
+
+
+async def test_answers_follow_the_whole_prompt_and_agree_across_instances() -> None:
+    long = "x" * 40_000  # an 8k-token prompt: the answer still depends on its last byte
+    first = text(await provider().complete(UpstreamCall(
+        "chat", {"model": "m", "messages": [{"role": "user", "content": long + "a"}]}, "r1")))
+    again = text(await provider().complete(UpstreamCall(
+        "chat", {"model": "m", "messages": [{"role": "user", "content": long + "a"}]}, "r2")))
+    other = text(await provider().complete(UpstreamCall(
+        "chat", {"model": "m", "messages": [{"role": "user", "content": long + "b"}]}, "r3")))
+    assert first == again
+    assert first != other

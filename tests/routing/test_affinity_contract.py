@@ -11,7 +11,8 @@ import redis.asyncio as redis_async
 
 from kvgate.routing.affinity import AffinityIndex, MemoryAffinityIndex
 from kvgate.routing.affinity_redis import RedisAffinityIndex
-from kvgate.routing.affinity_shm import AffinityTable, SharedMemoryAffinityIndex
+from kvgate.routing.affinity_shm import SharedMemoryAffinityIndex
+from kvgate.routing.shm_table import AffinityTable
 from tests.support.clock import FakeClock
 from tests.support.redis_server import run_redis
 

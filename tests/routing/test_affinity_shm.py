@@ -10,7 +10,8 @@ from multiprocessing.connection import Connection
 import pytest
 
 from kvgate.routing.affinity import MemoryAffinityIndex
-from kvgate.routing.affinity_shm import AffinitySegment, AffinityTable, SharedMemoryAffinityIndex
+from kvgate.routing.affinity_shm import SharedMemoryAffinityIndex
+from kvgate.routing.shm_table import AffinitySegment, AffinityTable
 from tests.support.clock import FakeClock
 
 

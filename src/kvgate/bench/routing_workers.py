@@ -39,7 +39,8 @@ from kvgate.bench.scenarios.routing import (
 )
 from kvgate.bench.sim_fleet import RunningFleet, gateway_config, sim_fleet
 from kvgate.routing.affinity import AffinityIndex, MemoryAffinityIndex
-from kvgate.routing.affinity_shm import AffinityTable, SharedMemoryAffinityIndex
+from kvgate.routing.affinity_shm import SharedMemoryAffinityIndex
+from kvgate.routing.shm_table import AffinityTable
 
 STRATEGY = "prefix_kv_aware"
 #: (label, gateway workers, routing.affinity_backend)

@@ -147,7 +147,8 @@ def affinity_index_factory(
             return RedisAffinityIndex(redis.get(), key_prefix=f"kvgate:aff:{model}",
                                       ttl_s=prefix.ttl_s)
         if backend == "shared_memory":
-            from kvgate.routing.affinity_shm import AffinityTable, SharedMemoryAffinityIndex
+            from kvgate.routing.affinity_shm import SharedMemoryAffinityIndex
+            from kvgate.routing.shm_table import AffinityTable
 
             segment = routing.affinity_segment
             table = (AffinityTable.private(prefix.max_tracked_blocks,

@@ -14,7 +14,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from itertools import accumulate, compress, islice, repeat, takewhile
 from operator import and_, is_, neg, not_
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from kvgate.routing.placed_shm import SharedPlacements
 
 
 class AffinityIndex(Protocol):
@@ -56,6 +59,17 @@ class ServedTimes(Protocol):
 
     def served_s(self, deployment_id: str, block_hash: int) -> float | None:
         """The clock second ``deployment_id`` last served the block; None if not tracked."""
+        ...
+
+
+@runtime_checkable
+class SharesPlacements(Protocol):
+    """An index that gateway workers share (the shared-memory one), with a board for what
+    each of them placed on every replica, so their ledgers price KV footprints alike."""
+
+    def shared_placements(self, deployment_ids: Sequence[str],
+                          horizon_s: float) -> SharedPlacements | None:
+        """The deployments' shared placed-KV counts; None when there is no board for them."""
         ...
 
 

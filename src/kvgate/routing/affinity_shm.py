@@ -4,7 +4,8 @@ Every worker maps one table that the parent process created before starting them
 (:class:`AffinitySegment`): a record made by any worker is seen by every worker's next match,
 with no round trip (Redis costs one per request, and is for gateways on several hosts).
 
-Layout (8-byte words): a header, a directory of deployments, every slot's key, every record::
+Layout (:mod:`kvgate.routing.shm_table`: 8-byte words, a header, a directory of deployments,
+every slot's key, every record, then the workers' placed-KV board)::
 
     directory entry = (model tag, deployment tag); a deployment's column is its rank among
                       its model's entries (first come, first served under ``flock``, kept)
@@ -50,145 +51,25 @@ with a warning, where there is no room for it.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import mmap
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from itertools import chain, repeat
-from multiprocessing.shared_memory import SharedMemory
 
 import xxhash
 
-#: "KVGAFF02": a segment this module laid out (02: an entry per block, a tick per deployment).
-_MAGIC = 0x4B56474146463032
-_HEADER_WORDS = 8
-_SLOTS_PER_BUCKET = 8
-_BUCKET_BYTES = 8 * _SLOTS_PER_BUCKET
-#: Directory entries (two words each): deployments of every model sharing the table.
-_DIRECTORY_ENTRIES = 4096
+from kvgate.routing.placed_shm import SharedPlacements
+from kvgate.routing.shm_table import SLOTS_PER_BUCKET, AffinityTable
+
+_BUCKET_BYTES = 8 * SLOTS_PER_BUCKET
 _MASK64 = (1 << 64) - 1
 _CHECK_MASK = (1 << 24) - 1
 _TICK_MASK = (1 << 32) - 1
-#: Columns of a table whose creator does not say (``private`` from the composer).
-DEFAULT_COLUMNS = 64
-SHM_DIR = "/dev/shm"
 #: A link's rank bits in its meta word, by depth: deeper links rank lower (255 and beyond: 0).
 _RANKS = [(255 - depth) << 24 for depth in range(255)]
 _BYTE_ORDER = sys.byteorder  # memoryview.cast("Q") stores native-endian words
 _LITTLE = _BYTE_ORDER == "little"
-
-
-def table_bytes(num_entries: int, columns: int = DEFAULT_COLUMNS) -> int:
-    """Bytes of a table of at least ``num_entries`` blocks, each with ``columns`` holders."""
-    words = (_HEADER_WORDS + 2 * _DIRECTORY_ENTRIES
-             + _num_buckets(num_entries) * _SLOTS_PER_BUCKET * (2 + (-(-columns // 8) or 1)))
-    return 8 * words
-
-
-def _num_buckets(num_entries: int) -> int:
-    buckets = max(1, -(-num_entries // _SLOTS_PER_BUCKET))
-    return 1 << (buckets - 1).bit_length()
-
-
-class AffinitySegment:
-    """The named segment a parent process creates for its workers, and unlinks at the end.
-
-    The parent writes the header and closes its own mapping at once: it serves nothing, and an
-    open ``SharedMemory`` with exported views complains at interpreter exit. Registered with
-    multiprocessing's resource tracker, so a parent killed without cleanup still unlinks it.
-    """
-
-    def __init__(self, num_entries: int, columns: int = DEFAULT_COLUMNS) -> None:
-        size = table_bytes(num_entries, columns)
-        self._shm = SharedMemory(create=True, size=size)
-        self.name = self._shm.name
-        self.size_bytes = size
-        buffer = self._shm.buf
-        assert buffer is not None  # None only once closed
-        _write_header(buffer.cast("Q"), _num_buckets(num_entries), columns)
-        self._shm.close()
-
-    def unlink(self) -> None:
-        # Already gone (another tracker cleaned it up): nothing left to free.
-        with contextlib.suppress(FileNotFoundError):
-            self._shm.unlink()
-
-
-def _write_header(words: memoryview, num_buckets: int, columns: int) -> None:
-    words[1] = num_buckets
-    words[2] = -(-columns // 8) or 1
-    words[0] = _MAGIC  # last: a header with the magic is complete
-    words.release()
-
-
-class AffinityTable:
-    """A mapping of the table: the 8-byte words a :class:`SharedMemoryAffinityIndex` reads.
-
-    NOTE: mapped with ``mmap`` from the segment's file rather than through ``SharedMemory``:
-    attaching a ``SharedMemory`` before Python 3.13 registers it with the resource tracker
-    (which may unlink it when this worker exits), and closing one that has views raises.
-    """
-
-    def __init__(self, buffer: mmap.mmap, lock_fd: int | None = None) -> None:
-        self.buffer = buffer
-        self.words = memoryview(buffer).cast("Q")
-        if self.words[0] != _MAGIC:
-            raise ValueError("not an affinity table (bad magic)")
-        self.num_buckets = int(self.words[1])
-        self.tick_words = int(self.words[2])
-        #: Word offsets: directory, first key, first record (``1 + tick_words`` words each).
-        self.directory_word = _HEADER_WORDS
-        self.keys_word = _HEADER_WORDS + 2 * _DIRECTORY_ENTRIES
-        self.records_word = self.keys_word + self.num_slots
-        #: The segment's file, kept open to ``flock`` while registering (None: private).
-        self._lock_fd = lock_fd
-
-    @classmethod
-    def attach(cls, name: str) -> AffinityTable:
-        """Map the segment ``name`` (:attr:`AffinitySegment.name`) for reading and writing."""
-        fd = os.open(os.path.join(SHM_DIR, name.lstrip("/")), os.O_RDWR)
-        try:
-            return cls(mmap.mmap(fd, 0), lock_fd=fd)
-        except BaseException:
-            os.close(fd)
-            raise
-
-    @classmethod
-    def private(cls, num_entries: int, columns: int = DEFAULT_COLUMNS) -> AffinityTable:
-        """An anonymous table for this process (and children it forks) only."""
-        buffer = mmap.mmap(-1, table_bytes(num_entries, columns))
-        _write_header(memoryview(buffer).cast("Q"), _num_buckets(num_entries), columns)
-        return cls(buffer)
-
-    @property
-    def num_slots(self) -> int:
-        return self.num_buckets * _SLOTS_PER_BUCKET
-
-    def column(self, model_tag: int, deployment_tag: int) -> int | None:
-        """The deployment's column, registering it on first sight (under ``flock``: columns
-        are unique across workers; once per worker and deployment); None once full."""
-        if self._lock_fd is not None:  # None: a private table, one process registers
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        try:
-            words, rank = self.words, 0
-            for word in range(self.directory_word, self.keys_word, 2):
-                if words[word] == 0:  # the end: register here
-                    if rank >= 8 * self.tick_words:
-                        return None
-                    words[word + 1] = deployment_tag
-                    words[word] = model_tag  # last: an entry with its model word is complete
-                    return rank
-                if words[word] == model_tag:
-                    if words[word + 1] == deployment_tag:
-                        return rank
-                    rank += 1
-            return None
-        finally:
-            if self._lock_fd is not None:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
 
 class SharedMemoryAffinityIndex:
@@ -220,9 +101,12 @@ class SharedMemoryAffinityIndex:
     def _column(self, deployment_id: str) -> int | None:
         """The deployment's byte in every entry: registered once, then read per request."""
         if deployment_id not in self._columns:
-            tag = xxhash.xxh3_64_intdigest(self._namespace + b"\0" + deployment_id.encode())
-            self._columns[deployment_id] = self._table.column(self._model_tag, tag or 1)
+            self._columns[deployment_id] = self._table.column(self._model_tag,
+                                                              self._tag(deployment_id))
         return self._columns[deployment_id]
+
+    def _tag(self, deployment_id: str) -> int:
+        return xxhash.xxh3_64_intdigest(self._namespace + b"\0" + deployment_id.encode()) or 1
 
     def _query(self, deployment_ids: Sequence[str]) -> tuple[list[int], int]:
         """(columns, one byte set per tracked column): the strategy asks with one id list."""
@@ -255,7 +139,7 @@ class SharedMemoryAffinityIndex:
 
     def _slot(self, key: int) -> int:
         """The key's slot index in the table, or -1."""
-        slot = (key & self._bucket_mask) * _SLOTS_PER_BUCKET
+        slot = (key & self._bucket_mask) * SLOTS_PER_BUCKET
         if self._words[self._first_key + slot] == key:
             return slot  # most keys sit in their bucket's first slot while it is not full
         start = (self._first_key + slot) * 8
@@ -338,7 +222,7 @@ class SharedMemoryAffinityIndex:
         for block_hash, rank in zip(hashes, chain(_RANKS, repeat(0)), strict=False):
             key = ((block_hash ^ model_tag) & _MASK64) or 1
             meta = second << 32 | rank | key >> 40
-            bucket = (key & bucket_mask) * _SLOTS_PER_BUCKET
+            bucket = (key & bucket_mask) * SLOTS_PER_BUCKET
             slot = bucket if words[first_key + bucket] == key else find_slot(key)
             if slot >= 0:
                 record = first_record + slot * stride
@@ -359,7 +243,7 @@ class SharedMemoryAffinityIndex:
             # The stalest slot: empty ones have meta 0; otherwise the oldest second, then the
             # lowest rank (the deepest link).
             first = first_record + bucket * stride
-            metas = words[first:first + _SLOTS_PER_BUCKET * stride:stride].tolist()
+            metas = words[first:first + SLOTS_PER_BUCKET * stride:stride].tolist()
             slot = bucket + metas.index(min(metas))
             record = first_record + slot * stride
             words[first_key + slot] = 0  # readers skip the slot while its record changes
@@ -384,6 +268,21 @@ class SharedMemoryAffinityIndex:
 
     def size(self) -> int:
         return -1  # counting entries would read the whole table
+
+    def shared_placements(self, deployment_ids: Sequence[str], horizon_s: float, *,
+                          pid: int | None = None) -> SharedPlacements | None:
+        """The deployments' placed-KV counts shared with the other workers mapping the table
+        (see :mod:`kvgate.routing.placed_shm`), written to process ``pid``'s (this one's)
+        slot; None when the table has no board for them."""
+        board = self._table.placement_board(pid)
+        if board is None:
+            return None
+        entries: list[int | None] = []
+        for deployment_id in deployment_ids:
+            self._column(deployment_id)
+            entry = self._table.entries.get((self._model_tag, self._tag(deployment_id)))
+            entries.append(entry if entry is not None and entry < board.entries else None)
+        return SharedPlacements(board, entries, horizon_s)
 
     async def flush(self) -> None:
         return None  # record() writes the shared table synchronously

@@ -16,6 +16,10 @@ from __future__ import annotations
 import math
 from collections import deque
 from operator import sub
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kvgate.routing.placed_shm import SharedPlacements
 
 #: Time buckets per horizon: the bound on entries per replica.
 BUCKETS = 64
@@ -24,10 +28,15 @@ BUCKETS = 64
 class PlacedTokens:
     """Tokens placed on each of ``count`` replicas within the last ``horizon_s``."""
 
-    __slots__ = ("_bucket_s", "_capacity", "_horizon_s", "_placed", "_totals", "least_headroom")
+    __slots__ = ("_bucket_s", "_capacity", "_horizon_s", "_placed", "_shared", "_totals",
+                 "least_headroom")
 
-    def __init__(self, count: int, horizon_s: float) -> None:
+    def __init__(self, count: int, horizon_s: float,
+                 shared: SharedPlacements | None = None) -> None:
+        """``shared``: the counts the gateway's workers share (``kvgate run --workers N``):
+        placements go there too, and each :meth:`expire` reads every worker's back."""
         self._horizon_s = horizon_s
+        self._shared = shared
         # Placements within one bucket share an entry (and expire with its first one, at most
         # a bucket early): the table stays at BUCKETS entries per replica whatever the rate.
         self._bucket_s = horizon_s / BUCKETS
@@ -48,6 +57,8 @@ class PlacedTokens:
         else:
             placed.append((now_s, tokens))
         self._totals[position] += tokens
+        if self._shared is not None:
+            self._shared.add(position, tokens, now_s)
         self.least_headroom = min(self.least_headroom,
                                   self._capacity[position] - self._totals[position])
 
@@ -60,6 +71,9 @@ class PlacedTokens:
                 totals[position] -= placed.popleft()[1]
             if not placed:
                 totals[position] = 0.0  # no float drift once empty
+        if self._shared is not None:  # every worker's placements, this one's included
+            for position, total in self._shared.totals(now_s):
+                totals[position] = total
         self._recompute_least()
 
     def set_capacity(self, capacity: list[float]) -> None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvgate.config.schema import PrefixRoutingSettings
 from kvgate.core.deployment import Deployment, EngineUsage, RouteDecision
-from kvgate.routing.affinity import AffinityIndex, ServedTimes
+from kvgate.routing.affinity import AffinityIndex, ServedTimes, SharesPlacements
 from kvgate.routing.base import StrategyDefaults
 from kvgate.routing.fingerprint import Fingerprint, MessageMemo, fingerprint
 from kvgate.routing.ttft_ledger import Ticket
@@ -69,8 +69,13 @@ class PrefixKVAware(StrategyDefaults):
         #: recent enough to have survived the replica's own eviction (_resident_links).
         self._served = index.served_s if isinstance(index, ServedTimes) else None
         self._clock = clock
+        # With workers sharing the index, they share what they placed on each replica too:
+        # otherwise each prices KV footprints with its own placements only.
+        shared = (index.shared_placements(self._ids, settings.ttl_s)
+                  if isinstance(index, SharesPlacements) else None)
         self._scorer = TTFTScorer(self.name, deployments, settings,
-                                  block_tokens=max(1, settings.block_chars // 4), clock=clock)
+                                  block_tokens=max(1, settings.block_chars // 4), clock=clock,
+                                  shared_placements=shared)
 
     async def prepare(self, call: Call) -> None:
         fp = fingerprint(call, block_chars=self._settings.block_chars, memo=self._memo)

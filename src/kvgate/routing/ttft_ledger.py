@@ -19,6 +19,7 @@ from kvgate.config.schema import PrefixRoutingSettings
 from kvgate.core.deployment import Deployment, EngineUsage
 from kvgate.routing.calibration import LineFit
 from kvgate.routing.footprint import PlacedTokens
+from kvgate.routing.placed_shm import SharedPlacements
 
 #: Weight of a new request in a replica's means (uncached tokens, output tokens).
 _MEAN_ALPHA = 0.1
@@ -111,11 +112,13 @@ class Ledger:
     """Every replica of one model, in the strategy's deployment order."""
 
     def __init__(self, deployments: Sequence[Deployment], settings: PrefixRoutingSettings, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 shared_placements: SharedPlacements | None = None) -> None:
+        """``shared_placements``: the placed-KV counts shared with the other workers."""
         self.deployments = list(deployments)
         self.replicas = [Replica(settings, d.settings.kv_capacity_tokens)
                          for d in self.deployments]
-        self.placed = PlacedTokens(len(self.deployments), settings.ttl_s)
+        self.placed = PlacedTokens(len(self.deployments), settings.ttl_s, shared_placements)
         self._clock = clock
         self._chunk = float(settings.prefill_chunk_tokens)
         self._horizon_s = settings.ttl_s

@@ -40,6 +40,7 @@ from typing import Any
 from kvgate.config.schema import PrefixRoutingSettings
 from kvgate.core.deployment import Deployment, RouteDecision
 from kvgate.routing.explain import shown_candidates, tokens_value
+from kvgate.routing.placed_shm import SharedPlacements
 from kvgate.routing.ttft_ledger import Ledger
 
 #: How often engine figures (queue, KV capacity) are re-read and old placements expire, in
@@ -55,10 +56,13 @@ class TTFTScorer:
     def __init__(self, name: str, deployments: Sequence[Deployment],
                  settings: PrefixRoutingSettings, *, block_tokens: float,
                  load_s_per_token: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        """``load_s_per_token``: time to bring one CPU-tier (offloaded) token back."""
+                 clock: Callable[[], float] = time.monotonic,
+                 shared_placements: SharedPlacements | None = None) -> None:
+        """``load_s_per_token``: time to bring one CPU-tier (offloaded) token back;
+        ``shared_placements``: the placed-KV counts shared with the other workers."""
         self.name = name
-        self.ledger = Ledger(deployments, settings, clock=clock)
+        self.ledger = Ledger(deployments, settings, clock=clock,
+                             shared_placements=shared_placements)
         self._clock = clock
         self._load_s_per_token = load_s_per_token
         #: Matches within one block of the best count as the best (for the outcome label).

@@ -1,0 +1,185 @@
+"""Placed-KV counts that ``kvgate run --workers N`` shares, so every worker prices a replica's
+KV footprint with what all of them sent there, not only what it sent itself.
+
+Without it each worker's ledger (:class:`~kvgate.routing.footprint.PlacedTokens`) counts its
+own placements only and sees the replicas the other worker filled as emptier than they are:
+12 images on 2 replicas that hold 7 each land 7 / 5 with two workers instead of 6 / 6, and the
+replica with 7 recomputes (``docs/BENCHMARK_REPORT.md``, workers).
+
+The board lives in the affinity segment, after the table (:mod:`kvgate.routing.shm_table`
+names the deployments: a board entry is a deployment's directory entry). Each worker owns one
+slot and is the only process writing it, so there are no locks on the request path and no
+lost updates; readers sum every slot. Per slot, in 8-byte words::
+
+    owner pid | unused | totals[entries] (float) | expired_through[entries] (epoch)
+    | epochs[entries][buckets] | tokens[entries][buckets] (float)
+
+An entry's placements go to a ring of time buckets (``horizon / buckets`` seconds each, the
+epoch numbering them on the host's one monotonic clock); its total is the tokens of the buckets
+younger than its ``expired_through`` epoch, which the owner advances at each refresh. A reader
+whose clock is ahead of an owner's last refresh (the owner idle, or gone) takes the buckets
+that expired since out of that owner's total itself, so an idle worker's placements leave the
+count on time. A worker that dies leaves its slot to the next one started: the slot is
+adopted as it is (its placements did land on the replicas and expire in their turn).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+
+#: Time buckets per horizon (as :data:`kvgate.routing.footprint.BUCKETS`).
+BOARD_BUCKETS = 64
+#: Below this many tokens a total is float residue of additions and expiries, not a prefix.
+_RESIDUE_TOKENS = 0.5
+
+
+def board_words(slots: int, entries: int, buckets: int = BOARD_BUCKETS) -> int:
+    """8-byte words of a board of ``slots`` workers and ``entries`` deployments."""
+    return slots * _slot_words(entries, buckets)
+
+
+def _slot_words(entries: int, buckets: int) -> int:
+    return 2 + entries * (2 + 2 * buckets)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+class PlacementBoard:
+    """One process's mapping of the board: its own slot to write, every slot to read."""
+
+    def __init__(self, buffer: memoryview, first_word: int, slots: int, entries: int,
+                 buckets: int, *, slot: int) -> None:
+        self._q = buffer.cast("q")
+        self._d = buffer.cast("d")
+        self.entries, self.buckets = entries, buckets
+        stride = _slot_words(entries, buckets)
+        self._slot_bases = [first_word + s * stride for s in range(slots)]
+        self._own = self._slot_bases[slot]
+
+    @classmethod
+    def claim(cls, buffer: memoryview, first_word: int, slots: int, entries: int,
+              buckets: int, *, locked: Callable[[], AbstractContextManager[None]],
+              pid: int | None = None) -> PlacementBoard | None:
+        """The board with a slot for process ``pid`` (this one): the slot it already has, else
+        a free one or a dead owner's; None when every slot has a live owner. ``locked``: a
+        lock across the processes sharing the segment, held while claiming."""
+        pid = os.getpid() if pid is None else pid
+        stride = _slot_words(entries, buckets)
+        owners = buffer.cast("q")
+        with locked():
+            bases = [first_word + s * stride for s in range(slots)]
+            mine = next((s for s, base in enumerate(bases) if owners[base] == pid), None)
+            if mine is None:
+                mine = next((s for s, base in enumerate(bases)
+                             if owners[base] == 0 or not _alive(owners[base])), None)
+                if mine is None:
+                    return None
+                owners[bases[mine]] = pid
+        return cls(buffer, first_word, slots, entries, buckets, slot=mine)
+
+    # -- the owner's writes -----------------------------------------------------------------
+
+    def add(self, entry: int, tokens: float, epoch: int) -> None:
+        q, d, buckets = self._q, self._d, self.buckets
+        base, entries = self._own, self.entries
+        bucket = epoch % buckets
+        epoch_word = base + 2 + 2 * entries + entry * buckets + bucket
+        tokens_word = epoch_word + entries * buckets
+        total_word = base + 2 + entry
+        if q[epoch_word] != epoch:  # a bucket a horizon old or more: reused
+            if q[epoch_word] > q[base + 2 + entries + entry]:  # not yet taken out of the total
+                d[total_word] -= d[tokens_word]
+            d[tokens_word] = 0.0
+            q[epoch_word] = epoch
+        d[tokens_word] += tokens
+        d[total_word] += tokens
+
+    def expire_own(self, entries: Sequence[int], through: int) -> None:
+        """Take the buckets up to epoch ``through`` out of this slot's ``entries`` totals."""
+        q, d, base = self._q, self._d, self._own
+        for entry in entries:
+            through_word = base + 2 + self.entries + entry
+            since = q[through_word]
+            if since >= through:
+                continue
+            total = d[base + 2 + entry] - self._expiring(base, entry, since, through)
+            d[base + 2 + entry] = total if total >= _RESIDUE_TOKENS else 0.0
+            q[through_word] = through
+
+    # -- everyone's reads -------------------------------------------------------------------
+
+    def totals(self, entries: Sequence[int], through: int) -> list[float]:
+        """Tokens placed on each of ``entries`` by every worker, buckets up to epoch
+        ``through`` left out."""
+        out = [0.0] * len(entries)
+        q, d, width = self._q, self._d, self.entries
+        for base in self._slot_bases:
+            if q[base] == 0:
+                continue  # never claimed
+            slot_totals: Sequence[float] = d[base + 2:base + 2 + width].tolist()
+            since = q[base + 2 + width:base + 2 + 2 * width].tolist()
+            for index, entry in enumerate(entries):
+                total: float = slot_totals[entry]
+                if since[entry] < through and total:  # its owner has not caught up
+                    total -= self._expiring(base, entry, since[entry], through)
+                out[index] += max(0.0, total)
+        return out
+
+    def _expiring(self, base: int, entry: int, since: int, through: int) -> float:
+        """Tokens of the entry's buckets with epochs in (``since``, ``through``]."""
+        q, d, buckets = self._q, self._d, self.buckets
+        first = base + 2 + 2 * self.entries + entry * buckets
+        tokens = first + self.entries * buckets
+        if through - since > buckets:  # over a horizon behind: any bucket may be in range
+            return sum(d[tokens + bucket] for bucket in range(buckets)
+                       if since < q[first + bucket] <= through)
+        gone = 0.0
+        for epoch in range(since + 1, through + 1):  # usually one epoch, or none
+            bucket = epoch % buckets
+            if q[first + bucket] == epoch:
+                gone += d[tokens + bucket]
+        return gone
+
+
+class SharedPlacements:
+    """One model's deployments on the board, by the strategy's positions; what
+    :class:`~kvgate.routing.footprint.PlacedTokens` reads and writes when workers share.
+
+    NOTE: tokens are each worker's estimates (its chars-per-token scale, learned from the same
+    engines, so alike across workers).
+    """
+
+    def __init__(self, board: PlacementBoard, entries: Sequence[int | None],
+                 horizon_s: float) -> None:
+        self._board = board
+        self._entry = list(entries)
+        #: (position, entry) of the deployments on the board (a late one past it: not shared).
+        self._shared = [(p, e) for p, e in enumerate(entries) if e is not None]
+        self._entries = [e for _, e in self._shared]
+        self._bucket_s = horizon_s / board.buckets
+        self._horizon_s = horizon_s
+
+    def add(self, position: int, tokens: float, now_s: float) -> None:
+        entry = self._entry[position]
+        if entry is not None:
+            self._board.add(entry, tokens, int(now_s // self._bucket_s))
+
+    def totals(self, now_s: float) -> Iterator[tuple[int, float]]:
+        """(position, tokens every worker placed there within the horizon), expiring this
+        worker's own buckets on the way."""
+        # A bucket expires once its start is older than the horizon (as PlacedTokens' do).
+        through = math.ceil((now_s - self._horizon_s) / self._bucket_s) - 1
+        self._board.expire_own(self._entries, through)
+        positions = (p for p, _ in self._shared)
+        return zip(positions, self._board.totals(self._entries, through), strict=True)
