@@ -29,6 +29,9 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from itertools import compress, repeat
+from operator import add, lt
+from typing import cast
 
 #: Time buckets per horizon (as :data:`kvgate.routing.footprint.BUCKETS`).
 BOARD_BUCKETS = 64
@@ -66,6 +69,8 @@ class PlacementBoard:
         stride = _slot_words(entries, buckets)
         self._slot_bases = [first_word + s * stride for s in range(slots)]
         self._own = self._slot_bases[slot]
+        #: Per slot read: (raw totals, expired-through epochs, through, corrected totals).
+        self._seen: dict[int, tuple[list[float], list[int], int, list[float]]] = {}
 
     @classmethod
     def claim(cls, buffer: memoryview, first_word: int, slots: int, entries: int,
@@ -108,14 +113,13 @@ class PlacementBoard:
     def expire_own(self, entries: Sequence[int], through: int) -> None:
         """Take the buckets up to epoch ``through`` out of this slot's ``entries`` totals."""
         q, d, base = self._q, self._d, self._own
-        for entry in entries:
-            through_word = base + 2 + self.entries + entry
-            since = q[through_word]
-            if since >= through:
-                continue
-            total = d[base + 2 + entry] - self._expiring(base, entry, since, through)
+        first_through = base + 2 + self.entries
+        # Buckets last a horizon / 64: most refreshes find nothing to expire (by C loops).
+        since = q[first_through:first_through + self.entries].tolist()
+        for entry in _behind(entries, since, through):
+            total = d[base + 2 + entry] - self._expiring(base, entry, since[entry], through)
             d[base + 2 + entry] = total if total >= _RESIDUE_TOKENS else 0.0
-            q[through_word] = through
+            q[first_through + entry] = through
 
     # -- everyone's reads -------------------------------------------------------------------
 
@@ -123,18 +127,37 @@ class PlacementBoard:
         """Tokens placed on each of ``entries`` by every worker, buckets up to epoch
         ``through`` left out."""
         out = [0.0] * len(entries)
-        q, d, width = self._q, self._d, self.entries
         for base in self._slot_bases:
-            if q[base] == 0:
-                continue  # never claimed
-            slot_totals: Sequence[float] = d[base + 2:base + 2 + width].tolist()
-            since = q[base + 2 + width:base + 2 + 2 * width].tolist()
-            for index, entry in enumerate(entries):
-                total: float = slot_totals[entry]
-                if since[entry] < through and total:  # its owner has not caught up
-                    total -= self._expiring(base, entry, since[entry], through)
-                out[index] += max(0.0, total)
+            if self._q[base] != 0:  # 0: never claimed
+                out = list(map(add, out, map(self._slot_totals(base, through).__getitem__,
+                                             entries)))
         return out
+
+    def _slot_totals(self, base: int, through: int) -> list[float]:
+        """Every entry's total in the slot at ``base``, buckets up to ``through`` left out."""
+        q, d, width = self._q, self._d, self.entries
+        raw = cast("list[float]", d[base + 2:base + 2 + width].tolist())  # a 'd' view
+        since: list[int] = q[base + 2 + width:base + 2 + 2 * width].tolist()
+        # Entries whose owner has not expired up to ``through`` (it is idle, or gone) are
+        # corrected here. NOTE: an idle owner's slot stays as it is for minutes, so what was
+        # corrected is kept and only the epochs since are taken out, not a whole ring per
+        # entry at every refresh (1.8 ms at 256 deployments).
+        seen = self._seen.get(base)
+        if seen is not None and seen[0] == raw and seen[1] == since:
+            _, _, seen_through, corrected = seen
+            if seen_through >= through:
+                return corrected
+            corrected = list(corrected)
+            for entry in _behind(range(width), since, through):
+                corrected[entry] = max(0.0, corrected[entry] - self._expiring(
+                    base, entry, max(since[entry], seen_through), through))
+        else:
+            corrected = list(raw)
+            for entry in _behind(range(width), since, through):
+                corrected[entry] = max(0.0, raw[entry] - self._expiring(
+                    base, entry, since[entry], through))
+        self._seen[base] = (raw, since, through, corrected)
+        return corrected
 
     def _expiring(self, base: int, entry: int, since: int, through: int) -> float:
         """Tokens of the entry's buckets with epochs in (``since``, ``through``]."""
@@ -150,6 +173,11 @@ class PlacementBoard:
             if q[first + bucket] == epoch:
                 gone += d[tokens + bucket]
         return gone
+
+
+def _behind(entries: Sequence[int], since: Sequence[int], through: int) -> Iterator[int]:
+    """The ``entries`` whose totals count buckets up to before ``through`` only."""
+    return compress(entries, map(lt, map(since.__getitem__, entries), repeat(through)))
 
 
 class SharedPlacements:
