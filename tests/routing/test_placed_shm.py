@@ -195,9 +195,9 @@ def _image_like(number: int) -> bytes:
     return orjson.dumps({"model": "m", "messages": [{"role": "user", "content": text}]})
 
 
-def _first_placements(share: bool, order: Sequence[int]) -> Counter[str]:
-    """12 prompts of ~4.7k tokens, each asked once, through two workers (``order[n]`` takes
-    the n-th), onto 2 replicas that hold 7 each: where each lands."""
+def _first_placements(share: bool, order: Sequence[int], step_s: float = 1.0) -> Counter[str]:
+    """12 prompts of ~4.7k tokens, each asked once, ``step_s`` apart, through two workers
+    (``order[n]`` takes the n-th), onto 2 replicas that hold 7 each: where each lands."""
     segment = AffinitySegment(100_000, board_slots=3, board_entries=2)
     try:
         clock = FakeClock(1_000.0)
@@ -212,15 +212,16 @@ def _first_placements(share: bool, order: Sequence[int]) -> Counter[str]:
                                          clock=clock))
         landed: Counter[str] = Counter()
         for number in range(12):
-            clock.now_s += 1.0
+            clock.now_s += step_s
             strategy = workers[order[number]]
             call = parse_call(_image_like(number), "chat", models={"m"},
                               max_image_bytes=1 << 20)
             asyncio.run(strategy.prepare(call))
             where = strategy.choose(call, fleet).deployment
             strategy.on_dispatched(call, where)
-            strategy.on_first_token(call, where)
-            strategy.on_released(call, where, 1)
+            if step_s >= 1.0:  # answered before the next; in a burst, all are in flight
+                strategy.on_first_token(call, where)
+                strategy.on_released(call, where, 1)
             landed[where.id] += 1
         return landed
     finally:
@@ -235,3 +236,23 @@ def test_two_workers_sharing_placements_split_cold_prefixes_as_one_would() -> No
     # Each keeping its own count, a worker fills the replica the other already filled.
     unshared = [sorted(_first_placements(False, order).values()) for order in orders]
     assert any(split != [6, 6] for split in unshared), unshared
+
+
+def test_a_burst_within_one_refresh_sees_the_other_workers_placements() -> None:
+    # 12 cold prompts 1 ms apart: no refresh in between, each decision counts what the other
+    # worker placed since (added_by_others).
+    rng = random.Random(1)
+    for _ in range(6):
+        order = [rng.randrange(2) for _ in range(12)]
+        assert sorted(_first_placements(True, order, step_s=0.001).values()) == [6, 6], order
+
+
+def test_added_by_others_reports_growth_once() -> None:
+    a, b = two_workers()
+    assert dict(a.totals(1000.0)) == {0: 0.0, 1: 0.0}
+    b.add(1, 40.0, 1000.01)
+    b.add(1, 2.0, 1000.02)
+    assert a.added_by_others() == [(1, 42.0)]
+    assert a.added_by_others() == []  # already counted
+    a.add(0, 5.0, 1000.03)  # its own: not the others'
+    assert a.added_by_others() == []

@@ -76,6 +76,16 @@ class PlacedTokens:
                 totals[position] = total
         self._recompute_least()
 
+    def sync(self) -> None:
+        """Count what the other workers placed since the last :meth:`expire` (sharing only;
+        cheap: a decision calls it)."""
+        if self._shared is None:
+            return
+        totals, capacity = self._totals, self._capacity
+        for position, tokens in self._shared.added_by_others():
+            totals[position] += tokens
+            self.least_headroom = min(self.least_headroom, capacity[position] - totals[position])
+
     def set_capacity(self, capacity: list[float]) -> None:
         """Each replica's KV size in tokens (``inf``: unknown), for ``least_headroom``."""
         self._capacity = list(capacity)

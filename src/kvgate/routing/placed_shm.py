@@ -133,6 +133,17 @@ class PlacementBoard:
                                              entries)))
         return out
 
+    def others(self, entries: Sequence[int]) -> list[float]:
+        """The other workers' totals for ``entries``, summed, as they stand (none expired by
+        this reader): for what they added since a :meth:`totals` read, a few C passes."""
+        out = [0.0] * len(entries)
+        d, width = self._d, self.entries
+        for base in self._slot_bases:
+            if base != self._own and self._q[base] != 0:
+                raw = cast("list[float]", d[base + 2:base + 2 + width].tolist())
+                out = list(map(add, out, map(raw.__getitem__, entries)))
+        return out
+
     def _slot_totals(self, base: int, through: int) -> list[float]:
         """Every entry's total in the slot at ``base``, buckets up to ``through`` left out."""
         q, d, width = self._q, self._d, self.entries
@@ -197,6 +208,8 @@ class SharedPlacements:
         self._entries = [e for _, e in self._shared]
         self._bucket_s = horizon_s / board.buckets
         self._horizon_s = horizon_s
+        #: The other workers' raw totals when last read (see added_by_others).
+        self._others_seen = [0.0] * len(self._entries)
 
     def add(self, position: int, tokens: float, now_s: float) -> None:
         entry = self._entry[position]
@@ -209,5 +222,19 @@ class SharedPlacements:
         # A bucket expires once its start is older than the horizon (as PlacedTokens' do).
         through = math.ceil((now_s - self._horizon_s) / self._bucket_s) - 1
         self._board.expire_own(self._entries, through)
+        self._others_seen = self._board.others(self._entries)
         positions = (p for p, _ in self._shared)
         return zip(positions, self._board.totals(self._entries, through), strict=True)
+
+    def added_by_others(self) -> list[tuple[int, float]]:
+        """(position, tokens) the other workers placed since the last :meth:`totals` or call
+        of this, between two refreshes: two workers taking a burst of cold prefixes at once
+        would otherwise both fill the same replica for a refresh interval. (What they expired
+        meanwhile waits for the next :meth:`totals`.)"""
+        now = self._board.others(self._entries)
+        if now == self._others_seen:
+            return []
+        added = [(position, tokens - seen) for (position, _), tokens, seen
+                 in zip(self._shared, now, self._others_seen, strict=True) if tokens > seen]
+        self._others_seen = now
+        return added

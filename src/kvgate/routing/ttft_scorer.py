@@ -104,9 +104,11 @@ class TTFTScorer:
         in order).
         """
         now_s = self._clock()
+        ledger = self.ledger
         if now_s - self._refreshed_s >= _REFRESH_S:
             self._refresh(now_s)
-        ledger = self.ledger
+        else:
+            ledger.placed.sync()
         if positions is None:
             base, rate = ledger.base, ledger.rate
         else:
