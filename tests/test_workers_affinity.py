@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,8 +78,10 @@ def answering_worker(workers: list[int], inode: str) -> int:
     raise LookupError(f"no worker holds {target}")
 
 
-def send(gateway: RunningGateway, workers: list[int], body: bytes) -> tuple[int, str, str]:
-    """(answering worker pid, deployment, route outcome), over a fresh connection."""
+def exchange(gateway: RunningGateway, workers: list[int], body: bytes,
+             then_get: str | None = None) -> tuple[int, http.client.HTTPResponse, Any]:
+    """(answering worker pid, the POST's response, the JSON of ``then_get`` asked on the same
+    connection, so of the same worker), over a fresh connection."""
     port = int(gateway.url.rsplit(":", 1)[1])
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -90,10 +93,20 @@ def send(gateway: RunningGateway, workers: list[int], body: bytes) -> tuple[int,
         assert connection.sock is not None
         worker = answering_worker(
             workers, server_socket_inode(port, connection.sock.getsockname()[1]))
-        return (worker, response.headers["x-kvgate-deployment"],
-                response.headers["x-kvgate-route-outcome"])
+        followed = None
+        if then_get is not None:
+            connection.request("GET", then_get)
+            followed = json.loads(connection.getresponse().read())
+        return worker, response, followed
     finally:
         connection.close()
+
+
+def send(gateway: RunningGateway, workers: list[int], body: bytes) -> tuple[int, str, str]:
+    """(answering worker pid, deployment, route outcome), over a fresh connection."""
+    worker, response, _ = exchange(gateway, workers, body)
+    return (worker, response.headers["x-kvgate-deployment"],
+            response.headers["x-kvgate-route-outcome"])
 
 
 @pytest.fixture(scope="module")
@@ -125,25 +138,10 @@ def test_repeats_go_where_the_prompt_was_first_served_whichever_worker_answers(
 
 def placed_seen(gateway: RunningGateway, workers: list[int], body: bytes
                 ) -> tuple[int, dict[str, float]]:
-    """(worker, its placed tokens per deployment) after it routed ``body``: both requests on
-    one connection, so one worker answers both."""
-    port = int(gateway.url.rsplit(":", 1)[1])
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        connection.request("POST", "/v1/chat/completions", body,
-                           {"content-type": "application/json"})
-        response = connection.getresponse()
-        response.read()
-        assert response.status == 200
-        assert connection.sock is not None
-        worker = answering_worker(
-            workers, server_socket_inode(port, connection.sock.getsockname()[1]))
-        connection.request("GET", "/admin/stats")
-        stats = json.loads(connection.getresponse().read())
-        deployments = stats["models"][0]["deployments"]
-        return worker, {d["id"]: d["kv_cache"]["placed_tokens"] for d in deployments}
-    finally:
-        connection.close()
+    """(worker, its placed tokens per deployment) after it routed ``body``."""
+    worker, _, stats = exchange(gateway, workers, body, then_get="/admin/stats")
+    deployments = stats["models"][0]["deployments"]
+    return worker, {d["id"]: d["kv_cache"]["placed_tokens"] for d in deployments}
 
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")

@@ -3,7 +3,6 @@ models kept apart, and two real processes sharing one table."""
 
 from __future__ import annotations
 
-import multiprocessing
 import random
 from multiprocessing.connection import Connection
 
@@ -13,6 +12,7 @@ from kvgate.routing.affinity import MemoryAffinityIndex
 from kvgate.routing.affinity_shm import SharedMemoryAffinityIndex
 from kvgate.routing.shm_table import AffinitySegment, AffinityTable
 from tests.support.clock import FakeClock
+from tests.support.processes import reply_from_spawned
 
 
 def shm_index(num_entries: int = 100_000, clock: FakeClock | None = None,
@@ -145,15 +145,7 @@ def test_two_processes_share_one_segment() -> None:
         index = SharedMemoryAffinityIndex(AffinityTable.attach(segment.name), namespace="m",
                                           ttl_s=60)
         index.record("a", [11, 12, 13])
-        # spawn, as uvicorn starts its workers: nothing inherited but the segment's name.
-        context = multiprocessing.get_context("spawn")
-        receive, send = context.Pipe(duplex=False)
-        child = context.Process(target=_attach_match_and_record, args=(segment.name, send))
-        child.start()
-        send.close()
-        seen_by_child = receive.recv()
-        child.join(30)
-        assert child.exitcode == 0
+        seen_by_child = reply_from_spawned(_attach_match_and_record, segment.name)
         assert seen_by_child == [3, 0]
         assert index.match_now([21, 22, 23], ["a", "b"]) == [0, 2]
     finally:

@@ -27,6 +27,7 @@ from kvgate.routing.prefix_kv_aware import PrefixKVAware
 from kvgate.routing.shm_table import AffinitySegment, AffinityTable
 from tests.routing.factories import deployment
 from tests.support.clock import FakeClock
+from tests.support.processes import reply_from_spawned
 
 HORIZON_S = 64.0  # one-second buckets
 BUCKET_S = HORIZON_S / BOARD_BUCKETS
@@ -152,14 +153,7 @@ def test_two_processes_share_placements_through_the_affinity_segment() -> None:
         shared = index.shared_placements(["a", "b"], 60.0)
         assert shared is not None
         shared.add(0, 100.0, index_clock())
-        context = multiprocessing.get_context("spawn")
-        receive, send = context.Pipe(duplex=False)
-        child = context.Process(target=_place_in_child, args=(segment.name, send))
-        child.start()
-        send.close()
-        seen_by_child = receive.recv()
-        child.join(30)
-        assert child.exitcode == 0
+        seen_by_child = reply_from_spawned(_place_in_child, segment.name)
         assert seen_by_child == {0: 100.0, 1: 300.0}
         assert dict(shared.totals(index_clock())) == {0: 100.0, 1: 300.0}
     finally:

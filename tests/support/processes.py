@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,3 +101,18 @@ def run_upstream() -> Iterator[RunningUpstream]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def reply_from_spawned(target: Callable[..., None], *args: object) -> object:
+    """Run ``target(*args, replies)`` in a spawned process (as uvicorn and ``kvgate run``
+    start workers: nothing inherited but the arguments) and return what it sent on
+    ``replies``, a pipe's sending end; the process must exit cleanly."""
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=target, args=(*args, send))
+    child.start()
+    send.close()
+    reply = receive.recv()
+    child.join(30)
+    assert child.exitcode == 0
+    return reply
