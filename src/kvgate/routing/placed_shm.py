@@ -30,7 +30,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from itertools import compress, repeat
-from operator import add, lt
+from operator import add, gt, lt
 from typing import cast
 
 #: Time buckets per horizon (as :data:`kvgate.routing.footprint.BUCKETS`).
@@ -63,6 +63,7 @@ class PlacementBoard:
 
     def __init__(self, buffer: memoryview, first_word: int, slots: int, entries: int,
                  buckets: int, *, slot: int) -> None:
+        self._buffer = buffer.cast("B")
         self._q = buffer.cast("q")
         self._d = buffer.cast("d")
         self.entries, self.buckets = entries, buckets
@@ -133,16 +134,24 @@ class PlacementBoard:
                                              entries)))
         return out
 
+    def others_bytes(self) -> bytes:
+        """The other workers' totals as raw bytes: equal to an earlier read when none of
+        them placed or expired anything since (one memory compare)."""
+        buffer, width = self._buffer, 8 * self.entries
+        return b"".join(buffer[8 * (base + 2):8 * (base + 2) + width]
+                        for base in self._slot_bases if base != self._own)
+
     def others(self, entries: Sequence[int]) -> list[float]:
         """The other workers' totals for ``entries``, summed, as they stand (none expired by
         this reader): for what they added since a :meth:`totals` read, a few C passes."""
-        out = [0.0] * len(entries)
+        out: list[float] | None = None
         d, width = self._d, self.entries
         for base in self._slot_bases:
             if base != self._own and self._q[base] != 0:
                 raw = cast("list[float]", d[base + 2:base + 2 + width].tolist())
-                out = list(map(add, out, map(raw.__getitem__, entries)))
-        return out
+                picked = list(map(raw.__getitem__, entries))
+                out = picked if out is None else list(map(add, out, picked))
+        return [0.0] * len(entries) if out is None else out
 
     def _slot_totals(self, base: int, through: int) -> list[float]:
         """Every entry's total in the slot at ``base``, buckets up to ``through`` left out."""
@@ -208,8 +217,9 @@ class SharedPlacements:
         self._entries = [e for _, e in self._shared]
         self._bucket_s = horizon_s / board.buckets
         self._horizon_s = horizon_s
-        #: The other workers' raw totals when last read (see added_by_others).
+        #: The other workers' raw totals when last read, and their bytes (added_by_others).
         self._others_seen = [0.0] * len(self._entries)
+        self._others_bytes = b""
 
     def add(self, position: int, tokens: float, now_s: float) -> None:
         entry = self._entry[position]
@@ -222,6 +232,7 @@ class SharedPlacements:
         # A bucket expires once its start is older than the horizon (as PlacedTokens' do).
         through = math.ceil((now_s - self._horizon_s) / self._bucket_s) - 1
         self._board.expire_own(self._entries, through)
+        self._others_bytes = self._board.others_bytes()
         self._others_seen = self._board.others(self._entries)
         positions = (p for p, _ in self._shared)
         return zip(positions, self._board.totals(self._entries, through), strict=True)
@@ -231,10 +242,12 @@ class SharedPlacements:
         of this, between two refreshes: two workers taking a burst of cold prefixes at once
         would otherwise both fill the same replica for a refresh interval. (What they expired
         meanwhile waits for the next :meth:`totals`.)"""
-        now = self._board.others(self._entries)
-        if now == self._others_seen:
+        raw = self._board.others_bytes()
+        if raw == self._others_bytes:  # nobody placed anything since: the usual case
             return []
-        added = [(position, tokens - seen) for (position, _), tokens, seen
-                 in zip(self._shared, now, self._others_seen, strict=True) if tokens > seen]
+        self._others_bytes = raw
+        now, seen = self._board.others(self._entries), self._others_seen
         self._others_seen = now
-        return added
+        # Usually one deployment or a few grew: found by C loops, then those alone.
+        grew = compress(range(len(now)), map(gt, now, seen))
+        return [(self._shared[i][0], now[i] - seen[i]) for i in grew]
