@@ -282,3 +282,28 @@ def test_the_resident_links_are_the_leading_run_served_since_the_cut() -> None:
     assert _links_served_since(served_s, "r0", hashes, 3, 0.0) == 3
     assert _links_served_since(served_s, "r0", hashes, 5, 11.0) == 0
     assert _links_served_since(served_s, "r1", hashes, 5, 0.0) == 0  # not tracked there
+
+
+def test_a_prefix_a_request_in_flight_still_uses_survives_the_residency_cut() -> None:
+    # As in the evicting case above, but the first question about DOCS[0] is still being
+    # answered: its blocks are in use, so the engine cannot have evicted them.
+    clock = FakeClock(1_000.0)
+    fleet = [deployment(f"r{i}", kv_capacity_tokens=2_000) for i in range(2)]
+    s = PrefixKVAware(fleet, PrefixRoutingSettings(block_chars=64),
+                      MemoryAffinityIndex(max_blocks_per_deployment=100_000, ttl_s=300,
+                                          clock=clock), clock=clock)
+    first = chat(DOCS[0], "first question")
+    home = route(s, first, fleet, finish=False)
+    for i in range(24):
+        clock.now_s += 1.0
+        route(s, chat(f"Other {i}: " + "consectetur adipiscing elit " * 60, "q"), fleet)
+    clock.now_s += 1.0
+    call = chat(DOCS[0], "second question")
+    asyncio.run(s.prepare(call))
+    candidates = s.choose(call, fleet).explanation["candidates"]
+    assert isinstance(candidates, dict) and candidates[home.id]["matched_tokens"] > 300
+    answer(s, first, home)  # done: the cut applies again
+    call = chat(DOCS[0], "third question")
+    asyncio.run(s.prepare(call))
+    candidates = s.choose(call, fleet).explanation["candidates"]
+    assert isinstance(candidates, dict) and candidates[home.id]["matched_tokens"] == 0

@@ -3,6 +3,8 @@ equal and unequal prefixes, per-replica calibration, and a ledger that returns t
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from kvgate.config.schema import PrefixRoutingSettings
@@ -267,3 +269,62 @@ def test_a_replica_nobody_has_measured_yet_is_taken_to_be_like_the_others() -> N
     queue(s, 1, 1_000)
     chosen, _ = pick(s, fleet, 3_000, [0, 0, 0])
     assert chosen is fleet[2]
+
+
+def test_only_the_free_part_of_a_kv_turns_over_with_what_competes_for_it() -> None:
+    # Both replicas hold 10k tokens and were sent 30k within the last 10 s; requests running
+    # on r0 hold about 5k of its KV, which the engine cannot evict: its least recently used
+    # pool is the other ~5k, through which the ~25k placed beside them turned over.
+    fleet = [deployment(f"r{i}", kv_capacity_tokens=10_000) for i in range(2)]
+    clock = FakeClock(0.0)
+    s = scorer(fleet, clock)
+    running = s.ledger.dispatched(0, 0.0, prompt_tokens=5_000)
+    for position in (0, 1):
+        s.ledger.placed.add(position, 30_000, 0.0)
+    clock.now_s = 10.0
+    s.ledger.placed.expire(clock.now_s)
+    s.ledger.refresh(clock.now_s)
+    resident = s.ledger.describe()["r0"]["resident_tokens"]
+    assert resident >= 5_000
+    assert s.ledger.residency_s[1] == pytest.approx(10.0 * 10_000 / 30_000)
+    assert s.ledger.residency_s[0] == pytest.approx(
+        10.0 * (10_000 - resident) / (30_000 - resident))
+    assert s.ledger.residency_s[0] < s.ledger.residency_s[1]
+    s.ledger.released(running, 0)
+    s.ledger.refresh(clock.now_s)
+    assert s.ledger.residency_s[0] == pytest.approx(s.ledger.residency_s[1])
+
+
+def test_links_a_request_in_flight_shares_are_pinned_until_it_ends() -> None:
+    s = scorer([deployment("r0"), deployment("r1")])
+    first = s.ledger.dispatched(0, 100, prompt_tokens=100, hashes=[1, 2, 3, 4, 5])
+    second = s.ledger.dispatched(0, 100, prompt_tokens=100, hashes=[1, 2, 7])
+    assert s.ledger.pinned_links(0, [1, 2, 3, 9]) == 3
+    assert s.ledger.pinned_links(0, [1, 2, 7, 8]) == 3
+    assert s.ledger.pinned_links(0, [6]) == 0
+    assert s.ledger.pinned_links(1, [1, 2, 3]) == 0  # in flight elsewhere
+    s.ledger.released(first, 1)
+    assert s.ledger.pinned_links(0, [1, 2, 3, 9]) == 2
+    s.ledger.released(second, 1)
+    assert s.ledger.pinned_links(0, [1, 2, 3, 9]) == 0
+
+
+def _shared_run(a: list[int], b: list[int]) -> int:
+    count = 0
+    while count < min(len(a), len(b)) and a[count] == b[count]:
+        count += 1
+    return count
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pinned_links_are_the_longest_shared_run_by_hand(seed: int) -> None:
+    rng = random.Random(seed)
+    s = scorer([deployment("r0")])
+    trunk = [rng.getrandbits(64) for _ in range(40)]
+    chains = [trunk[:rng.randrange(41)] + [rng.getrandbits(64) for _ in range(rng.randrange(5))]
+              for _ in range(8)]
+    for chain in chains:  # the tickets dropped here: the ledger must keep them apart itself
+        s.ledger.dispatched(0, 10, prompt_tokens=10, hashes=chain)
+    for _ in range(20):
+        query = [*trunk[:rng.randrange(41)], rng.getrandbits(64)]
+        assert s.ledger.pinned_links(0, query) == max(_shared_run(c, query) for c in chains)

@@ -113,9 +113,13 @@ class PrefixKVAware(StrategyDefaults):
         for position in ledger.turning_over:
             if counts[position]:
                 # Served ticks are whole seconds (floored): one second of slack.
-                counts[position] = _links_served_since(
+                kept = _links_served_since(
                     served, self._ids[position], hashes, counts[position],
                     now_s - ledger.residency_s[position] - 1.0)
+                if kept < counts[position]:
+                    kept = max(kept, min(counts[position],
+                                         ledger.pinned_links(position, hashes)))
+                counts[position] = kept
         return counts
 
     def choose(self, call: Call, candidates: Sequence[Deployment]) -> RouteDecision:
@@ -152,7 +156,7 @@ class PrefixKVAware(StrategyDefaults):
                 position, prompt_tokens - matched, prompt_tokens=prompt_tokens,
                 # The chain's last matched link names the whole matched prefix.
                 shared_key=state.fingerprint.hashes[links - 1] if links else None,
-                shared_tokens=matched)
+                shared_tokens=matched, hashes=state.fingerprint.hashes)
 
     def on_first_token(self, call: Call, deployment: Deployment) -> None:
         state: PrefixState | None = call.routing_state

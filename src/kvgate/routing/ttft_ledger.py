@@ -66,6 +66,8 @@ class Ticket:
     #: Requests in the replica's batch when the first token came (for the step fit).
     batch_at_first: int = 0
     released: bool = False
+    #: The prompt's chain of link hashes (see Ledger.pinned_links).
+    hashes: Sequence[int] = ()
 
 
 class Replica:
@@ -141,6 +143,8 @@ class Ledger:
         self.resident = [0.0] * len(self.deployments)
         #: Per replica: shared key -> requests in flight there sharing it (see Ticket).
         self._sharing: list[dict[Hashable, int]] = [{} for _ in self.deployments]
+        #: Per replica: the requests in flight there, by id (see pinned_links).
+        self._in_flight: list[dict[int, Ticket]] = [{} for _ in self.deployments]
         self.room = [r.capacity_tokens for r in self.replicas]
         for position in range(len(self.deployments)):
             self.update(position)
@@ -213,9 +217,13 @@ class Ledger:
         window_s = max(1.0, min(self._horizon_s, now_s - self._started_s))
         turning = []
         for position, replica in enumerate(self.replicas):
-            if placed[position] > replica.capacity_tokens:
-                self.residency_s[position] = (window_s * replica.capacity_tokens
-                                              / placed[position])
+            resident = min(self.resident[position], replica.capacity_tokens)
+            free = replica.capacity_tokens - resident
+            # The free part turns over with the inflow that competes for it: what was
+            # placed, less what sits pinned by the requests running now.
+            churn = placed[position] - resident
+            if churn > free:
+                self.residency_s[position] = window_s * free / churn
                 turning.append(position)
             else:
                 self.residency_s[position] = math.inf
@@ -224,7 +232,8 @@ class Ledger:
     # -- events -----------------------------------------------------------------------------
 
     def dispatched(self, position: int, uncached_tokens: float, *, prompt_tokens: float = 0.0,
-                   shared_key: Hashable = None, shared_tokens: float = 0.0) -> Ticket:
+                   shared_key: Hashable = None, shared_tokens: float = 0.0,
+                   hashes: Sequence[int] = ()) -> Ticket:
         """``prompt_tokens``: the prompt's size (0: unknown; no KV is counted for it);
         ``shared_key``, ``shared_tokens``: the prefix it matched there and an identity for it
         (see :class:`Ticket`)."""
@@ -244,6 +253,8 @@ class Ledger:
                 sharing[shared_key] += 1
             ticket.kv_tokens = prompt_tokens - ticket.shared_tokens + replica.mean_output
             self._add_resident(position, ticket.kv_tokens)
+        ticket.hashes = hashes
+        self._in_flight[position][id(ticket)] = ticket
         replica.queued += uncached_tokens
         replica.waiting += 1
         if replica.waiting == 1:
@@ -276,6 +287,7 @@ class Ledger:
         if ticket.released:
             return
         ticket.released = True
+        self._in_flight[ticket.position].pop(id(ticket), None)
         now_s = self._clock()
         replica = self.replicas[ticket.position]
         # NOTE: the TTFT sample is of the tokens the engine really computed: where the index
@@ -330,6 +342,25 @@ class Ledger:
         replica = self.replicas[position]
         self.room[position] = (replica.capacity_tokens - self.resident[position]
                                - replica.mean_output)
+
+    def pinned_links(self, position: int, hashes: Sequence[int]) -> int:
+        """The leading links of ``hashes`` that a request in flight there shares (its blocks
+        are in use, so the engine cannot have evicted them)."""
+        most = 0
+        for ticket in self._in_flight[position].values():
+            other = ticket.hashes
+            high = min(len(other), len(hashes))
+            if high <= most or other[most] != hashes[most]:
+                continue  # shares no more than ``most`` links
+            low = most + 1
+            while low < high:  # the links agree up to some point, then never again
+                middle = (low + high + 1) // 2
+                if other[middle - 1] == hashes[middle - 1]:
+                    low = middle
+                else:
+                    high = middle - 1
+            most = low
+        return most
 
     def admission_wait_s(self, position: int, new_tokens: float) -> float:
         """Time a request that brings ``new_tokens`` of KV (its uncached prompt tokens)
