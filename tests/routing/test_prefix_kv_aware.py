@@ -233,27 +233,39 @@ def test_explanation_is_bounded_on_large_fleets() -> None:
     assert home.id in call.route["candidates"]
 
 
-def _return_after_traffic(capacity_tokens: int) -> dict[str, object]:
-    """DOCS[0] is asked about at t=0; then, a second apart, 24 other documents; then DOCS[0]
-    again. Returns that last decision's explanation."""
+def _after_traffic(capacity_tokens: int, *, first_in_flight: bool = False
+                   ) -> tuple[PrefixKVAware, list[Deployment], Deployment, Call]:
+    """DOCS[0] is asked about at t=0 (still being answered with ``first_in_flight``); then, a
+    second apart, 24 other documents. Returns the strategy, fleet, DOCS[0]'s home and call."""
     clock = FakeClock(1_000.0)
     fleet = [deployment(f"r{i}", kv_capacity_tokens=capacity_tokens) for i in range(2)]
     s = PrefixKVAware(fleet, PrefixRoutingSettings(block_chars=64),
                       MemoryAffinityIndex(max_blocks_per_deployment=100_000, ttl_s=300,
                                           clock=clock), clock=clock)
-    home = route(s, chat(DOCS[0], "first question"), fleet)
+    first = chat(DOCS[0], "first question")
+    home = route(s, first, fleet, finish=not first_in_flight)
     for i in range(24):
         clock.now_s += 1.0
         route(s, chat(f"Other {i}: " + "consectetur adipiscing elit " * 60, "q"), fleet)
     clock.now_s += 1.0
-    call = chat(DOCS[0], "second question")
+    return s, fleet, home, first
+
+
+def _asked_again(s: PrefixKVAware, fleet: list[Deployment], home: Deployment,
+                 question: str) -> dict[str, object]:
+    """DOCS[0] asked about again: that decision's explanation, for its home."""
+    call = chat(DOCS[0], question)
     asyncio.run(s.prepare(call))
-    decision = s.choose(call, fleet)
-    explanation = decision.explanation
+    explanation = s.choose(call, fleet).explanation
     candidates = explanation["candidates"]
     assert isinstance(candidates, dict)
     return {"home_matched": candidates[home.id]["matched_tokens"],
             "outcome": explanation["outcome"], "stats": s.describe()[home.id]}
+
+
+def _return_after_traffic(capacity_tokens: int) -> dict[str, object]:
+    s, fleet, home, _ = _after_traffic(capacity_tokens)
+    return _asked_again(s, fleet, home, "second question")
 
 
 def test_a_prefix_its_replica_has_since_evicted_counts_as_cold_there() -> None:
@@ -287,23 +299,8 @@ def test_the_resident_links_are_the_leading_run_served_since_the_cut() -> None:
 def test_a_prefix_a_request_in_flight_still_uses_survives_the_residency_cut() -> None:
     # As in the evicting case above, but the first question about DOCS[0] is still being
     # answered: its blocks are in use, so the engine cannot have evicted them.
-    clock = FakeClock(1_000.0)
-    fleet = [deployment(f"r{i}", kv_capacity_tokens=2_000) for i in range(2)]
-    s = PrefixKVAware(fleet, PrefixRoutingSettings(block_chars=64),
-                      MemoryAffinityIndex(max_blocks_per_deployment=100_000, ttl_s=300,
-                                          clock=clock), clock=clock)
-    first = chat(DOCS[0], "first question")
-    home = route(s, first, fleet, finish=False)
-    for i in range(24):
-        clock.now_s += 1.0
-        route(s, chat(f"Other {i}: " + "consectetur adipiscing elit " * 60, "q"), fleet)
-    clock.now_s += 1.0
-    call = chat(DOCS[0], "second question")
-    asyncio.run(s.prepare(call))
-    candidates = s.choose(call, fleet).explanation["candidates"]
-    assert isinstance(candidates, dict) and candidates[home.id]["matched_tokens"] > 300
+    s, fleet, home, first = _after_traffic(2_000, first_in_flight=True)
+    matched = _asked_again(s, fleet, home, "second question")["home_matched"]
+    assert isinstance(matched, int) and matched > 300
     answer(s, first, home)  # done: the cut applies again
-    call = chat(DOCS[0], "third question")
-    asyncio.run(s.prepare(call))
-    candidates = s.choose(call, fleet).explanation["candidates"]
-    assert isinstance(candidates, dict) and candidates[home.id]["matched_tokens"] == 0
+    assert _asked_again(s, fleet, home, "third question")["home_matched"] == 0

@@ -9,7 +9,7 @@ import pytest
 
 from kvgate.config.schema import PrefixRoutingSettings
 from kvgate.core.deployment import Deployment, EngineUsage
-from kvgate.routing.ttft_ledger import Ticket
+from kvgate.routing.ttft_replica import Ticket
 from kvgate.routing.ttft_scorer import TTFTScorer
 from tests.routing.factories import deployment
 from tests.support.clock import FakeClock

@@ -24,7 +24,7 @@ from kvgate.core.deployment import Deployment, EngineUsage, RouteDecision
 from kvgate.routing.affinity import AffinityIndex, ServedTimes, SharesPlacements
 from kvgate.routing.base import StrategyDefaults
 from kvgate.routing.fingerprint import Fingerprint, MessageMemo, fingerprint
-from kvgate.routing.ttft_ledger import Ticket
+from kvgate.routing.ttft_replica import Ticket
 from kvgate.routing.ttft_scorer import TTFTScorer
 
 if TYPE_CHECKING:

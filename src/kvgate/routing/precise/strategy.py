@@ -45,7 +45,7 @@ from kvgate.routing.precise.request_hasher import (
 )
 from kvgate.routing.precise.subscriber import KVEventSubscriber
 from kvgate.routing.prefix_kv_aware import cumulative_tokens
-from kvgate.routing.ttft_ledger import Ticket
+from kvgate.routing.ttft_replica import Ticket
 from kvgate.routing.ttft_scorer import TTFTScorer
 
 if TYPE_CHECKING:
