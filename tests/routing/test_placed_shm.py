@@ -9,6 +9,7 @@ import math
 import multiprocessing
 import os
 import random
+import time
 from collections import Counter
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -133,16 +134,10 @@ def _place_in_child(segment: str, replies: Connection) -> None:
     index = SharedMemoryAffinityIndex(AffinityTable.attach(segment), namespace="m", ttl_s=60)
     shared = index.shared_placements(["a", "b"], 60.0)
     assert shared is not None
-    now_s = index_clock()
+    now_s = time.monotonic()
     shared.add(1, 300.0, now_s)
     replies.send(dict(shared.totals(now_s)))
     replies.close()
-
-
-def index_clock() -> float:
-    import time
-
-    return time.monotonic()
 
 
 def test_two_processes_share_placements_through_the_affinity_segment() -> None:
@@ -152,10 +147,10 @@ def test_two_processes_share_placements_through_the_affinity_segment() -> None:
                                           ttl_s=60)
         shared = index.shared_placements(["a", "b"], 60.0)
         assert shared is not None
-        shared.add(0, 100.0, index_clock())
+        shared.add(0, 100.0, time.monotonic())
         seen_by_child = reply_from_spawned(_place_in_child, segment.name)
         assert seen_by_child == {0: 100.0, 1: 300.0}
-        assert dict(shared.totals(index_clock())) == {0: 100.0, 1: 300.0}
+        assert dict(shared.totals(time.monotonic())) == {0: 100.0, 1: 300.0}
     finally:
         segment.unlink()
 

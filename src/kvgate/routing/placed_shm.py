@@ -48,6 +48,12 @@ def _slot_words(entries: int, buckets: int) -> int:
     return 2 + entries * (2 + 2 * buckets)
 
 
+def _slot_bases(first_word: int, slots: int, entries: int, buckets: int) -> list[int]:
+    """Each slot's first word (its owner's pid)."""
+    stride = _slot_words(entries, buckets)
+    return [first_word + s * stride for s in range(slots)]
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -67,8 +73,11 @@ class PlacementBoard:
         self._q = buffer.cast("q")
         self._d = buffer.cast("d")
         self.entries, self.buckets = entries, buckets
-        stride = _slot_words(entries, buckets)
-        self._slot_bases = [first_word + s * stride for s in range(slots)]
+        # Word offsets within a slot (see the layout above).
+        self._totals_at, self._through_at = 2, 2 + entries
+        self._epochs_at = 2 + 2 * entries
+        self._tokens_at = self._epochs_at + entries * buckets
+        self._slot_bases = _slot_bases(first_word, slots, entries, buckets)
         self._own = self._slot_bases[slot]
         #: Per slot read: (raw totals, expired-through epochs, through, corrected totals).
         self._seen: dict[int, tuple[list[float], list[int], int, list[float]]] = {}
@@ -81,10 +90,9 @@ class PlacementBoard:
         a free one or a dead owner's; None when every slot has a live owner. ``locked``: a
         lock across the processes sharing the segment, held while claiming."""
         pid = os.getpid() if pid is None else pid
-        stride = _slot_words(entries, buckets)
         owners = buffer.cast("q")
+        bases = _slot_bases(first_word, slots, entries, buckets)
         with locked():
-            bases = [first_word + s * stride for s in range(slots)]
             mine = next((s for s, base in enumerate(bases) if owners[base] == pid), None)
             if mine is None:
                 mine = next((s for s, base in enumerate(bases)
@@ -97,14 +105,13 @@ class PlacementBoard:
     # -- the owner's writes -----------------------------------------------------------------
 
     def add(self, entry: int, tokens: float, epoch: int) -> None:
-        q, d, buckets = self._q, self._d, self.buckets
-        base, entries = self._own, self.entries
-        bucket = epoch % buckets
-        epoch_word = base + 2 + 2 * entries + entry * buckets + bucket
-        tokens_word = epoch_word + entries * buckets
-        total_word = base + 2 + entry
+        q, d, base = self._q, self._d, self._own
+        ring = entry * self.buckets + epoch % self.buckets
+        epoch_word = base + self._epochs_at + ring
+        tokens_word = base + self._tokens_at + ring
+        total_word = base + self._totals_at + entry
         if q[epoch_word] != epoch:  # a bucket a horizon old or more: reused
-            if q[epoch_word] > q[base + 2 + entries + entry]:  # not yet taken out of the total
+            if q[epoch_word] > q[base + self._through_at + entry]:  # not yet out of the total
                 d[total_word] -= d[tokens_word]
             d[tokens_word] = 0.0
             q[epoch_word] = epoch
@@ -114,12 +121,12 @@ class PlacementBoard:
     def expire_own(self, entries: Sequence[int], through: int) -> None:
         """Take the buckets up to epoch ``through`` out of this slot's ``entries`` totals."""
         q, d, base = self._q, self._d, self._own
-        first_through = base + 2 + self.entries
+        first_total, first_through = base + self._totals_at, base + self._through_at
         # Buckets last a horizon / 64: most refreshes find nothing to expire (by C loops).
         since = q[first_through:first_through + self.entries].tolist()
         for entry in _behind(entries, since, through):
-            total = d[base + 2 + entry] - self._expiring(base, entry, since[entry], through)
-            d[base + 2 + entry] = total if total >= _RESIDUE_TOKENS else 0.0
+            total = d[first_total + entry] - self._expiring(base, entry, since[entry], through)
+            d[first_total + entry] = total if total >= _RESIDUE_TOKENS else 0.0
             q[first_through + entry] = through
 
     # -- everyone's reads -------------------------------------------------------------------
@@ -138,7 +145,7 @@ class PlacementBoard:
         """The other workers' totals as raw bytes: equal to an earlier read when none of
         them placed or expired anything since (one memory compare)."""
         buffer, width = self._buffer, 8 * self.entries
-        return b"".join(buffer[8 * (base + 2):8 * (base + 2) + width]
+        return b"".join(buffer[8 * (base + self._totals_at):8 * (base + self._totals_at) + width]
                         for base in self._slot_bases if base != self._own)
 
     def others(self, entries: Sequence[int]) -> list[float]:
@@ -148,7 +155,8 @@ class PlacementBoard:
         d, width = self._d, self.entries
         for base in self._slot_bases:
             if base != self._own and self._q[base] != 0:
-                raw = cast("list[float]", d[base + 2:base + 2 + width].tolist())
+                first = base + self._totals_at
+                raw = cast("list[float]", d[first:first + width].tolist())
                 picked = list(map(raw.__getitem__, entries))
                 out = picked if out is None else list(map(add, out, picked))
         return [0.0] * len(entries) if out is None else out
@@ -156,34 +164,32 @@ class PlacementBoard:
     def _slot_totals(self, base: int, through: int) -> list[float]:
         """Every entry's total in the slot at ``base``, buckets up to ``through`` left out."""
         q, d, width = self._q, self._d, self.entries
-        raw = cast("list[float]", d[base + 2:base + 2 + width].tolist())  # a 'd' view
-        since: list[int] = q[base + 2 + width:base + 2 + 2 * width].tolist()
+        first_total, first_through = base + self._totals_at, base + self._through_at
+        raw = cast("list[float]", d[first_total:first_total + width].tolist())  # a 'd' view
+        since: list[int] = q[first_through:first_through + width].tolist()
         # Entries whose owner has not expired up to ``through`` (it is idle, or gone) are
         # corrected here. NOTE: an idle owner's slot stays as it is for minutes, so what was
         # corrected is kept and only the epochs since are taken out, not a whole ring per
         # entry at every refresh (1.8 ms at 256 deployments).
         seen = self._seen.get(base)
+        corrected, corrected_through = list(raw), None
         if seen is not None and seen[0] == raw and seen[1] == since:
-            _, _, seen_through, corrected = seen
-            if seen_through >= through:
-                return corrected
-            corrected = list(corrected)
-            for entry in _behind(range(width), since, through):
-                corrected[entry] = max(0.0, corrected[entry] - self._expiring(
-                    base, entry, max(since[entry], seen_through), through))
-        else:
-            corrected = list(raw)
-            for entry in _behind(range(width), since, through):
-                corrected[entry] = max(0.0, raw[entry] - self._expiring(
-                    base, entry, since[entry], through))
+            if seen[2] >= through:
+                return seen[3]
+            corrected, corrected_through = list(seen[3]), seen[2]
+        for entry in _behind(range(width), since, through):
+            since_epoch = (since[entry] if corrected_through is None
+                           else max(since[entry], corrected_through))
+            corrected[entry] = max(0.0, corrected[entry] - self._expiring(
+                base, entry, since_epoch, through))
         self._seen[base] = (raw, since, through, corrected)
         return corrected
 
     def _expiring(self, base: int, entry: int, since: int, through: int) -> float:
         """Tokens of the entry's buckets with epochs in (``since``, ``through``]."""
         q, d, buckets = self._q, self._d, self.buckets
-        first = base + 2 + 2 * self.entries + entry * buckets
-        tokens = first + self.entries * buckets
+        first = base + self._epochs_at + entry * buckets
+        tokens = base + self._tokens_at + entry * buckets
         if through - since > buckets:  # over a horizon behind: any bucket may be in range
             return sum(d[tokens + bucket] for bucket in range(buckets)
                        if since < q[first + bucket] <= through)
