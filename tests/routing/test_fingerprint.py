@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from kvgate.core.call import Call
 from kvgate.request.parse import parse_call
-from kvgate.routing.fingerprint import MessageMemo, fingerprint
+from kvgate.routing.fingerprint import MessageMemo, declared_image_tokens, fingerprint
+from tests.routing.factories import deployment
+from tests.support.images import png
 
 BLOCK_CHARS = 64
 
@@ -159,21 +161,6 @@ def test_cost_is_bounded_for_a_100k_token_prompt() -> None:
     print(f"100k-token fingerprint: {elapsed_s * 1000:.2f} ms, {len(fp.hashes)} links")
 
 
-def png(width: int, height: int) -> bytes:
-    """A real (blank, greyscale) PNG of the given size."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    raw = b"".join(b"\0" + b"\0" * width for _ in range(height))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0,
-                                                             0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
-
-
 def test_image_weight_follows_its_size() -> None:
     # LLaVA-OneVision's placeholder counts (VLLM_FACTS): 384^2 -> 1485, 640x480 -> 2929.
     call = call_for([{"role": "user", "content": [image_part(png(640, 480)),
@@ -182,3 +169,19 @@ def test_image_weight_follows_its_size() -> None:
     http = call_for([{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "https://example.com/x.png"}}]}])
     assert http.image_tokens == [1500]
+
+
+def test_images_weigh_what_the_models_replicas_declare() -> None:
+    call = call_for([{"role": "user", "content": [image_part(png(512, 512)),
+                                                  {"type": "text", "text": "what is it?"}]}])
+    assert call.image_tokens == [3699]  # LLaVA-OneVision's rule, from the header
+    same = [deployment(name, image_tokens=576) for name in ("a", "b")]
+    assert declared_image_tokens(same) == 576
+    declared = fingerprint(call, block_chars=BLOCK_CHARS, image_tokens=576)
+    estimated = fingerprint(call, block_chars=BLOCK_CHARS)
+    assert 576 in declared.tokens and 3699 not in declared.tokens
+    assert estimated.total_tokens - declared.total_tokens == 3699 - 576
+    assert declared.hashes == estimated.hashes  # the weight, not the identity, changes
+    # Replicas that disagree, or one that declares nothing: no single count to use.
+    assert declared_image_tokens([*same, deployment("c", image_tokens=729)]) is None
+    assert declared_image_tokens([*same, deployment("c")]) is None

@@ -21,6 +21,7 @@ from kvgate.routing.prefix_kv_aware import PrefixKVAware, _links_served_since
 from kvgate.routing.prefix_kv_aware_v1 import PrefixKVAwareV1
 from tests.routing.factories import deployment
 from tests.support.clock import FakeClock
+from tests.support.images import png
 from tests.support.processes import run_gateway
 
 DOCS = [f"Document {i}: " + ("lorem ipsum dolor sit amet " * 60) + f" end of document {i}."
@@ -304,3 +305,28 @@ def test_a_prefix_a_request_in_flight_still_uses_survives_the_residency_cut() ->
     assert isinstance(matched, int) and matched > 300
     answer(s, first, home)  # done: the cut applies again
     assert _asked_again(s, fleet, home, "third question")["home_matched"] == 0
+
+
+def test_images_are_sized_by_the_vision_tokens_the_replicas_declare() -> None:
+    # tiny-llava's 576 tokens per 512x512 image where the size rule estimates 3,699: each
+    # replica's 5,120-token KV holds eight images, not one. Twelve images a second apart
+    # split 6/6, and asked about again they are still there (sized by the estimate, each
+    # replica's KV would turn over every few seconds and the second round find them gone).
+    clock = FakeClock(1_000.0)
+    fleet = [deployment(name, kv_capacity_tokens=5_120, image_tokens=576)
+             for name in ("r0", "r1")]
+    s = PrefixKVAware(fleet, PrefixRoutingSettings(block_chars=64),
+                      MemoryAffinityIndex(max_blocks_per_deployment=100_000, ttl_s=300,
+                                          clock=clock), clock=clock)
+    images = [png(512, 512) + bytes([i]) for i in range(12)]
+    placed = []
+    for image in images:
+        clock.now_s += 1.0
+        placed.append(route(s, chat("You describe photos.", "What is in it?", image), fleet))
+    assert Counter(d.id for d in placed) == {"r0": 6, "r1": 6}
+    for image, home in zip(images, placed, strict=True):
+        clock.now_s += 1.0
+        call = chat("You describe photos.", "And the colours?", image)
+        assert route(s, call, fleet) is home
+        assert call.route["outcome"] == "hit"
+    assert all(stats["kv_residency_s"] is None for stats in s.describe().values())

@@ -245,6 +245,21 @@ def test_kv_sizes_are_compared_in_the_estimates_tokens() -> None:
     assert s.ledger.replicas[0].capacity_tokens == pytest.approx(10_000, rel=0.01)
 
 
+def test_the_first_engine_counts_size_the_kv_at_once() -> None:
+    # A vision encoder with 6x fewer tokens per image than the estimate: the first answer's
+    # usage sets the scale (an average from the starting 1.0 took dozens of requests, while
+    # cold images were being placed on a KV sized 6x too small).
+    fleet = [deployment("r0", kv_capacity_tokens=5_120)]
+    s = scorer(fleet)
+    ticket = s.ledger.dispatched(0, 3_700, prompt_tokens=3_700)
+    s.ledger.released(ticket, 1, EngineUsage(600, 0))
+    assert s.ledger.replicas[0].capacity_tokens == pytest.approx(5_120 * 3_700 / 600)
+    # Then the mean of the samples, until there are enough for the moving average.
+    ticket = s.ledger.dispatched(0, 3_700, prompt_tokens=3_700)
+    s.ledger.released(ticket, 1, EngineUsage(1_000, 0))
+    assert s.ledger.replicas[0].token_scale == pytest.approx(800 / 3_700)
+
+
 def test_a_replica_nobody_has_measured_yet_is_taken_to_be_like_the_others() -> None:
     # r0 and r1 were measured 3x faster than the configured prior; r2 has served nothing.
     # With the prior alone r2 looks 3x slower than it is and a cold prompt never goes

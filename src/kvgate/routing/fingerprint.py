@@ -22,7 +22,10 @@ import orjson
 import xxhash
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from kvgate.core.call import Call
+    from kvgate.core.deployment import Deployment
 
 _hash = xxhash.xxh3_64_intdigest
 #: Roughly what one token of English text costs in characters.
@@ -174,13 +177,26 @@ def _content_text(part: dict[str, Any]) -> bytes:
     return text.encode() if isinstance(text, str) else orjson.dumps(part)
 
 
+def declared_image_tokens(deployments: Iterable[Deployment]) -> int | None:
+    """The vision tokens per image that every one of ``deployments`` declares alike
+    (``image_tokens``), or None: then each image weighs what parsing estimated from its size
+    (LLaVA-OneVision's rule), which for another vision encoder can be several times off."""
+    declared = {d.settings.image_tokens for d in deployments}
+    if len(declared) != 1:
+        return None
+    return declared.pop()
+
+
 def fingerprint(call: Call, *, block_chars: int, seed: int = 0,
-                memo: MessageMemo | None = None) -> Fingerprint:
+                memo: MessageMemo | None = None,
+                image_tokens: int | None = None) -> Fingerprint:
     """Fingerprint a validated chat or completion call.
 
     Only whole blocks are hashed: the unfinished tail block is what differs between requests
     and would never match anyway (vLLM caches full blocks only, too). A ``memo`` (kept by the
     caller across requests, for one ``block_chars``) skips hashing long messages seen before.
+    ``image_tokens``: every image's weight when the model's replicas declare it (see
+    :func:`declared_image_tokens`); None: the parse-time estimate per image.
     """
     builder = _ChainBuilder(block_chars, seed, memo)
     body = call.body
@@ -202,7 +218,7 @@ def fingerprint(call: Call, *, block_chars: int, seed: int = 0,
             for part in content:
                 if part.get("type") == "image_url":
                     builder.add_image(call.image_digests[image_index],
-                                      call.image_tokens[image_index])
+                                      image_tokens or call.image_tokens[image_index])
                     image_index += 1
                 else:
                     builder.add_text(_content_text(part))

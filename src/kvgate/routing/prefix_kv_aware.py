@@ -23,7 +23,12 @@ from kvgate.config.schema import PrefixRoutingSettings
 from kvgate.core.deployment import Deployment, EngineUsage, RouteDecision
 from kvgate.routing.affinity import AffinityIndex, ServedTimes, SharesPlacements
 from kvgate.routing.base import StrategyDefaults
-from kvgate.routing.fingerprint import Fingerprint, MessageMemo, fingerprint
+from kvgate.routing.fingerprint import (
+    Fingerprint,
+    MessageMemo,
+    declared_image_tokens,
+    fingerprint,
+)
 from kvgate.routing.ttft_replica import Ticket
 from kvgate.routing.ttft_scorer import TTFTScorer
 
@@ -64,6 +69,7 @@ class PrefixKVAware(StrategyDefaults):
         self._stats = [d.stats for d in self._deployments]
         self._memo = MessageMemo()
         self._settings = settings
+        self._image_tokens = declared_image_tokens(deployments)
         self._index = index
         #: When the index can tell when a block was last served: matches are cut to the links
         #: recent enough to have survived the replica's own eviction (_resident_links).
@@ -78,7 +84,8 @@ class PrefixKVAware(StrategyDefaults):
                                   shared_placements=shared)
 
     async def prepare(self, call: Call) -> None:
-        fp = fingerprint(call, block_chars=self._settings.block_chars, memo=self._memo)
+        fp = fingerprint(call, block_chars=self._settings.block_chars, memo=self._memo,
+                         image_tokens=self._image_tokens)
         if fp.hashes:
             counts = await self._index.match(fp.hashes, self._ids)
             if self._served is not None and self._scorer.ledger.turning_over:

@@ -221,7 +221,13 @@ class Ledger:
         if usage is not None and ticket.prompt_tokens > 0:
             sample = min(_MAX_SCALE, max(1.0 / _MAX_SCALE,
                                          usage.prompt_tokens / ticket.prompt_tokens))
-            replica.token_scale += _MEAN_ALPHA * (sample - replica.token_scale)
+            # NOTE: the mean of the samples so far until there are 1 / alpha of them: the
+            # starting 1.0 is no measurement, and a vision encoder other than the estimate's
+            # (576 tokens where 3,699 were estimated) sized the KV 6x wrong for the dozens
+            # of requests an average from 1.0 takes, just when cold prefixes are placed.
+            replica.scale_samples += 1
+            replica.token_scale += (max(_MEAN_ALPHA, 1.0 / replica.scale_samples)
+                                    * (sample - replica.token_scale))
             replica.rescale()
             missed = (1.0 - usage.cached_share) * ticket.prompt_tokens - ticket.uncached_tokens
             if missed > 0:

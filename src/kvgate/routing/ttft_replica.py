@@ -51,8 +51,8 @@ class Replica:
     """One deployment's ledger and fits."""
 
     __slots__ = ("capacity_tokens", "configured_capacity", "decoding", "engine_capacity",
-                 "error_s", "mean_output", "mean_uncached", "prefill", "queued", "step",
-                 "token_scale", "waiting")
+                 "error_s", "mean_output", "mean_uncached", "prefill", "queued",
+                 "scale_samples", "step", "token_scale", "waiting")
 
     def __init__(self, settings: PrefixRoutingSettings, configured_capacity: int | None
                  ) -> None:
@@ -75,6 +75,7 @@ class Replica:
         #: the engine reports: an image's estimate is another model's count, a text's is
         #: characters / 4)...
         self.token_scale = 1.0
+        self.scale_samples = 0
         #: ...and in the estimate's tokens, the unit of everything the ledger counts.
         self.capacity_tokens = self.engine_capacity
 

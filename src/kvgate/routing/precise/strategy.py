@@ -32,7 +32,12 @@ from kvgate.config.schema import RoutingSettings
 from kvgate.core.deployment import Deployment, EngineUsage, RouteDecision
 from kvgate.routing.affinity import AffinityIndex
 from kvgate.routing.base import StrategyDefaults
-from kvgate.routing.fingerprint import CHARS_PER_TOKEN, Fingerprint, fingerprint
+from kvgate.routing.fingerprint import (
+    CHARS_PER_TOKEN,
+    Fingerprint,
+    declared_image_tokens,
+    fingerprint,
+)
 from kvgate.routing.precise.event_clock import EventClockedAffinity
 from kvgate.routing.precise.index import ReplicaKVIndex
 from kvgate.routing.precise.replica import ReplicaEventState
@@ -131,6 +136,7 @@ class PreciseKVAware(StrategyDefaults):
                                   block_tokens=block_size, clock=clock,
                                   load_s_per_token=1.0 / precise.offload_load_tokens_per_s)
         self._offload_tokens = precise.offload_chars // CHARS_PER_TOKEN
+        self._image_tokens = declared_image_tokens(deployments)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -146,7 +152,8 @@ class PreciseKVAware(StrategyDefaults):
     # -- routing ----------------------------------------------------------------------------
 
     async def prepare(self, call: Call) -> None:
-        fp = fingerprint(call, block_chars=self._prefix.block_chars)
+        fp = fingerprint(call, block_chars=self._prefix.block_chars,
+                         image_tokens=self._image_tokens)
         blocks = await self._hash(call, fp)
         plans = self._plans
         approximate = None
