@@ -330,3 +330,21 @@ def test_images_are_sized_by_the_vision_tokens_the_replicas_declare() -> None:
         assert route(s, call, fleet) is home
         assert call.route["outcome"] == "hit"
     assert all(stats["kv_residency_s"] is None for stats in s.describe().values())
+
+
+def test_a_prefix_cut_as_evicted_is_known_where_it_was_sent() -> None:
+    # DOCS[0] is cold everywhere after the traffic (evicting history), but its replica was
+    # sent it within the horizon: the scorer is told so (``known``), to price taking it back
+    # there as restoring that replica's working set, not growing it (test_ttft_scorer).
+    s, fleet, home, _ = _after_traffic(2_000)
+    call = chat(DOCS[0], "second question")
+    asyncio.run(s.prepare(call))
+    state = call.routing_state
+    assert state.matched_tokens == [0, 0]
+    other = 1 - fleet.index(home)
+    assert state.known_tokens[fleet.index(home)] > 300 and state.known_tokens[other] == 0
+    # Without the cut (room for everything it was sent), nothing is known beyond the match.
+    s, fleet, home, _ = _after_traffic(100_000)
+    call = chat(DOCS[0], "second question")
+    asyncio.run(s.prepare(call))
+    assert call.routing_state.known_tokens is None

@@ -100,6 +100,33 @@ def test_a_cold_prefix_goes_where_it_fits_not_where_it_would_evict() -> None:
     assert candidates["r0"]["eviction_ms"] > 0 and "eviction_ms" not in candidates["r1"]
 
 
+@pytest.mark.parametrize("lost_at_home", [True, False])
+def test_a_prefix_its_replica_lost_goes_back_there_not_onto_a_full_one(
+        lost_at_home: bool) -> None:
+    # Both replicas were sent 7 images, their whole KV; r0 has lost one of its own (the
+    # index lists it there, the KV no longer holds it) and is busy with a short prefill
+    # (1,000 tokens more than it holds). Taking the image back restores r0's working set,
+    # evicting only that overflow; on r1 it would push out an image someone is reusing.
+    # Unknown to the scorer (known=None), both would evict a whole image, and r1 is sooner.
+    fleet = [deployment(f"r{i}", kv_capacity_tokens=7 * 4_725) for i in range(2)]
+    clock = FakeClock(0.0)
+    s = scorer(fleet, clock)
+    for position in (0, 1):
+        for _ in range(7):
+            serve(s, clock, position, 4_725)
+    queue(s, 0, 1_000)
+    decision, _ = s.choose(fleet, 4_725, [0, 0], 0,
+                           known=[4_725, 0] if lost_at_home else None)
+    assert decision.deployment is fleet[0 if lost_at_home else 1]
+    candidates = decision.explanation["candidates"]
+    assert isinstance(candidates, dict)
+    evictions = {rid: c["eviction_ms"] for rid, c in candidates.items()}
+    if lost_at_home:
+        assert evictions["r0"] < evictions["r1"] / 4
+    else:
+        assert evictions["r0"] > evictions["r1"] * 0.9
+
+
 def test_unequal_prefixes_fill_by_tokens_not_by_count() -> None:
     fleet = [deployment(f"r{i}", kv_capacity_tokens=10_000) for i in range(2)]
     clock = FakeClock(0.0)

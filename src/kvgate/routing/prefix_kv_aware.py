@@ -48,6 +48,9 @@ class PrefixState:
     matched_tokens: list[int]
     matched_blocks: list[int]
     best_match_tokens: int
+    #: Per deployment: leading tokens beyond the match that it was sent within the horizon
+    #: but has likely evicted (TTFTScorer.choose's ``known``); None: nowhere.
+    known_tokens: list[int] | None = None
     #: The current attempt's ledger entry (attempts are sequential).
     ticket: Ticket | None = None
 
@@ -88,6 +91,7 @@ class PrefixKVAware(StrategyDefaults):
                          image_tokens=self._image_tokens)
         if fp.hashes:
             counts = await self._index.match(fp.hashes, self._ids)
+            sent = counts
             if self._served is not None and self._scorer.ledger.turning_over:
                 counts = self._resident_links(fp.hashes, counts)
             # NOTE: tokens per distinct count, summed on demand: a few groups of deployments
@@ -99,6 +103,11 @@ class PrefixKVAware(StrategyDefaults):
                 tokens_at = {count: fp.tokens_in_first(count) for count in set(counts)}
                 call.routing_state = PrefixState(fp, list(map(tokens_at.__getitem__, counts)),
                                                   counts, max(tokens_at.values(), default=0))
+            if sent is not counts and sent != counts:
+                state: PrefixState = call.routing_state
+                state.known_tokens = [
+                    fp.tokens_in_first(s) - m if s > c else 0
+                    for s, c, m in zip(sent, counts, state.matched_tokens, strict=True)]
         else:
             none = [0] * len(self._deployments)
             call.routing_state = PrefixState(fp, none, none, 0)
@@ -137,9 +146,13 @@ class PrefixKVAware(StrategyDefaults):
         else:
             positions = [self._position[d] for d in candidates]
             matched = [state.matched_tokens[p] for p in positions]
+        known = state.known_tokens
+        if known is not None and positions is not None:
+            known = [known[p] for p in positions]
         prompt_tokens = state.fingerprint.total_tokens
         decision, _ = self._scorer.choose(
-            candidates, prompt_tokens, matched, state.best_match_tokens, positions=positions)
+            candidates, prompt_tokens, matched, state.best_match_tokens, positions=positions,
+            known=known)
         explanation = decision.explanation
         explanation["matched_blocks"] = state.matched_blocks[
             self._position[decision.deployment]]

@@ -79,6 +79,9 @@ class _PreciseState:
     details: dict[Deployment, dict[str, Any]]
     #: The prompt's length in the engines' tokens when known, else the estimate.
     prompt_tokens: float
+    #: Per deployment: leading tokens beyond those it holds that it was sent within the
+    #: horizon (TTFTScorer.choose's ``known``).
+    known_tokens: list[float]
     ticket: Ticket | None = None
 
 
@@ -157,11 +160,14 @@ class PreciseKVAware(StrategyDefaults):
         blocks = await self._hash(call, fp)
         plans = self._plans
         approximate = None
-        if fp.hashes and any(p.state is None or not p.state.is_precise for p in plans.values()):
+        if fp.hashes:
+            # Also where every replica is precise: what each was sent within the horizon
+            # (see TTFTScorer.choose's ``known``).
             approximate = await self._affinity.match(fp.hashes, self._ids)
         cumulative = cumulative_tokens(fp.tokens)
         matched: list[float] = []
         offloaded: list[float] = []
+        known: list[float] = []
         details: dict[Deployment, dict[str, Any]] = {}
         for position, deployment in enumerate(self._deployments):
             plan = plans[deployment]
@@ -184,9 +190,11 @@ class PreciseKVAware(StrategyDefaults):
                 details[deployment] = {"source": "approximate" if state is None else "degraded"}
             matched.append(gpu_tokens)
             offloaded.append(cpu_tokens)
+            sent = cumulative[approximate[position]] if approximate is not None else 0.0
+            known.append(max(0.0, sent - gpu_tokens - cpu_tokens))
         prompt_tokens = max((b.num_prompt_tokens for b in blocks), default=fp.total_tokens)
         call.routing_state = _PreciseState(fp, blocks, matched, offloaded, details,
-                                           prompt_tokens)
+                                           prompt_tokens, known)
 
     async def _hash(self, call: Call, fp: Fingerprint) -> list[RequestBlocks]:
         if not self._hashers:
@@ -201,14 +209,16 @@ class PreciseKVAware(StrategyDefaults):
         if candidates == self._deployments:
             positions: list[int] | None = None
             matched, offloaded = state.matched_tokens, state.offloaded_tokens
+            known = state.known_tokens
         else:
             positions = [self._position[d] for d in candidates]
             matched = [state.matched_tokens[p] for p in positions]
             offloaded = [state.offloaded_tokens[p] for p in positions]
+            known = [state.known_tokens[p] for p in positions]
         decision, _ = self._scorer.choose(
             candidates, state.prompt_tokens, matched, max(state.matched_tokens, default=0.0),
             positions=positions, offloaded=offloaded if any(offloaded) else None,
-            details=state.details)
+            details=state.details, known=known if any(known) else None)
         plan = self._plans[decision.deployment]
         prompt_tokens = (state.blocks[plan.hasher].num_prompt_tokens if plan.hasher is not None
                          else state.fingerprint.total_tokens)
