@@ -162,3 +162,21 @@ def test_a_prompt_cached_nowhere_goes_where_the_least_prefill_is_queued() -> Non
     assert result["outcome"] == "cold" and result["deployment"] is d[2]
     # r2 now has the cold prompt queued; the next cold one goes to the shortest queue, r1.
     assert route(s, chat("another " + DOC), d)["deployment"] is d[1]
+
+
+def test_a_prefix_the_events_say_was_evicted_is_known_where_it_was_sent() -> None:
+    # The replica stored the document's blocks and then evicted them: the exact index says
+    # cold everywhere, the index of what was sent says it went there. The scorer is told
+    # (``known``), to price taking it back there as restoring that replica's working set.
+    d = fleet(2)
+    s = strategy(d)
+    home = route(s, chat(DOC + " one"), d)["deployment"]
+    doc_keys = keys(s, DOC + " one")
+    feed(replica(s, home), stored(doc_keys),
+         BlockRemoved(block_hashes=list(doc_keys), medium="GPU"))
+    call = chat(DOC + " two")
+    asyncio.run(s.prepare(call))
+    state = call.routing_state
+    here, other = d.index(home), 1 - d.index(home)
+    assert state.matched_tokens == [0, 0]
+    assert state.known_tokens[here] > 100 and state.known_tokens[other] == 0
