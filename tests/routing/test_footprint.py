@@ -49,3 +49,17 @@ def test_least_headroom_follows_adds_expiry_and_new_sizes() -> None:
             capacity = [c * 1.5 if math.isfinite(c) else c for c in capacity]
             placed.set_capacity(capacity)
         assert placed.least_headroom == least_by_hand(placed, capacity)
+
+
+def test_a_reserved_placement_is_counted_once_by_the_dispatch_that_follows() -> None:
+    placed = PlacedTokens(2, 60.0)
+    placed.reserve(0, 100.0, 1.0)
+    assert placed.totals() == [100.0, 0.0]  # visible at the decision
+    placed.add_dispatched(0, 100.0, 1.0)
+    assert placed.totals() == [100.0, 0.0]
+    placed.add_dispatched(0, 50.0, 2.0)  # no reservation left: counted
+    assert placed.totals() == [150.0, 0.0]
+    # A reservation the dispatch did not follow stays (it expires with its bucket).
+    placed.reserve(1, 30.0, 3.0)
+    placed.add_dispatched(0, 20.0, 3.0)
+    assert placed.totals() == [170.0, 30.0]

@@ -184,9 +184,12 @@ def _image_like(number: int) -> bytes:
     return orjson.dumps({"model": "m", "messages": [{"role": "user", "content": text}]})
 
 
-def _first_placements(share: bool, order: Sequence[int], step_s: float = 1.0) -> Counter[str]:
+def _first_placements(share: bool, order: Sequence[int], step_s: float = 1.0, *,
+                      at_once: bool = False) -> list[str]:
     """12 prompts of ~4.7k tokens, each asked once, ``step_s`` apart, through two workers
-    (``order[n]`` takes the n-th), onto 2 replicas that hold 7 each: where each lands."""
+    (``order[n]`` takes the n-th), onto 2 replicas that hold 7 each: where each lands, in
+    order. ``at_once``: prompts 2k and 2k + 1 are decided by the two workers at the same
+    moment (both choose before either dispatches)."""
     segment = AffinitySegment(100_000, board_slots=3, board_entries=2)
     try:
         clock = FakeClock(1_000.0)
@@ -199,19 +202,23 @@ def _first_placements(share: bool, order: Sequence[int], step_s: float = 1.0) ->
             workers.append(PrefixKVAware(fleet, PrefixRoutingSettings(block_chars=64),
                                          _Worker(index, pid if share else None),  # type: ignore[arg-type]
                                          clock=clock))
-        landed: Counter[str] = Counter()
-        for number in range(12):
+        landed: list[str] = []
+        group = 2 if at_once else 1
+        for first in range(0, 12, group):
             clock.now_s += step_s
-            strategy = workers[order[number]]
-            call = parse_call(_image_like(number), "chat", models={"m"},
-                              max_image_bytes=1 << 20)
-            asyncio.run(strategy.prepare(call))
-            where = strategy.choose(call, fleet).deployment
-            strategy.on_dispatched(call, where)
-            if step_s >= 1.0:  # answered before the next; in a burst, all are in flight
-                strategy.on_first_token(call, where)
-                strategy.on_released(call, where, 1)
-            landed[where.id] += 1
+            decided = []
+            for number in range(first, first + group):
+                strategy = workers[order[number]]
+                call = parse_call(_image_like(number), "chat", models={"m"},
+                                  max_image_bytes=1 << 20)
+                asyncio.run(strategy.prepare(call))
+                decided.append((strategy, call, strategy.choose(call, fleet).deployment))
+            for strategy, call, where in decided:
+                strategy.on_dispatched(call, where)
+                if step_s >= 1.0:  # answered before the next; in a burst, all are in flight
+                    strategy.on_first_token(call, where)
+                    strategy.on_released(call, where, 1)
+                landed.append(where.id)
         return landed
     finally:
         segment.unlink()
@@ -221,9 +228,9 @@ def test_two_workers_sharing_placements_split_cold_prefixes_as_one_would() -> No
     rng = random.Random(0)
     orders = [[rng.randrange(2) for _ in range(12)] for _ in range(6)]
     for order in orders:
-        assert sorted(_first_placements(True, order).values()) == [6, 6], order
+        assert sorted(Counter(_first_placements(True, order)).values()) == [6, 6], order
     # Each keeping its own count, a worker fills the replica the other already filled.
-    unshared = [sorted(_first_placements(False, order).values()) for order in orders]
+    unshared = [sorted(Counter(_first_placements(False, order)).values()) for order in orders]
     assert any(split != [6, 6] for split in unshared), unshared
 
 
@@ -233,7 +240,17 @@ def test_a_burst_within_one_refresh_sees_the_other_workers_placements() -> None:
     rng = random.Random(1)
     for _ in range(6):
         order = [rng.randrange(2) for _ in range(12)]
-        assert sorted(_first_placements(True, order, step_s=0.001).values()) == [6, 6], order
+        assert sorted(Counter(_first_placements(True, order, step_s=0.001)).values()) == [
+            6, 6], order
+
+
+def test_two_workers_deciding_at_once_see_each_others_choice() -> None:
+    # Each pair of cold prompts is decided by the two workers at the same moment: a cold
+    # placement is published at the decision (under a lock across workers), so the second
+    # sees the first and takes the other replica, as one worker would.
+    for step_s in (1.0, 0.001):
+        landed = _first_placements(True, [0, 1] * 6, step_s, at_once=True)
+        assert all(landed[k] != landed[k + 1] for k in range(0, 12, 2)), landed
 
 
 def test_added_by_others_reports_growth_once() -> None:

@@ -282,7 +282,7 @@ class SharedMemoryAffinityIndex:
             self._column(deployment_id)
             entry = self._table.entries.get((self._model_tag, self._tag(deployment_id)))
             entries.append(entry if entry is not None and entry < board.entries else None)
-        return SharedPlacements(board, entries, horizon_s)
+        return SharedPlacements(board, entries, horizon_s, locked=self._table.locked)
 
     async def flush(self) -> None:
         return None  # record() writes the shared table synchronously

@@ -13,8 +13,10 @@ reused within them, so the undercount is of blocks that are cold in the count's 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import deque
+from collections.abc import Iterator
 from operator import sub
 from typing import TYPE_CHECKING
 
@@ -28,8 +30,8 @@ BUCKETS = 64
 class PlacedTokens:
     """Tokens placed on each of ``count`` replicas within the last ``horizon_s``."""
 
-    __slots__ = ("_bucket_s", "_capacity", "_horizon_s", "_placed", "_shared", "_totals",
-                 "least_headroom")
+    __slots__ = ("_bucket_s", "_capacity", "_horizon_s", "_placed", "_reserved", "_shared",
+                 "_totals", "least_headroom")
 
     def __init__(self, count: int, horizon_s: float,
                  shared: SharedPlacements | None = None) -> None:
@@ -47,6 +49,8 @@ class PlacedTokens:
         #: lower it) so that a decision need not take it over the fleet: recomputed only
         #: when placements expire or the sizes change.
         self.least_headroom = math.inf
+        #: (position, tokens) placed by :meth:`reserve`, not yet dispatched.
+        self._reserved: tuple[int, float] | None = None
 
     def add(self, position: int, tokens: float, now_s: float) -> None:
         if tokens <= 0:
@@ -61,6 +65,34 @@ class PlacedTokens:
             self._shared.add(position, tokens, now_s)
         self.least_headroom = min(self.least_headroom,
                                   self._capacity[position] - self._totals[position])
+
+    @property
+    def shared(self) -> bool:
+        return self._shared is not None
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Sharing: the other workers' placements are read, and held back, until the block
+        ends (see :meth:`SharedPlacements.exclusive`); place within it with :meth:`reserve`."""
+        if self._shared is None:
+            yield
+            return
+        with self._shared.exclusive():
+            self.sync()
+            yield
+
+    def reserve(self, position: int, tokens: float, now_s: float) -> None:
+        """Place ``tokens`` now, at the decision (for the other workers to see at once); the
+        dispatch that follows (:meth:`add_dispatched`) does not count them again."""
+        self.add(position, tokens, now_s)
+        self._reserved = (position, tokens)
+
+    def add_dispatched(self, position: int, tokens: float, now_s: float) -> None:
+        """A dispatch's placement, less what its decision reserved there."""
+        reserved, self._reserved = self._reserved, None
+        if reserved is not None and reserved[0] == position:
+            tokens -= reserved[1]
+        self.add(position, tokens, now_s)
 
     def expire(self, now_s: float) -> None:
         """Drop placements older than the horizon, on every replica."""

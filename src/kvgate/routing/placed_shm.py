@@ -25,13 +25,15 @@ adopted as it is (its placements did land on the replicas and expire in their tu
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
 from itertools import compress, repeat
 from operator import add, gt, lt
 from typing import cast
+
+Locked = contextlib.AbstractContextManager[None]
 
 #: Time buckets per horizon (as :data:`kvgate.routing.footprint.BUCKETS`).
 BOARD_BUCKETS = 64
@@ -84,7 +86,7 @@ class PlacementBoard:
 
     @classmethod
     def claim(cls, buffer: memoryview, first_word: int, slots: int, entries: int,
-              buckets: int, *, locked: Callable[[], AbstractContextManager[None]],
+              buckets: int, *, locked: Callable[[], contextlib.AbstractContextManager[None]],
               pid: int | None = None) -> PlacementBoard | None:
         """The board with a slot for process ``pid`` (this one): the slot it already has, else
         a free one or a dead owner's; None when every slot has a live owner. ``locked``: a
@@ -215,8 +217,10 @@ class SharedPlacements:
     """
 
     def __init__(self, board: PlacementBoard, entries: Sequence[int | None],
-                 horizon_s: float) -> None:
+                 horizon_s: float, *, locked: Callable[[], Locked] | None = None) -> None:
+        """``locked``: a lock across the workers (see :meth:`exclusive`)."""
         self._board = board
+        self._locked = locked
         self._entry = list(entries)
         #: (position, entry) of the deployments on the board (a late one past it: not shared).
         self._shared = [(p, e) for p, e in enumerate(entries) if e is not None]
@@ -226,6 +230,13 @@ class SharedPlacements:
         #: The other workers' raw totals when last read, and their bytes (added_by_others).
         self._others_seen = [0.0] * len(self._entries)
         self._others_bytes = b""
+
+    def exclusive(self) -> Locked:
+        """Held by a worker from reading the others' placements to writing its own, for a
+        decision whose outcome depends on them (a cold prefix's placement): two workers
+        placing cold prefixes at the same moment otherwise both see the same emptiest
+        replica (an opening burst of 12 images on 2 workers landed 7/5)."""
+        return contextlib.nullcontext() if self._locked is None else self._locked()
 
     def add(self, position: int, tokens: float, now_s: float) -> None:
         entry = self._entry[position]

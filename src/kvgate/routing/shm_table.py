@@ -129,7 +129,7 @@ class AffinityTable:
         return self.num_buckets * SLOTS_PER_BUCKET
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def locked(self) -> Iterator[None]:
         """Held across the processes mapping the segment (``flock``); a private table's one
         process needs none."""
         if self._lock_fd is None:
@@ -144,7 +144,7 @@ class AffinityTable:
     def column(self, model_tag: int, deployment_tag: int) -> int | None:
         """The deployment's column, registering it on first sight (under ``flock``: columns
         are unique across workers; once per worker and deployment); None once full."""
-        with self._locked():
+        with self.locked():
             words, rank = self.words, 0
             for word in range(self.directory_word, self.keys_word, 2):
                 if words[word] == 0:  # the end: register here
@@ -167,6 +167,6 @@ class AffinityTable:
             slots, entries, buckets = (int(w) for w in self.words[3:6])
             first = self.records_word + self.num_slots * (1 + self.tick_words)
             self._boards[pid] = (PlacementBoard.claim(
-                memoryview(self.buffer), first, slots, entries, buckets, locked=self._locked,
+                memoryview(self.buffer), first, slots, entries, buckets, locked=self.locked,
                 pid=pid) if slots and entries else None)
         return self._boards[pid]

@@ -184,7 +184,7 @@ class Ledger:
         if replica.waiting == 1:
             self.busy_replicas += 1
         replica.mean_uncached += _MEAN_ALPHA * (uncached_tokens - replica.mean_uncached)
-        self.placed.add(position, uncached_tokens, now_s)
+        self.placed.add_dispatched(position, uncached_tokens, now_s)
         self.update(position)
         return ticket
 
