@@ -33,6 +33,7 @@ from itertools import compress, repeat
 from operator import add, gt, lt
 from typing import cast
 
+#: A lock across the processes sharing the segment, held as a context.
 Locked = contextlib.AbstractContextManager[None]
 
 #: Time buckets per horizon (as :data:`kvgate.routing.footprint.BUCKETS`).
@@ -86,7 +87,7 @@ class PlacementBoard:
 
     @classmethod
     def claim(cls, buffer: memoryview, first_word: int, slots: int, entries: int,
-              buckets: int, *, locked: Callable[[], contextlib.AbstractContextManager[None]],
+              buckets: int, *, locked: Callable[[], Locked],
               pid: int | None = None) -> PlacementBoard | None:
         """The board with a slot for process ``pid`` (this one): the slot it already has, else
         a free one or a dead owner's; None when every slot has a live owner. ``locked``: a
