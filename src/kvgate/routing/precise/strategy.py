@@ -165,6 +165,9 @@ class PreciseKVAware(StrategyDefaults):
             # (see TTFTScorer.choose's ``known``).
             approximate = await self._affinity.match(fp.hashes, self._ids)
         cumulative = cumulative_tokens(fp.tokens)
+        prompt_tokens = max((b.num_prompt_tokens for b in blocks), default=fp.total_tokens)
+        # What was sent is counted in the estimate's tokens, the matches in the engine's.
+        engine_per_estimated = prompt_tokens / fp.total_tokens if fp.total_tokens else 1.0
         matched: list[float] = []
         offloaded: list[float] = []
         known: list[float] = []
@@ -190,9 +193,9 @@ class PreciseKVAware(StrategyDefaults):
                 details[deployment] = {"source": "approximate" if state is None else "degraded"}
             matched.append(gpu_tokens)
             offloaded.append(cpu_tokens)
-            sent = cumulative[approximate[position]] if approximate is not None else 0.0
+            sent = (cumulative[approximate[position]] * engine_per_estimated
+                    if approximate is not None else 0.0)
             known.append(max(0.0, sent - gpu_tokens - cpu_tokens))
-        prompt_tokens = max((b.num_prompt_tokens for b in blocks), default=fp.total_tokens)
         call.routing_state = _PreciseState(fp, blocks, matched, offloaded, details,
                                            prompt_tokens, known)
 
