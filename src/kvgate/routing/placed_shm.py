@@ -151,18 +151,15 @@ class PlacementBoard:
         return b"".join(buffer[8 * (base + self._totals_at):8 * (base + self._totals_at) + width]
                         for base in self._slot_bases if base != self._own)
 
-    def others(self, entries: Sequence[int]) -> list[float]:
-        """The other workers' totals for ``entries``, summed, as they stand (none expired by
-        this reader): for what they added since a :meth:`totals` read, a few C passes."""
-        out: list[float] | None = None
-        d, width = self._d, self.entries
-        for base in self._slot_bases:
-            if base != self._own and self._q[base] != 0:
-                first = base + self._totals_at
-                raw = cast("list[float]", d[first:first + width].tolist())
-                picked = list(map(raw.__getitem__, entries))
-                out = picked if out is None else list(map(add, out, picked))
-        return [0.0] * len(entries) if out is None else out
+    def others(self, entries: Sequence[int], raw: bytes) -> list[float]:
+        """The other workers' totals for ``entries``, summed, from ``raw`` (a read of
+        :meth:`others_bytes`), as they stand (none expired by this reader): for what they
+        added since a :meth:`totals` read, a few C passes. A slot nobody claimed adds 0."""
+        values = cast("list[float]", memoryview(raw).cast("d").tolist())
+        width, out = self.entries, [0.0] * len(entries)
+        for start in range(0, len(values), width):
+            out = list(map(add, out, map(values[start:start + width].__getitem__, entries)))
+        return out
 
     def _slot_totals(self, base: int, through: int) -> list[float]:
         """Every entry's total in the slot at ``base``, buckets up to ``through`` left out."""
@@ -251,7 +248,7 @@ class SharedPlacements:
         through = math.ceil((now_s - self._horizon_s) / self._bucket_s) - 1
         self._board.expire_own(self._entries, through)
         self._others_bytes = self._board.others_bytes()
-        self._others_seen = self._board.others(self._entries)
+        self._others_seen = self._board.others(self._entries, self._others_bytes)
         positions = (p for p, _ in self._shared)
         return zip(positions, self._board.totals(self._entries, through), strict=True)
 
@@ -264,7 +261,7 @@ class SharedPlacements:
         if raw == self._others_bytes:  # nobody placed anything since: the usual case
             return []
         self._others_bytes = raw
-        now, seen = self._board.others(self._entries), self._others_seen
+        now, seen = self._board.others(self._entries, raw), self._others_seen
         self._others_seen = now
         # Usually one deployment or a few grew: found by C loops, then those alone.
         grew = compress(range(len(now)), map(gt, now, seen))

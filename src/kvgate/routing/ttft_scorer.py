@@ -110,26 +110,24 @@ class TTFTScorer:
         if not placed.shared or 2.0 * best_match >= prompt_tokens:
             return self._choose(candidates, prompt_tokens, matched, best_match,
                                 positions=positions, offloaded=offloaded, details=details,
-                                known=known)
+                                known=known, reserve=False)
         # NOTE: where a cold prefix goes depends on what the other workers placed a moment
         # ago: read theirs, decide and publish this placement as one step across workers,
         # or two workers deciding at once both take the same emptiest replica (the workers
         # benchmark's opening burst of 12 images on 2 workers: 7/5 in one run of two).
         with placed.exclusive():
-            decision, pick = self._choose(candidates, prompt_tokens, matched, best_match,
-                                          positions=positions, offloaded=offloaded,
-                                          details=details, known=known)
-            uncached = prompt_tokens - matched[pick] - (offloaded[pick] if offloaded else 0.0)
-            placed.reserve(pick if positions is None else positions[pick], max(0.0, uncached),
-                           self._clock())
-        return decision, pick
+            return self._choose(candidates, prompt_tokens, matched, best_match,
+                                positions=positions, offloaded=offloaded, details=details,
+                                known=known, reserve=True)
 
     def _choose(self, candidates: Sequence[Deployment], prompt_tokens: float,
                 matched: Sequence[float], best_match: float, *,
                 positions: Sequence[int] | None,
                 offloaded: Sequence[float] | None,
                 details: Mapping[Deployment, Mapping[str, Any]] | None,
-                known: Sequence[float] | None) -> tuple[RouteDecision, int]:
+                known: Sequence[float] | None,
+                reserve: bool) -> tuple[RouteDecision, int]:
+        """:meth:`choose`; with ``reserve``, the pick's placement is published at once."""
         now_s = self._clock()
         ledger = self.ledger
         if now_s - self._refreshed_s >= _REFRESH_S:
@@ -264,6 +262,9 @@ class TTFTScorer:
                 for i in shown
             },
         }
+        if reserve:
+            ledger.placed.reserve(pick if positions is None else positions[pick],
+                                  max(0.0, uncached[pick]), now_s)
         return RouteDecision(candidates[pick], explanation), pick
 
     def _eviction_s(self, positions: Sequence[int] | None, i: int, uncached: float,
