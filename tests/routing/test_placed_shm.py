@@ -185,11 +185,13 @@ def _image_like(number: int) -> bytes:
 
 
 def _first_placements(share: bool, order: Sequence[int], step_s: float = 1.0, *,
-                      at_once: bool = False) -> list[str]:
+                      at_once: bool = False, prompts: Sequence[int] = range(12),
+                      outcomes: list[str] | None = None) -> list[str]:
     """12 prompts of ~4.7k tokens, each asked once, ``step_s`` apart, through two workers
     (``order[n]`` takes the n-th), onto 2 replicas that hold 7 each: where each lands, in
     order. ``at_once``: prompts 2k and 2k + 1 are decided by the two workers at the same
-    moment (both choose before either dispatches)."""
+    moment (both choose before either dispatches). ``prompts[n]``: the n-th request's
+    prompt; ``outcomes``: gets each decision's outcome (cold, hit, spill)."""
     segment = AffinitySegment(100_000, board_slots=3, board_entries=2)
     try:
         clock = FakeClock(1_000.0)
@@ -209,10 +211,13 @@ def _first_placements(share: bool, order: Sequence[int], step_s: float = 1.0, *,
             decided = []
             for number in range(first, first + group):
                 strategy = workers[order[number]]
-                call = parse_call(_image_like(number), "chat", models={"m"},
+                call = parse_call(_image_like(prompts[number]), "chat", models={"m"},
                                   max_image_bytes=1 << 20)
                 asyncio.run(strategy.prepare(call))
-                decided.append((strategy, call, strategy.choose(call, fleet).deployment))
+                decision = strategy.choose(call, fleet)
+                if outcomes is not None:
+                    outcomes.append(str(decision.explanation["outcome"]))
+                decided.append((strategy, call, decision.deployment))
             for strategy, call, where in decided:
                 strategy.on_dispatched(call, where)
                 if step_s >= 1.0:  # answered before the next; in a burst, all are in flight
@@ -251,6 +256,19 @@ def test_two_workers_deciding_at_once_see_each_others_choice() -> None:
     for step_s in (1.0, 0.001):
         landed = _first_placements(True, [0, 1] * 6, step_s, at_once=True)
         assert all(landed[k] != landed[k + 1] for k in range(0, 12, 2)), landed
+
+
+def test_two_workers_taking_a_prompts_first_requests_at_once_place_it_once() -> None:
+    # Each pair is one prompt's first two requests, matched by the two workers before
+    # either decided: the second decision reads the index again under the workers' lock,
+    # finds the first one's placement and follows it (a hit), instead of placing the same
+    # prompt cold on the other replica too.
+    outcomes: list[str] = []
+    landed = _first_placements(True, [0, 1] * 6, 0.001, at_once=True,
+                               prompts=[k // 2 for k in range(12)], outcomes=outcomes)
+    assert all(landed[k] == landed[k + 1] for k in range(0, 12, 2)), landed
+    assert outcomes == ["cold", "hit"] * 6
+    assert sorted(Counter(landed).values()) == [6, 6]
 
 
 def test_added_by_others_reports_growth_once() -> None:

@@ -3,6 +3,7 @@ equal and unequal prefixes, per-replica calibration, and a ledger that returns t
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -207,8 +208,10 @@ def test_the_calibration_sample_counts_the_tokens_the_engine_computed() -> None:
     assert measured["ttft_fixed_ms"] == pytest.approx(0, abs=50)
     blind = _learn_on_misses(report_cached=False)
     assert blind["ttft_fixed_ms"] > 300 or blind["prefill_tokens_per_s"] < 3_000
-    # What it recomputed entered its KV: the footprint counts it (7k per request more).
-    assert measured["placed_tokens"] == pytest.approx(8 * blind["placed_tokens"])
+    # What it recomputed turned its KV over (7k per request), but it was placed there
+    # already: the footprint is what was sent, the same whether the engine reports or not.
+    assert measured["placed_tokens"] == blind["placed_tokens"] == 40 * 1_000
+    assert measured["recomputed_tokens"] == 40 * 7_000 and blind["recomputed_tokens"] == 0
 
 
 @pytest.mark.parametrize(("output_tokens", "winner"), [(20, 0), (1_000, 1)])
@@ -335,6 +338,35 @@ def test_only_the_free_part_of_a_kv_turns_over_with_what_competes_for_it() -> No
     s.ledger.released(running, 0)
     s.ledger.refresh(clock.now_s)
     assert s.ledger.residency_s[0] == pytest.approx(s.ledger.residency_s[1])
+
+
+def test_a_prefix_computed_again_turns_the_kv_over_but_is_no_new_working_set() -> None:
+    # Both replicas hold 10k tokens and were sent 8k of prefixes. Then ten requests on r0,
+    # which the index said hit its 4k prefix, were computed in full by the engine (evicted,
+    # or raced by a request computing it at the same moment): 40k tokens through r0's KV.
+    fleet = [deployment(f"r{i}", kv_capacity_tokens=10_000) for i in range(2)]
+    clock = FakeClock(0.0)
+    s = scorer(fleet, clock)
+    for position in (0, 1):
+        s.ledger.released(s.ledger.dispatched(position, 8_000, prompt_tokens=8_000), 1)
+    for _ in range(10):
+        s.ledger.released(s.ledger.dispatched(0, 0.0, prompt_tokens=4_000), 1,
+                          EngineUsage(4_000, 0))
+    clock.now_s = 10.0
+    s.ledger.placed.expire(clock.now_s)
+    s.ledger.refresh(clock.now_s)
+    stats = s.ledger.describe()
+    # The footprint: what each was sent, alike; a cold 4k prefix evicts nothing on either,
+    # and the tie goes by the fill, equal: no replica looks 40k fuller than the other.
+    assert stats["r0"]["placed_tokens"] == stats["r1"]["placed_tokens"] == 8_000
+    assert stats["r0"]["recomputed_tokens"] == 40_000
+    _, explanation = pick(s, fleet, 2_000, [0, 0])
+    candidates = explanation["candidates"]
+    assert isinstance(candidates, dict)
+    assert not any("eviction_ms" in c for c in candidates.values())
+    # The turnover: r0's blocks last (10k / 48k) of the 10 s, r1's the whole horizon.
+    assert s.ledger.residency_s[0] == pytest.approx(10.0 * 10_000 / 48_000, rel=0.05)
+    assert math.isinf(s.ledger.residency_s[1])
 
 
 def test_links_a_request_in_flight_shares_are_pinned_until_it_ends() -> None:

@@ -72,6 +72,11 @@ class SharesPlacements(Protocol):
         """The deployments' shared placed-KV counts; None when there is no board for them."""
         ...
 
+    def match_now(self, hashes: Sequence[int], deployment_ids: Sequence[str]) -> list[int]:
+        """:meth:`AffinityIndex.match`, at once (a decision held under the workers' lock
+        reads the index again: another worker may have just placed the same prompt)."""
+        ...
+
 
 class MemoryAffinityIndex:
     """Per deployment, block hash -> the second it was last served; per block, who holds it.

@@ -80,8 +80,10 @@ class PrefixKVAware(StrategyDefaults):
         self._clock = clock
         # With workers sharing the index, they share what they placed on each replica too:
         # otherwise each prices KV footprints with its own placements only.
-        shared = (index.shared_placements(self._ids, settings.ttl_s)
-                  if isinstance(index, SharesPlacements) else None)
+        shared, self._match_now = None, None
+        if isinstance(index, SharesPlacements):
+            shared = index.shared_placements(self._ids, settings.ttl_s)
+            self._match_now = index.match_now
         self._scorer = TTFTScorer(self.name, deployments, settings,
                                   block_tokens=max(1, settings.block_chars // 4), clock=clock,
                                   shared_placements=shared)
@@ -89,28 +91,31 @@ class PrefixKVAware(StrategyDefaults):
     async def prepare(self, call: Call) -> None:
         fp = fingerprint(call, block_chars=self._settings.block_chars, memo=self._memo,
                          image_tokens=self._image_tokens)
-        if fp.hashes:
-            counts = await self._index.match(fp.hashes, self._ids)
-            sent = counts
-            if self._served is not None and self._scorer.ledger.turning_over:
-                counts = self._resident_links(fp.hashes, counts)
-            # NOTE: tokens per distinct count, summed on demand: a few groups of deployments
-            # match alike, and a running total of every link costs more than the lookup.
-            if counts and counts.count(counts[0]) == len(counts):  # cold, or held by all
-                tokens = fp.tokens_in_first(counts[0])
-                call.routing_state = PrefixState(fp, [tokens] * len(counts), counts, tokens)
-            else:
-                tokens_at = {count: fp.tokens_in_first(count) for count in set(counts)}
-                call.routing_state = PrefixState(fp, list(map(tokens_at.__getitem__, counts)),
-                                                  counts, max(tokens_at.values(), default=0))
-            if sent is not counts and sent != counts:
-                state: PrefixState = call.routing_state
-                state.known_tokens = [
-                    fp.tokens_in_first(s) - m if s > c else 0
-                    for s, c, m in zip(sent, counts, state.matched_tokens, strict=True)]
-        else:
+        counts = await self._index.match(fp.hashes, self._ids) if fp.hashes else []
+        call.routing_state = self._state(fp, counts)
+
+    def _state(self, fp: Fingerprint, counts: list[int]) -> PrefixState:
+        """What ``counts`` (the index's links per deployment) say each holds of ``fp``."""
+        if not fp.hashes:
             none = [0] * len(self._deployments)
-            call.routing_state = PrefixState(fp, none, none, 0)
+            return PrefixState(fp, none, none, 0)
+        sent = counts
+        if self._served is not None and self._scorer.ledger.turning_over:
+            counts = self._resident_links(fp.hashes, counts)
+        # NOTE: tokens per distinct count, summed on demand: a few groups of deployments
+        # match alike, and a running total of every link costs more than the lookup.
+        if counts and counts.count(counts[0]) == len(counts):  # cold, or held by all
+            tokens = fp.tokens_in_first(counts[0])
+            state = PrefixState(fp, [tokens] * len(counts), counts, tokens)
+        else:
+            tokens_at = {count: fp.tokens_in_first(count) for count in set(counts)}
+            state = PrefixState(fp, list(map(tokens_at.__getitem__, counts)), counts,
+                                max(tokens_at.values(), default=0))
+        if sent is not counts and sent != counts:
+            state.known_tokens = [
+                fp.tokens_in_first(s) - m if s > c else 0
+                for s, c, m in zip(sent, counts, state.matched_tokens, strict=True)]
+        return state
 
     def _resident_links(self, hashes: Sequence[int], counts: list[int]) -> list[int]:
         """``counts`` (leading links each deployment served within the TTL) cut, on replicas
@@ -140,6 +145,25 @@ class PrefixKVAware(StrategyDefaults):
 
     def choose(self, call: Call, candidates: Sequence[Deployment]) -> RouteDecision:
         state: PrefixState = call.routing_state
+        placed = self._scorer.ledger.placed
+        if (not placed.shared or self._match_now is None
+                or 2 * state.best_match_tokens >= state.fingerprint.total_tokens):
+            return self._choose(state, candidates)
+        # NOTE: where a cold prefix goes depends on what the other workers did a moment ago:
+        # read the index and their placements again, decide, and publish both as one step
+        # across workers. Otherwise two workers deciding at once both take the same emptiest
+        # replica (an opening burst of 12 images on 2 workers: 7/5 in one run of two), or
+        # two first requests for one image place it on both replicas (13 cold decisions
+        # for 12 images, the 13th evicting one).
+        with placed.exclusive():
+            fp = state.fingerprint
+            state = call.routing_state = self._state(fp, self._match_now(fp.hashes, self._ids))
+            decision = self._choose(state, candidates, reserve=True)
+            self._index.record(decision.deployment.id, fp.hashes)
+        return decision
+
+    def _choose(self, state: PrefixState, candidates: Sequence[Deployment], *,
+                reserve: bool = False) -> RouteDecision:
         positions: list[int] | None = None
         if candidates == self._deployments:  # the first attempt, usually: no reordering
             matched: Sequence[int] = state.matched_tokens
@@ -152,7 +176,7 @@ class PrefixKVAware(StrategyDefaults):
         prompt_tokens = state.fingerprint.total_tokens
         decision, _ = self._scorer.choose(
             candidates, prompt_tokens, matched, state.best_match_tokens, positions=positions,
-            known=known)
+            known=known, reserve=reserve)
         explanation = decision.explanation
         explanation["matched_blocks"] = state.matched_blocks[
             self._position[decision.deployment]]

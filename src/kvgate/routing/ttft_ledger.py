@@ -45,6 +45,11 @@ class Ledger:
         self.replicas = [Replica(settings, d.settings.kv_capacity_tokens)
                          for d in self.deployments]
         self.placed = PlacedTokens(len(self.deployments), settings.ttl_s, shared_placements)
+        #: Per replica, tokens its engine computed again within the horizon although they
+        #: were placed there (evicted, or computed twice by requests racing for a prefix):
+        #: they turn its KV over (residency) but are no new working set (the footprint).
+        #: This worker's own (not shared: a worker's view of others' misses adds little).
+        self.recomputed = PlacedTokens(len(self.deployments), settings.ttl_s)
         self._clock = clock
         self._chunk = float(settings.prefill_chunk_tokens)
         self._horizon_s = settings.ttl_s
@@ -138,14 +143,16 @@ class Ledger:
         # ago is gone once more than the KV's size in new tokens came in since, i.e. after
         # capacity / inflow seconds, the inflow being the tokens placed there per second.
         placed = self.placed.totals()
+        self.recomputed.expire(now_s)
+        recomputed = self.recomputed.totals()
         window_s = max(1.0, min(self._horizon_s, now_s - self._started_s))
         turning = []
         for position, replica in enumerate(self.replicas):
             resident = min(self.resident[position], replica.capacity_tokens)
             free = replica.capacity_tokens - resident
             # The free part turns over with the inflow that competes for it: what was
-            # placed, less what sits pinned by the requests running now.
-            churn = placed[position] - resident
+            # placed or computed again, less what sits pinned by the requests running now.
+            churn = placed[position] + recomputed[position] - resident
             if churn > free:
                 self.residency_s[position] = window_s * free / churn
                 turning.append(position)
@@ -231,9 +238,13 @@ class Ledger:
             replica.rescale()
             missed = (1.0 - usage.cached_share) * ticket.prompt_tokens - ticket.uncached_tokens
             if missed > 0:
-                # What it recomputed beyond the estimate entered its KV too: the footprint
-                # is of what it really took in (the eviction clock of _residency_s).
-                self.placed.add(ticket.position, missed, now_s)
+                # What it computed beyond the estimate entered its KV too and turns it over
+                # (the eviction clock of _refresh_residency). NOTE: not as placed tokens:
+                # they were placed there already, and counted as new working set they made
+                # a replica look fuller than it is. With two workers, requests for an image
+                # raced its first prefill and computed it twice; the replica then looked to
+                # hold one image more than it did, and took the 7th of 12 images that fit 6.
+                self.recomputed.add(ticket.position, missed, now_s)
         self._add_resident(ticket.position, -ticket.kv_tokens)
         if ticket.shared_key is not None:
             sharing = self._sharing[ticket.position]
@@ -342,6 +353,7 @@ class Ledger:
                 "decoding_requests": replica.decoding,
                 "mean_output_tokens": round(replica.mean_output, 1),
                 "placed_tokens": round(placed[position], 1),
+                "recomputed_tokens": round(self.recomputed.totals()[position], 1),
                 "kv_residency_s": (None if math.isinf(self.residency_s[position])
                                    else round(self.residency_s[position], 1)),
                 "resident_tokens": round(self.resident[position], 1),

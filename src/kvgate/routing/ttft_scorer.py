@@ -94,6 +94,7 @@ class TTFTScorer:
                offloaded: Sequence[float] | None = None,
                details: Mapping[Deployment, Mapping[str, Any]] | None = None,
                known: Sequence[float] | None = None,
+               reserve: bool = False,
                ) -> tuple[RouteDecision, int]:
         """The decision and the chosen candidate's index in ``candidates``.
 
@@ -105,29 +106,10 @@ class TTFTScorer:
         in order). ``known[i]``: tokens of the prompt beyond those it holds that
         ``candidates[i]`` was sent within the horizon (its placed tokens count them already):
         taking them there again restores its working set instead of growing it.
+        ``reserve``: the pick's uncached tokens are placed at once, for the other workers
+        to see (call within ``ledger.placed.exclusive()``; the dispatch does not count
+        them again).
         """
-        placed = self.ledger.placed
-        if not placed.shared or 2.0 * best_match >= prompt_tokens:
-            return self._choose(candidates, prompt_tokens, matched, best_match,
-                                positions=positions, offloaded=offloaded, details=details,
-                                known=known, reserve=False)
-        # NOTE: where a cold prefix goes depends on what the other workers placed a moment
-        # ago: read theirs, decide and publish this placement as one step across workers,
-        # or two workers deciding at once both take the same emptiest replica (the workers
-        # benchmark's opening burst of 12 images on 2 workers: 7/5 in one run of two).
-        with placed.exclusive():
-            return self._choose(candidates, prompt_tokens, matched, best_match,
-                                positions=positions, offloaded=offloaded, details=details,
-                                known=known, reserve=True)
-
-    def _choose(self, candidates: Sequence[Deployment], prompt_tokens: float,
-                matched: Sequence[float], best_match: float, *,
-                positions: Sequence[int] | None,
-                offloaded: Sequence[float] | None,
-                details: Mapping[Deployment, Mapping[str, Any]] | None,
-                known: Sequence[float] | None,
-                reserve: bool) -> tuple[RouteDecision, int]:
-        """:meth:`choose`; with ``reserve``, the pick's placement is published at once."""
         now_s = self._clock()
         ledger = self.ledger
         if now_s - self._refreshed_s >= _REFRESH_S:
