@@ -342,8 +342,9 @@ def test_only_the_free_part_of_a_kv_turns_over_with_what_competes_for_it() -> No
 
 def test_a_prefix_computed_again_turns_the_kv_over_but_is_no_new_working_set() -> None:
     # Both replicas hold 10k tokens and were sent 8k of prefixes. Then ten requests on r0,
-    # which the index said hit its 4k prefix, were computed in full by the engine (evicted,
-    # or raced by a request computing it at the same moment): 40k tokens through r0's KV.
+    # which the index said hit its 4k prefix, were computed in full by the engine: r0 holds
+    # what it was sent, so not evicted but computed twice (requests racing the prefix's
+    # first prefill): 40k tokens through r0's KV.
     fleet = [deployment(f"r{i}", kv_capacity_tokens=10_000) for i in range(2)]
     clock = FakeClock(0.0)
     s = scorer(fleet, clock)
@@ -402,3 +403,20 @@ def test_pinned_links_are_the_longest_shared_run_by_hand(seed: int) -> None:
     for _ in range(20):
         query = [*trunk[:rng.randrange(41)], rng.getrandbits(64)]
         assert s.ledger.pinned_links(0, query) == max(_shared_run(c, query) for c in chains)
+
+
+def test_a_prefix_computed_again_where_more_was_sent_than_fits_counts_as_placed() -> None:
+    # r0 holds 10k tokens and was sent 12k, so its KV turns over: what its engine computes
+    # again was evicted, and counts in its footprint (a replica that thrashes looks as full
+    # as it is), not only in its turnover.
+    fleet = [deployment(f"r{i}", kv_capacity_tokens=10_000) for i in range(2)]
+    s = scorer(fleet, FakeClock(0.0))
+    s.ledger.released(s.ledger.dispatched(0, 12_000, prompt_tokens=12_000), 1)
+    s.ledger.refresh(0.0)
+    assert s.ledger.residency_s[0] < SETTINGS.ttl_s  # it turns over
+    for _ in range(10):
+        s.ledger.released(s.ledger.dispatched(0, 0.0, prompt_tokens=4_000), 1,
+                          EngineUsage(4_000, 0))
+    stats = s.ledger.describe()["r0"]
+    assert stats["placed_tokens"] == 12_000 + 40_000
+    assert stats["recomputed_tokens"] == 0

@@ -45,10 +45,9 @@ class Ledger:
         self.replicas = [Replica(settings, d.settings.kv_capacity_tokens)
                          for d in self.deployments]
         self.placed = PlacedTokens(len(self.deployments), settings.ttl_s, shared_placements)
-        #: Per replica, tokens its engine computed again within the horizon although they
-        #: were placed there (evicted, or computed twice by requests racing for a prefix):
-        #: they turn its KV over (residency) but are no new working set (the footprint).
-        #: This worker's own (not shared: a worker's view of others' misses adds little).
+        #: Per replica, tokens its engine computed twice within the horizon while it held
+        #: what it was sent (requests racing a prefix's first prefill): they turn its KV
+        #: over (residency) but are no working set (see ``released``). This worker's own.
         self.recomputed = PlacedTokens(len(self.deployments), settings.ttl_s)
         self._clock = clock
         self._chunk = float(settings.prefill_chunk_tokens)
@@ -239,12 +238,17 @@ class Ledger:
             missed = (1.0 - usage.cached_share) * ticket.prompt_tokens - ticket.uncached_tokens
             if missed > 0:
                 # What it computed beyond the estimate entered its KV too and turns it over
-                # (the eviction clock of _refresh_residency). NOTE: not as placed tokens:
-                # they were placed there already, and counted as new working set they made
-                # a replica look fuller than it is. With two workers, requests for an image
-                # raced its first prefill and computed it twice; the replica then looked to
-                # hold one image more than it did, and took the 7th of 12 images that fit 6.
-                self.recomputed.add(ticket.position, missed, now_s)
+                # (the eviction clock of _refresh_residency). Where its KV turns over within
+                # the horizon it was evicted: it counts as placed, the footprint of a replica
+                # that thrashes (without it, a simulated images run sent lost images back to
+                # the replica recomputing them: hit rate .955 -> .912). NOTE: where the KV
+                # holds what it was sent, the engine computed a prefix twice (requests racing
+                # its first prefill): counted as placed, with two workers the replica looked
+                # one image fuller than it was and took the 7th of 12 images that fit 6.
+                if math.isinf(self.residency_s[ticket.position]):
+                    self.recomputed.add(ticket.position, missed, now_s)
+                else:
+                    self.placed.add(ticket.position, missed, now_s)
         self._add_resident(ticket.position, -ticket.kv_tokens)
         if ticket.shared_key is not None:
             sharing = self._sharing[ticket.position]
