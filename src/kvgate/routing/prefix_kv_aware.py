@@ -156,8 +156,9 @@ class PrefixKVAware(StrategyDefaults):
         # two first requests for one image place it on both replicas (13 cold decisions
         # for 12 images, the 13th evicting one).
         with placed.exclusive():
-            fp = state.fingerprint
+            fp, ticket = state.fingerprint, state.ticket
             state = call.routing_state = self._state(fp, self._match_now(fp.hashes, self._ids))
+            state.ticket = ticket  # a previous attempt's, until this one is dispatched
             decision = self._choose(state, candidates, reserve=True)
             self._index.record(decision.deployment.id, fp.hashes)
         return decision
