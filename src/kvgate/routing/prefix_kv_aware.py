@@ -53,6 +53,9 @@ class PrefixState:
     known_tokens: list[int] | None = None
     #: The current attempt's ledger entry (attempts are sequential).
     ticket: Ticket | None = None
+    #: Where the prompt's links were recorded at the decision (a cold one under the
+    #: workers' lock): its dispatch there need not record them again.
+    recorded_on: Deployment | None = None
 
 
 class PrefixKVAware(StrategyDefaults):
@@ -161,6 +164,7 @@ class PrefixKVAware(StrategyDefaults):
             state.ticket = ticket  # a previous attempt's, until this one is dispatched
             decision = self._choose(state, candidates, reserve=True)
             self._index.record(decision.deployment.id, fp.hashes)
+            state.recorded_on = decision.deployment
         return decision
 
     def _choose(self, state: PrefixState, candidates: Sequence[Deployment], *,
@@ -186,7 +190,8 @@ class PrefixKVAware(StrategyDefaults):
 
     def _record(self, call: Call, deployment: Deployment) -> PrefixState | None:
         state: PrefixState | None = call.routing_state
-        if state is not None and state.fingerprint.hashes:
+        if (state is not None and state.fingerprint.hashes
+                and state.recorded_on is not deployment):
             self._index.record(deployment.id, state.fingerprint.hashes)
         return state
 

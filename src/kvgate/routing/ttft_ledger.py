@@ -339,7 +339,7 @@ class Ledger:
 
     def describe(self) -> dict[str, dict[str, Any]]:
         """Per deployment id: the learned figures and the ledger, for ``/admin/stats``."""
-        placed = self.placed.totals()
+        placed, recomputed = self.placed.totals(), self.recomputed.totals()
         out: dict[str, dict[str, Any]] = {}
         for position, (replica, deployment) in enumerate(
                 zip(self.replicas, self.deployments, strict=True)):
@@ -357,7 +357,7 @@ class Ledger:
                 "decoding_requests": replica.decoding,
                 "mean_output_tokens": round(replica.mean_output, 1),
                 "placed_tokens": round(placed[position], 1),
-                "recomputed_tokens": round(self.recomputed.totals()[position], 1),
+                "recomputed_tokens": round(recomputed[position], 1),
                 "kv_residency_s": (None if math.isinf(self.residency_s[position])
                                    else round(self.residency_s[position], 1)),
                 "resident_tokens": round(self.resident[position], 1),
