@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
@@ -92,6 +94,38 @@ async def test_streams_that_stop_at_done_still_reuse_the_connection(
             received += await events.__anext__()
         assert received == [b'{"a": 1}', b"[DONE]"]
         await events.aclose()  # the consumer stops at [DONE], as providers do
+    assert scripted.connections == 1
+    await http.aclose()
+
+
+async def test_a_stream_stopped_at_done_leaves_no_generator_to_the_loop(
+    server: tuple[Server, str]
+) -> None:
+    # Regression: the body iterator under a stream read up to [DONE] was left suspended, and
+    # asyncio's finalizer hook closed it through a self-pipe wake-up and a task per stream.
+    scripted, url = server
+    scripted.script = lambda n: sse(b"data: {\"a\": 1}\n\n", b"data: [DONE]\n\n")
+    http = upstream()
+    firstiter, finalizer = sys.get_asyncgen_hooks()
+    finalized: list[Any] = []
+
+    def counting(generator: Any) -> None:
+        finalized.append(generator)
+        assert finalizer is not None
+        finalizer(generator)
+
+    sys.set_asyncgen_hooks(firstiter, counting)
+    try:
+        for _ in range(3):
+            events = http.stream_events(url, b"{}")
+            received: list[bytes] = []
+            while b"[DONE]" not in received:
+                received += await events.__anext__()
+            await events.aclose()
+            del events
+    finally:
+        sys.set_asyncgen_hooks(firstiter, finalizer)
+    assert [g.__qualname__ for g in finalized] == []
     assert scripted.connections == 1
     await http.aclose()
 

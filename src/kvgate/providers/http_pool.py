@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -171,7 +171,7 @@ class _Connection(asyncio.Protocol):
         """Whether any response bytes arrived for the current request."""
         return self._got_bytes
 
-    async def body_chunks(self) -> AsyncIterator[bytes]:
+    async def body_chunks(self) -> AsyncGenerator[bytes, None]:
         """The response body as it arrives (chunked encoding already removed): everything
         that arrived since the last wake-up, joined, so a network read that carried several
         HTTP chunks (an engine's burst of tokens) costs one iteration, not one per chunk."""
@@ -306,7 +306,8 @@ class Exchange:
         self.status = status
         self._done = False
 
-    def chunks(self) -> AsyncIterator[bytes]:
+    def chunks(self) -> AsyncGenerator[bytes, None]:
+        """The body as it arrives; a caller that stops early must ``aclose`` it."""
         return self._connection.body_chunks()
 
     async def read(self) -> bytes:

@@ -158,8 +158,9 @@ class HTTPUpstream:
         await self._raise_for_status(exchange)
         complete = False
         pending = b""
+        body = exchange.chunks()
         try:
-            async for chunk in exchange.chunks():
+            async for chunk in body:
                 pending += chunk
                 if b"\n" not in chunk:
                     continue
@@ -173,6 +174,11 @@ class HTTPUpstream:
         except ConnectionLost as exc:
             raise UpstreamServerError(f"upstream stream cut: {exc}") from exc
         finally:
+            # NOTE: a stream's reader stops at [DONE], before the body's end: closed here,
+            # the body iterator is not left to the garbage collector, whose asyncio hook
+            # wakes the loop through its self-pipe and runs a task to close it (two syscalls
+            # and a task per stream: a tenth of a streamed request's CPU, py-spy).
+            await body.aclose()
             exchange.close(complete=complete)
         if pending.startswith(b"data:"):
             yield [pending[5:].strip()]
