@@ -81,6 +81,16 @@ async def test_sequential_requests_reuse_one_connection(server: tuple[Server, st
     await http.aclose()
 
 
+async def _read_to_done(http: HTTPUpstream, url: str) -> list[bytes]:
+    """A stream's events up to [DONE], then closed there, as providers do."""
+    events = http.stream_events(url, b"{}")
+    received: list[bytes] = []
+    while b"[DONE]" not in received:  # one batch per network read, however they split
+        received += await events.__anext__()
+    await events.aclose()
+    return received
+
+
 async def test_streams_that_stop_at_done_still_reuse_the_connection(
     server: tuple[Server, str]
 ) -> None:
@@ -88,12 +98,7 @@ async def test_streams_that_stop_at_done_still_reuse_the_connection(
     scripted.script = lambda n: sse(b"data: {\"a\": 1}\n\n", b"data: [DONE]\n\n")
     http = upstream()
     for _ in range(3):
-        events = http.stream_events(url, b"{}")
-        received: list[bytes] = []
-        while b"[DONE]" not in received:  # one batch per network read, however they split
-            received += await events.__anext__()
-        assert received == [b'{"a": 1}', b"[DONE]"]
-        await events.aclose()  # the consumer stops at [DONE], as providers do
+        assert await _read_to_done(http, url) == [b'{"a": 1}', b"[DONE]"]
     assert scripted.connections == 1
     await http.aclose()
 
@@ -117,12 +122,7 @@ async def test_a_stream_stopped_at_done_leaves_no_generator_to_the_loop(
     sys.set_asyncgen_hooks(firstiter, counting)
     try:
         for _ in range(3):
-            events = http.stream_events(url, b"{}")
-            received: list[bytes] = []
-            while b"[DONE]" not in received:
-                received += await events.__anext__()
-            await events.aclose()
-            del events
+            await _read_to_done(http, url)
     finally:
         sys.set_asyncgen_hooks(firstiter, finalizer)
     assert [g.__qualname__ for g in finalized] == []

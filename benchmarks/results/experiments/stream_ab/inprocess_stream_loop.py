@@ -13,33 +13,12 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import MutableMapping
-from typing import Any
 
-from kvgate.api.app import KVGateApp, create_app
+from kvgate.api.app import create_app
 from kvgate.bench.gateway_overhead import CHAT_BODY, STREAM_BODY, wait_port
 from kvgate.bench.processes import free_port
+from kvgate.bench.routing_cost import _serve_one as serve
 from kvgate.config.schema import Settings
-
-SCOPE = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
-         "headers": [(b"content-type", b"application/json")]}
-
-
-async def serve(app: KVGateApp, body: bytes) -> None:
-    delivered = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal delivered
-        if not delivered:
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await asyncio.Event().wait()  # the client never leaves
-        raise AssertionError("unreachable")
-
-    async def send(message: MutableMapping[str, Any]) -> None:
-        return None
-
-    await app(SCOPE, receive, send)
 
 
 async def measure(mode: str, requests: int, port: int) -> dict[str, list[float]]:
