@@ -177,7 +177,7 @@ class HTTPUpstream:
             # NOTE: a stream's reader stops at [DONE], before the body's end: closed here,
             # the body iterator is not left to the garbage collector, whose asyncio hook
             # wakes the loop through its self-pipe and runs a task to close it (two syscalls
-            # and a task per stream: a tenth of a streamed request's CPU, py-spy).
+            # and a task per stream: 3% of a streamed request's CPU at c=32, measured).
             await body.aclose()
             exchange.close(complete=complete)
         if pending.startswith(b"data:"):

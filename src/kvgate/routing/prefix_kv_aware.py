@@ -86,7 +86,8 @@ class PrefixKVAware(StrategyDefaults):
         shared, self._match_now = None, None
         if isinstance(index, SharesPlacements):
             shared = index.shared_placements(self._ids, settings.ttl_s)
-            self._match_now = index.match_now
+            if shared is not None:  # cold decisions are then taken under the workers' lock
+                self._match_now = index.match_now
         self._scorer = TTFTScorer(self.name, deployments, settings,
                                   block_tokens=max(1, settings.block_chars // 4), clock=clock,
                                   shared_placements=shared)
@@ -148,8 +149,7 @@ class PrefixKVAware(StrategyDefaults):
 
     def choose(self, call: Call, candidates: Sequence[Deployment]) -> RouteDecision:
         state: PrefixState = call.routing_state
-        placed = self._scorer.ledger.placed
-        if (not placed.shared or self._match_now is None
+        if (self._match_now is None
                 or 2 * state.best_match_tokens >= state.fingerprint.total_tokens):
             return self._choose(state, candidates)
         # NOTE: where a cold prefix goes depends on what the other workers did a moment ago:
@@ -158,7 +158,7 @@ class PrefixKVAware(StrategyDefaults):
         # replica (an opening burst of 12 images on 2 workers: 7/5 in one run of two), or
         # two first requests for one image place it on both replicas (13 cold decisions
         # for 12 images, the 13th evicting one).
-        with placed.exclusive():
+        with self._scorer.ledger.placed.exclusive():
             fp, ticket = state.fingerprint, state.ticket
             state = call.routing_state = self._state(fp, self._match_now(fp.hashes, self._ids))
             state.ticket = ticket  # a previous attempt's, until this one is dispatched
