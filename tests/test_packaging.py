@@ -66,10 +66,11 @@ def core(tmp_path_factory: pytest.TempPathFactory) -> CoreVenv:
     root = tmp_path_factory.mktemp("packaging")
     project = root / "project"
     project.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy2(REPO / name, project / name)
+    # The C extension is compiled by this install, not copied from the working tree's build.
     shutil.copytree(REPO / "src", project / "src",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "*.so"))
     venv = CoreVenv(root / "venv", root)
     subprocess.run([sys.executable, "-m", "venv", str(venv.root)], check=True, timeout=120)
     installed = subprocess.run(
@@ -95,6 +96,11 @@ def test_the_core_install_has_no_bench_redis_numpy_or_second_http_client(
     # The installed package is used, not the repository's sources.
     where = core.run(core.python, "-c", "import kvgate; print(kvgate.__file__)")
     assert str(core.root) in where.stdout, where.stdout
+    # The install compiled the affinity index's C core, and the index uses it.
+    native = core.run(core.python, "-c",
+                      "from kvgate.routing.affinity import MemoryAffinityIndex as M; "
+                      "print(type(M(max_blocks_per_deployment=1, ttl_s=1).core).__name__)")
+    assert native.stdout.strip() == "NativeAffinityCore", native.stdout + native.stderr
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as redis_async
 
 from kvgate.routing.affinity import AffinityIndex, MemoryAffinityIndex
+from kvgate.routing.affinity_core import PyAffinityCore
 from kvgate.routing.affinity_redis import RedisAffinityIndex
 from kvgate.routing.affinity_shm import SharedMemoryAffinityIndex
 from kvgate.routing.shm_table import AffinityTable
@@ -23,10 +24,14 @@ def redis_url() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(params=["memory", "shared_memory", "redis"])
+@pytest.fixture(params=["memory", "memory_python_core", "shared_memory", "redis"])
 async def index(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[AffinityIndex]:
     if request.param == "memory":
         yield MemoryAffinityIndex(max_blocks_per_deployment=1000, ttl_s=60)
+        return
+    if request.param == "memory_python_core":
+        yield MemoryAffinityIndex(max_blocks_per_deployment=1000, ttl_s=60,
+                                  core=PyAffinityCore(1000))
         return
     if request.param == "shared_memory":
         yield SharedMemoryAffinityIndex(AffinityTable.private(4000), namespace="m", ttl_s=60)
@@ -76,13 +81,14 @@ async def test_concurrent_records_and_matches(index: AffinityIndex) -> None:
     assert all(r == [2] for r in results)
 
 
-@pytest.mark.parametrize("backend", ["memory", "shared_memory"])
+@pytest.mark.parametrize("backend", ["memory", "memory_python_core", "shared_memory"])
 def test_entries_expire_after_ttl_and_refresh_on_use(backend: str) -> None:
     """The in-process backends on a clock the test moves (Redis expires keys on its own)."""
     clock = FakeClock()
+    core = PyAffinityCore(100) if backend == "memory_python_core" else None
     index: MemoryAffinityIndex | SharedMemoryAffinityIndex = (
-        MemoryAffinityIndex(max_blocks_per_deployment=100, ttl_s=30, clock=clock)
-        if backend == "memory" else SharedMemoryAffinityIndex(
+        MemoryAffinityIndex(max_blocks_per_deployment=100, ttl_s=30, clock=clock, core=core)
+        if backend.startswith("memory") else SharedMemoryAffinityIndex(
             AffinityTable.private(100_000), namespace="m", ttl_s=30, clock=clock))
     index.record("a", [1, 2])
     clock.now_s += 20

@@ -1,21 +1,33 @@
 """The in-memory affinity index: leading-run matches (the same as a walk per deployment),
-LRU bound, memory per entry (the TTL: test_affinity_contract.py)."""
+LRU bound, memory per entry (the TTL: test_affinity_contract.py), each on both cores: the C
+one and the pure-Python one."""
 
 from __future__ import annotations
 
 import random
-import sys
 from collections.abc import Sequence
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvgate.routing.affinity import MemoryAffinityIndex
+from kvgate.routing.affinity_core import new_core
 from tests.support.clock import FakeClock
 
+#: Every test here runs on both cores.
+pytestmark = pytest.mark.parametrize("native", [True, False], ids=["c_core", "python_core"])
 
-def test_match_counts_only_the_leading_run() -> None:
-    index = MemoryAffinityIndex(max_blocks_per_deployment=100, ttl_s=60)
+
+def memory_index(max_blocks: int, ttl_s: float, native: bool,
+                 clock: FakeClock | None = None) -> MemoryAffinityIndex:
+    return MemoryAffinityIndex(max_blocks_per_deployment=max_blocks, ttl_s=ttl_s,
+                               core=new_core(max_blocks, native=native),
+                               **({"clock": clock} if clock is not None else {}))
+
+
+def test_match_counts_only_the_leading_run(native: bool) -> None:
+    index = memory_index(100, 60, native)
     index.record("a", [1, 2, 3, 4])
     index.record("b", [1, 2, 9])
     assert index.match_now([1, 2, 3, 4, 5], ["a", "b", "c"]) == [4, 2, 0]
@@ -23,8 +35,8 @@ def test_match_counts_only_the_leading_run() -> None:
     assert index.match_now([7, 2, 3], ["a"]) == [0]
 
 
-def test_lru_bound_evicts_tails_before_heads() -> None:
-    index = MemoryAffinityIndex(max_blocks_per_deployment=5, ttl_s=60)
+def test_lru_bound_evicts_tails_before_heads(native: bool) -> None:
+    index = memory_index(5, 60, native)
     index.record("a", [1, 2, 3, 4])
     index.record("a", [10, 11, 12])
     assert index.size() == 5
@@ -33,8 +45,8 @@ def test_lru_bound_evicts_tails_before_heads() -> None:
     assert index.match_now([1, 2, 3, 4], ["a"]) == [2]
 
 
-def test_forget_drops_a_deployment() -> None:
-    index = MemoryAffinityIndex(max_blocks_per_deployment=10, ttl_s=60)
+def test_forget_drops_a_deployment(native: bool) -> None:
+    index = memory_index(10, 60, native)
     index.record("a", [1, 2])
     index.forget("a")
     assert index.match_now([1, 2], ["a"]) == [0]
@@ -84,9 +96,9 @@ operations = st.lists(st.tuples(
 @given(ops=operations, max_blocks=st.integers(1, 6))
 @settings(max_examples=300, deadline=None)
 def test_matches_what_a_walk_per_deployment_finds(
-        ops: list[tuple[str, str, list[int], int]], max_blocks: int) -> None:
+        ops: list[tuple[str, str, list[int], int]], max_blocks: int, native: bool) -> None:
     clock = FakeClock()
-    index = MemoryAffinityIndex(max_blocks_per_deployment=max_blocks, ttl_s=30, clock=clock)
+    index = memory_index(max_blocks, 30, native, clock)
     reference = ReferenceIndex(max_blocks, 30, clock)
     queried = ["a", "b", "c", "d", "e", "f"]
     for op, deployment_id, hashes, seconds in ops:
@@ -102,9 +114,10 @@ def test_matches_what_a_walk_per_deployment_finds(
         assert index.match_now(hashes, queried[::-1]) == reference.match(hashes, queried[::-1])
 
 
-def test_many_groups_of_deployments_matching_different_lengths() -> None:
-    # More distinct match lengths than a byte can count, then a few: both ways to spread them.
-    index = MemoryAffinityIndex(max_blocks_per_deployment=1000, ttl_s=60)
+def test_many_groups_of_deployments_matching_different_lengths(native: bool) -> None:
+    # More distinct match lengths than a byte can count, then a few: both ways to spread them
+    # (and, for the C core, holder sets of five 64-bit words).
+    index = memory_index(1000, 60, native)
     chain = list(range(1, 400))
     names = [f"d{i}" for i in range(300)]
     for length, name in enumerate(names):
@@ -113,22 +126,15 @@ def test_many_groups_of_deployments_matching_different_lengths() -> None:
     assert index.match_now(chain[:2], names[:4]) == [0, 1, 2, 2]
 
 
-def test_one_million_blocks_fit_in_125_mb() -> None:
+def test_one_million_blocks_fit_in_125_mb(native: bool) -> None:
     # The worst case: no block shared between deployments (a shared prefix costs less per
-    # entry: one holder mask for all its deployments).
-    index = MemoryAffinityIndex(max_blocks_per_deployment=250_000, ttl_s=600)
+    # entry: one holder set for all its deployments).
+    index = memory_index(250_000, 600, native)
     rng = random.Random(1)
     for deployment in ("a", "b", "c", "d"):
         for _ in range(0, 250_000, 5_000):
             index.record(deployment, [rng.getrandbits(64) for _ in range(5_000)])
     assert index.size() == 1_000_000
-    # Everything the index holds: the LRU dicts' and the holder masks' tables, and the objects
-    # they point to, each counted once (keys are shared between the two; ticks are shared
-    # per-second int objects).
-    tables = [*index._blocks.values(), index._holders]
-    table_bytes = sum(sys.getsizeof(t) for t in tables)
-    objects = {id(o): o for t in tables for item in t.items() for o in item}
-    object_bytes = sum(sys.getsizeof(o) for o in objects.values())
-    total_mb = (table_bytes + object_bytes) / 1e6
-    print(f"1M tracked blocks: {total_mb:.1f} MB")
+    total_mb = index.core.memory_bytes() / 1e6
+    print(f"1M tracked blocks ({'C' if native else 'Python'} core): {total_mb:.1f} MB")
     assert total_mb < 125

@@ -1,0 +1,108 @@
+"""The affinity index's C core: built by the install (CI requires it), the same answers as
+the Python core over long random runs that grow, shrink and reuse its tables, and bad input
+refused without a change."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from kvgate.routing.affinity import MemoryAffinityIndex
+from kvgate.routing.affinity_core import NATIVE_AVAILABLE, PyAffinityCore, new_core
+from tests.support.clock import FakeClock
+
+
+def test_the_install_built_the_c_core_and_the_index_uses_it() -> None:
+    # `pip install -e .` compiles it (setup.py); the Python core is only for machines without
+    # a compiler, so CI fails here rather than quietly measuring the slow one.
+    from kvgate.routing._affinity_native import NativeAffinityCore
+
+    assert NATIVE_AVAILABLE
+    index = MemoryAffinityIndex(max_blocks_per_deployment=10, ttl_s=60)
+    assert isinstance(index.core, NativeAffinityCore)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_same_answers_as_the_python_core_over_a_long_random_run(seed: int) -> None:
+    """Thousands of operations over up to 150 deployments (holder sets of three words), a
+    bound that evicts, expiry, forgetting and re-recording: every match, size and served time
+    agrees with the Python core at every step."""
+    rng = random.Random(seed)
+    clock = FakeClock()
+    bound = rng.choice([50, 400, 5000])
+    indexes = [MemoryAffinityIndex(max_blocks_per_deployment=bound, ttl_s=30, clock=clock,
+                                   core=new_core(bound, native=native))
+               for native in (True, False)]
+    c_index, py_index = indexes
+    deployments = [f"d{i}" for i in range(rng.choice([3, 70, 150]))]
+    # Prompts share prefixes: a few roots, each extended by random tails.
+    roots = [[rng.getrandbits(64) for _ in range(rng.randint(1, 30))] for _ in range(8)]
+    prompts = [root + [rng.getrandbits(64) for _ in range(rng.randint(0, 40))]
+               for root in roots for _ in range(6)]
+    for _ in range(2500):
+        roll = rng.random()
+        prompt = rng.choice(prompts)[:rng.randint(0, 70)]
+        if roll < 0.45:
+            deployment = rng.choice(deployments)
+            for index in indexes:
+                index.record(deployment, prompt)
+        elif roll < 0.5:
+            clock.now_s += rng.choice([0.4, 3, 11])
+        elif roll < 0.52:
+            deployment = rng.choice(deployments)
+            for index in indexes:
+                index.forget(deployment)
+        queried = rng.sample(deployments, rng.randint(1, len(deployments)))
+        assert c_index.match_now(prompt, queried) == py_index.match_now(prompt, queried)
+        assert c_index.size() == py_index.size()
+        if prompt:
+            deployment, block = rng.choice(deployments), rng.choice(prompt)
+            assert c_index.served_s(deployment, block) == py_index.served_s(deployment, block)
+
+
+def test_bad_hashes_are_refused_and_change_nothing() -> None:
+    index = MemoryAffinityIndex(max_blocks_per_deployment=10, ttl_s=60)
+    index.record("a", [1, 2, 3])
+    with pytest.raises(TypeError):
+        index.record("a", [4, "5", 6])  # type: ignore[list-item]
+    with pytest.raises(OverflowError):  # block hashes are unsigned 64-bit values
+        index.record("a", [4, -5])
+    with pytest.raises(OverflowError):
+        index.record("a", [1 << 64])
+    assert index.size() == 3
+    assert index.match_now([4], ["a"]) == [0]
+    assert index.match_now([1, 2, 3], ["a"]) == [3]
+    # A value no block can have is simply not held; a non-integer is an error.
+    assert index.match_now([1, -2, 3], ["a"]) == [1]
+    assert index.served_s("a", -1) is None and index.served_s("a", 1 << 70) is None
+    with pytest.raises(TypeError):
+        index.match_now([1, "2"], ["a"])  # type: ignore[list-item]
+
+
+def test_core_rejects_misuse() -> None:
+    core = new_core(10, native=True)
+    with pytest.raises(ValueError):
+        core.record(-1, [1], 0)
+    with pytest.raises(TypeError):
+        core.match([1], [0])  # a query must come from prepare_query
+    assert core.match([1], core.prepare_query([0, 5000])) == [0, 0]
+    assert core.served(9999, 1) is None
+    core.forget(9999)  # a slot never seen: nothing to drop
+    assert core.expire(10) == PyAffinityCore(1).expire(10)  # nothing left: the same sentinel
+
+
+def test_reused_entries_after_eviction_keep_the_tables_consistent() -> None:
+    """A small bound turned over many times: freed entries and blocks are reused, and the
+    holder sets stay exact (a block held by two deployments survives one evicting it)."""
+    core = new_core(8, native=True)
+    shared = list(range(1, 5))
+    for round_number in range(2000):
+        core.record(0, [*shared, 1000 + round_number], round_number)
+        core.record(1, [*shared, 5000 + round_number % 7], round_number)
+    query = core.prepare_query([0, 1])
+    assert core.match(shared, query) == [4, 4]
+    assert core.size() == 16
+    core.forget(0)
+    assert core.match([*shared, 5000 + 1999 % 7], query) == [0, 5]
+    assert core.size() == 8
