@@ -40,23 +40,26 @@ typedef struct {
     Py_ssize_t count;
 } Lane;
 
+/* An open-addressed table of entry indices (NIL: empty), `mask + 1` a power of two. */
+typedef struct {
+    int32_t *entries;
+    uint64_t mask;
+} Table;
+
 typedef struct {
     PyObject_HEAD
     Py_ssize_t max_per_slot;
     Node *nodes;
     int32_t nodes_cap, nodes_top, free_node;
     Py_ssize_t live_nodes;
-    int32_t *ntab;
-    uint64_t ntab_mask;
-    Py_ssize_t ntab_fill;
+    Table ntab;
     uint64_t *bhash;
     int32_t *bcount;
     uint64_t *bmask;
     int32_t blocks_cap, blocks_top, free_block;
     Py_ssize_t live_blocks;
     int32_t words;
-    int32_t *btab;
-    uint64_t btab_mask;
+    Table btab;
     Lane *lanes;
     int32_t lanes_cap;
     int32_t *scratch_counts; /* words * 64 entries */
@@ -87,100 +90,75 @@ static int32_t *new_table(uint64_t cap) {
     return table;
 }
 
-/* -- (slot, hash) -> node ------------------------------------------------------------------ */
+/* -- the two tables: (slot, hash) -> node and hash -> block --------------------------------- */
+
+typedef uint64_t (*HomeFn)(const Core *c, int32_t entry);
+
+static inline uint64_t node_entry_home(const Core *c, int32_t n) {
+    return node_home(c->nodes[n].hash, c->nodes[n].slot);
+}
+
+static inline uint64_t block_entry_home(const Core *c, int32_t b) {
+    return mix64(c->bhash[b]);
+}
 
 static int32_t node_find(Core *c, uint64_t hash, int32_t slot, uint64_t *pos) {
-    uint64_t i = node_home(hash, slot) & c->ntab_mask;
+    uint64_t i = node_home(hash, slot) & c->ntab.mask;
     for (;;) {
-        int32_t n = c->ntab[i];
+        int32_t n = c->ntab.entries[i];
         if (n == NIL || (c->nodes[n].hash == hash && c->nodes[n].slot == slot)) {
             *pos = i;
             return n;
         }
-        i = (i + 1) & c->ntab_mask;
+        i = (i + 1) & c->ntab.mask;
     }
 }
-
-static void ntab_delete_at(Core *c, uint64_t hole) {
-    uint64_t mask = c->ntab_mask, probe = hole;
-    for (;;) {
-        probe = (probe + 1) & mask;
-        int32_t n = c->ntab[probe];
-        if (n == NIL) break;
-        uint64_t home = node_home(c->nodes[n].hash, c->nodes[n].slot) & mask;
-        if (!in_cyclic_range(hole, probe, home)) {
-            c->ntab[hole] = n;
-            hole = probe;
-        }
-    }
-    c->ntab[hole] = NIL;
-    c->ntab_fill--;
-}
-
-static int ntab_reserve(Core *c) {
-    uint64_t cap = c->ntab_mask + 1;
-    if ((uint64_t)(c->ntab_fill + 1) * 2 <= cap) return 0;
-    uint64_t new_cap = cap * 2, new_mask = new_cap - 1;
-    int32_t *table = new_table(new_cap);
-    if (table == NULL) return -1;
-    for (uint64_t i = 0; i < cap; i++) {
-        int32_t n = c->ntab[i];
-        if (n == NIL) continue;
-        uint64_t j = node_home(c->nodes[n].hash, c->nodes[n].slot) & new_mask;
-        while (table[j] != NIL) j = (j + 1) & new_mask;
-        table[j] = n;
-    }
-    PyMem_Free(c->ntab);
-    c->ntab = table;
-    c->ntab_mask = new_mask;
-    return 0;
-}
-
-/* -- hash -> block ------------------------------------------------------------------------- */
 
 static int32_t block_find(Core *c, uint64_t hash, uint64_t *pos) {
-    uint64_t i = mix64(hash) & c->btab_mask;
+    uint64_t i = mix64(hash) & c->btab.mask;
     for (;;) {
-        int32_t b = c->btab[i];
+        int32_t b = c->btab.entries[i];
         if (b == NIL || c->bhash[b] == hash) {
             *pos = i;
             return b;
         }
-        i = (i + 1) & c->btab_mask;
+        i = (i + 1) & c->btab.mask;
     }
 }
 
-static void btab_delete_at(Core *c, uint64_t hole) {
-    uint64_t mask = c->btab_mask, probe = hole;
+/* Empty position `hole`, shifting back the entries after it that probing would no longer
+ * reach (no tombstones). */
+static inline void table_delete_at(const Core *c, Table *t, uint64_t hole, HomeFn home) {
+    uint64_t probe = hole;
     for (;;) {
-        probe = (probe + 1) & mask;
-        int32_t b = c->btab[probe];
-        if (b == NIL) break;
-        uint64_t home = mix64(c->bhash[b]) & mask;
-        if (!in_cyclic_range(hole, probe, home)) {
-            c->btab[hole] = b;
+        probe = (probe + 1) & t->mask;
+        int32_t entry = t->entries[probe];
+        if (entry == NIL) break;
+        if (!in_cyclic_range(hole, probe, home(c, entry) & t->mask)) {
+            t->entries[hole] = entry;
             hole = probe;
         }
     }
-    c->btab[hole] = NIL;
+    t->entries[hole] = NIL;
 }
 
-static int btab_reserve(Core *c) {
-    uint64_t cap = c->btab_mask + 1;
-    if ((uint64_t)(c->live_blocks + 1) * 2 <= cap) return 0;
-    uint64_t new_cap = cap * 2, new_mask = new_cap - 1;
-    int32_t *table = new_table(new_cap);
-    if (table == NULL) return -1;
+/* Keep the table at most half full once it holds `used + 1` entries: double and rehash. */
+static inline int table_reserve(const Core *c, Table *t, Py_ssize_t used, HomeFn home) {
+    uint64_t cap = t->mask + 1;
+    if ((uint64_t)(used + 1) * 2 <= cap) return 0;
+    uint64_t new_mask = cap * 2 - 1;
+    int32_t *entries = new_table(cap * 2);
+    if (entries == NULL) return -1;
     for (uint64_t i = 0; i < cap; i++) {
-        int32_t b = c->btab[i];
-        if (b == NIL) continue;
-        uint64_t j = mix64(c->bhash[b]) & new_mask;
-        while (table[j] != NIL) j = (j + 1) & new_mask;
-        table[j] = b;
+        int32_t entry = t->entries[i];
+        if (entry == NIL) continue;
+        uint64_t j = home(c, entry) & new_mask;
+        while (entries[j] != NIL) j = (j + 1) & new_mask;
+        entries[j] = entry;
     }
-    PyMem_Free(c->btab);
-    c->btab = table;
-    c->btab_mask = new_mask;
+    PyMem_Free(t->entries);
+    t->entries = entries;
+    t->mask = new_mask;
     return 0;
 }
 
@@ -297,13 +275,13 @@ static void remove_node(Core *c, int32_t n) {
     uint64_t pos;
     Node node = c->nodes[n];
     node_find(c, node.hash, node.slot, &pos);
-    ntab_delete_at(c, pos);
+    table_delete_at(c, &c->ntab, pos, node_entry_home);
     lane_unlink(c, n);
     int32_t b = node.block;
     c->bmask[(size_t)b * c->words + (node.slot >> 6)] &= ~((uint64_t)1 << (node.slot & 63));
     if (--c->bcount[b] == 0) {
         block_find(c, node.hash, &pos);
-        btab_delete_at(c, pos);
+        table_delete_at(c, &c->btab, pos, block_entry_home);
         c->bhash[b] = (uint64_t)(uint32_t)c->free_block;
         c->free_block = b;
         c->live_blocks--;
@@ -323,7 +301,9 @@ static int touch(Core *c, int32_t slot, uint64_t hash, int64_t tick) {
         lane_append(c, n);
         return 0;
     }
-    if (ntab_reserve(c) < 0 || btab_reserve(c) < 0 || grow_nodes(c) < 0 || grow_blocks(c) < 0) {
+    if (table_reserve(c, &c->ntab, c->live_nodes, node_entry_home) < 0
+            || table_reserve(c, &c->btab, c->live_blocks, block_entry_home) < 0
+            || grow_nodes(c) < 0 || grow_blocks(c) < 0) {
         if (!PyErr_Occurred()) PyErr_NoMemory();
         return -1;
     }
@@ -340,7 +320,7 @@ static int touch(Core *c, int32_t slot, uint64_t hash, int64_t tick) {
         c->bhash[b] = hash;
         c->bcount[b] = 0;
         memset(c->bmask + (size_t)b * c->words, 0, (size_t)c->words * sizeof(uint64_t));
-        c->btab[bpos] = b;
+        c->btab.entries[bpos] = b;
         c->live_blocks++;
     }
     c->bmask[(size_t)b * c->words + (slot >> 6)] |= (uint64_t)1 << (slot & 63);
@@ -351,8 +331,7 @@ static int touch(Core *c, int32_t slot, uint64_t hash, int64_t tick) {
     node->tick = tick;
     node->slot = slot;
     node->block = b;
-    c->ntab[pos] = n;
-    c->ntab_fill++;
+    c->ntab.entries[pos] = n;
     c->live_nodes++;
     lane_append(c, n);
     return 0;
@@ -554,7 +533,7 @@ static PyObject *Core_size(Core *c, PyObject *Py_UNUSED(ignored)) {
 
 static PyObject *Core_memory_bytes(Core *c, PyObject *Py_UNUSED(ignored)) {
     size_t total = sizeof(Core) + (size_t)c->nodes_cap * sizeof(Node)
-        + (c->ntab_mask + 1) * sizeof(int32_t) + (c->btab_mask + 1) * sizeof(int32_t)
+        + (c->ntab.mask + 1) * sizeof(int32_t) + (c->btab.mask + 1) * sizeof(int32_t)
         + (size_t)c->blocks_cap * (sizeof(uint64_t) + sizeof(int32_t)
                                    + (size_t)c->words * sizeof(uint64_t))
         + (size_t)c->lanes_cap * sizeof(Lane)
@@ -564,11 +543,11 @@ static PyObject *Core_memory_bytes(Core *c, PyObject *Py_UNUSED(ignored)) {
 
 static void Core_dealloc(Core *c) {
     PyMem_Free(c->nodes);
-    PyMem_Free(c->ntab);
+    PyMem_Free(c->ntab.entries);
     PyMem_Free(c->bhash);
     PyMem_Free(c->bcount);
     PyMem_Free(c->bmask);
-    PyMem_Free(c->btab);
+    PyMem_Free(c->btab.entries);
     PyMem_Free(c->lanes);
     PyMem_Free(c->scratch_counts);
     PyMem_Free(c->scratch_alive);
@@ -590,15 +569,16 @@ static int Core_init(Core *c, PyObject *args, PyObject *kwargs) {
     const int32_t nodes = 1024, tables = 2048, lanes = 8;
     c->max_per_slot = max_per_slot;
     c->nodes = PyMem_Malloc(nodes * sizeof(Node));
-    c->ntab = new_table(tables);
+    c->ntab.entries = new_table(tables);
     c->bhash = PyMem_Malloc(nodes * sizeof(uint64_t));
     c->bcount = PyMem_Malloc(nodes * sizeof(int32_t));
     c->bmask = PyMem_Calloc(nodes, sizeof(uint64_t));
-    c->btab = new_table(tables);
+    c->btab.entries = new_table(tables);
     c->lanes = PyMem_Malloc(lanes * sizeof(Lane));
     c->scratch_counts = PyMem_Calloc(64, sizeof(int32_t));
     c->scratch_alive = PyMem_Calloc(1, sizeof(uint64_t));
-    if (!c->nodes || !c->ntab || !c->bhash || !c->bcount || !c->bmask || !c->btab || !c->lanes
+    if (!c->nodes || !c->ntab.entries || !c->bhash || !c->bcount || !c->bmask || !c->btab.entries
+            || !c->lanes
             || !c->scratch_counts || !c->scratch_alive) {
         PyErr_NoMemory();
         return -1; /* dealloc frees what was allocated */
@@ -606,12 +586,12 @@ static int Core_init(Core *c, PyObject *args, PyObject *kwargs) {
     c->nodes_cap = nodes;
     c->nodes_top = 0;
     c->free_node = NIL;
-    c->ntab_mask = tables - 1;
+    c->ntab.mask = tables - 1;
     c->blocks_cap = nodes;
     c->blocks_top = 0;
     c->free_block = NIL;
     c->words = 1;
-    c->btab_mask = tables - 1;
+    c->btab.mask = tables - 1;
     for (int32_t s = 0; s < lanes; s++) {
         c->lanes[s].head = c->lanes[s].tail = NIL;
         c->lanes[s].count = 0;
