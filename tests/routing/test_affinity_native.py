@@ -106,3 +106,19 @@ def test_reused_entries_after_eviction_keep_the_tables_consistent() -> None:
     core.forget(0)
     assert core.match([*shared, 5000 + 1999 % 7], query) == [0, 5]
     assert core.size() == 8
+
+
+def test_an_install_without_the_c_core_says_so_once_and_routes_on_python(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from kvgate.routing import affinity_core
+
+    monkeypatch.setattr(affinity_core, "NATIVE_AVAILABLE", False)
+    monkeypatch.setattr(affinity_core, "_warned_python_core", False)
+    with caplog.at_level("WARNING", logger="kvgate.affinity"):
+        first = MemoryAffinityIndex(max_blocks_per_deployment=10, ttl_s=60)
+        second = MemoryAffinityIndex(max_blocks_per_deployment=10, ttl_s=60)
+    assert isinstance(first.core, PyAffinityCore) and isinstance(second.core, PyAffinityCore)
+    warnings = [r for r in caplog.records if "_affinity_native is not built" in r.message]
+    assert len(warnings) == 1
+    first.record("a", [1, 2])
+    assert first.match_now([1, 2, 3], ["a"]) == [2]
