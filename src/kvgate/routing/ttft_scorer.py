@@ -34,7 +34,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from itertools import compress, repeat
-from operator import add, eq, ge, gt, le, lt, mul, sub
+from operator import add, and_, eq, ge, gt, le, lt, mul, sub
 from typing import Any
 
 from kvgate.config.schema import PrefixRoutingSettings
@@ -174,12 +174,15 @@ class TTFTScorer:
             evict_s[first] = self._eviction_s(positions, first, uncached[first], growth[first],
                                               placed, fair)
             bound = costs[first] + evict_s[first]
-            near = compress(range(len(costs)), map(le, costs, repeat(bound)))
-            # Of those, only the ones that would overflow (found by C loops) cost anything.
-            headroom = self._footprint(positions)[0]
-            overflowing = set(compress(range(len(costs)), map(gt, growth, headroom)))
-            for i in near:
-                if i in overflowing and i not in evict_s:
+            # Of those, only the ones that would overflow cost anything (both found by C
+            # loops; the order they are priced in does not matter).
+            if positions is None and not self._unknown_capacity:  # no lookups, no fill-ins
+                headroom: Sequence[float] = list(map(sub, self._capacity, placed))
+            else:
+                headroom = self._footprint(positions)[0]
+            for i in compress(range(len(costs)), map(and_, map(le, costs, repeat(bound)),
+                                                      map(gt, growth, headroom))):
+                if i not in evict_s:
                     evict_s[i] = self._eviction_s(positions, i, uncached[i], growth[i],
                                                   placed, fair)
             for i, e in evict_s.items():
@@ -232,22 +235,29 @@ class TTFTScorer:
                 self._load_s_per_token * offloaded[pick] if offloaded is not None else 0.0))
                 * 1e3, 3),
             "runner_up_margin_ms": round((runner_up - costs[pick]) * 1e3, 3),
-            "candidates": {
-                candidates[i].id: {
-                    "matched_tokens": tokens_value(matched[i]),
-                    "uncached_tokens": tokens_value(uncached[i]),
-                    "predicted_cost_ms": round(costs[i] * 1e3, 3),
-                    **({"eviction_ms": round(evict_s[i] * 1e3, 3)} if evict_s.get(i) else {}),
-                    **({"kv_wait_ms": round(wait_s[i] * 1e3, 3)} if i in wait_s else {}),
-                    **(details or {}).get(candidates[i], {}),
-                }
-                for i in shown
-            },
+            "candidates": {candidates[i].id: self._shown_entry(
+                matched[i], uncached[i], costs[i], evict_s.get(i), wait_s.get(i),
+                None if details is None else details.get(candidates[i])) for i in shown},
         }
         if reserve:
             ledger.placed.reserve(pick if positions is None else positions[pick],
                                   max(0.0, uncached[pick]), now_s)
         return RouteDecision(candidates[pick], explanation), pick
+
+    @staticmethod
+    def _shown_entry(matched: float, uncached: float, cost: float, evict: float | None,
+                     wait: float | None, details: Mapping[str, Any] | None) -> dict[str, Any]:
+        """One named candidate in the explanation (no entry for a zero eviction or no wait)."""
+        entry: dict[str, Any] = {"matched_tokens": tokens_value(matched),
+                                 "uncached_tokens": tokens_value(uncached),
+                                 "predicted_cost_ms": round(cost * 1e3, 3)}
+        if evict:
+            entry["eviction_ms"] = round(evict * 1e3, 3)
+        if wait is not None:
+            entry["kv_wait_ms"] = round(wait * 1e3, 3)
+        if details:
+            entry.update(details)
+        return entry
 
     def _eviction_s(self, positions: Sequence[int] | None, i: int, uncached: float,
                     growth: float, placed: Sequence[float], fair: float) -> float:
