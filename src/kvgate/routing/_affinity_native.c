@@ -339,7 +339,7 @@ static int touch(Core *c, int32_t slot, uint64_t hash, int64_t tick) {
 
 /* -- Python methods ------------------------------------------------------------------------ */
 
-static int parse_slot(Core *c, PyObject *value, int32_t *slot) {
+static int parse_slot(PyObject *value, int32_t *slot) {
     long s = PyLong_AsLong(value);
     if (s == -1 && PyErr_Occurred()) return -1;
     if (s < 0 || s > (1 << 20)) {
@@ -350,13 +350,19 @@ static int parse_slot(Core *c, PyObject *value, int32_t *slot) {
     return 0;
 }
 
-static PyObject *Core_record(Core *c, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "record(slot, hashes, tick)");
-        return NULL;
+/* A FASTCALL method's arguments when the first is a slot: their number, then the slot. */
+static int parse_slot_call(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t expected,
+                           const char *usage, int32_t *slot) {
+    if (nargs != expected) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
     }
+    return parse_slot(args[0], slot);
+}
+
+static PyObject *Core_record(Core *c, PyObject *const *args, Py_ssize_t nargs) {
     int32_t slot;
-    if (parse_slot(c, args[0], &slot) < 0) return NULL;
+    if (parse_slot_call(args, nargs, 3, "record(slot, hashes, tick)", &slot) < 0) return NULL;
     int64_t tick = PyLong_AsLongLong(args[2]);
     if (tick == -1 && PyErr_Occurred()) return NULL;
     PyObject *fast = PySequence_Fast(args[1], "hashes must be a sequence");
@@ -401,7 +407,7 @@ static PyObject *Core_prepare_query(Core *c, PyObject *slots) {
     }
     int32_t *out = (int32_t *)PyBytes_AS_STRING(query);
     for (Py_ssize_t i = 0; i < num; i++) {
-        if (parse_slot(c, PySequence_Fast_GET_ITEM(fast, i), &out[i]) < 0) {
+        if (parse_slot(PySequence_Fast_GET_ITEM(fast, i), &out[i]) < 0) {
             Py_DECREF(query);
             Py_DECREF(fast);
             return NULL;
@@ -501,19 +507,15 @@ static PyObject *Core_expire(Core *c, PyObject *arg) {
 
 static PyObject *Core_forget(Core *c, PyObject *arg) {
     int32_t slot;
-    if (parse_slot(c, arg, &slot) < 0) return NULL;
+    if (parse_slot(arg, &slot) < 0) return NULL;
     if (slot < c->lanes_cap)
         while (c->lanes[slot].head != NIL) remove_node(c, c->lanes[slot].head);
     Py_RETURN_NONE;
 }
 
 static PyObject *Core_served(Core *c, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "served(slot, hash)");
-        return NULL;
-    }
     int32_t slot;
-    if (parse_slot(c, args[0], &slot) < 0) return NULL;
+    if (parse_slot_call(args, nargs, 2, "served(slot, hash)", &slot) < 0) return NULL;
     uint64_t hash = PyLong_AsUnsignedLongLong(args[1]);
     if (hash == (uint64_t)-1 && PyErr_Occurred()) {
         /* A value no block can have (negative, or over 64 bits) is simply not held. */

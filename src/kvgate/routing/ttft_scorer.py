@@ -176,10 +176,7 @@ class TTFTScorer:
             bound = costs[first] + evict_s[first]
             # Of those, only the ones that would overflow cost anything (both found by C
             # loops; the order they are priced in does not matter).
-            if positions is None and not self._unknown_capacity:  # no lookups, no fill-ins
-                headroom: Sequence[float] = list(map(sub, self._capacity, placed))
-            else:
-                headroom = self._footprint(positions)[0]
+            headroom = self._footprint(positions)[0]
             for i in compress(range(len(costs)), map(and_, map(le, costs, repeat(bound)),
                                                       map(gt, growth, headroom))):
                 if i not in evict_s:
@@ -324,6 +321,8 @@ class TTFTScorer:
         working set until a queue formed.
         """
         placed = self.ledger.placed.totals()
+        if positions is None and not self._unknown_capacity:  # every size known: C loops
+            return list(map(sub, self._capacity, placed)), self._capacity
         ps: Sequence[int] = positions if positions is not None else range(len(placed))
         fair = sum(placed) / len(placed) or math.inf
         capacity = [fair if math.isinf(c := self._capacity[p]) else c for p in ps]
