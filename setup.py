@@ -1,16 +1,18 @@
-"""The C extension; everything else about the package is in pyproject.toml.
+"""The C extensions; everything else about the package is in pyproject.toml.
 
 ``optional=True``: without a C compiler the install still succeeds and the affinity index
-runs on its pure-Python core (kvgate.routing.affinity_core says which one is in use). CI
-requires the compiled one (tests/routing/test_affinity_native.py).
+and the scorer's per-candidate passes run on their pure-Python versions
+(kvgate.routing.affinity_core and kvgate.routing.floats say which is in use). CI requires
+the compiled ones (tests/routing/test_affinity_native.py, tests/routing/test_floats.py).
 """
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension(
-    "kvgate.routing._affinity_native",
-    sources=["src/kvgate/routing/_affinity_native.c"],
-    extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter",
-                        "-Wno-missing-field-initializers", "-Wno-cast-function-type"],
-    optional=True,
-)])
+_FLAGS = ["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter",
+          "-Wno-missing-field-initializers", "-Wno-cast-function-type"]
+
+setup(ext_modules=[
+    Extension(f"kvgate.routing.{name}", sources=[f"src/kvgate/routing/{name}.c"],
+              extra_compile_args=_FLAGS, optional=True)
+    for name in ("_affinity_native", "_floats_native")
+])

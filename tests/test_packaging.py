@@ -96,11 +96,15 @@ def test_the_core_install_has_no_bench_redis_numpy_or_second_http_client(
     # The installed package is used, not the repository's sources.
     where = core.run(core.python, "-c", "import kvgate; print(kvgate.__file__)")
     assert str(core.root) in where.stdout, where.stdout
-    # The install compiled the affinity index's C core, and the index uses it.
+    # The install compiled the C extensions: the affinity index uses its C core, the scorer
+    # its C passes.
     native = core.run(core.python, "-c",
                       "from kvgate.routing.affinity import MemoryAffinityIndex as M; "
                       "print(type(M(max_blocks_per_deployment=1, ttl_s=1).core).__name__)")
     assert native.stdout.strip() == "NativeAffinityCore", native.stdout + native.stderr
+    floats = core.run(core.python, "-c",
+                      "from kvgate.routing import floats; print(floats.NATIVE_AVAILABLE)")
+    assert floats.stdout.strip() == "True", floats.stdout + floats.stderr
 
 
 @pytest.fixture(scope="module")

@@ -33,12 +33,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from itertools import compress, repeat
-from operator import add, and_, eq, ge, gt, le, lt, mul, sub
 from typing import Any
 
 from kvgate.config.schema import PrefixRoutingSettings
 from kvgate.core.deployment import Deployment, RouteDecision
+from kvgate.routing import floats
 from kvgate.routing.explain import shown_candidates, tokens_value
 from kvgate.routing.placed_shm import SharedPlacements
 from kvgate.routing.ttft_ledger import Ledger
@@ -60,6 +59,7 @@ class TTFTScorer:
                  shared_placements: SharedPlacements | None = None) -> None:
         """``load_s_per_token``: time to bring one CPU-tier (offloaded) token back;
         ``shared_placements``: the placed-KV counts shared with the other workers."""
+        floats.warn_if_python()
         self.name = name
         self.ledger = Ledger(deployments, settings, clock=clock,
                              shared_placements=shared_placements)
@@ -125,8 +125,8 @@ class TTFTScorer:
         uncached: list[float]
         if uniform:  # every candidate holds the same (cold prompts, or a prefix all serve)
             uncached = [prompt_tokens - matched[0]] * len(matched)
-        elif offloaded is None:  # by C loops: on large fleets a decision is a few such passes
-            uncached = list(map(sub, repeat(prompt_tokens), matched))
+        elif offloaded is None:  # prompt - matched, exactly (x -1.0 only flips the sign)
+            uncached = floats.add_scaled([prompt_tokens] * len(matched), matched, -1.0)
         else:
             uncached = [max(0.0, prompt_tokens - m - o)
                         for m, o in zip(matched, offloaded, strict=True)]
@@ -136,10 +136,12 @@ class TTFTScorer:
         # queued. Without it a burst for one prefix copies it onto every replica whose queue
         # is a little shorter, evicting others' prefixes to do it.
         factor = 1.0 + ledger.busy_replicas / len(ledger.replicas)
-        if uniform:  # one product per candidate, by C loops
-            costs = list(map(add, base, map(mul, rate, repeat(uncached[0] * factor))))
+        # NOTE: the passes over every candidate are kvgate.routing.floats' (C where built):
+        # at 256 replicas, boxing a Python float per candidate per pass was most of a decision.
+        if uniform:  # one product per candidate
+            costs = floats.add_scaled(base, rate, uncached[0] * factor)
         elif offloaded is None:
-            costs = list(map(add, base, map(mul, map(mul, rate, uncached), repeat(factor))))
+            costs = floats.add_product(base, rate, uncached, factor)
         else:
             load = self._load_s_per_token
             costs = [b + r * u * factor + load * o
@@ -149,10 +151,10 @@ class TTFTScorer:
             # NOTE: a replica whose running requests fill its KV admits a prompt only as they
             # finish (vLLM queues or preempts): without this, prompts that match best pile
             # onto a replica with no room, which preempts and recomputes all of them.
-            # Only where the uncached tokens do not fit in what is left (found by C loops;
-            # the output's room is checked in admission_wait_s).
+            # Only where the uncached tokens do not fit in what is left (the output's room is
+            # checked in admission_wait_s).
             room = ledger.room if positions is None else [ledger.room[p] for p in positions]
-            for i in compress(range(len(room)), map(lt, room, uncached)):
+            for i in floats.where_lt(room, uncached):
                 w = ledger.admission_wait_s(i if positions is None else positions[i],
                                             uncached[i])
                 if w > 0.0:
@@ -165,58 +167,54 @@ class TTFTScorer:
         growth = uncached if known is None else [
             max(0.0, u - k) for u, k in zip(uncached, known, strict=True)]
         evict_s: dict[int, float] = {}
-        if prompt_tokens - min(matched) > self._least_headroom(positions):  # someone evicts
+        if prompt_tokens - floats.minimum(matched) > self._least_headroom(positions):  # evicts
             # Eviction only adds cost, so only candidates already below the cheapest one's
             # total can still win: price those (usually a handful), not the whole fleet.
             placed = ledger.placed.totals()
             fair = sum(placed) / len(placed)
-            first = costs.index(min(costs))
+            first = floats.argmin(costs)
             evict_s[first] = self._eviction_s(positions, first, uncached[first], growth[first],
                                               placed, fair)
             bound = costs[first] + evict_s[first]
-            # Of those, only the ones that would overflow cost anything (both found by C
-            # loops; the order they are priced in does not matter).
+            # Of those, only the ones that would overflow cost anything (the order they are
+            # priced in does not matter).
             headroom = self._footprint(positions)[0]
-            for i in compress(range(len(costs)), map(and_, map(le, costs, repeat(bound)),
-                                                      map(gt, growth, headroom))):
+            for i in floats.where_le(costs, bound, floats.where_lt(headroom, growth)):
                 if i not in evict_s:
                     evict_s[i] = self._eviction_s(positions, i, uncached[i], growth[i],
                                                   placed, fair)
             for i, e in evict_s.items():
                 costs[i] += e
-        best = min(costs)
+        first = floats.argmin(costs)
+        best = costs[first]
         # Costs closer than the replicas' own prediction error are a tie (the model cannot
         # tell them apart): among those the replica computing the least wins (it keeps the
         # prefix where it is cached: a copy elsewhere must pay for itself clearly), then the
         # emptiest KV, then each in turn.
-        first = costs.index(best)
         p_first = first if positions is None else positions[first]
         limit = best + 2.0 * ledger.replicas[p_first].error_s + abs(best) * _SAME
-        tied = list(compress(range(len(costs)), map(le, costs, repeat(limit))))
+        tied = floats.where_le(costs, limit)
         ties = len(tied)
         if ties == 1:
             pick = tied[0]
         else:
             if not uniform:
-                # The least work = the most of the prompt held (C loops: ties can be the
-                # fleet).
-                held = list(map((matched if offloaded is None
-                                 else [prompt_tokens - u for u in uncached]).__getitem__, tied))
-                most = max(held)
-                tied = list(compress(tied, map(ge, held, repeat(most - self._block_tokens))))
+                # The least work = the most of the prompt held (ties can be the fleet).
+                held = (matched if offloaded is None
+                        else [prompt_tokens - u for u in uncached])
+                most = floats.maximum(held, tied)
+                tied = floats.where_ge(held, most - self._block_tokens, tied)
             if len(tied) > 1:
-                fill = self._fill(positions, tied, None if known is None else growth)
-                tied = list(compress(tied, map(eq, fill, repeat(min(fill)))))
+                fill = self._fill(positions, None if known is None else growth)
+                tied = floats.where_le(fill, floats.minimum(fill, tied), tied)
             if len(tied) > 1:
-                tied_costs = list(map(costs.__getitem__, tied))
-                lowest = min(tied_costs)
-                tied = list(compress(tied, map(le, tied_costs,
-                                               repeat(lowest + abs(lowest) * _SAME))))
+                lowest = floats.minimum(costs, tied)
+                tied = floats.where_le(costs, lowest + abs(lowest) * _SAME, tied)
             self._rotation += 1
             pick = tied[self._rotation % len(tied)]
         chosen_cost = costs[pick]
         costs[pick] = math.inf  # the runner-up: the best of the others (no copy of the list)
-        runner_up = min(costs) if len(costs) > 1 else chosen_cost
+        runner_up = floats.minimum(costs) if len(costs) > 1 else chosen_cost
         costs[pick] = chosen_cost
         outcome = ("cold" if best_match < 0.5 * (matched[pick] + uncached[pick])
                    else "hit" if matched[pick] >= best_match - self._block_tokens
@@ -286,28 +284,30 @@ class TTFTScorer:
         placed = self.ledger.placed.totals()
         return min(self._capacity[p] - placed[p] for p in positions)
 
-    def _fill(self, positions: Sequence[int] | None, tied: Sequence[int],
-              growth: Sequence[float] | None = None) -> list[float]:
-        """The share of its KV each ``tied`` candidate was sent (the tie rule's "emptiest"),
-        for the tied ones only: ties are often the whole fleet, but often a few. With
-        ``growth`` (per candidate, when some differ), the share once it takes the request."""
+    def _fill(self, positions: Sequence[int] | None,
+              growth: Sequence[float] | None = None) -> Sequence[float]:
+        """The share of its KV each candidate was sent (the tie rule's "emptiest"). With
+        ``growth`` (per candidate, when some differ), the share once it takes the request.
+
+        NOTE: for every candidate, though only the tied ones are compared: ties are often the
+        whole fleet, and one C pass over all costs less than picking the tied ones out."""
         placed = self.ledger.placed.totals()
-        ps = tied if positions is None else [positions[i] for i in tied]
+        if positions is not None:
+            placed = [placed[p] for p in positions]
         if growth is not None and not self._unknown_capacity:
-            inverse = self._inverse_capacity
-            return [(placed[p] + growth[i]) * inverse[p] for i, p in zip(tied, ps, strict=True)]
+            placed = floats.add_scaled(placed, growth, 1.0)  # exact: growth x 1.0
         if self._unknown_capacity == len(self._capacity):
             # Every size unknown: each is taken to hold the fleet's mean (_footprint), so the
             # fill orders as the tokens placed.
-            return list(map(placed.__getitem__, ps))
+            return placed
         if not self._unknown_capacity:
             inverse = self._inverse_capacity
-            if positions is None and len(ps) == len(placed):  # all tied: no lookups
-                return list(map(mul, placed, inverse))
-            return list(map(mul, map(placed.__getitem__, ps), map(inverse.__getitem__, ps)))
+            if positions is not None:
+                inverse = [inverse[p] for p in positions]
+            return floats.multiply(placed, inverse)
         headroom, capacity = self._footprint(positions)
-        return [0.0 if math.isinf(capacity[i]) else (capacity[i] - headroom[i]) / capacity[i]
-                for i in tied]
+        return [0.0 if math.isinf(c) else (c - h) / c for h, c in zip(headroom, capacity,
+                                                                        strict=True)]
 
     def _footprint(self, positions: Sequence[int] | None
                    ) -> tuple[Sequence[float], Sequence[float]]:
@@ -321,8 +321,9 @@ class TTFTScorer:
         working set until a queue formed.
         """
         placed = self.ledger.placed.totals()
-        if positions is None and not self._unknown_capacity:  # every size known: C loops
-            return list(map(sub, self._capacity, placed)), self._capacity
+        if positions is None and not self._unknown_capacity:  # every size known
+            # capacity - placed, exactly (x -1.0 only flips the sign)
+            return floats.add_scaled(self._capacity, placed, -1.0), self._capacity
         ps: Sequence[int] = positions if positions is not None else range(len(placed))
         fair = sum(placed) / len(placed) or math.inf
         capacity = [fair if math.isinf(c := self._capacity[p]) else c for p in ps]

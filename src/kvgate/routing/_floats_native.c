@@ -1,0 +1,366 @@
+/* Passes over per-candidate number lists in C: kvgate.routing.floats' native half.
+ *
+ * The predicted-TTFT scorer (ttft_scorer.py) keeps its cost model in Python; what it does
+ * per candidate is a dozen passes over lists of floats (costs, room, fill, ties). In Python
+ * each pass boxes a float or an int per candidate: at 256 replicas that was most of a
+ * decision (issue 15). These are the same passes over the lists' items read as doubles.
+ * kvgate/routing/floats.py holds the Python versions, which the tests hold these to.
+ *
+ * Items may be floats or ints (token counts): read as doubles, so ints beyond 2**53 compare
+ * approximately (token counts never get there). NaN is not a value the scorer produces:
+ * comparisons with it are false, as in Python, but which of several NaNs a minimum returns
+ * is not specified. minimum/maximum return the list's own item (an int stays an int).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+/* A list or tuple's items, borrowed (any other sequence is copied into a list first). */
+typedef struct {
+    PyObject *fast;
+    PyObject **items;
+    Py_ssize_t n;
+} Items;
+
+static int items_open(PyObject *seq, Items *out, const char *what) {
+    out->fast = PySequence_Fast(seq, what);
+    if (out->fast == NULL) return -1;
+    out->items = PySequence_Fast_ITEMS(out->fast);
+    out->n = PySequence_Fast_GET_SIZE(out->fast);
+    return 0;
+}
+
+static void items_close(Items *items) { Py_XDECREF(items->fast); }
+
+/* -1.0 with an exception set means failure (callers check PyErr_Occurred only then). */
+static inline double value_at(PyObject *item) {
+    if (PyFloat_CheckExact(item)) return PyFloat_AS_DOUBLE(item);
+    if (PyLong_CheckExact(item)) return PyLong_AsDouble(item);
+    return PyFloat_AsDouble(item);
+}
+
+#define FAILED(v) ((v) == -1.0 && PyErr_Occurred())
+
+/* `among`'s i-th index into a sequence of n items, Python's negative indices included;
+ * -1 with IndexError set when out of range. */
+static Py_ssize_t index_at(PyObject *item, Py_ssize_t n) {
+    Py_ssize_t i = PyNumber_AsSsize_t(item, PyExc_IndexError);
+    if (i == -1 && PyErr_Occurred()) return -1;
+    if (i < 0) i += n;
+    if (i < 0 || i >= n) {
+        PyErr_SetString(PyExc_IndexError, "list index out of range");
+        return -1;
+    }
+    return i;
+}
+
+static int check_args(Py_ssize_t nargs, Py_ssize_t least, Py_ssize_t most, const char *name) {
+    if (nargs < least || nargs > most) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd to %zd arguments (%zd given)", name,
+                     least, most, nargs);
+        return -1;
+    }
+    return 0;
+}
+
+/* base[i] + rate[i] * x (x a number), or base[i] + (rate[i] * x[i]) * scale (x a list):
+ * the same operations in the same order as the Python version, so the same doubles. */
+static PyObject *affine(PyObject *base_seq, PyObject *rate_seq, PyObject *x_seq, double scale,
+                        int x_is_list) {
+    Items base = {0}, rate = {0}, x = {0};
+    PyObject *out = NULL;
+    double x_value = 0.0;
+    if (items_open(base_seq, &base, "base must be a sequence") < 0) goto done;
+    if (items_open(rate_seq, &rate, "rate must be a sequence") < 0) goto done;
+    Py_ssize_t n = base.n < rate.n ? base.n : rate.n; /* as map(): the shortest */
+    if (x_is_list) {
+        if (items_open(x_seq, &x, "x must be a sequence") < 0) goto done;
+        if (x.n < n) n = x.n;
+    } else {
+        x_value = value_at(x_seq);
+        if (FAILED(x_value)) goto done;
+    }
+    out = PyList_New(n);
+    if (out == NULL) goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double b = value_at(base.items[i]), r = value_at(rate.items[i]);
+        if (FAILED(b) || FAILED(r)) goto fail;
+        double v;
+        if (x_is_list) {
+            double xi = value_at(x.items[i]);
+            if (FAILED(xi)) goto fail;
+            v = b + (r * xi) * scale;
+        } else {
+            v = b + r * x_value;
+        }
+        PyObject *f = PyFloat_FromDouble(v);
+        if (f == NULL) goto fail;
+        PyList_SET_ITEM(out, i, f);
+    }
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    items_close(&base);
+    items_close(&rate);
+    items_close(&x);
+    return out;
+}
+
+static PyObject *add_scaled(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (check_args(nargs, 3, 3, "add_scaled") < 0) return NULL;
+    return affine(args[0], args[1], args[2], 1.0, 0);
+}
+
+static PyObject *add_product(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (check_args(nargs, 4, 4, "add_product") < 0) return NULL;
+    double scale = value_at(args[3]);
+    if (FAILED(scale)) return NULL;
+    return affine(args[0], args[1], args[2], scale, 1);
+}
+
+static PyObject *multiply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (check_args(nargs, 2, 2, "multiply") < 0) return NULL;
+    Items a = {0}, b = {0};
+    PyObject *out = NULL;
+    if (items_open(args[0], &a, "a must be a sequence") < 0) goto done;
+    if (items_open(args[1], &b, "b must be a sequence") < 0) goto done;
+    Py_ssize_t n = a.n < b.n ? a.n : b.n;
+    out = PyList_New(n);
+    if (out == NULL) goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double x = value_at(a.items[i]), y = value_at(b.items[i]);
+        if (FAILED(x) || FAILED(y)) goto fail;
+        PyObject *f = PyFloat_FromDouble(x * y);
+        if (f == NULL) goto fail;
+        PyList_SET_ITEM(out, i, f);
+    }
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    items_close(&a);
+    items_close(&b);
+    return out;
+}
+
+/* The first index of the least (sign 1) or greatest (sign -1) value, over every index or
+ * those `among` lists; -1 with ValueError set when there are none. */
+static Py_ssize_t extreme_index(Items *values, PyObject *among_seq, double sign,
+                                const char *name) {
+    Items among = {0};
+    Py_ssize_t best = -1;
+    double best_key = 0.0;
+    Py_ssize_t count = values->n;
+    if (among_seq != NULL && among_seq != Py_None) {
+        if (items_open(among_seq, &among, "among must be a sequence") < 0) return -1;
+        count = among.n;
+    }
+    for (Py_ssize_t k = 0; k < count; k++) {
+        Py_ssize_t i = k;
+        if (among.fast != NULL) {
+            i = index_at(among.items[k], values->n);
+            if (i < 0) goto fail;
+        }
+        double v = value_at(values->items[i]);
+        if (FAILED(v)) goto fail;
+        double key = sign * v;
+        if (best < 0 || key < best_key) { /* ties keep the first, as min() and max() do */
+            best = i;
+            best_key = key;
+        }
+    }
+    items_close(&among);
+    if (best < 0) PyErr_Format(PyExc_ValueError, "%s() arg is an empty sequence", name);
+    return best;
+fail:
+    items_close(&among);
+    return -1;
+}
+
+static PyObject *extreme(PyObject *const *args, Py_ssize_t nargs, double sign,
+                         const char *name) {
+    if (check_args(nargs, 1, 2, name) < 0) return NULL;
+    Items values;
+    if (items_open(args[0], &values, "values must be a sequence") < 0) return NULL;
+    Py_ssize_t i = extreme_index(&values, nargs > 1 ? args[1] : NULL, sign, name);
+    PyObject *out = i < 0 ? NULL : Py_NewRef(values.items[i]);
+    items_close(&values);
+    return out;
+}
+
+static PyObject *minimum(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    return extreme(args, nargs, 1.0, "minimum");
+}
+
+static PyObject *maximum(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    return extreme(args, nargs, -1.0, "maximum");
+}
+
+static PyObject *argmin(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (check_args(nargs, 1, 1, "argmin") < 0) return NULL;
+    Items values;
+    if (items_open(args[0], &values, "values must be a sequence") < 0) return NULL;
+    Py_ssize_t i = extreme_index(&values, NULL, 1.0, "argmin");
+    items_close(&values);
+    return i < 0 ? NULL : PyLong_FromSsize_t(i);
+}
+
+enum { LE, GE, LT };
+
+/* The indices i (of every item, or of those `among` lists, in that order) where
+ * values[i] <op> limit; with LT, `limit` is a second sequence compared item by item. */
+static PyObject *where(PyObject *const *args, Py_ssize_t nargs, int op, const char *name) {
+    if (check_args(nargs, 2, op == LT ? 2 : 3, name) < 0) return NULL;
+    Items values = {0}, limits = {0}, among = {0};
+    PyObject *out = NULL;
+    double limit = 0.0;
+    if (items_open(args[0], &values, "values must be a sequence") < 0) goto done;
+    Py_ssize_t count = values.n;
+    if (op == LT) {
+        if (items_open(args[1], &limits, "limits must be a sequence") < 0) goto done;
+        if (limits.n < count) count = limits.n;
+    } else {
+        limit = value_at(args[1]);
+        if (FAILED(limit)) goto done;
+        if (nargs > 2 && args[2] != Py_None) {
+            if (items_open(args[2], &among, "among must be a sequence") < 0) goto done;
+            count = among.n;
+        }
+    }
+    out = PyList_New(0);
+    if (out == NULL) goto done;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        Py_ssize_t i = k;
+        if (among.fast != NULL) {
+            i = index_at(among.items[k], values.n);
+            if (i < 0) goto fail;
+        }
+        double v = value_at(values.items[i]);
+        if (FAILED(v)) goto fail;
+        int keep;
+        if (op == LT) {
+            double w = value_at(limits.items[i]);
+            if (FAILED(w)) goto fail;
+            keep = v < w;
+        } else {
+            keep = op == LE ? v <= limit : v >= limit;
+        }
+        if (keep) { /* an `among` item as given (a negative index stays negative) */
+            PyObject *index = among.fast != NULL ? Py_NewRef(among.items[k])
+                                                 : PyLong_FromSsize_t(i);
+            if (index == NULL) goto fail;
+            int appended = PyList_Append(out, index);
+            Py_DECREF(index);
+            if (appended < 0) goto fail;
+        }
+    }
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    items_close(&values);
+    items_close(&limits);
+    items_close(&among);
+    return out;
+}
+
+static PyObject *where_le(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    return where(args, nargs, LE, "where_le");
+}
+
+static PyObject *where_ge(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    return where(args, nargs, GE, "where_ge");
+}
+
+static PyObject *where_lt(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    return where(args, nargs, LT, "where_lt");
+}
+
+/* The indices of the k least (sign 1) or greatest (sign -1) values, earlier ones first
+ * among equals, in index order: sorted(heapq.nsmallest(k, range(n), key=values.__getitem__))
+ * (nlargest for sign -1). The k best so far are kept in order; a later item enters only when
+ * strictly better than the worst of them, so equals keep the earlier. O(n) for small k. */
+static PyObject *best_k(PyObject *const *args, Py_ssize_t nargs, double sign, const char *name) {
+    if (check_args(nargs, 2, 2, name) < 0) return NULL;
+    Py_ssize_t k = PyLong_AsSsize_t(args[1]);
+    if (k == -1 && PyErr_Occurred()) return NULL;
+    Items values;
+    if (items_open(args[0], &values, "values must be a sequence") < 0) return NULL;
+    PyObject *out = NULL;
+    if (k > values.n) k = values.n;
+    if (k < 0) k = 0;
+    Py_ssize_t *index = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(k ? k : 1));
+    double *key = PyMem_Malloc(sizeof(double) * (size_t)(k ? k : 1));
+    if (index == NULL || key == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t kept = 0;
+    for (Py_ssize_t i = 0; i < values.n && k > 0; i++) {
+        double v = value_at(values.items[i]);
+        if (FAILED(v)) goto done;
+        double x = sign * v;
+        if (kept == k && !(x < key[k - 1])) continue;
+        Py_ssize_t at = kept < k ? kept++ : k - 1; /* the slot freed: the worst's */
+        while (at > 0 && x < key[at - 1]) { /* strictly: equals stay ahead */
+            key[at] = key[at - 1];
+            index[at] = index[at - 1];
+            at--;
+        }
+        key[at] = x;
+        index[at] = i;
+    }
+    for (Py_ssize_t a = 1; a < kept; a++) { /* index order (k is small) */
+        Py_ssize_t v = index[a], b = a;
+        for (; b > 0 && index[b - 1] > v; b--) index[b] = index[b - 1];
+        index[b] = v;
+    }
+    out = PyList_New(kept);
+    if (out == NULL) goto done;
+    for (Py_ssize_t a = 0; a < kept; a++) {
+        PyObject *i = PyLong_FromSsize_t(index[a]);
+        if (i == NULL) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyList_SET_ITEM(out, a, i);
+    }
+done:
+    PyMem_Free(index);
+    PyMem_Free(key);
+    items_close(&values);
+    return out;
+}
+
+static PyObject *smallest(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    return best_k(args, nargs, 1.0, "smallest");
+}
+
+static PyObject *largest(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    return best_k(args, nargs, -1.0, "largest");
+}
+
+#define FAST(name, doc) {#name, (PyCFunction)(void (*)(void))name, METH_FASTCALL, doc}
+
+static PyMethodDef methods[] = {
+    FAST(add_scaled, "add_scaled(base, rate, x, /): [b + r * x]"),
+    FAST(add_product, "add_product(base, rate, x, scale, /): [b + (r * xi) * scale]"),
+    FAST(multiply, "multiply(a, b, /): [ai * bi]"),
+    FAST(minimum, "minimum(values, among=None, /): the least item (the first of equals)"),
+    FAST(maximum, "maximum(values, among=None, /): the greatest item (the first of equals)"),
+    FAST(argmin, "argmin(values, /): the first index of the least item"),
+    FAST(where_le, "where_le(values, limit, among=None, /): indices i with values[i] <= limit"),
+    FAST(where_ge, "where_ge(values, limit, among=None, /): indices i with values[i] >= limit"),
+    FAST(where_lt, "where_lt(values, limits, /): indices i with values[i] < limits[i]"),
+    FAST(smallest, "smallest(values, k, /): the k least items' indices, in index order"),
+    FAST(largest, "largest(values, k, /): the k greatest items' indices, in index order"),
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_floats_native",
+    "Passes over per-candidate number lists (kvgate.routing.floats).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__floats_native(void) { return PyModule_Create(&module); }
