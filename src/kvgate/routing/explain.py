@@ -32,4 +32,6 @@ def shown_candidates(values: Sequence[float], pick: int, uniform: bool, *,
 def tokens_value(value: float) -> float | int:
     """Whole tokens stay ints in the explanation; weighted or estimated sums keep one
     decimal."""
+    if type(value) is int:  # matches are (the common case: no conversion)
+        return value
     return int(value) if float(value).is_integer() else round(value, 1)
