@@ -9,14 +9,8 @@ from typing import Any
 import pytest
 
 from kvgate.bench.scenarios import SCENARIOS
-from kvgate.bench.scenarios.scale import (
-    FLEET_HEADERS,
-    QUANTUM_S,
-    STRATEGIES,
-    ChatShape,
-    Users,
-    markdown_tables,
-)
+from kvgate.bench.scenarios.scale import QUANTUM_S, STRATEGIES, ChatShape, Users
+from kvgate.bench.scenarios.scale_report import FLEET_HEADERS, markdown_tables
 from kvgate.bench.virtual_fleet import (
     Pacing,
     VirtualClock,
@@ -97,6 +91,9 @@ def test_decision_cost_table(document: dict[str, Any]) -> None:
         for kind in ("cold", "warm", "shared"):
             assert row[kind]["cpu_us"]["count"] == 20 and row[kind]["cpu_us"]["p50"] > 0
             assert row[kind]["wall_us"]["count"] == 20
+            # The fingerprint is part of the whole decision, and not all of it.
+            beyond = row[kind]["beyond_fingerprint_cpu_us"]
+            assert beyond["count"] == 20 and 0 < beyond["p50"] < row[kind]["cpu_us"]["p50"]
         assert sum(row["cpu_share"].values()) == pytest.approx(1.0, abs=0.01)
     lines = markdown_tables(document).splitlines()
     assert lines[0].count("|") == len(FLEET_HEADERS) + 1

@@ -36,6 +36,7 @@ import orjson
 from kvgate import __version__
 from kvgate.bench.api import RESULT_FORMAT, host_info
 from kvgate.bench.scenarios import ScenarioOptions
+from kvgate.bench.scenarios.scale_report import print_tables
 from kvgate.bench.stats import distribution_ms
 from kvgate.bench.text import filler, seeded_rng
 from kvgate.bench.virtual_fleet import (
@@ -51,7 +52,7 @@ from kvgate.bench.virtual_loads import RequestBuilder, UserSessions
 from kvgate.config.schema import RoutingSettings
 from kvgate.core.call import Call
 from kvgate.request.parse import parse_call
-from kvgate.routing.fingerprint import fingerprint
+from kvgate.routing.fingerprint import MessageMemo, fingerprint
 from kvgate.sim.engine import Engine, EngineConfig
 from kvgate.sim.profiles import get_profile
 
@@ -258,9 +259,16 @@ async def decision_cost(replicas: int, prompt_tokens: int, seed: int, samples: i
     kinds = ("cold", "warm", "shared")
     wall_ns: dict[str, list[int]] = {kind: [] for kind in kinds}
     cpu_ns: dict[str, list[int]] = {kind: [] for kind in kinds}
+    beyond_ns: dict[str, list[int]] = {kind: [] for kind in kinds}
     phase_ns = {"prepare": 0, "choose": 0, "on_dispatched": 0}
+    # The strategy's fingerprint, timed apart with a memo that sees the same prompts in the
+    # same order (so in the same state): issue 13 bounds the decision beyond it.
+    memo = MessageMemo()
 
     async def route(kind: str, request: Call) -> None:
+        fingerprint_cpu_ns = time.thread_time_ns()
+        fingerprint(request, block_chars=block_chars, memo=memo)
+        fingerprint_cpu_ns = time.thread_time_ns() - fingerprint_cpu_ns
         started_ns, started_cpu_ns = time.perf_counter_ns(), time.thread_time_ns()
         await strategy.prepare(request)
         prepared_cpu_ns = time.thread_time_ns()
@@ -270,6 +278,7 @@ async def decision_cost(replicas: int, prompt_tokens: int, seed: int, samples: i
         ended_cpu_ns, ended_ns = time.thread_time_ns(), time.perf_counter_ns()
         wall_ns[kind].append(ended_ns - started_ns)
         cpu_ns[kind].append(ended_cpu_ns - started_cpu_ns)
+        beyond_ns[kind].append(ended_cpu_ns - started_cpu_ns - fingerprint_cpu_ns)
         phase_ns["prepare"] += prepared_cpu_ns - started_cpu_ns
         phase_ns["choose"] += chosen_cpu_ns - prepared_cpu_ns
         phase_ns["on_dispatched"] += ended_cpu_ns - chosen_cpu_ns
@@ -283,6 +292,7 @@ async def decision_cost(replicas: int, prompt_tokens: int, seed: int, samples: i
     return {
         "replicas": replicas, "prompt_tokens": prompt_tokens, "links": len(shared_hashes),
         **{kind: {"cpu_us": _us_distribution(cpu_ns[kind]),
+                  "beyond_fingerprint_cpu_us": _us_distribution(beyond_ns[kind]),
                   "wall_us": _us_distribution(wall_ns[kind])} for kind in kinds},
         "cpu_share": {phase: round(ns / total_ns, 3) for phase, ns in phase_ns.items()},
     }
@@ -326,75 +336,3 @@ def run(options: ScenarioOptions) -> dict[str, Any]:
     if console is not None:
         print_tables(document, console)
     return document
-
-
-FLEET_HEADERS = ("replicas", "strategy", "hit rate", "TTFT p50 ms", "TTFT p95 ms",
-                 "TTFT p99 ms", "busy max/mean", "requests max/mean", "decision CPU us p50",
-                 "decision CPU us p99", "decision wall us p50", "index entries", "index MB")
-#: The columns an 80-column terminal shows, by index into FLEET_HEADERS.
-SHORT_FLEET_COLUMNS = {0: "n", 1: "strategy", 2: "hit", 3: "TTFT p50", 4: "p95", 5: "p99",
-                       6: "busy", 8: "us p50", 9: "p99", 12: "index MB"}
-
-
-def fleet_rows(document: dict[str, Any]) -> list[list[str]]:
-    rows = []
-    for fleet in document["fleets"]:
-        for run in fleet["runs"]:
-            router, ttft, load = run["router"], run["ttft_ms"], run["load"]
-            cpu, wall = router["decision_cpu_us"] or {}, router["decision_us"] or {}
-            used = router.get("index_bytes")
-            rows.append([
-                f"{run['replicas']}", run["strategy"], f"{run['hit_ratio']:.1%}",
-                f"{ttft['p50']:,.0f}", f"{ttft['p95']:,.0f}", f"{ttft['p99']:,.0f}",
-                f"{load['busy_max_over_mean']:.2f}", f"{load['requests_max_over_mean']:.2f}",
-                f"{cpu.get('p50', 0):,.0f}", f"{cpu.get('p99', 0):,.0f}",
-                f"{wall.get('p50', 0):,.0f}", f"{router.get('index_entries', 0):,}",
-                "-" if used is None else f"{used / 1e6:.1f}",
-            ])
-    return rows
-
-
-COST_HEADERS = ("replicas", "prompt tokens", "links", "cold CPU us p50", "warm CPU us p50",
-                "shared CPU us p50", "shared wall us p50", "CPU in choose")
-
-
-def cost_rows(document: dict[str, Any]) -> list[list[str]]:
-    return [
-        [f"{row['replicas']}", f"{row['prompt_tokens']:,}", f"{row['links']:,}",
-         *(f"{row[kind]['cpu_us']['p50']:,.0f}" for kind in ("cold", "warm", "shared")),
-         f"{row['shared']['wall_us']['p50']:,.0f}", f"{row['cpu_share']['choose']:.0%}"]
-        for row in document["decision_cost"]
-    ]
-
-
-def print_tables(document: dict[str, Any], console: Any) -> None:
-    from rich import box
-    from rich.table import Table
-
-    fleets = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0),
-                   title="scale: routing quality (simulated ms) and router CPU us per "
-                         "decision (measured here)", title_justify="left")
-    for header in SHORT_FLEET_COLUMNS.values():
-        fleets.add_column(header, justify="left" if header == "strategy" else "right",
-                          no_wrap=True)
-    for row in fleet_rows(document):
-        fleets.add_row(*(row[i] for i in SHORT_FLEET_COLUMNS))
-    console.print(fleets)
-    costs = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0), title_justify="left",
-                  title="prefix_kv_aware: CPU microseconds per decision as prompts grow")
-    for header in ("n", "tokens", "links", "cold", "warm", "shared", "shared wall",
-                   "in choose"):
-        costs.add_column(header, justify="right", no_wrap=True)
-    for row in cost_rows(document):
-        costs.add_row(*row)
-    console.print(costs)
-
-
-def markdown_tables(document: dict[str, Any]) -> str:
-    """Both tables in Markdown, for docs/BENCHMARK_REPORT.md."""
-    def table(headers: Sequence[str], rows: list[list[str]]) -> list[str]:
-        return (["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-                + ["| " + " | ".join(row) + " |" for row in rows])
-
-    return "\n".join([*table(FLEET_HEADERS, fleet_rows(document)), "",
-                      *table(COST_HEADERS, cost_rows(document))])
