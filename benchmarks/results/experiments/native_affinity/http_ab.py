@@ -4,7 +4,11 @@ prompts (~8k tokens, a shared ~7k-token system prompt and a distinct user turn):
 round_robin (C core built, unused), prefix_kv_aware on the C core, prefix_kv_aware on the
 Python core (the same sources copied without the compiled extension).
 
-python benchmarks/results/experiments/native_affinity/http_ab.py [BLOCK] [BLOCKS]
+python benchmarks/results/experiments/native_affinity/http_ab.py [BLOCK] [BLOCKS] [LEFT_OUT] [N]
+
+LEFT_OUT: the compiled files the Python arm's copy leaves out (a glob; default ``*.so``, both
+extensions; ``_floats_native*`` for the scorer's passes alone, the index's core kept). N: the
+deployments (default 64).
 
 c=1, one raw keep-alive client, arms interleaved in blocks of BLOCK requests (one block of
 warm-up each), BLOCKS measured blocks; per arm the gateway process's CPU per request (from
@@ -34,11 +38,13 @@ SRC = Path(__file__).resolve().parents[4] / "src"
 def main() -> None:
     block = int(sys.argv[1]) if len(sys.argv) > 1 else 400
     blocks = int(sys.argv[2]) if len(sys.argv) > 2 else 6
+    left_out = sys.argv[3] if len(sys.argv) > 3 else "*.so"
+    deployments = int(sys.argv[4]) if len(sys.argv) > 4 else 64
     head, tail = long_body()
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         python_src = tmp / "src"
-        shutil.copytree(SRC, python_src, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+        shutil.copytree(SRC, python_src, ignore=shutil.ignore_patterns(left_out, "__pycache__"))
         up = free_port()
         stack.enter_context(local_process(
             [sys.executable, "-m", "kvgate.bench.zero_upstream", "--port", str(up)],
@@ -48,7 +54,7 @@ def main() -> None:
         gateways = {}
         for name, (strategy, src) in arms.items():
             config = tmp / f"{name}.yaml"
-            config.write_bytes(orjson.dumps(kvgate_config(up, deployments=64,
+            config.write_bytes(orjson.dumps(kvgate_config(up, deployments=deployments,
                                                           strategy=strategy)))
             port = free_port()
             os.environ["PYTHONPATH"] = str(src)
@@ -81,7 +87,8 @@ def main() -> None:
                 "p50_ms": round(statistics.median(ordered) * 1e3, 3),
                 "p99_ms": round(ordered[int(0.99 * (len(ordered) - 1))] * 1e3, 3),
             }
-        print(orjson.dumps({"block": block, "blocks": blocks, "arms": result},
+        print(orjson.dumps({"block": block, "blocks": blocks, "left_out": left_out,
+                            "deployments": deployments, "arms": result},
                            option=orjson.OPT_INDENT_2).decode())
 
 
