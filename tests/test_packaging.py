@@ -97,14 +97,14 @@ def test_the_core_install_has_no_bench_redis_numpy_or_second_http_client(
     where = core.run(core.python, "-c", "import kvgate; print(kvgate.__file__)")
     assert str(core.root) in where.stdout, where.stdout
     # The install compiled the C extensions: the affinity index uses its C core, the scorer
-    # its C passes.
+    # its C passes, the workers' shared index its C kernel.
     native = core.run(core.python, "-c",
                       "from kvgate.routing.affinity import MemoryAffinityIndex as M; "
                       "print(type(M(max_blocks_per_deployment=1, ttl_s=1).core).__name__)")
     assert native.stdout.strip() == "NativeAffinityCore", native.stdout + native.stderr
-    floats = core.run(core.python, "-c",
-                      "from kvgate.routing import floats; print(floats.NATIVE_AVAILABLE)")
-    assert floats.stdout.strip() == "True", floats.stdout + floats.stderr
+    others = core.run(core.python, "-c", "from kvgate.routing import affinity_shm, floats; "
+                      "print(floats.NATIVE_AVAILABLE, affinity_shm.NATIVE_AVAILABLE)")
+    assert others.stdout.strip() == "True True", others.stdout + others.stderr
 
 
 @pytest.fixture(scope="module")

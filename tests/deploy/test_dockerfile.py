@@ -47,8 +47,8 @@ def test_copies_what_the_package_build_reads_and_installs_it_with_pip() -> None:
             copied.update(s.rstrip("/").removeprefix("./") for s in sources)
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     package_root = project["tool"]["setuptools"]["packages"]["find"]["where"][0]
-    # setup.py: the C extensions (the affinity index's tables, the scorer's passes), which the
-    # image must compile.
+    # setup.py: the C extensions (the affinity indexes' tables and kernel, the scorer's passes),
+    # which the image must compile.
     assert {"pyproject.toml", "setup.py", project["project"]["readme"], package_root} <= copied
     for source in copied:
         assert (REPO / source).exists(), source
@@ -58,7 +58,7 @@ def test_copies_what_the_package_build_reads_and_installs_it_with_pip() -> None:
     # A compiler for the build, and a check that the extension was built (pip would quietly
     # fall back to the Python core without one).
     assert "gcc" in installs[0]
-    assert re.search(r"import kvgate\.routing\._affinity_native, kvgate\.routing\._floats_native",
+    assert re.search(r"from kvgate\.routing import _affinity_native, _floats_native, _shm_native",
                      installs[0]), installs[0]
 
 

@@ -110,10 +110,10 @@ def test_reused_entries_after_eviction_keep_the_tables_consistent() -> None:
 
 def test_an_install_without_the_c_core_says_so_once_and_routes_on_python(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    from kvgate.routing import affinity_core
+    from kvgate.routing import affinity_core, native
 
     monkeypatch.setattr(affinity_core, "NATIVE_AVAILABLE", False)
-    monkeypatch.setattr(affinity_core, "_warned_python_core", False)
+    monkeypatch.setattr(native, "_warned", set())
     with caplog.at_level("WARNING", logger="kvgate.affinity"):
         first = MemoryAffinityIndex(max_blocks_per_deployment=10, ttl_s=60)
         second = MemoryAffinityIndex(max_blocks_per_deployment=10, ttl_s=60)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from kvgate.config.schema import PrefixRoutingSettings
 from kvgate.routing import _floats_native as native
 from kvgate.routing import floats
+from kvgate.routing import native as native_module
 from kvgate.routing.ttft_replica import Ticket
 from kvgate.routing.ttft_scorer import TTFTScorer
 from tests.routing.factories import deployment
@@ -185,7 +186,7 @@ def test_the_scorer_decides_the_same_on_the_python_passes(
 def test_an_install_without_the_c_passes_says_so_once(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(floats, "NATIVE_AVAILABLE", False)
-    monkeypatch.setattr(floats, "_warned", False)
+    monkeypatch.setattr(native_module, "_warned", set())
     fleet = [deployment("r0"), deployment("r1")]
     with caplog.at_level("WARNING", logger="kvgate.routing"):
         for _ in range(2):

@@ -11,7 +11,6 @@ Python (issue 15). The Python one is for a machine where the extension could not
 
 from __future__ import annotations
 
-import logging
 import sys
 from bisect import bisect_right
 from collections import deque
@@ -19,6 +18,8 @@ from collections.abc import Sequence
 from itertools import accumulate, compress, islice, repeat, takewhile
 from operator import and_, is_, neg, not_
 from typing import Protocol, cast
+
+from kvgate.routing.native import warn_missing
 
 try:
     from kvgate.routing._affinity_native import NativeAffinityCore
@@ -28,8 +29,6 @@ except ImportError:  # built without a C compiler: the Python core serves
 #: Whether this installation has the C core.
 NATIVE_AVAILABLE = NativeAffinityCore is not None
 
-logger = logging.getLogger("kvgate.affinity")
-_warned_python_core = False
 
 
 class AffinityCore(Protocol):
@@ -73,15 +72,11 @@ class AffinityCore(Protocol):
 
 def new_core(max_blocks_per_slot: int, *, native: bool | None = None) -> AffinityCore:
     """The C core where it was built (``native=None``), or the one asked for."""
-    global _warned_python_core
     if native is None:
         native = NATIVE_AVAILABLE
-        if not native and not _warned_python_core:
-            # Once per process: routing is the same, but each KV-aware request costs more.
-            _warned_python_core = True
-            logger.warning("kvgate.routing._affinity_native is not built (no C compiler at "
-                           "install?): the affinity index runs on its Python core, 60-90 us "
-                           "more CPU per KV-aware request; reinstall with a C compiler")
+        if not native:  # routing is the same, but each KV-aware request costs more
+            warn_missing("_affinity_native", "the affinity index runs on its Python core, "
+                         "60-90 us more CPU per KV-aware request", logger="kvgate.affinity")
     if native:
         if NativeAffinityCore is None:
             raise RuntimeError("kvgate was installed without its C extension "

@@ -47,6 +47,11 @@ Differences from the memory index (same contract):
 
 Linux only (a file under ``/dev/shm``); ``kvgate run`` falls back to a memory index per worker,
 with a warning, where there is no room for it.
+
+``match_now`` and ``record`` run in C (``_shm_native.c``: the same steps and stores over the
+mapping's words, no bytes objects per link) where the package was built with it on a
+little-endian host; ``_match_py`` and ``_record_py`` are the same in Python, the fallback and
+the tests' reference (the tables they leave are compared byte for byte).
 """
 
 from __future__ import annotations
@@ -59,8 +64,17 @@ from itertools import chain, repeat
 
 import xxhash
 
+from kvgate.routing.native import warn_missing
 from kvgate.routing.placed_shm import SharedPlacements
 from kvgate.routing.shm_table import SLOTS_PER_BUCKET, AffinityTable
+
+try:
+    from kvgate.routing._shm_native import ShmKernel
+except ImportError:  # no C compiler at install, or a big-endian host: the Python methods serve
+    ShmKernel = None  # type: ignore[assignment,misc]
+
+#: Whether this installation has the C kernel.
+NATIVE_AVAILABLE = ShmKernel is not None
 
 _BUCKET_BYTES = 8 * SLOTS_PER_BUCKET
 _MASK64 = (1 << 64) - 1
@@ -80,7 +94,9 @@ class SharedMemoryAffinityIndex:
     """
 
     def __init__(self, table: AffinityTable, *, namespace: str, ttl_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 native: bool | None = None) -> None:
+        """``native``: the C kernel (None: where it was built)."""
         # NOTE: time.monotonic is CLOCK_MONOTONIC, one clock for every process on the host,
         # so seconds written by one worker compare with another's.
         self._table = table
@@ -97,6 +113,20 @@ class SharedMemoryAffinityIndex:
         self._queries: dict[tuple[str, ...], tuple[list[int], int]] = {}
         self._tables_at: tuple[int, int] = (-1, -1)
         self._fresh_table = self._keep_table = bytes(256)
+        #: Quanta a tick byte may lag this one's and still be fresh (the C kernel's form of
+        #: the byte tables).
+        self._max_age = 0
+        if native is None:
+            native = NATIVE_AVAILABLE
+            if not native:  # the same index, at several times the CPU per lookup
+                warn_missing("_shm_native", "the workers' shared affinity index runs in "
+                             "Python, about 100 us more CPU per KV-aware request")
+        if native and ShmKernel is None:
+            raise RuntimeError("kvgate was installed without its C extension "
+                               "(kvgate.routing._shm_native): reinstall with a C compiler")
+        self._kernel = ShmKernel(
+            table.buffer, table.keys_word, table.records_word, table.tick_words,
+            table.num_buckets, self._model_tag) if native else None
 
     def _column(self, deployment_id: str) -> int | None:
         """The deployment's byte in every entry: registered once, then read per request."""
@@ -130,7 +160,7 @@ class SharedMemoryAffinityIndex:
         now_q, oldest_q = now_s // self._quantum, oldest_fresh // self._quantum
         tick = now_q % 255 + 1
         if (now_q, oldest_q) != self._tables_at:
-            max_age = now_q - oldest_q
+            max_age = self._max_age = now_q - oldest_q
             fresh = [0] + [int((tick - value) % 255 <= max_age) for value in range(1, 256)]
             self._fresh_table = bytes(fresh)
             self._keep_table = bytes(value * keep for value, keep in enumerate(fresh))
@@ -166,6 +196,13 @@ class SharedMemoryAffinityIndex:
         return self.match_now(hashes, deployment_ids)
 
     def match_now(self, hashes: Sequence[int], deployment_ids: Sequence[str]) -> list[int]:
+        if self._kernel is None:
+            return self._match_py(hashes, deployment_ids)
+        _, oldest_fresh, tick = self._now()
+        return self._kernel.match(hashes, self._query(deployment_ids)[0], oldest_fresh, tick,
+                                  self._max_age)
+
+    def _match_py(self, hashes: Sequence[int], deployment_ids: Sequence[str]) -> list[int]:
         _, oldest_fresh, _ = self._now()
         columns, alive = self._query(deployment_ids)
         holders, num_links = self._holders, len(hashes)
@@ -207,6 +244,13 @@ class SharedMemoryAffinityIndex:
         return [ends[outlived[column]] for column in columns]
 
     def record(self, deployment_id: str, hashes: Sequence[int]) -> None:
+        if self._kernel is None:
+            self._record_py(deployment_id, hashes)
+        elif (column := self._column(deployment_id)) is not None:  # else: never tracked
+            now_s, oldest_fresh, tick = self._now()
+            self._kernel.record(column, hashes, now_s, oldest_fresh, tick, self._max_age)
+
+    def _record_py(self, deployment_id: str, hashes: Sequence[int]) -> None:
         if (column := self._column(deployment_id)) is None:
             return  # past the table's columns: never tracked
         now_s, oldest_fresh, tick = self._now()

@@ -15,11 +15,12 @@ counts are far below 2**53). Lists are cut to the shortest, as :func:`map` does.
 from __future__ import annotations
 
 import heapq
-import logging
 from collections.abc import Sequence
 from itertools import compress, repeat
 from operator import add, ge, le, lt, mul
 from typing import TypeVar
+
+from kvgate.routing.native import warn_missing
 
 __all__ = ["NATIVE_AVAILABLE", "add_product", "add_scaled", "argmin", "largest", "maximum",
            "minimum", "multiply", "smallest", "warn_if_python", "where_ge", "where_le", "where_lt"]
@@ -112,15 +113,9 @@ except ImportError:  # built without a C compiler: the Python versions serve
 else:
     NATIVE_AVAILABLE = True
 
-_warned = False
-
 
 def warn_if_python() -> None:
     """Log once per process when the C passes were not built (a scorer calls it at start)."""
-    global _warned
-    if not NATIVE_AVAILABLE and not _warned:
-        _warned = True
-        logging.getLogger("kvgate.routing").warning(
-            "kvgate.routing._floats_native is not built (no C compiler at install?): the "
-            "KV-aware scorer runs its per-candidate passes in Python, the same decisions at "
-            "about twice the CPU on large fleets; reinstall with a C compiler")
+    if not NATIVE_AVAILABLE:
+        warn_missing("_floats_native", "the KV-aware scorer runs its per-candidate passes in "
+                     "Python, the same decisions at about twice the CPU on large fleets")

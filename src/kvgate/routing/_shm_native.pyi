@@ -1,0 +1,9 @@
+from collections.abc import Sequence
+
+class ShmKernel:
+    def __init__(self, buffer: object, first_key: int, first_record: int, tick_words: int,
+                 num_buckets: int, model_tag: int) -> None: ...
+    def match(self, hashes: Sequence[int], columns: Sequence[int], oldest_fresh: int,
+              tick: int, max_age: int, /) -> list[int]: ...
+    def record(self, column: int, hashes: Sequence[int], now_s: int, oldest_fresh: int,
+               tick: int, max_age: int, /) -> None: ...

@@ -1,0 +1,20 @@
+"""The routing's C extensions (``_affinity_native``, ``_floats_native``, ``_shm_native``): each
+has a Python version that serves where the install could not compile it, with the same
+results at more CPU per request. This says so once per process and extension."""
+
+from __future__ import annotations
+
+import logging
+
+#: Extensions already reported missing in this process.
+_warned: set[str] = set()
+
+
+def warn_missing(extension: str, consequence: str, *, logger: str = "kvgate.routing") -> None:
+    """Log, once, that ``kvgate.routing.<extension>`` was not built and what that costs."""
+    if extension in _warned:
+        return
+    _warned.add(extension)
+    logging.getLogger(logger).warning(
+        "kvgate.routing.%s is not built (no C compiler at install?): %s; reinstall with a C "
+        "compiler", extension, consequence)
