@@ -89,15 +89,23 @@ static int probe(Kernel *k, uint64_t block_hash, int64_t oldest_fresh, int tick,
                && (meta & CHECK_MASK) == key >> 40 && (int64_t)(meta >> 32) >= oldest_fresh;
     }
     int same = 1;
-    for (Py_ssize_t b = 0; b <= k->tick_bytes; b++) {
-        uint8_t value = 0;
-        if (held && b < k->tick_bytes) {
-            unsigned byte = (unsigned)(k->ticks[b / 8] >> (8 * (b % 8))) & 0xFF;
-            value = (uint8_t)(alive[b] & fresh(byte, tick, max_age));
+    /* Eight columns at a time: once most have dropped out, their words are all zero. */
+    for (Py_ssize_t w = 0; w < k->tick_words; w++) {
+        uint64_t alive_word, left_word = 0;
+        memcpy(&alive_word, alive + 8 * w, 8);
+        if (held && alive_word) {
+            uint64_t ticks = k->ticks[w];
+            for (int b = 0; b < 8; b++) {
+                if ((alive_word >> (8 * b)) & 0xFF
+                    && fresh((unsigned)(ticks >> (8 * b)) & 0xFF, tick, max_age))
+                    left_word |= (alive_word >> (8 * b) & 0xFF) << (8 * b);
+            }
         }
-        left[b] = value;
-        same &= value == alive[b];
+        memcpy(left + 8 * w, &left_word, 8);
+        same &= left_word == alive_word;
     }
+    left[k->tick_bytes] = 0; /* untracked columns: never alive */
+    same &= alive[k->tick_bytes] == 0;
     return same;
 }
 
