@@ -14,6 +14,7 @@ _FLAGS = ["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter",
 
 setup(ext_modules=[
     Extension(f"kvgate.routing.{name}", sources=[f"src/kvgate/routing/{name}.c"],
-              extra_compile_args=_FLAGS, optional=True)
+              depends=["src/kvgate/routing/_native.h"], extra_compile_args=_FLAGS,
+              optional=True)
     for name in ("_affinity_native", "_floats_native", "_shm_native")
 ])

@@ -14,6 +14,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "_native.h"
+
 /* A list or tuple's items, borrowed (any other sequence is copied into a list first). */
 typedef struct {
     PyObject *fast;
@@ -62,16 +64,18 @@ static int check_args(Py_ssize_t nargs, Py_ssize_t least, Py_ssize_t most, const
     return 0;
 }
 
-/* base[i] + rate[i] * x (x a number), or base[i] + (rate[i] * x[i]) * scale (x a list):
- * the same operations in the same order as the Python version, so the same doubles. */
+/* base[i] + rate[i] * x (x a number), or base[i] + (rate[i] * x[i]) * scale (x a list), or
+ * without a base (NULL) rate[i] * x[i] * scale: the same operations in the same order as the
+ * Python versions, so the same doubles (x 1.0 changes none). */
 static PyObject *affine(PyObject *base_seq, PyObject *rate_seq, PyObject *x_seq, double scale,
                         int x_is_list) {
     Items base = {0}, rate = {0}, x = {0};
     PyObject *out = NULL;
     double x_value = 0.0;
-    if (items_open(base_seq, &base, "base must be a sequence") < 0) goto done;
+    if (base_seq != NULL && items_open(base_seq, &base, "base must be a sequence") < 0)
+        goto done;
     if (items_open(rate_seq, &rate, "rate must be a sequence") < 0) goto done;
-    Py_ssize_t n = base.n < rate.n ? base.n : rate.n; /* as map(): the shortest */
+    Py_ssize_t n = base_seq != NULL && base.n < rate.n ? base.n : rate.n; /* map(): shortest */
     if (x_is_list) {
         if (items_open(x_seq, &x, "x must be a sequence") < 0) goto done;
         if (x.n < n) n = x.n;
@@ -82,15 +86,20 @@ static PyObject *affine(PyObject *base_seq, PyObject *rate_seq, PyObject *x_seq,
     out = PyList_New(n);
     if (out == NULL) goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
-        double b = value_at(base.items[i]), r = value_at(rate.items[i]);
-        if (FAILED(b) || FAILED(r)) goto fail;
+        double r = value_at(rate.items[i]);
+        if (FAILED(r)) goto fail;
         double v;
         if (x_is_list) {
             double xi = value_at(x.items[i]);
             if (FAILED(xi)) goto fail;
-            v = b + (r * xi) * scale;
+            v = (r * xi) * scale;
         } else {
-            v = b + r * x_value;
+            v = r * x_value;
+        }
+        if (base_seq != NULL) {
+            double b = value_at(base.items[i]);
+            if (FAILED(b)) goto fail;
+            v = b + v;
         }
         PyObject *f = PyFloat_FromDouble(v);
         if (f == NULL) goto fail;
@@ -120,27 +129,7 @@ static PyObject *add_product(PyObject *self, PyObject *const *args, Py_ssize_t n
 
 static PyObject *multiply(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (check_args(nargs, 2, 2, "multiply") < 0) return NULL;
-    Items a = {0}, b = {0};
-    PyObject *out = NULL;
-    if (items_open(args[0], &a, "a must be a sequence") < 0) goto done;
-    if (items_open(args[1], &b, "b must be a sequence") < 0) goto done;
-    Py_ssize_t n = a.n < b.n ? a.n : b.n;
-    out = PyList_New(n);
-    if (out == NULL) goto done;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        double x = value_at(a.items[i]), y = value_at(b.items[i]);
-        if (FAILED(x) || FAILED(y)) goto fail;
-        PyObject *f = PyFloat_FromDouble(x * y);
-        if (f == NULL) goto fail;
-        PyList_SET_ITEM(out, i, f);
-    }
-    goto done;
-fail:
-    Py_CLEAR(out);
-done:
-    items_close(&a);
-    items_close(&b);
-    return out;
+    return affine(NULL, args[0], args[1], 1.0, 1);
 }
 
 /* The first index of the least (sign 1) or greatest (sign -1) value, over every index or
@@ -188,13 +177,14 @@ static PyObject *extreme(PyObject *const *args, Py_ssize_t nargs, double sign,
     return out;
 }
 
-static PyObject *minimum(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    return extreme(args, nargs, 1.0, "minimum");
-}
+/* A module function `name` that is `impl` with its last argument fixed. */
+#define VARIANT(name, impl, fixed)                                                          \
+    static PyObject *name(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {        \
+        return impl(args, nargs, fixed, #name);                                             \
+    }
 
-static PyObject *maximum(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    return extreme(args, nargs, -1.0, "maximum");
-}
+VARIANT(minimum, extreme, 1.0)
+VARIANT(maximum, extreme, -1.0)
 
 static PyObject *argmin(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (check_args(nargs, 1, 1, "argmin") < 0) return NULL;
@@ -264,17 +254,9 @@ done:
     return out;
 }
 
-static PyObject *where_le(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    return where(args, nargs, LE, "where_le");
-}
-
-static PyObject *where_ge(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    return where(args, nargs, GE, "where_ge");
-}
-
-static PyObject *where_lt(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    return where(args, nargs, LT, "where_lt");
-}
+VARIANT(where_le, where, LE)
+VARIANT(where_ge, where, GE)
+VARIANT(where_lt, where, LT)
 
 /* The indices of the k least (sign 1) or greatest (sign -1) values, earlier ones first
  * among equals, in index order: sorted(heapq.nsmallest(k, range(n), key=values.__getitem__))
@@ -315,16 +297,7 @@ static PyObject *best_k(PyObject *const *args, Py_ssize_t nargs, double sign, co
         for (; b > 0 && index[b - 1] > v; b--) index[b] = index[b - 1];
         index[b] = v;
     }
-    out = PyList_New(kept);
-    if (out == NULL) goto done;
-    for (Py_ssize_t a = 0; a < kept; a++) {
-        PyObject *i = PyLong_FromSsize_t(index[a]);
-        if (i == NULL) {
-            Py_CLEAR(out);
-            goto done;
-        }
-        PyList_SET_ITEM(out, a, i);
-    }
+    out = int_list(index, kept);
 done:
     PyMem_Free(index);
     PyMem_Free(key);
@@ -332,13 +305,8 @@ done:
     return out;
 }
 
-static PyObject *smallest(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    return best_k(args, nargs, 1.0, "smallest");
-}
-
-static PyObject *largest(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    return best_k(args, nargs, -1.0, "largest");
-}
+VARIANT(smallest, best_k, 1.0)
+VARIANT(largest, best_k, -1.0)
 
 #define FAST(name, doc) {#name, (PyCFunction)(void (*)(void))name, METH_FASTCALL, doc}
 

@@ -17,6 +17,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_native.h"
+
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #define KVGATE_SHM_UNSUPPORTED 1
 #endif
@@ -212,16 +214,8 @@ static PyObject *Kernel_match(Kernel *k, PyObject *const *args, Py_ssize_t nargs
         held = lost_at;
     }
     k->ends[num_ends++] = held;
-    out = PyList_New(num_columns);
-    if (out == NULL) goto done;
-    for (Py_ssize_t c = 0; c < num_columns; c++) {
-        PyObject *links_held = PyLong_FromSsize_t(k->ends[k->outlived[picked[c]]]);
-        if (links_held == NULL) {
-            Py_CLEAR(out);
-            goto done;
-        }
-        PyList_SET_ITEM(out, c, links_held);
-    }
+    for (Py_ssize_t c = 0; c < num_columns; c++) picked[c] = k->ends[k->outlived[picked[c]]];
+    out = int_list(picked, num_columns);
 done:
     PyMem_Free(values);
     PyMem_Free(picked);
