@@ -27,6 +27,8 @@
 #define NIL ((int32_t)-1)
 #define NO_TICK ((int64_t)1 << 62)
 #define GOLDEN 0x9E3779B97F4A7C15ULL
+/* How many links ahead record and match start loading table slots. */
+#define PREFETCH_LINKS 8
 
 typedef struct {
     uint64_t hash;
@@ -383,8 +385,16 @@ static PyObject *Core_record(Core *c, PyObject *const *args, Py_ssize_t nargs) {
     if (reserve_slot(c, slot) < 0) goto fail;
     /* Newest-last in LRU order, children before parents: when the bound evicts, a prompt's
      * tail goes before its head. A hash listed twice ends where its first listing puts it. */
-    for (Py_ssize_t i = num - 1; i >= 0; i--)
+    for (Py_ssize_t i = num - 1; i >= 0; i--) {
+        /* The links a few steps on: their table slots start loading while this one is
+         * written (a prompt's links are scattered over tables far larger than the caches). */
+        if (i >= PREFETCH_LINKS) {
+            uint64_t next = hashes[i - PREFETCH_LINKS];
+            __builtin_prefetch(&c->ntab.entries[node_home(next, slot) & c->ntab.mask]);
+            __builtin_prefetch(&c->btab.entries[mix64(next) & c->btab.mask]);
+        }
         if (touch(c, slot, hashes[i], tick) < 0) goto fail;
+    }
     Lane *lane = &c->lanes[slot];
     while (lane->count > c->max_per_slot) remove_node(c, lane->head);
     if (hashes != stack_hashes) PyMem_Free(hashes);
@@ -417,6 +427,25 @@ static PyObject *Core_prepare_query(Core *c, PyObject *slots) {
     return query;
 }
 
+/* Start loading what looking up links ahead will read: link `table`'s block-table slot, and
+ * (its slot loaded a few steps ago) link `block`'s hash and holder mask. Only hints: a link
+ * that is not an int, or not in its home slot, is simply not prefetched. */
+static inline void prefetch_link(const Core *c, PyObject **items, Py_ssize_t num,
+                                 Py_ssize_t table, Py_ssize_t block) {
+    if (table < num && PyLong_CheckExact(items[table])) {
+        uint64_t hash = PyLong_AsUnsignedLongLongMask(items[table]);
+        __builtin_prefetch(&c->btab.entries[mix64(hash) & c->btab.mask]);
+    }
+    if (block < num && PyLong_CheckExact(items[block])) {
+        uint64_t hash = PyLong_AsUnsignedLongLongMask(items[block]);
+        int32_t b = c->btab.entries[mix64(hash) & c->btab.mask];
+        if (b != NIL) {
+            __builtin_prefetch(&c->bhash[b]);
+            __builtin_prefetch(&c->bmask[(size_t)b * (size_t)c->words]);
+        }
+    }
+}
+
 static PyObject *Core_match(Core *c, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2 || !PyBytes_Check(args[1])) {
         PyErr_SetString(PyExc_TypeError, "match(hashes, query from prepare_query)");
@@ -444,6 +473,7 @@ static PyObject *Core_match(Core *c, PyObject *const *args, Py_ssize_t nargs) {
      * matched k links. */
     Py_ssize_t k = 0;
     for (; k < num && any; k++) {
+        prefetch_link(c, items, num, k + PREFETCH_LINKS, k + PREFETCH_LINKS / 2);
         uint64_t hash = PyLong_AsUnsignedLongLong(items[k]);
         if (hash == (uint64_t)-1 && PyErr_Occurred()) {
             /* A value no block can have (negative, or over 64 bits): held by nobody. */
