@@ -31,7 +31,7 @@ FLOATS = st.lists(_FEW.map(float) | st.floats(allow_nan=False), max_size=40)
 #: (native, Python) pairs: every public pass.
 PAIRS = {name: (getattr(native, name), getattr(floats, f"py_{name}"))
          for name in ("add_scaled", "add_product", "multiply", "minimum", "maximum", "argmin",
-                      "where_le", "where_ge", "where_lt", "smallest", "largest")}
+                      "where_le", "where_ge", "where_lt", "smallest", "largest", "gather")}
 
 
 def same(a: Any, b: Any) -> bool:
@@ -79,6 +79,7 @@ def test_selections_match_python(values: list[float], limit: float, among: list[
         check(name, values)
         check(name, values, among)  # out-of-range indexes: IndexError from both
     check("argmin", values)
+    check("gather", values, among)  # out-of-range indexes: IndexError from both
     for name in ("where_le", "where_ge"):
         check(name, values, limit)
         check(name, values, limit, among)

@@ -308,6 +308,30 @@ done:
 VARIANT(smallest, best_k, 1.0)
 VARIANT(largest, best_k, -1.0)
 
+/* gather(values, indices, /): [values[i] for i in indices], Python's negative indices
+ * included; IndexError when one is out of range. */
+static PyObject *gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (check_args(nargs, 2, 2, "gather") < 0) return NULL;
+    Items values = {0}, indices = {0};
+    PyObject *out = NULL;
+    if (items_open(args[0], &values, "values must be a sequence") < 0) goto done;
+    if (items_open(args[1], &indices, "indices must be a sequence") < 0) goto done;
+    out = PyList_New(indices.n);
+    if (out == NULL) goto done;
+    for (Py_ssize_t k = 0; k < indices.n; k++) {
+        Py_ssize_t i = index_at(indices.items[k], values.n);
+        if (i < 0) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyList_SET_ITEM(out, k, Py_NewRef(values.items[i]));
+    }
+done:
+    items_close(&values);
+    items_close(&indices);
+    return out;
+}
+
 #define FAST(name, doc) {#name, (PyCFunction)(void (*)(void))name, METH_FASTCALL, doc}
 
 static PyMethodDef methods[] = {
@@ -321,6 +345,7 @@ static PyMethodDef methods[] = {
     FAST(where_ge, "where_ge(values, limit, among=None, /): indices i with values[i] >= limit"),
     FAST(where_lt, "where_lt(values, limits, /): indices i with values[i] < limits[i]"),
     FAST(smallest, "smallest(values, k, /): the k least items' indices, in index order"),
+    FAST(gather, "gather(values, indices, /): [values[i] for i in indices]"),
     FAST(largest, "largest(values, k, /): the k greatest items' indices, in index order"),
     {NULL, NULL, 0, NULL},
 };

@@ -22,7 +22,8 @@ from typing import TypeVar
 
 from kvgate.routing.native import warn_missing
 
-__all__ = ["NATIVE_AVAILABLE", "add_product", "add_scaled", "argmin", "largest", "maximum",
+__all__ = ["NATIVE_AVAILABLE", "add_product", "add_scaled", "argmin", "gather", "largest",
+           "maximum",
            "minimum", "multiply", "smallest", "warn_if_python", "where_ge", "where_le", "where_lt"]
 
 Number = TypeVar("Number", int, float)
@@ -85,6 +86,11 @@ def py_smallest(values: Sequence[float], k: int) -> list[int]:
     return sorted(heapq.nsmallest(k, range(len(values)), key=values.__getitem__))
 
 
+def py_gather(values: Sequence[Number], indices: Sequence[int]) -> list[Number]:
+    """``[values[i] for i in indices]``."""
+    return list(map(values.__getitem__, indices))
+
+
 def py_largest(values: Sequence[float], k: int) -> list[int]:
     """The ``k`` greatest items' indices (earlier ones first among equals), in index order."""
     return sorted(heapq.nlargest(k, range(len(values)), key=values.__getitem__))
@@ -95,6 +101,7 @@ try:
         add_product,
         add_scaled,
         argmin,
+        gather,
         largest,
         maximum,
         minimum,
@@ -109,7 +116,7 @@ except ImportError:  # built without a C compiler: the Python versions serve
     add_scaled, add_product, multiply = py_add_scaled, py_add_product, py_multiply
     minimum, maximum, argmin = py_minimum, py_maximum, py_argmin
     where_le, where_ge, where_lt = py_where_le, py_where_ge, py_where_lt
-    smallest, largest = py_smallest, py_largest
+    smallest, largest, gather = py_smallest, py_largest, py_gather
 else:
     NATIVE_AVAILABLE = True
 

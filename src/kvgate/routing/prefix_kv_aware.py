@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvgate.config.schema import PrefixRoutingSettings
 from kvgate.core.deployment import Deployment, EngineUsage, RouteDecision
+from kvgate.routing import floats
 from kvgate.routing.affinity import AffinityIndex, ServedTimes, SharesPlacements
 from kvgate.routing.base import StrategyDefaults
 from kvgate.routing.fingerprint import (
@@ -106,15 +107,13 @@ class PrefixKVAware(StrategyDefaults):
         sent = counts
         if self._served is not None and self._scorer.ledger.turning_over:
             counts = self._resident_links(fp.hashes, counts)
-        # NOTE: tokens per distinct count, summed on demand: a few groups of deployments
-        # match alike, and a running total of every link costs more than the lookup.
         if counts and counts.count(counts[0]) == len(counts):  # cold, or held by all
             tokens = fp.tokens_in_first(counts[0])
             state = PrefixState(fp, [tokens] * len(counts), counts, tokens)
-        else:
-            tokens_at = {count: fp.tokens_in_first(count) for count in set(counts)}
-            state = PrefixState(fp, list(map(tokens_at.__getitem__, counts)), counts,
-                                max(tokens_at.values(), default=0))
+        else:  # tokens in the first k links, for each deployment's k (one C pass)
+            cumulative = cumulative_tokens(fp.tokens)
+            state = PrefixState(fp, floats.gather(cumulative, counts), counts,
+                                cumulative[floats.maximum(counts)] if counts else 0)
         if sent is not counts and sent != counts:
             state.known_tokens = [
                 fp.tokens_in_first(s) - m if s > c else 0

@@ -198,18 +198,23 @@ class TTFTScorer:
         if ties == 1:
             pick = tied[0]
         else:
+            # Each filter below passes `among` (the tied ones) unless every candidate is
+            # tied, when the whole-list pass gives the same answer without an index per item.
             if not uniform:
                 # The least work = the most of the prompt held (ties can be the fleet).
                 held = (matched if offloaded is None
                         else [prompt_tokens - u for u in uncached])
-                most = floats.maximum(held, tied)
-                tied = floats.where_ge(held, most - self._block_tokens, tied)
+                among = None if len(tied) == len(costs) else tied
+                most = floats.maximum(held, among)
+                tied = floats.where_ge(held, most - self._block_tokens, among)
             if len(tied) > 1:
                 fill = self._fill(positions, None if known is None else growth)
-                tied = floats.where_le(fill, floats.minimum(fill, tied), tied)
+                among = None if len(tied) == len(costs) else tied
+                tied = floats.where_le(fill, floats.minimum(fill, among), among)
             if len(tied) > 1:
-                lowest = floats.minimum(costs, tied)
-                tied = floats.where_le(costs, lowest + abs(lowest) * _SAME, tied)
+                among = None if len(tied) == len(costs) else tied
+                lowest = floats.minimum(costs, among)
+                tied = floats.where_le(costs, lowest + abs(lowest) * _SAME, among)
             self._rotation += 1
             pick = tied[self._rotation % len(tied)]
         chosen_cost = costs[pick]
