@@ -303,13 +303,14 @@ static int touch(Core *c, int32_t slot, uint64_t hash, int64_t tick) {
         lane_append(c, n);
         return 0;
     }
+    uint64_t node_mask = c->ntab.mask;
     if (table_reserve(c, &c->ntab, c->live_nodes, node_entry_home) < 0
             || table_reserve(c, &c->btab, c->live_blocks, block_entry_home) < 0
             || grow_nodes(c) < 0 || grow_blocks(c) < 0) {
         if (!PyErr_Occurred()) PyErr_NoMemory();
         return -1;
     }
-    node_find(c, hash, slot, &pos); /* the table may have grown */
+    if (c->ntab.mask != node_mask) node_find(c, hash, slot, &pos); /* the table grew */
     uint64_t bpos;
     int32_t b = block_find(c, hash, &bpos);
     if (b == NIL) {
