@@ -247,3 +247,6 @@ def test_run_logs_unset_variables_once() -> None:
 def test_version_command() -> None:
     result = run_cli("version")
     assert result.returncode == 0 and result.stdout.startswith("kvgate ")
+    # The install built every C extension, and says so.
+    assert result.stdout.splitlines()[1] == ("C extensions: _affinity_native built, "
+                                             "_floats_native built, _shm_native built")
