@@ -1,5 +1,5 @@
-"""One contract, run against every AffinityIndex implementation (memory, shared memory and a
-real Redis)."""
+"""One contract, run against every AffinityIndex implementation (memory and shared memory, each
+on its C code and on its Python fallback, and a real Redis)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def redis_url() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(params=["memory", "memory_python_core", "shared_memory", "redis"])
+@pytest.fixture(params=["memory", "memory_python_core", "shared_memory",
+                        "shared_memory_python", "redis"])
 async def index(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[AffinityIndex]:
     if request.param == "memory":
         yield MemoryAffinityIndex(max_blocks_per_deployment=1000, ttl_s=60)
@@ -33,8 +34,9 @@ async def index(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator
         yield MemoryAffinityIndex(max_blocks_per_deployment=1000, ttl_s=60,
                                   core=PyAffinityCore(1000))
         return
-    if request.param == "shared_memory":
-        yield SharedMemoryAffinityIndex(AffinityTable.private(4000), namespace="m", ttl_s=60)
+    if request.param.startswith("shared_memory"):  # its C kernel, or its Python methods
+        yield SharedMemoryAffinityIndex(AffinityTable.private(4000), namespace="m", ttl_s=60,
+                                        native=request.param == "shared_memory")
         return
     client = redis_async.Redis.from_url(redis_url)
     await client.flushdb()
@@ -81,7 +83,8 @@ async def test_concurrent_records_and_matches(index: AffinityIndex) -> None:
     assert all(r == [2] for r in results)
 
 
-@pytest.mark.parametrize("backend", ["memory", "memory_python_core", "shared_memory"])
+@pytest.mark.parametrize("backend", ["memory", "memory_python_core", "shared_memory",
+                                     "shared_memory_python"])
 def test_entries_expire_after_ttl_and_refresh_on_use(backend: str) -> None:
     """The in-process backends on a clock the test moves (Redis expires keys on its own)."""
     clock = FakeClock()
@@ -89,7 +92,8 @@ def test_entries_expire_after_ttl_and_refresh_on_use(backend: str) -> None:
     index: MemoryAffinityIndex | SharedMemoryAffinityIndex = (
         MemoryAffinityIndex(max_blocks_per_deployment=100, ttl_s=30, clock=clock, core=core)
         if backend.startswith("memory") else SharedMemoryAffinityIndex(
-            AffinityTable.private(100_000), namespace="m", ttl_s=30, clock=clock))
+            AffinityTable.private(100_000), namespace="m", ttl_s=30, clock=clock,
+            native=backend == "shared_memory"))
     index.record("a", [1, 2])
     clock.now_s += 20
     index.record("a", [1])
