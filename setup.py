@@ -16,5 +16,5 @@ setup(ext_modules=[
     Extension(f"kvgate.routing.{name}", sources=[f"src/kvgate/routing/{name}.c"],
               depends=["src/kvgate/routing/_native.h"], extra_compile_args=_FLAGS,
               optional=True)
-    for name in ("_affinity_native", "_floats_native", "_shm_native")
+    for name in ("_affinity_native", "_chain_native", "_floats_native", "_shm_native")
 ])

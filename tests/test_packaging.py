@@ -97,14 +97,16 @@ def test_the_core_install_has_no_bench_redis_numpy_or_second_http_client(
     where = core.run(core.python, "-c", "import kvgate; print(kvgate.__file__)")
     assert str(core.root) in where.stdout, where.stdout
     # The install compiled the C extensions: the affinity index uses its C core, the scorer
-    # its C passes, the workers' shared index its C kernel.
+    # its C passes, the workers' shared index its C kernel, the fingerprint its C loop.
     native = core.run(core.python, "-c",
                       "from kvgate.routing.affinity import MemoryAffinityIndex as M; "
                       "print(type(M(max_blocks_per_deployment=1, ttl_s=1).core).__name__)")
     assert native.stdout.strip() == "NativeAffinityCore", native.stdout + native.stderr
-    others = core.run(core.python, "-c", "from kvgate.routing import affinity_shm, floats; "
-                      "print(floats.NATIVE_AVAILABLE, affinity_shm.NATIVE_AVAILABLE)")
-    assert others.stdout.strip() == "True True", others.stdout + others.stderr
+    others = core.run(core.python, "-c",
+                      "from kvgate.routing import affinity_shm, fingerprint, floats; "
+                      "print(floats.NATIVE_AVAILABLE, affinity_shm.NATIVE_AVAILABLE, "
+                      "fingerprint.NATIVE_CHAIN)")
+    assert others.stdout.strip() == "True True True", others.stdout + others.stderr
 
 
 @pytest.fixture(scope="module")

@@ -248,5 +248,6 @@ def test_version_command() -> None:
     result = run_cli("version")
     assert result.returncode == 0 and result.stdout.startswith("kvgate ")
     # The install built every C extension, and says so.
-    assert result.stdout.splitlines()[1] == ("C extensions: _affinity_native built, "
-                                             "_floats_native built, _shm_native built")
+    assert result.stdout.splitlines()[1] == (
+        "C extensions: _affinity_native built, _chain_native built, _floats_native built, "
+        "_shm_native built")
