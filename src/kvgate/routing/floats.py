@@ -2,7 +2,8 @@
 
 The predicted-TTFT scorer keeps its cost model in Python (:mod:`kvgate.routing.ttft_scorer`);
 what it does per candidate is a dozen passes like these over lists of floats: the costs, who
-has no room, who is within the tie margin, the fill of the tied ones. In Python each pass
+has no room, who is within the tie margin, the fill of the tied ones (and the prefix
+strategy's matched tokens per deployment, ``gather``). In Python each pass
 boxes a float or an int per candidate, which at 256 replicas was most of a decision (issue
 15). ``_floats_native.c`` makes the same passes over the items read as doubles; the
 functions below are the Python versions, which serve where no compiler built it and which
@@ -23,8 +24,8 @@ from typing import TypeVar
 from kvgate.routing.native import warn_missing
 
 __all__ = ["NATIVE_AVAILABLE", "add_product", "add_scaled", "argmin", "gather", "largest",
-           "maximum",
-           "minimum", "multiply", "smallest", "warn_if_python", "where_ge", "where_le", "where_lt"]
+           "maximum", "minimum", "multiply", "smallest", "warn_if_python", "where_ge",
+           "where_le", "where_lt"]
 
 Number = TypeVar("Number", int, float)
 
