@@ -1,10 +1,11 @@
 """The C extensions; everything else about the package is in pyproject.toml.
 
-``optional=True``: without a C compiler the install still succeeds and the affinity indexes
-and the scorer's per-candidate passes run on their pure-Python versions
-(kvgate.routing.affinity_core, .affinity_shm and .floats say which is in use; the gateway logs
-it). CI requires the compiled ones (tests/routing/test_affinity_native.py, test_floats.py,
-test_affinity_shm_native.py).
+``optional=True``: without a C compiler the install still succeeds and the affinity indexes,
+the fingerprint's block loop and the scorer's per-candidate passes run on their pure-Python
+versions (``kvgate version`` lists what was built; the gateway logs what was not). CI requires
+the compiled ones (tests/routing/test_affinity_native.py, test_chain_native.py,
+test_floats.py, test_affinity_shm_native.py) and runs them under ASan and UBSan
+(test_native_sanitized.py).
 """
 
 from setuptools import Extension, setup
