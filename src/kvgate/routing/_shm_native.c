@@ -127,6 +127,29 @@ static int hash_at(PyObject *item, uint64_t *out) {
     return *out == (uint64_t)-1 && PyErr_Occurred() ? -1 : 0;
 }
 
+/* The sequence's hashes as an array (PyMem_Free it), converted before anything is read or
+ * stored, so bad input changes nothing; NULL with an exception set. */
+static uint64_t *hashes_of(PyObject *sequence, Py_ssize_t *num) {
+    PyObject *fast = PySequence_Fast(sequence, "hashes must be a sequence");
+    if (fast == NULL) return NULL;
+    *num = PySequence_Fast_GET_SIZE(fast);
+    PyObject **items = PySequence_Fast_ITEMS(fast);
+    uint64_t *values = PyMem_Malloc(sizeof(uint64_t) * (size_t)(*num ? *num : 1));
+    if (values == NULL) {
+        PyErr_NoMemory();
+    } else {
+        for (Py_ssize_t i = 0; i < *num; i++) {
+            if (hash_at(items[i], &values[i]) < 0) {
+                PyMem_Free(values);
+                values = NULL;
+                break;
+            }
+        }
+    }
+    Py_DECREF(fast);
+    return values;
+}
+
 static int parse_clock(PyObject *const *args, int64_t *oldest_fresh, int *tick, int *max_age) {
     long long oldest = PyLong_AsLongLong(args[0]);
     long t = PyLong_AsLong(args[1]), age = PyLong_AsLong(args[2]);
@@ -150,26 +173,19 @@ static PyObject *Kernel_match(Kernel *k, PyObject *const *args, Py_ssize_t nargs
     int64_t oldest_fresh;
     int tick, max_age;
     if (parse_clock(args + 2, &oldest_fresh, &tick, &max_age) < 0) return NULL;
-    PyObject *hashes = PySequence_Fast(args[0], "hashes must be a sequence");
-    if (hashes == NULL) return NULL;
     PyObject *columns = PySequence_Fast(args[1], "columns must be a sequence");
-    if (columns == NULL) {
-        Py_DECREF(hashes);
-        return NULL;
-    }
+    if (columns == NULL) return NULL;
     PyObject *out = NULL;
-    Py_ssize_t num_links = PySequence_Fast_GET_SIZE(hashes);
-    Py_ssize_t num_columns = PySequence_Fast_GET_SIZE(columns);
-    PyObject **links = PySequence_Fast_ITEMS(hashes), **cols = PySequence_Fast_ITEMS(columns);
-    uint64_t *values = PyMem_Malloc(sizeof(uint64_t) * (size_t)(num_links ? num_links : 1));
-    Py_ssize_t *picked = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(num_columns ? num_columns
-                                                                                : 1));
-    if (values == NULL || picked == NULL) {
+    Py_ssize_t num_links = 0, num_columns = PySequence_Fast_GET_SIZE(columns);
+    PyObject **cols = PySequence_Fast_ITEMS(columns);
+    Py_ssize_t *picked = NULL;
+    uint64_t *values = hashes_of(args[0], &num_links);
+    if (values == NULL) goto done;
+    picked = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(num_columns ? num_columns : 1));
+    if (picked == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    for (Py_ssize_t i = 0; i < num_links; i++)
-        if (hash_at(links[i], &values[i]) < 0) goto done;
     memset(k->alive, 0, (size_t)k->tick_bytes + 1);
     for (Py_ssize_t c = 0; c < num_columns; c++) {
         Py_ssize_t column = PyLong_AsSsize_t(cols[c]);
@@ -219,7 +235,6 @@ static PyObject *Kernel_match(Kernel *k, PyObject *const *args, Py_ssize_t nargs
 done:
     PyMem_Free(values);
     PyMem_Free(picked);
-    Py_DECREF(hashes);
     Py_DECREF(columns);
     return out;
 }
@@ -254,25 +269,15 @@ static PyObject *Kernel_record(Kernel *k, PyObject *const *args, Py_ssize_t narg
     int64_t oldest_fresh;
     int tick, max_age;
     if (parse_clock(args + 3, &oldest_fresh, &tick, &max_age) < 0) return NULL;
-    PyObject *hashes = PySequence_Fast(args[1], "hashes must be a sequence");
+    Py_ssize_t num_links = 0;
+    uint64_t *hashes = hashes_of(args[1], &num_links);
     if (hashes == NULL) return NULL;
-    Py_ssize_t num_links = PySequence_Fast_GET_SIZE(hashes);
-    PyObject **links = PySequence_Fast_ITEMS(hashes);
-    /* Every hash is checked before anything is stored: bad input changes nothing. */
-    for (Py_ssize_t i = 0; i < num_links; i++) {
-        uint64_t ignored;
-        if (hash_at(links[i], &ignored) < 0) {
-            Py_DECREF(hashes);
-            return NULL;
-        }
-    }
     Py_ssize_t own_word = 1 + column / 8;
     int shift = 8 * (int)(column % 8);
     uint64_t own_clear = ~(UINT64_C(0xFF) << shift), own_tick = (uint64_t)tick << shift;
     uint64_t second = (uint64_t)now_s & SECOND_MASK;
     for (Py_ssize_t depth = 0; depth < num_links; depth++) {
-        uint64_t block_hash;
-        hash_at(links[depth], &block_hash);
+        uint64_t block_hash = hashes[depth];
         /* The deeper the link, the lower its rank: a bucket evicts tails before heads. */
         uint64_t rank = depth < 255 ? (uint64_t)(255 - depth) << 24 : 0;
         uint64_t key = key_of(block_hash, k->model_tag);
@@ -314,7 +319,7 @@ static PyObject *Kernel_record(Kernel *k, PyObject *const *args, Py_ssize_t narg
         store(record, meta);
         store(key_word, key);
     }
-    Py_DECREF(hashes);
+    PyMem_Free(hashes);
     Py_RETURN_NONE;
 }
 

@@ -64,6 +64,8 @@ def warn_if_python() -> None:
     if not NATIVE_CHAIN:
         warn_missing("_chain_native", "the prompt fingerprint hashes its blocks in Python, "
                      "about 15 us more per 8k-token prompt")
+
+
 #: Roughly what one token of English text costs in characters.
 CHARS_PER_TOKEN = 4
 #: Fields that change the rendered prompt (chat template inputs), hashed first.
