@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from kvgate.config.schema import PrefixRoutingSettings
 from kvgate.routing import _floats_native as native
-from kvgate.routing import floats
+from kvgate.routing import explain, floats, ttft_scorer
 from kvgate.routing import native as native_module
 from kvgate.routing.ttft_replica import Ticket
 from kvgate.routing.ttft_scorer import TTFTScorer
@@ -31,7 +31,7 @@ FLOATS = st.lists(_FEW.map(float) | st.floats(allow_nan=False), max_size=40)
 #: (native, Python) pairs: every public pass.
 PAIRS = {name: (getattr(native, name), getattr(floats, f"py_{name}"))
          for name in ("add_scaled", "add_product", "multiply", "minimum", "maximum", "argmin",
-                      "where_le", "where_ge", "where_lt", "smallest", "largest", "gather")}
+                      "where_le", "where_ge", "where_lt", "smallest", "largest", "prefix_sums")}
 
 
 def same(a: Any, b: Any) -> bool:
@@ -79,7 +79,10 @@ def test_selections_match_python(values: list[float], limit: float, among: list[
         check(name, values)
         check(name, values, among)  # out-of-range indexes: IndexError from both
     check("argmin", values)
-    check("gather", values, among)  # out-of-range indexes: IndexError from both
+    ints = [int(v) if abs(v) < 2**40 else 7 for v in values]  # token counts
+    check("prefix_sums", ints, among)  # out-of-range indexes: IndexError from both
+    check("prefix_sums", ints, [len(ints), 0, len(ints) // 2, 0])
+    check("prefix_sums", values, [0])  # a float token count: TypeError from both
     for name in ("where_le", "where_ge"):
         check(name, values, limit)
         check(name, values, limit, among)
@@ -109,6 +112,9 @@ def test_minimum_returns_the_items_own_object_and_the_first_of_equals() -> None:
     ("multiply", ([10**400], [1.0])),
     ("smallest", ([1.0, object()], 1)),
     ("where_ge", (5, 1.0)),
+    ("prefix_sums", ([1, 2], [3])),
+    ("prefix_sums", ([1, 2], [-1])),
+    ("prefix_sums", ([1, 2.5], [1])),
 ])
 def test_bad_input_is_refused_like_the_python_versions(name: str, args: tuple[Any, ...]) -> None:
     c_result, py_result = (outcome(f, *args) for f in PAIRS[name])
@@ -129,6 +135,7 @@ def _python_passes(monkeypatch: pytest.MonkeyPatch) -> None:
     """The floats module as an install without a compiler has it."""
     for name in PAIRS:
         monkeypatch.setattr(floats, name, getattr(floats, f"py_{name}"))
+    monkeypatch.setattr(ttft_scorer, "explained", explain.py_explained)  # its own name for it
 
 
 def _decisions(seed: int, replicas: int) -> list[tuple[str, dict[str, object]]]:
@@ -179,6 +186,7 @@ def test_the_scorer_decides_the_same_on_the_python_passes(
     with_c = _decisions(seed, replicas)
     _python_passes(monkeypatch)
     assert floats.where_le is floats.py_where_le
+    assert vars(ttft_scorer)["explained"] is explain.py_explained
     assert _decisions(seed, replicas) == with_c
     outcomes = {str(explanation["outcome"]) for _, explanation in with_c}
     assert {"hit", "cold"} <= outcomes  # the run exercised more than one path

@@ -13,6 +13,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 
 #include "_native.h"
 
@@ -308,27 +309,128 @@ done:
 VARIANT(smallest, best_k, 1.0)
 VARIANT(largest, best_k, -1.0)
 
-/* gather(values, indices, /): [values[i] for i in indices], Python's negative indices
- * included; IndexError when one is out of range. */
-static PyObject *gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (check_args(nargs, 2, 2, "gather") < 0) return NULL;
-    Items values = {0}, indices = {0};
-    PyObject *out = NULL;
+/* prefix_sums(values, counts, /): [sum(values[:k]) for k in counts], values ints; IndexError
+ * for a k outside 0..len(values). Each distinct sum is one int object, shared by every k
+ * that names it (a fleet's counts take few values: who holds the prefix, who does not). */
+static PyObject *prefix_sums(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (check_args(nargs, 2, 2, "prefix_sums") < 0) return NULL;
+    Items values = {0}, counts = {0};
+    PyObject *out = NULL, **made = NULL;
+    long long *sums = NULL;
     if (items_open(args[0], &values, "values must be a sequence") < 0) goto done;
-    if (items_open(args[1], &indices, "indices must be a sequence") < 0) goto done;
-    out = PyList_New(indices.n);
-    if (out == NULL) goto done;
-    for (Py_ssize_t k = 0; k < indices.n; k++) {
-        Py_ssize_t i = index_at(indices.items[k], values.n);
-        if (i < 0) {
-            Py_CLEAR(out);
+    if (items_open(args[1], &counts, "counts must be a sequence") < 0) goto done;
+    sums = PyMem_Malloc((size_t)(values.n + 1) * sizeof(long long));
+    made = PyMem_Calloc((size_t)(values.n + 1), sizeof(PyObject *));
+    if (sums == NULL || made == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    sums[0] = 0;
+    for (Py_ssize_t i = 0; i < values.n; i++) {
+        long long v = PyLong_AsLongLong(values.items[i]);
+        if (v == -1 && PyErr_Occurred()) goto done;
+        if (__builtin_add_overflow(sums[i], v, &sums[i + 1])) {
+            PyErr_SetString(PyExc_OverflowError, "prefix_sums: sum too large");
             goto done;
         }
-        PyList_SET_ITEM(out, k, Py_NewRef(values.items[i]));
     }
+    out = PyList_New(counts.n);
+    if (out == NULL) goto done;
+    for (Py_ssize_t k = 0; k < counts.n; k++) {
+        Py_ssize_t i = PyNumber_AsSsize_t(counts.items[k], PyExc_IndexError);
+        if (i == -1 && PyErr_Occurred()) goto fail;
+        if (i < 0 || i > values.n) {
+            PyErr_SetString(PyExc_IndexError, "list index out of range");
+            goto fail;
+        }
+        if (made[i] == NULL && (made[i] = PyLong_FromLongLong(sums[i])) == NULL) goto fail;
+        PyList_SET_ITEM(out, k, Py_NewRef(made[i]));
+    }
+    goto done;
+fail:
+    Py_CLEAR(out);
 done:
+    if (made != NULL)
+        for (Py_ssize_t i = 0; i <= values.n; i++) Py_XDECREF(made[i]);
+    PyMem_Free(made);
+    PyMem_Free(sums);
     items_close(&values);
-    items_close(&indices);
+    items_close(&counts);
+    return out;
+}
+
+/* -- a decision's explanation -------------------------------------------------------------- */
+
+/* Interned at import: the keys of every explained candidate's entry, and "id". */
+static PyObject *key_id, *key_matched, *key_uncached, *key_cost;
+
+/* A token count as the explanation writes it (explain.py's tokens_value): an int stays as is,
+ * a whole float becomes an int, any other finite float keeps one decimal. */
+static PyObject *tokens_object(PyObject *item) {
+    if (PyLong_CheckExact(item)) return Py_NewRef(item);
+    double v = PyFloat_CheckExact(item) ? PyFloat_AS_DOUBLE(item) : PyFloat_AsDouble(item);
+    if (FAILED(v)) return NULL;
+    if (!isfinite(v)) return PyFloat_FromDouble(v);
+    if (floor(v) == v) return PyLong_FromDouble(v);
+    /* + 0.0: -0.0 becomes 0.0, as Python's int 0 does. */
+    return PyFloat_FromDouble((rint(v * 10.0) + 0.0) / 10.0);
+}
+
+/* Seconds as milliseconds to the microsecond (explain.py's ms): rint rounds half to even
+ * in the default rounding mode, as Python's round does. */
+static inline double ms_value(double seconds) {
+    double scaled = seconds * 1e6;
+    return isfinite(scaled) ? (rint(scaled) + 0.0) / 1e3 : seconds * 1e3;
+}
+
+/* explained(shown, candidates, matched, uncached, costs, /): {candidates[i].id:
+ * {"matched_tokens", "uncached_tokens", "predicted_cost_ms"}} for i in shown, in that order. */
+static PyObject *explained(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (check_args(nargs, 5, 5, "explained") < 0) return NULL;
+    Items shown = {0}, candidates = {0}, matched = {0}, uncached = {0}, costs = {0};
+    PyObject *out = NULL;
+    if (items_open(args[0], &shown, "shown must be a sequence") < 0
+            || items_open(args[1], &candidates, "candidates must be a sequence") < 0
+            || items_open(args[2], &matched, "matched must be a sequence") < 0
+            || items_open(args[3], &uncached, "uncached must be a sequence") < 0
+            || items_open(args[4], &costs, "costs must be a sequence") < 0) goto done;
+    Py_ssize_t n = candidates.n;
+    if (matched.n < n) n = matched.n;
+    if (uncached.n < n) n = uncached.n;
+    if (costs.n < n) n = costs.n;
+    out = PyDict_New();
+    if (out == NULL) goto done;
+    for (Py_ssize_t k = 0; k < shown.n; k++) {
+        Py_ssize_t i = index_at(shown.items[k], n);
+        if (i < 0) goto fail;
+        double cost = value_at(costs.items[i]);
+        if (FAILED(cost)) goto fail;
+        PyObject *entry = PyDict_New();
+        if (entry == NULL) goto fail;
+        PyObject *values[3] = {tokens_object(matched.items[i]), tokens_object(uncached.items[i]),
+                               PyFloat_FromDouble(ms_value(cost))};
+        PyObject *keys[3] = {key_matched, key_uncached, key_cost};
+        int failed = 0;
+        for (int v = 0; v < 3; v++) {
+            if (values[v] == NULL || (!failed && PyDict_SetItem(entry, keys[v], values[v]) < 0))
+                failed = 1;
+            Py_XDECREF(values[v]);
+        }
+        PyObject *id = failed ? NULL : PyObject_GetAttr(candidates.items[i], key_id);
+        if (id == NULL || PyDict_SetItem(out, id, entry) < 0) failed = 1;
+        Py_XDECREF(id);
+        Py_DECREF(entry);
+        if (failed) goto fail;
+    }
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    items_close(&shown);
+    items_close(&candidates);
+    items_close(&matched);
+    items_close(&uncached);
+    items_close(&costs);
     return out;
 }
 
@@ -345,8 +447,10 @@ static PyMethodDef methods[] = {
     FAST(where_ge, "where_ge(values, limit, among=None, /): indices i with values[i] >= limit"),
     FAST(where_lt, "where_lt(values, limits, /): indices i with values[i] < limits[i]"),
     FAST(smallest, "smallest(values, k, /): the k least items' indices, in index order"),
-    FAST(gather, "gather(values, indices, /): [values[i] for i in indices]"),
     FAST(largest, "largest(values, k, /): the k greatest items' indices, in index order"),
+    FAST(prefix_sums, "prefix_sums(values, counts, /): [sum(values[:k]) for k in counts]"),
+    FAST(explained, "explained(shown, candidates, matched, uncached, costs, /): the "
+                    "explanation's entries of the shown candidates, by id"),
     {NULL, NULL, 0, NULL},
 };
 
@@ -356,4 +460,11 @@ static struct PyModuleDef module = {
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__floats_native(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__floats_native(void) {
+    key_id = PyUnicode_InternFromString("id");
+    key_matched = PyUnicode_InternFromString("matched_tokens");
+    key_uncached = PyUnicode_InternFromString("uncached_tokens");
+    key_cost = PyUnicode_InternFromString("predicted_cost_ms");
+    if (!key_id || !key_matched || !key_uncached || !key_cost) return NULL;
+    return PyModule_Create(&module);
+}

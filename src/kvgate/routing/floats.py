@@ -3,7 +3,7 @@
 The predicted-TTFT scorer keeps its cost model in Python (:mod:`kvgate.routing.ttft_scorer`);
 what it does per candidate is a dozen passes like these over lists of floats: the costs, who
 has no room, who is within the tie margin, the fill of the tied ones (and the prefix
-strategy's matched tokens per deployment, ``gather``). In Python each pass
+strategy's matched tokens per deployment, ``prefix_sums``). In Python each pass
 boxes a float or an int per candidate, which at 256 replicas was most of a decision (issue
 15). ``_floats_native.c`` makes the same passes over the items read as doubles; the
 functions below are the Python versions, which serve where no compiler built it and which
@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
-from itertools import compress, repeat
-from operator import add, ge, le, lt, mul
+from itertools import accumulate, compress, repeat
+from operator import add, ge, index, le, lt, mul
 from typing import TypeVar
 
 from kvgate.routing.native import warn_missing
 
-__all__ = ["NATIVE_AVAILABLE", "add_product", "add_scaled", "argmin", "gather", "largest",
-           "maximum", "minimum", "multiply", "smallest", "warn_if_python", "where_ge",
-           "where_le", "where_lt"]
+__all__ = ["NATIVE_AVAILABLE", "add_product", "add_scaled", "argmin", "largest",
+           "maximum", "minimum", "multiply", "prefix_sums", "smallest", "warn_if_python",
+           "where_ge", "where_le", "where_lt"]
 
 Number = TypeVar("Number", int, float)
 
@@ -87,9 +87,16 @@ def py_smallest(values: Sequence[float], k: int) -> list[int]:
     return sorted(heapq.nsmallest(k, range(len(values)), key=values.__getitem__))
 
 
-def py_gather(values: Sequence[Number], indices: Sequence[int]) -> list[Number]:
-    """``[values[i] for i in indices]``."""
-    return list(map(values.__getitem__, indices))
+def py_prefix_sums(values: Sequence[int], counts: Sequence[int]) -> list[int]:
+    """``[sum(values[:k]) for k in counts]`` (``values`` ints); IndexError for a ``k`` outside
+    ``0..len(values)``."""
+    cumulative = list(accumulate(map(index, values), initial=0))
+    out = []
+    for k in map(index, counts):
+        if not 0 <= k < len(cumulative):
+            raise IndexError("list index out of range")
+        out.append(cumulative[k])
+    return out
 
 
 def py_largest(values: Sequence[float], k: int) -> list[int]:
@@ -102,11 +109,11 @@ try:
         add_product,
         add_scaled,
         argmin,
-        gather,
         largest,
         maximum,
         minimum,
         multiply,
+        prefix_sums,
         smallest,
         where_ge,
         where_le,
@@ -117,7 +124,7 @@ except ImportError:  # built without a C compiler: the Python versions serve
     add_scaled, add_product, multiply = py_add_scaled, py_add_product, py_multiply
     minimum, maximum, argmin = py_minimum, py_maximum, py_argmin
     where_le, where_ge, where_lt = py_where_le, py_where_ge, py_where_lt
-    smallest, largest, gather = py_smallest, py_largest, py_gather
+    smallest, largest, prefix_sums = py_smallest, py_largest, py_prefix_sums
 else:
     NATIVE_AVAILABLE = True
 

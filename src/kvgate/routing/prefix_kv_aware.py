@@ -111,9 +111,9 @@ class PrefixKVAware(StrategyDefaults):
             tokens = fp.tokens_in_first(counts[0])
             state = PrefixState(fp, [tokens] * len(counts), counts, tokens)
         else:  # tokens in the first k links, for each deployment's k (one C pass)
-            cumulative = cumulative_tokens(fp.tokens)
-            state = PrefixState(fp, floats.gather(cumulative, counts), counts,
-                                cumulative[floats.maximum(counts)] if counts else 0)
+            matched = floats.prefix_sums(fp.tokens, counts)
+            # The most links hold the most tokens (no link has fewer than none).
+            state = PrefixState(fp, matched, counts, floats.maximum(matched) if matched else 0)
         if sent is not counts and sent != counts:
             state.known_tokens = [
                 fp.tokens_in_first(s) - m if s > c else 0

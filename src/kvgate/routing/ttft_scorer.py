@@ -38,7 +38,7 @@ from typing import Any
 from kvgate.config.schema import PrefixRoutingSettings
 from kvgate.core.deployment import Deployment, RouteDecision
 from kvgate.routing import fingerprint, floats
-from kvgate.routing.explain import shown_candidates, tokens_value
+from kvgate.routing.explain import explained, ms, shown_candidates, tokens_value
 from kvgate.routing.placed_shm import SharedPlacements
 from kvgate.routing.ttft_ledger import Ledger
 
@@ -226,39 +226,42 @@ class TTFTScorer:
                    else "hit" if matched[pick] >= best_match - self._block_tokens
                    else "spill")
         shown = shown_candidates(costs, pick, ties == len(costs), lowest=True)
+        p_pick = pick if positions is None else positions[pick]
         explanation: dict[str, Any] = {
             "strategy": self.name,
             "outcome": outcome,
             "matched_tokens": tokens_value(matched[pick]),
-            "predicted_ttft_ms": round((ledger.ttft_base[pick if positions is None else
-                                                         positions[pick]]
-                                        + rate[pick] * uncached[pick] + (
-                self._load_s_per_token * offloaded[pick] if offloaded is not None else 0.0))
-                * 1e3, 3),
-            "runner_up_margin_ms": round((runner_up - costs[pick]) * 1e3, 3),
-            "candidates": {candidates[i].id: self._shown_entry(
-                matched[i], uncached[i], costs[i], evict_s.get(i), wait_s.get(i),
-                None if details is None else details.get(candidates[i])) for i in shown},
+            "predicted_ttft_ms": ms(ledger.ttft_base[p_pick] + rate[pick] * uncached[pick] + (
+                self._load_s_per_token * offloaded[pick] if offloaded is not None else 0.0)),
+            "runner_up_margin_ms": ms(runner_up - costs[pick]),
+            "candidates": self._shown_entries(shown, candidates, matched, uncached, costs,
+                                              evict_s, wait_s, details),
         }
         if reserve:
-            ledger.placed.reserve(pick if positions is None else positions[pick],
-                                  max(0.0, uncached[pick]), now_s)
+            ledger.placed.reserve(p_pick, max(0.0, uncached[pick]), now_s)
         return RouteDecision(candidates[pick], explanation), pick
 
     @staticmethod
-    def _shown_entry(matched: float, uncached: float, cost: float, evict: float | None,
-                     wait: float | None, details: Mapping[str, Any] | None) -> dict[str, Any]:
-        """One named candidate in the explanation (no entry for a zero eviction or no wait)."""
-        entry: dict[str, Any] = {"matched_tokens": tokens_value(matched),
-                                 "uncached_tokens": tokens_value(uncached),
-                                 "predicted_cost_ms": round(cost * 1e3, 3)}
-        if evict:
-            entry["eviction_ms"] = round(evict * 1e3, 3)
-        if wait is not None:
-            entry["kv_wait_ms"] = round(wait * 1e3, 3)
-        if details:
-            entry.update(details)
-        return entry
+    def _shown_entries(shown: Sequence[int], candidates: Sequence[Deployment],
+                       matched: Sequence[float], uncached: Sequence[float],
+                       costs: Sequence[float], evict_s: Mapping[int, float],
+                       wait_s: Mapping[int, float],
+                       details: Mapping[Deployment, Mapping[str, Any]] | None
+                       ) -> dict[str, dict[str, Any]]:
+        """The named candidates' entries in the explanation (no entry for a zero eviction or
+        no wait). The common part in one C call (:func:`kvgate.routing.explain.explained`);
+        evictions, waits and details are rare and few."""
+        entries = explained(shown, candidates, matched, uncached, costs)
+        if evict_s or wait_s or details:
+            for i in shown:
+                entry = entries[candidates[i].id]
+                if evict := evict_s.get(i):
+                    entry["eviction_ms"] = ms(evict)
+                if (wait := wait_s.get(i)) is not None:
+                    entry["kv_wait_ms"] = ms(wait)
+                if details and (extra := details.get(candidates[i])):
+                    entry.update(extra)
+        return entries
 
     def _eviction_s(self, positions: Sequence[int] | None, i: int, uncached: float,
                     growth: float, placed: Sequence[float], fair: float) -> float:
