@@ -8,6 +8,7 @@ not change per request built once here.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -96,6 +97,7 @@ class KVGateApp:
                     logger.exception("gateway start-up failed")
                     await send({"type": "lifespan.startup.failed", "message": repr(exc)})
                     return
+                freeze_startup_heap()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 try:
@@ -341,3 +343,20 @@ async def _aclose(chunks: object) -> None:
 def create_app(settings: Settings) -> KVGateApp:
     """Build the gateway and its ASGI app from validated settings."""
     return KVGateApp(build_gateway(settings))
+
+
+def freeze_startup_heap() -> None:
+    """Take what start-up built (modules, settings, the gateway, its tables' Python parts)
+    out of the cyclic collector's full passes, once per process.
+
+    NOTE: a full pass walks every tracked object, and after start-up nearly all of them live
+    as long as the process. In-process, 64 deployments, KV-aware routing, ~8k-token prompts:
+    one full pass every ~3,000 requests took 20 ms, a 20 ms stall of the event loop and 6.5
+    us per request on average (the KV-aware path's longer-lived objects reach the oldest
+    generation sooner); frozen, none in 3,000 requests and 139 -> 128 us of CPU per request.
+    Objects made later are collected as before.
+    """
+    if gc.get_freeze_count():
+        return  # another app in this process froze the heap already
+    gc.collect()
+    gc.freeze()
