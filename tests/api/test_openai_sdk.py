@@ -161,7 +161,11 @@ def test_health_ready_metrics_docs(gateway: RunningGateway) -> None:
     assert "/v1/chat/completions" in schema["paths"]
 
 
-def test_admin_stats_in_flight_returns_to_zero(gateway: RunningGateway) -> None:
+def test_admin_stats_in_flight_returns_to_zero(client: openai.OpenAI,
+                                               gateway: RunningGateway) -> None:
+    # Its own request: the module's gateway is shared, and run alone (-k) nothing else
+    # has sent one.
+    client.chat.completions.create(model="demo", messages=[{"role": "user", "content": "hi"}])
     stats = httpx.get(gateway.url + "/admin/stats").json()
     deployments = stats["models"][0]["deployments"]
     assert {d["id"] for d in deployments} == {"mock-a/mock-small", "mock-b/mock-small"}
