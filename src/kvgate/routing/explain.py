@@ -64,7 +64,7 @@ def py_explained(shown: Sequence[int], candidates: Sequence[Any], matched: Seque
     """The explanation's entry of each candidate in ``shown`` (in that order), by its
     ``id``: its matched and uncached tokens and its predicted cost. The Python version of
     ``_floats_native.explained``, which builds the same dicts (at 256 replicas building
-    them here was about a sixth of a decision)."""
+    them here was about 7 of a decision's 56 us beyond its fingerprint)."""
     return {candidates[i].id: {"matched_tokens": tokens_value(matched[i]),
                                "uncached_tokens": tokens_value(uncached[i]),
                                "predicted_cost_ms": ms(costs[i])} for i in shown}
