@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from kvgate.routing import _floats_native as native
 from kvgate.routing import explain
+from tests.routing.native_compare import outcome, same
 
 _TOKENS = (st.integers(0, 2**40) | st.floats(allow_nan=False, width=64)
            | st.sampled_from([0.0, -0.0, 0.04, -0.04, 0.05, 0.15, 0.25, 2.5, 7168.0, 4725.5,
@@ -26,26 +27,6 @@ _SECONDS = st.floats(allow_nan=True, width=64) | st.sampled_from(
 @dataclass(frozen=True)
 class _Candidate:
     id: str
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal, of the same type, negative zero told from zero, NaN equal to NaN, dicts in the
-    same key order."""
-    if isinstance(a, dict):
-        return (isinstance(b, dict) and list(a) == list(b)
-                and all(_same(a[k], b[k]) for k in a))
-    if isinstance(a, float) and isinstance(b, float):
-        if a != a:
-            return b != b
-        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
-    return type(a) is type(b) and a == b
-
-
-def _outcome(function: Any, *args: Any) -> tuple[str, Any]:
-    try:
-        return "value", function(*args)
-    except (TypeError, ValueError, IndexError, AttributeError, OverflowError) as error:
-        return "error", type(error)
 
 
 def test_the_module_uses_the_c_version() -> None:
@@ -61,7 +42,7 @@ def test_entries_match_python(data: st.DataObject, n: int) -> None:
     shown = sorted(data.draw(st.sets(st.integers(0, n - 1), max_size=8)))
     c_result = native.explained(shown, candidates, matched, uncached, costs)
     py_result = explain.py_explained(shown, candidates, matched, uncached, costs)
-    assert _same(c_result, py_result), (shown, matched, uncached, costs)
+    assert same(c_result, py_result), (shown, matched, uncached, costs)
     assert list(c_result) == [candidates[i].id for i in shown]
 
 
@@ -74,9 +55,9 @@ def test_entries_match_python(data: st.DataObject, n: int) -> None:
     (5, [_Candidate("a")], [1], [1], [1.0]),  # not a sequence
 ])
 def test_bad_input_is_refused_like_the_python_version(args: tuple[Any, ...]) -> None:
-    c_result = _outcome(native.explained, *args)
+    c_result = outcome(native.explained, *args)
     assert c_result[0] == "error"
-    assert c_result == _outcome(explain.py_explained, *args)
+    assert c_result == outcome(explain.py_explained, *args)
 
 
 @given(st.floats(-1e6, 1e6))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from kvgate.routing import native as native_module
 from kvgate.routing.ttft_replica import Ticket
 from kvgate.routing.ttft_scorer import TTFTScorer
 from tests.routing.factories import deployment
+from tests.routing.native_compare import outcome, same
 from tests.support.clock import FakeClock
 
 # Ties are common in the scorer (idle replicas cost the same): draw from a few values often.
@@ -32,22 +32,6 @@ FLOATS = st.lists(_FEW.map(float) | st.floats(allow_nan=False), max_size=40)
 PAIRS = {name: (getattr(native, name), getattr(floats, f"py_{name}"))
          for name in ("add_scaled", "add_product", "multiply", "minimum", "maximum", "argmin",
                       "where_le", "where_ge", "where_lt", "smallest", "largest", "prefix_sums")}
-
-
-def same(a: Any, b: Any) -> bool:
-    """Equal values of the same type, negative zero told from zero (lists item by item)."""
-    if isinstance(a, list):
-        return isinstance(b, list) and len(a) == len(b) and all(map(same, a, b))
-    if isinstance(a, float) and isinstance(b, float) and a == 0.0 == b:
-        return math.copysign(1.0, a) == math.copysign(1.0, b)
-    return type(a) is type(b) and (a == b or (a != a and b != b))
-
-
-def outcome(function: Callable[..., Any], *args: Any) -> tuple[str, Any]:
-    try:
-        return "value", function(*args)
-    except (TypeError, ValueError, IndexError, OverflowError) as error:
-        return "error", type(error)
 
 
 def check(name: str, *args: Any) -> None:

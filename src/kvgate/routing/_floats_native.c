@@ -4,7 +4,9 @@
  * per candidate is a dozen passes over lists of floats (costs, room, fill, ties). In Python
  * each pass boxes a float or an int per candidate: at 256 replicas that was most of a
  * decision (issue 15). These are the same passes over the lists' items read as doubles.
- * kvgate/routing/floats.py holds the Python versions, which the tests hold these to.
+ * kvgate/routing/floats.py holds the Python versions, which the tests hold these to. Two
+ * more serve a decision the same way: prefix_sums (each deployment's matched tokens,
+ * floats.py) and explained (the explanation's candidate entries, explain.py).
  *
  * Items may be floats or ints (token counts): read as doubles, so ints beyond 2**53 compare
  * approximately (token counts never get there). NaN is not a value the scorer produces:
@@ -456,7 +458,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_floats_native",
-    "Passes over per-candidate number lists (kvgate.routing.floats).", -1, methods,
+    "Passes over per-candidate number lists (kvgate.routing.floats, explain).", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 
