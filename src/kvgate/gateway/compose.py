@@ -208,7 +208,8 @@ def _build_fleet(settings: Settings, providers: dict[str, Provider],
         fleet.watched.extend((model.name, d) for d in deployments)
         entry = strategy_entry(routing.strategy)
         context = RoutingContext(
-            affinity_index=affinity_index_factory(model.name, routing, len(deployments), redis)
+            affinity_index=affinity_index_factory(model.name, routing, len(deployments), redis),
+            write_behind=True,
         )
         strategy = entry.factory(deployments, routing, context)
         fleet.routes[model.name] = ModelRoute(

@@ -30,6 +30,9 @@ class RoutingContext:
     #: Seconds for the strategy's ledgers and fits: the gateway's monotonic clock, or a
     #: simulator's virtual one.
     clock: Callable[[], float] = time.monotonic
+    #: Strategies may queue their bookkeeping after a decision off the request's path
+    #: (:mod:`kvgate.routing.write_behind`): the gateway; a simulator reads state in line.
+    write_behind: bool = False
 
 
 #: Builds one model's strategy from its deployments, its effective settings and context.
@@ -76,7 +79,8 @@ STRATEGIES: dict[str, StrategyEntry] = {
     "cost": StrategyEntry(lambda deployments, settings, _: CheapestFirst(deployments, settings)),
     "prefix_kv_aware": StrategyEntry(
         lambda deployments, settings, context: PrefixKVAware(
-            deployments, settings.prefix, context.affinity_index(), clock=context.clock
+            deployments, settings.prefix, context.affinity_index(), clock=context.clock,
+            write_behind=context.write_behind,
         ),
         prepares=True, reads_engine_metrics=True, uses_affinity=True, observes_progress=True,
     ),

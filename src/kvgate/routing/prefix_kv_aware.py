@@ -9,6 +9,8 @@ Per request:
    prefill, learned speed and KV footprint and picks the lowest predicted cost.
 3. ``on_dispatched``: record the prompt's links for the chosen deployment and open a ledger
    ticket; ``on_first_token`` / ``on_released`` close it and feed the replica's calibration.
+   In the gateway these run write-behind (:mod:`kvgate.routing.write_behind`): after the
+   request's task yields, or before the next ``prepare`` / ``choose``, whichever is first.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from kvgate.routing.fingerprint import (
 )
 from kvgate.routing.ttft_replica import Ticket
 from kvgate.routing.ttft_scorer import TTFTScorer
+from kvgate.routing.write_behind import WriteBehind
 
 if TYPE_CHECKING:
     from kvgate.core.call import Call
@@ -69,7 +72,12 @@ class PrefixKVAware(StrategyDefaults):
         index: AffinityIndex,
         *,
         clock: Callable[[], float] = time.monotonic,
+        write_behind: bool = False,
     ) -> None:
+        """``write_behind``: queue the bookkeeping after each decision off the request's path
+        (the gateway); off, it runs in line (simulators, which read state in line)."""
+        #: What ``on_dispatched`` / ``on_first_token`` / ``on_released`` queued (write-behind).
+        self.bookkeeping = WriteBehind(enabled=write_behind)
         self._deployments = list(deployments)
         self._ids = tuple(d.id for d in deployments)
         self._position = {d: i for i, d in enumerate(self._deployments)}
@@ -94,6 +102,8 @@ class PrefixKVAware(StrategyDefaults):
                                   shared_placements=shared)
 
     async def prepare(self, call: Call) -> None:
+        if self.bookkeeping.pending:
+            self.bookkeeping.flush()  # the index and the ledger as every earlier attempt left them
         fp = fingerprint(call, block_chars=self._settings.block_chars, memo=self._memo,
                          image_tokens=self._image_tokens)
         counts = await self._index.match(fp.hashes, self._ids) if fp.hashes else []
@@ -147,6 +157,8 @@ class PrefixKVAware(StrategyDefaults):
         return counts
 
     def choose(self, call: Call, candidates: Sequence[Deployment]) -> RouteDecision:
+        if self.bookkeeping.pending:
+            self.bookkeeping.flush()
         state: PrefixState = call.routing_state
         if (self._match_now is None
                 or 2 * state.best_match_tokens >= state.fingerprint.total_tokens):
@@ -187,42 +199,58 @@ class PrefixKVAware(StrategyDefaults):
         explanation["prompt_tokens_est"] = prompt_tokens
         return decision
 
-    def _record(self, call: Call, deployment: Deployment) -> PrefixState | None:
-        state: PrefixState | None = call.routing_state
-        if (state is not None and state.fingerprint.hashes
-                and state.recorded_on is not deployment):
-            self._index.record(deployment.id, state.fingerprint.hashes)
-        return state
+    # -- after the decision: queued on the write-behind, each with the time it happened -----
 
     def on_dispatched(self, call: Call, deployment: Deployment) -> None:
-        state = self._record(call, deployment)
+        state: PrefixState | None = call.routing_state
         if state is not None:
-            position = self._position[deployment]
-            prompt_tokens = state.fingerprint.total_tokens
-            matched = state.matched_tokens[position]
-            links = state.matched_blocks[position]
-            state.ticket = self._scorer.ledger.dispatched(
-                position, prompt_tokens - matched, prompt_tokens=prompt_tokens,
-                # The chain's last matched link names the whole matched prefix.
-                shared_key=state.fingerprint.hashes[links - 1] if links else None,
-                shared_tokens=matched, hashes=state.fingerprint.hashes)
+            self.bookkeeping(self._dispatched, state, deployment, self._clock())
 
     def on_first_token(self, call: Call, deployment: Deployment) -> None:
         state: PrefixState | None = call.routing_state
-        if state is not None and state.ticket is not None:
-            self._scorer.ledger.first_token(state.ticket)
+        if state is not None:
+            self.bookkeeping(self._first_token, state, self._clock())
 
     def on_released(self, call: Call, deployment: Deployment, output_tokens: int,
                     usage: EngineUsage | None = None) -> None:
         state: PrefixState | None = call.routing_state
-        if state is not None and state.ticket is not None:
-            self._scorer.ledger.released(state.ticket, output_tokens, usage)
+        if state is not None:
+            self.bookkeeping(self._released, state, output_tokens, usage, self._clock())
+
+    def _record(self, state: PrefixState, deployment: Deployment) -> None:
+        hashes = state.fingerprint.hashes
+        if hashes and state.recorded_on is not deployment:
+            self._index.record(deployment.id, hashes)
+
+    def _dispatched(self, state: PrefixState, deployment: Deployment, now_s: float) -> None:
+        self._record(state, deployment)
+        hashes = state.fingerprint.hashes
+        position = self._position[deployment]
+        prompt_tokens = state.fingerprint.total_tokens
+        matched = state.matched_tokens[position]
+        links = state.matched_blocks[position]
+        state.ticket = self._scorer.ledger.dispatched(
+            position, prompt_tokens - matched, prompt_tokens=prompt_tokens,
+            # The chain's last matched link names the whole matched prefix.
+            shared_key=hashes[links - 1] if links else None,
+            shared_tokens=matched, hashes=hashes, now_s=now_s)
+
+    def _first_token(self, state: PrefixState, now_s: float) -> None:
+        if state.ticket is not None:
+            self._scorer.ledger.first_token(state.ticket, now_s)
+
+    def _released(self, state: PrefixState, output_tokens: int, usage: EngineUsage | None,
+                  now_s: float) -> None:
+        if state.ticket is not None:
+            self._scorer.ledger.released(state.ticket, output_tokens, usage, now_s)
 
     def describe(self) -> dict[str, dict[str, Any]]:
+        self.bookkeeping.flush()
         return self._scorer.ledger.describe()
 
     def affinity_entries(self) -> int:
         """(deployment, block) pairs the affinity index tracks; -1 when the backend can't tell."""
+        self.bookkeeping.flush()
         return self._index.size()
 
 

@@ -203,7 +203,9 @@ class PrefixKVAwareV1(PrefixKVAware):
         return decision
 
     def on_dispatched(self, call: Call, deployment: Deployment) -> None:
-        self._record(call, deployment)
+        state: PrefixState | None = call.routing_state
+        if state is not None:
+            self._record(state, deployment)
 
     def describe(self) -> dict[str, dict[str, Any]]:
         return {}

@@ -163,11 +163,12 @@ class Ledger:
 
     def dispatched(self, position: int, uncached_tokens: float, *, prompt_tokens: float = 0.0,
                    shared_key: Hashable = None, shared_tokens: float = 0.0,
-                   hashes: Sequence[int] = ()) -> Ticket:
+                   hashes: Sequence[int] = (), now_s: float | None = None) -> Ticket:
         """``prompt_tokens``: the prompt's size (0: unknown; no KV is counted for it);
         ``shared_key``, ``shared_tokens``: the prefix it matched there and an identity for it
-        (see :class:`Ticket`)."""
-        now_s = self._clock()
+        (see :class:`Ticket`). ``now_s``: when it happened, if not now (write-behind)."""
+        if now_s is None:
+            now_s = self._clock()
         replica = self.replicas[position]
         others = self._others_tokens(position)
         ticket = Ticket(position, uncached_tokens, replica.queued + others + uncached_tokens,
@@ -194,12 +195,13 @@ class Ledger:
         self.update(position)
         return ticket
 
-    def first_token(self, ticket: Ticket) -> None:
+    def first_token(self, ticket: Ticket, now_s: float | None = None) -> None:
         """The ticket's first token arrived (a stream): its prefill is done, and its time is a
-        calibration sample."""
+        calibration sample. ``now_s``: when it arrived, if not now."""
         if ticket.released or ticket.first_token_s is not None:
             return
-        now_s = self._clock()
+        if now_s is None:
+            now_s = self._clock()
         ticket.first_token_s = now_s
         replica = self.replicas[ticket.position]
         self._leave_queue(replica, ticket)
@@ -211,14 +213,16 @@ class Ledger:
         self.update(ticket.position)
 
     def released(self, ticket: Ticket, output_tokens: int,
-                 usage: EngineUsage | None = None) -> None:
+                 usage: EngineUsage | None = None, now_s: float | None = None) -> None:
         """The attempt ended (answered, failed or abandoned) after ``output_tokens``;
-        ``usage``: the prompt's tokens and cached tokens as its engine reported them."""
+        ``usage``: the prompt's tokens and cached tokens as its engine reported them;
+        ``now_s``: when it ended, if not now."""
         if ticket.released:
             return
         ticket.released = True
         self._in_flight[ticket.position].pop(id(ticket), None)
-        now_s = self._clock()
+        if now_s is None:
+            now_s = self._clock()
         replica = self.replicas[ticket.position]
         # NOTE: the TTFT sample is of the tokens the engine really computed: where the index
         # said "held" but the engine had evicted, the sample is a full prefill, and taking it
