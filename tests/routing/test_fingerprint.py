@@ -149,6 +149,22 @@ def test_a_memo_changes_nothing_but_the_work(system: str, first: str, second: st
         assert with_memo == fingerprint(call_for(messages), block_chars=BLOCK_CHARS)
 
 
+def test_the_memo_keeps_its_bound_dropping_the_oldest_messages_first() -> None:
+    memo = MessageMemo(max_links=10, min_bytes=1)
+    for n in range(6):
+        memo.put((n, b"", n), (n,) * 3, b"")  # 3 links each: 3 entries fit
+    assert [memo.get((n, b"", n)) is not None for n in range(6)] == [False] * 3 + [True] * 3
+    memo.put((3, b"", 3), (9,) * 3, b"")  # already there: kept as it was, not re-queued
+    assert memo.get((3, b"", 3)) == ((3,) * 3, b"")
+    memo.put((6, b"", 6), (6,) * 4, b"")  # 13 links: the oldest goes (10 left)
+    assert [memo.get((n, b"", n)) is not None for n in range(3, 7)] == [False, True, True, True]
+    memo.put((8, b"", 8), (8,) * 5, b"")  # 15: the next two oldest go (9 left)
+    assert [memo.get((n, b"", n)) is not None for n in (4, 5, 6, 8)] == [False, False, True,
+                                                                       True]
+    memo.put((7, b"", 7), (7,) * 11, b"")  # longer than the bound: never kept
+    assert memo.get((7, b"", 7)) is None and memo.get((6, b"", 6)) is not None
+
+
 def test_cost_is_bounded_for_a_100k_token_prompt() -> None:
     # Not a timing assertion: the work is linear in the prompt, checked by link count.
     prompt = "lorem ipsum dolor sit amet " * 15_000  # ~400k chars, ~100k tokens

@@ -74,6 +74,40 @@ def test_flush_runs_the_queue_before_the_loop_does_and_the_loop_finds_it_empty()
     asyncio.run(main())
 
 
+class _CountingLoop(asyncio.SelectorEventLoop):
+    """Counts the write-behind's callbacks the loop is asked to run."""
+
+    write_behind_callbacks = 0
+
+    def call_soon(self, callback: Any, *args: Any, context: Any = None) -> asyncio.Handle:
+        if getattr(callback, "__qualname__", "") == "WriteBehind._run":
+            self.write_behind_callbacks += 1
+        return super().call_soon(callback, *args, context=context)
+
+
+def test_a_call_queued_after_a_readers_flush_still_runs_when_the_loop_turns() -> None:
+    """A reader's flush leaves the scheduled callback in place (one per loop step, not one
+    per call): what is queued after it runs with that callback."""
+    seen: list[int] = []
+    later = WriteBehind(enabled=True)
+
+    async def main() -> None:
+        later(seen.append, 1)
+        later.flush()
+        later(seen.append, 2)
+        later(seen.append, 3)
+        assert seen == [1]
+        await asyncio.sleep(0)
+        assert seen == [1, 2, 3]
+
+    loop = _CountingLoop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert loop.write_behind_callbacks == 1
+
+
 def test_a_failing_call_is_logged_and_the_rest_still_run(
         caplog: pytest.LogCaptureFixture) -> None:
     seen: list[int] = []

@@ -17,6 +17,7 @@ Python loop; ``python -m kvgate.bench.routing_cost``); nothing is stored per req
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -101,26 +102,32 @@ class MessageMemo:
     NOTE: one per strategy (not module state); single-threaded (the event loop's).
     """
 
-    __slots__ = ("_entries", "_links", "max_links", "min_bytes")
+    __slots__ = ("_entries", "_links", "_order", "max_links", "min_bytes")
 
     def __init__(self, *, max_links: int = 65_536, min_bytes: int = 2048) -> None:
         self.max_links = max_links
         #: Shorter messages are hashed directly: a lookup would save too little.
         self.min_bytes = min_bytes
         self._entries: dict[tuple[int, bytes, int], tuple[tuple[int, ...], bytes]] = {}
+        #: The keys, oldest first. NOTE: not ``next(iter(self._entries))``: a dict used as a
+        #: queue leaves the popped slots at its front until it resizes, and each ``iter``
+        #: steps over all of them (2.4 us per put once full, against 0.4 with this deque;
+        #: every chat request's new last turn is put).
+        self._order: deque[tuple[int, bytes, int]] = deque()
         self._links = 0
 
     def get(self, key: tuple[int, bytes, int]) -> tuple[tuple[int, ...], bytes] | None:
         return self._entries.get(key)
 
     def put(self, key: tuple[int, bytes, int], links: tuple[int, ...], tail: bytes) -> None:
-        if key in self._entries or len(links) > self.max_links:
+        entries = self._entries
+        if key in entries or len(links) > self.max_links:
             return
-        self._entries[key] = (links, tail)
+        entries[key] = (links, tail)
+        self._order.append(key)
         self._links += len(links)
         while self._links > self.max_links:
-            oldest = next(iter(self._entries))
-            self._links -= len(self._entries.pop(oldest)[0])
+            self._links -= len(entries.pop(self._order.popleft())[0])
 
 
 class _ChainBuilder:

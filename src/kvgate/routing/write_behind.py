@@ -57,12 +57,18 @@ class WriteBehind:
             self.flush()
             return
         self._scheduled = True
-        loop.call_soon(self.flush)
+        loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        # NOTE: only this callback clears the flag, so at most one is pending: under load the
+        # readers' flushes empty the queue and a loop step takes one callback, not one per
+        # request (a Handle each, about 1 us).
+        self._scheduled = False
+        self.flush()
 
     def flush(self) -> None:
         """Run every queued call, oldest first. A call that raises is logged and dropped; the
         rest still run (one bad event must not stall the strategy's learning)."""
-        self._scheduled = False
         queue = self._queue
         while queue:
             work, args = queue.popleft()
