@@ -16,8 +16,6 @@ import statistics
 import sys
 from typing import Any
 
-from kvgate.bench.processes import free_port, local_process
-from kvgate.bench.rawhttp import pinned
 from kvgate.bench.scenarios.overhead_long import DEPLOYMENTS, long_body
 from kvgate.bench.scenarios.overhead_measure import (
     FULL,
@@ -25,20 +23,16 @@ from kvgate.bench.scenarios.overhead_measure import (
     latency_c1,
     throughput_c32,
 )
-from kvgate.bench.scenarios.overhead_targets import Target, Targets, client_cpu
+from kvgate.bench.scenarios.overhead_targets import Targets, zero_upstream
 
 
 def main() -> None:
     before_src, new_src, out = sys.argv[1:4]
     load_before = os.getloadavg()[0]
     with contextlib.ExitStack() as stack:
-        up_port = free_port()
-        upstream = stack.enter_context(local_process(
-            pinned(client_cpu(), [sys.executable, "-m", "kvgate.bench.zero_upstream",
-                                  "--port", str(up_port)]),
-            f"http://127.0.0.1:{up_port}", ready_path="/v1/models"))
-        targets = Targets(stack, up_port)
-        targets.running.append(Target("direct", upstream))
+        direct = zero_upstream(stack)
+        targets = Targets(stack, direct.port)
+        targets.running.append(direct)
         for label, src in (("before", before_src), ("new", new_src)):
             os.environ["PYTHONPATH"] = src
             for strategy in ("round_robin", "prefix_kv_aware"):

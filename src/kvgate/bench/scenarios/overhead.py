@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -41,8 +40,7 @@ import orjson
 from kvgate import __version__
 from kvgate.bench.api import RESULT_FORMAT, host_info, write_json
 from kvgate.bench.peers import PeerUnavailable, ensure_debian_package
-from kvgate.bench.processes import free_port, local_process
-from kvgate.bench.rawhttp import can_pin, pinned, rss_mb, wrk_path
+from kvgate.bench.rawhttp import can_pin, rss_mb, wrk_path
 from kvgate.bench.scenarios import ScenarioOptions
 from kvgate.bench.scenarios.overhead_long import measure_long, print_long_table
 from kvgate.bench.scenarios.overhead_measure import (
@@ -63,9 +61,8 @@ from kvgate.bench.scenarios.overhead_targets import (
     CLIENT_CPU,
     HOP_CPU,
     MODEL,
-    Target,
     Targets,
-    client_cpu,
+    zero_upstream,
 )
 
 __all__ = ["FULL", "QUICK", "Sizes", "run"]
@@ -94,13 +91,9 @@ def run(options: ScenarioOptions) -> dict[str, Any]:
     failed: dict[str, str] = {}
     reconnects: dict[str, int] = {}
     with contextlib.ExitStack() as stack:
-        up_port = free_port()
-        upstream = stack.enter_context(local_process(
-            pinned(client_cpu(), [sys.executable, "-m", "kvgate.bench.zero_upstream",
-                                  "--port", str(up_port)]),
-            f"http://127.0.0.1:{up_port}", ready_path="/v1/models"))
-        targets = Targets(stack, up_port)
-        targets.running.append(Target("direct", upstream, {"notes": "the zero upstream itself"}))
+        direct = zero_upstream(stack)
+        targets = Targets(stack, direct.port)
+        targets.running.append(direct)
         targets.add("kvgate", targets.kvgate, console)
         if options.peers:
             targets.add("nginx", targets.nginx, console)

@@ -87,6 +87,17 @@ def kvgate_config(upstream_port: int, *, deployments: int = 1,
     return config
 
 
+def zero_upstream(stack: contextlib.ExitStack) -> Target:
+    """Start the zero-latency upstream on the client CPU into ``stack``: the ``direct``
+    target (its port is the one every hop forwards to)."""
+    port = free_port()
+    process = stack.enter_context(local_process(
+        pinned(client_cpu(), [sys.executable, "-m", "kvgate.bench.zero_upstream",
+                              "--port", str(port)]),
+        f"http://127.0.0.1:{port}", ready_path="/v1/models"))
+    return Target("direct", process, {"notes": "the zero upstream itself"})
+
+
 @contextlib.contextmanager
 def _kvgate(config: dict[str, Any]) -> Iterator[LocalProcess]:
     port = free_port()
