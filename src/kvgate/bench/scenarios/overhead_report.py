@@ -56,6 +56,8 @@ def comparison(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
         rows[name] = {
             "c1_p50_ms": c1.get("p50"), "added_p50_ms": c1.get("added_p50"),
             "added_p99_ms": c1.get("added_p99"),
+            "added_p99_with_openers_ms": document.get("c1_blocking_with_openers_ms", {}).get(
+                name, {}).get("added_p99"),
             "stream_ttft_p50_ms": st.get("p50"), "stream_ttft_added_p50_ms": st.get("added_p50"),
             "c32_requests_per_s": c32.get("requests_per_s"),
             "c32_stream_requests_per_s": c32s.get("requests_per_s"),
