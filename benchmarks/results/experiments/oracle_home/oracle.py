@@ -9,7 +9,7 @@ the other replica idles), but the placement every KV-aware arm aims at: if round
 p95 over the oracle's stays under 1.8x at 8 questions per image, the cold burst bounds every
 router there, not the scorer.
 
-  python benchmarks/results/experiments/oracle_home/oracle.py OUT.json [SEEDS]
+  python benchmarks/results/experiments/oracle_home/oracle.py OUT.json [SEEDS [FIRST_SEED]]
 
 Virtual time (simulator figures); the images-seeds scenario's case, seeds 1..SEEDS (10), at
 8, 24 and 50 questions per image; round robin and prefix_kv_aware rerun in the same run.
@@ -83,7 +83,8 @@ def run_one(job: tuple[int, int, str]) -> dict[str, Any]:
 
 def main() -> None:
     out = sys.argv[1]
-    seeds = list(range(1, 1 + (int(sys.argv[2]) if len(sys.argv) > 2 else 10)))
+    first = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+    seeds = list(range(first, first + (int(sys.argv[2]) if len(sys.argv) > 2 else 10)))
     jobs = [(q, s, arm) for q in QUESTIONS for s in seeds for arm in ARMS]
     with ProcessPoolExecutor(2) as pool:
         rows = list(pool.map(run_one, jobs))
