@@ -255,3 +255,71 @@ def test_the_gateway_builds_its_kv_aware_strategies_write_behind() -> None:
         return strategy.bookkeeping.pending
 
     assert asyncio.run(main()) == 1
+
+
+# -- precise_kv with its bookkeeping behind ---------------------------------------------------
+
+
+def test_precise_a_burst_decided_before_the_loop_turns_sticks_through_pending_blocks() -> None:
+    """precise_kv's dispatch marks the prompt's blocks pending on its replica (about 65 us
+    for an 8k-token prompt, so it runs write-behind in the gateway); the next request of a
+    burst, decided before the loop turns, still finds them there."""
+    from kvgate.config.schema import RoutingSettings
+    from kvgate.routing.precise.strategy import PreciseKVAware
+    from tests.routing.precise.test_strategy import DOC, fleet, replica
+    from tests.routing.precise.test_strategy import chat as precise_chat
+
+    d = fleet(4)
+    s = PreciseKVAware(d, RoutingSettings(strategy="precise_kv"),
+                       MemoryAffinityIndex(max_blocks_per_deployment=10_000, ttl_s=300),
+                       write_behind=True)
+    for each in d:
+        replica(s, each).synced("test")
+
+    async def main() -> list[tuple[Any, Any, int, int]]:
+        seen = []
+        for k in range(4):
+            call = precise_chat(DOC + f" question {k}")
+            await s.prepare(call)
+            decision = s.choose(call, d)
+            s.on_dispatched(call, decision.deployment)
+            s.on_first_token(call, decision.deployment)
+            seen.append((decision.deployment, decision.explanation["outcome"],
+                         s.bookkeeping.pending,
+                         sum(replica(s, each).index.num_pending_blocks for each in d)))
+        await asyncio.sleep(0)
+        return seen
+
+    seen = asyncio.run(main())
+    first = seen[0][0]
+    assert [outcome for _, outcome, _, _ in seen] == ["cold", "hit", "hit", "hit"]
+    assert all(where is first for where, _, _, _ in seen)
+    # Each request's bookkeeping waited for the loop; the next decision applied it first.
+    assert [queued for _, _, queued, _ in seen] == [2, 2, 2, 2]
+    assert seen[0][3] == 0 and seen[1][3] > 0
+    assert s.bookkeeping.pending == 0
+    # All four dispatches and first tokens reached the ledger: four decoding there, none
+    # waiting for its prefill.
+    described = s.describe()[first.id]
+    assert described["decoding_requests"] == 4 and described["waiting_requests"] == 0
+
+
+def test_the_gateway_builds_precise_kv_write_behind() -> None:
+    settings = Settings.model_validate({
+        "providers": {"mock": {"type": "mock"}},
+        "models": [{"name": "m", "deployments": [
+            {"provider": "mock", "model": "m", "id": f"r{i}"} for i in range(2)]}],
+        "routing": {"strategy": "precise_kv", "health_check_interval_s": 0},
+    })
+    from kvgate.routing.precise.strategy import PreciseKVAware
+
+    strategy = build_gateway(settings).routes["m"].strategy
+    assert isinstance(strategy, PreciseKVAware)
+
+    async def main() -> int:
+        call = chat(DOCS[0], "q")
+        await strategy.prepare(call)
+        strategy.on_dispatched(call, strategy.choose(call, strategy._deployments).deployment)
+        return strategy.bookkeeping.pending
+
+    assert asyncio.run(main()) == 1

@@ -65,7 +65,8 @@ def _precise_kv(
     # Imported when chosen: ZMQ, Jinja2 and tokenizers are not needed by other strategies.
     from kvgate.routing.precise.strategy import PreciseKVAware
 
-    return PreciseKVAware(deployments, settings, context.affinity_index(), clock=context.clock)
+    return PreciseKVAware(deployments, settings, context.affinity_index(), clock=context.clock,
+                          write_behind=context.write_behind)
 
 
 STRATEGIES: dict[str, StrategyEntry] = {

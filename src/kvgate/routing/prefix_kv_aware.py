@@ -22,7 +22,7 @@ from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
 from kvgate.config.schema import PrefixRoutingSettings
-from kvgate.core.deployment import Deployment, EngineUsage, RouteDecision
+from kvgate.core.deployment import Deployment, RouteDecision
 from kvgate.routing import floats
 from kvgate.routing.affinity import AffinityIndex, ServedTimes, SharesPlacements
 from kvgate.routing.base import StrategyDefaults
@@ -32,6 +32,7 @@ from kvgate.routing.fingerprint import (
     declared_image_tokens,
     fingerprint,
 )
+from kvgate.routing.ticket_hooks import TicketHooks
 from kvgate.routing.ttft_replica import Ticket
 from kvgate.routing.ttft_scorer import TTFTScorer
 from kvgate.routing.write_behind import WriteBehind
@@ -62,7 +63,7 @@ class PrefixState:
     recorded_on: Deployment | None = None
 
 
-class PrefixKVAware(StrategyDefaults):
+class PrefixKVAware(TicketHooks, StrategyDefaults):
     name = "prefix_kv_aware"
 
     def __init__(
@@ -206,17 +207,6 @@ class PrefixKVAware(StrategyDefaults):
         if state is not None:
             self.bookkeeping(self._dispatched, state, deployment, self._clock())
 
-    def on_first_token(self, call: Call, deployment: Deployment) -> None:
-        state: PrefixState | None = call.routing_state
-        if state is not None:
-            self.bookkeeping(self._first_token, state, self._clock())
-
-    def on_released(self, call: Call, deployment: Deployment, output_tokens: int,
-                    usage: EngineUsage | None = None) -> None:
-        state: PrefixState | None = call.routing_state
-        if state is not None:
-            self.bookkeeping(self._released, state, output_tokens, usage, self._clock())
-
     def _record(self, state: PrefixState, deployment: Deployment) -> None:
         hashes = state.fingerprint.hashes
         if hashes and state.recorded_on is not deployment:
@@ -234,15 +224,6 @@ class PrefixKVAware(StrategyDefaults):
             # The chain's last matched link names the whole matched prefix.
             shared_key=hashes[links - 1] if links else None,
             shared_tokens=matched, hashes=hashes, now_s=now_s)
-
-    def _first_token(self, state: PrefixState, now_s: float) -> None:
-        if state.ticket is not None:
-            self._scorer.ledger.first_token(state.ticket, now_s)
-
-    def _released(self, state: PrefixState, output_tokens: int, usage: EngineUsage | None,
-                  now_s: float) -> None:
-        if state.ticket is not None:
-            self._scorer.ledger.released(state.ticket, output_tokens, usage, now_s)
 
     def describe(self) -> dict[str, dict[str, Any]]:
         self.bookkeeping.flush()
