@@ -10,14 +10,17 @@ from typing import Any
 
 import pytest
 
-from kvgate.config.schema import PrefixRoutingSettings, Settings
+from kvgate.config.schema import PrefixRoutingSettings, RoutingSettings, Settings
 from kvgate.core.call import Call
 from kvgate.core.deployment import Deployment, EngineUsage
 from kvgate.gateway.compose import build_gateway
 from kvgate.routing.affinity import MemoryAffinityIndex
+from kvgate.routing.precise.strategy import PreciseKVAware
 from kvgate.routing.prefix_kv_aware import PrefixKVAware
 from kvgate.routing.write_behind import WriteBehind
 from tests.routing.factories import deployment
+from tests.routing.precise.test_strategy import DOC, fleet, replica
+from tests.routing.precise.test_strategy import chat as precise_chat
 from tests.routing.test_prefix_kv_aware import DOCS, chat
 from tests.support.clock import FakeClock
 
@@ -79,7 +82,8 @@ class _CountingLoop(asyncio.SelectorEventLoop):
 
     write_behind_callbacks = 0
 
-    def call_soon(self, callback: Any, *args: Any, context: Any = None) -> asyncio.Handle:
+    def call_soon(  # type: ignore[override]
+            self, callback: Any, *args: Any, context: Any = None) -> asyncio.Handle:
         if getattr(callback, "__qualname__", "") == "WriteBehind._run":
             self.write_behind_callbacks += 1
         return super().call_soon(callback, *args, context=context)
@@ -236,27 +240,6 @@ def test_decisions_and_learned_state_are_those_of_the_in_line_strategy(seed: int
         assert got == expected, what
 
 
-def test_the_gateway_builds_its_kv_aware_strategies_write_behind() -> None:
-    settings = Settings.model_validate({
-        "providers": {"mock": {"type": "mock"}},
-        "models": [{"name": "m", "deployments": [
-            {"provider": "mock", "model": "m", "id": f"r{i}"} for i in range(2)]}],
-        "routing": {"strategy": "prefix_kv_aware", "health_check_interval_s": 0},
-    })
-    build = build_gateway(settings)
-    strategy = build.routes["m"].strategy
-    assert isinstance(strategy, PrefixKVAware)
-
-    async def main() -> int:
-        call = chat(DOCS[0], "q")
-        await strategy.prepare(call)
-        fleet = build.routes["m"].deployments
-        strategy.on_dispatched(call, strategy.choose(call, fleet).deployment)
-        return strategy.bookkeeping.pending
-
-    assert asyncio.run(main()) == 1
-
-
 # -- precise_kv with its bookkeeping behind ---------------------------------------------------
 
 
@@ -264,11 +247,6 @@ def test_precise_a_burst_decided_before_the_loop_turns_sticks_through_pending_bl
     """precise_kv's dispatch marks the prompt's blocks pending on its replica (about 65 us
     for an 8k-token prompt, so it runs write-behind in the gateway); the next request of a
     burst, decided before the loop turns, still finds them there."""
-    from kvgate.config.schema import RoutingSettings
-    from kvgate.routing.precise.strategy import PreciseKVAware
-    from tests.routing.precise.test_strategy import DOC, fleet, replica
-    from tests.routing.precise.test_strategy import chat as precise_chat
-
     d = fleet(4)
     s = PreciseKVAware(d, RoutingSettings(strategy="precise_kv"),
                        MemoryAffinityIndex(max_blocks_per_deployment=10_000, ttl_s=300),
@@ -304,22 +282,23 @@ def test_precise_a_burst_decided_before_the_loop_turns_sticks_through_pending_bl
     assert described["decoding_requests"] == 4 and described["waiting_requests"] == 0
 
 
-def test_the_gateway_builds_precise_kv_write_behind() -> None:
+@pytest.mark.parametrize("name", ["prefix_kv_aware", "precise_kv"])
+def test_the_gateway_builds_its_kv_aware_strategies_write_behind(name: str) -> None:
     settings = Settings.model_validate({
         "providers": {"mock": {"type": "mock"}},
         "models": [{"name": "m", "deployments": [
             {"provider": "mock", "model": "m", "id": f"r{i}"} for i in range(2)]}],
-        "routing": {"strategy": "precise_kv", "health_check_interval_s": 0},
+        "routing": {"strategy": name, "health_check_interval_s": 0},
     })
-    from kvgate.routing.precise.strategy import PreciseKVAware
-
-    strategy = build_gateway(settings).routes["m"].strategy
-    assert isinstance(strategy, PreciseKVAware)
+    route = build_gateway(settings).routes["m"]
+    strategy = route.strategy
+    assert strategy.name == name
+    assert isinstance(strategy, PrefixKVAware | PreciseKVAware)
 
     async def main() -> int:
         call = chat(DOCS[0], "q")
         await strategy.prepare(call)
-        strategy.on_dispatched(call, strategy.choose(call, strategy._deployments).deployment)
+        strategy.on_dispatched(call, strategy.choose(call, route.deployments).deployment)
         return strategy.bookkeeping.pending
 
     assert asyncio.run(main()) == 1
