@@ -5,9 +5,12 @@ A KV-aware strategy learns from every attempt: it records the prompt's links for
 it chose, opens a ledger ticket, and closes it when the answer ends (feeding the replica's
 calibration). Done in line, that work sits between the decision and the upstream write, and
 between the upstream's answer and the client's: about 25 us per request on an 8k-token prompt
-at 64 deployments (in-process, this project's 2-core host), all of it on the request's
-latency. Queued here, it runs once the request's task yields (waiting for the upstream or for
-the next request), so the replica starts on the prompt and the client gets its answer first.
+at 64 deployments (in-process, this project's 2-core host; precise mode also marks the
+prompt's blocks pending, about 65 us more for 500 blocks), all of it on the request's latency.
+Queued here, it runs once the request's task yields (waiting for the upstream or for the next
+request), so the replica starts on the prompt and the client gets its answer first: over HTTP,
+KV-aware routing's added p50 over round robin went from +73-79 to +35-50 us (the overhead
+scenario's long prompts; docs/BENCHMARK_REPORT.md). The CPU it costs is unchanged.
 
 Decisions stay exact: the strategy calls :meth:`WriteBehind.flush` before it reads its index or
 ledger, so a request decided in the same loop step as another one's dispatch (a burst) still
