@@ -116,10 +116,6 @@ def _tokens(value: float) -> float | int:
     return int(value) if float(value).is_integer() else round(value, 1)
 
 
-def _tokens(value: float) -> float | int:
-    return int(value) if float(value).is_integer() else round(value, 1)
-
-
 class LoadByCall:
     """A load view that is not ``InFlightLoad``: the scorer must call it."""
 
