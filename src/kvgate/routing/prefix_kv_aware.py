@@ -103,8 +103,7 @@ class PrefixKVAware(TicketHooks, StrategyDefaults):
                                   shared_placements=shared)
 
     async def prepare(self, call: Call) -> None:
-        if self.bookkeeping.pending:
-            self.bookkeeping.flush()  # the index and the ledger as every earlier attempt left them
+        self.bookkeeping.flush()  # the index and the ledger as every earlier attempt left them
         fp = fingerprint(call, block_chars=self._settings.block_chars, memo=self._memo,
                          image_tokens=self._image_tokens)
         counts = await self._index.match(fp.hashes, self._ids) if fp.hashes else []
@@ -158,8 +157,7 @@ class PrefixKVAware(TicketHooks, StrategyDefaults):
         return counts
 
     def choose(self, call: Call, candidates: Sequence[Deployment]) -> RouteDecision:
-        if self.bookkeeping.pending:
-            self.bookkeeping.flush()
+        self.bookkeeping.flush()
         state: PrefixState = call.routing_state
         if (self._match_now is None
                 or 2 * state.best_match_tokens >= state.fingerprint.total_tokens):

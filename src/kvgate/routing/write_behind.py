@@ -70,8 +70,9 @@ class WriteBehind:
         self.flush()
 
     def flush(self) -> None:
-        """Run every queued call, oldest first. A call that raises is logged and dropped; the
-        rest still run (one bad event must not stall the strategy's learning)."""
+        """Run every queued call, oldest first (nothing to do costs one check: readers call it
+        before every read). A call that raises is logged and dropped; the rest still run (one
+        bad event must not stall the strategy's learning)."""
         queue = self._queue
         while queue:
             work, args = queue.popleft()

@@ -139,7 +139,7 @@ def run(options: ScenarioOptions) -> dict[str, Any]:
         "c1_idle_reconnects": reconnects,
         "c1_blocking_ms": with_added(c1),
         # The same with each block's untimed opening request counted, as runs before
-        # 2026-12-06 02:30 UTC measured (overhead_measure's note).
+        # 2026-12-06 02:17 UTC measured (overhead_measure's note).
         "c1_blocking_with_openers_ms": with_added(
             {name: values + openers.get(name, []) for name, values in c1.items()}),
         "c1_stream_ttft_ms": with_added(c1_stream),

@@ -167,8 +167,7 @@ class PreciseKVAware(TicketHooks, StrategyDefaults):
         fp = fingerprint(call, block_chars=self._prefix.block_chars,
                          image_tokens=self._image_tokens)
         blocks = await self._hash(call, fp)
-        if self.bookkeeping.pending:
-            self.bookkeeping.flush()  # the indexes and the ledger as earlier attempts left them
+        self.bookkeeping.flush()  # the indexes and the ledger as earlier attempts left them
         plans = self._plans
         approximate = None
         if fp.hashes:
@@ -219,8 +218,7 @@ class PreciseKVAware(TicketHooks, StrategyDefaults):
         return [hasher.hash_call(call) for hasher in self._hashers]
 
     def choose(self, call: Call, candidates: Sequence[Deployment]) -> RouteDecision:
-        if self.bookkeeping.pending:
-            self.bookkeeping.flush()
+        self.bookkeeping.flush()
         state: _PreciseState = call.routing_state
         if candidates == self._deployments:
             positions: list[int] | None = None
