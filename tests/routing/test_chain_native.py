@@ -1,6 +1,7 @@
-"""The fingerprint's block loop in C: built by the install (CI requires it), the same chains as
-the Python loop to the bit on random data, block sizes and seeds, the same fingerprints of
-whole prompts either way, and bad input refused."""
+"""The fingerprint in C: built by the install (CI requires it). Its block loop makes the same
+chains as the Python loop to the bit on random data, block sizes and seeds; its whole builder
+the same fingerprints and the same memo as the Python builder on random bodies of every shape
+(those it leaves to Python included); bad input is refused."""
 
 from __future__ import annotations
 
@@ -46,13 +47,11 @@ def test_whole_prompts_fingerprint_the_same_either_way(monkeypatch: pytest.Monke
             {"role": "user", "content": [{"type": "text", "text": text[:700 + i]}]}]}
         calls.append(request)
 
-    def fingerprints() -> list[fingerprint.Fingerprint]:
-        memo = MessageMemo()
-        return [fingerprint.fingerprint(c, block_chars=256, memo=memo) for c in calls]
-
-    with_c = fingerprints()
+    memo = MessageMemo()
+    with_c = [fingerprint.fingerprint(c, block_chars=256, memo=memo) for c in calls]
     monkeypatch.setattr(fingerprint, "_chain", py_chain)
-    assert fingerprints() == with_c
+    memo = MessageMemo()
+    assert [fingerprint.py_fingerprint(c, block_chars=256, memo=memo) for c in calls] == with_c
     assert all(len(fp.hashes) > 100 for fp in with_c)
 
 

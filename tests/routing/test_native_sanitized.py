@@ -26,7 +26,8 @@ EXTENSIONS = ("_affinity_native", "_chain_native", "_floats_native", "_shm_nativ
 #: The tests that hold each extension to its Python version.
 TESTS = ("tests/routing/test_affinity_native.py", "tests/routing/test_floats.py",
          "tests/routing/test_explain_native.py",
-         "tests/routing/test_affinity_shm_native.py", "tests/routing/test_chain_native.py")
+         "tests/routing/test_affinity_shm_native.py", "tests/routing/test_chain_native.py",
+         "tests/routing/test_fingerprint_native.py")
 
 
 def _runtime(compiler: str, name: str) -> str:

@@ -1,2 +1,9 @@
+from typing import Any
+
 def chain(data: bytes, start: int, end: int, size: int, parent: int, out: list[int],
           /) -> int: ...
+def build(body: dict[str, Any], image_digests: list[bytes], image_tokens: list[int],
+          override_tokens: int, block_chars: int, seed: int, memo: Any,
+          /) -> tuple[tuple[int, ...], tuple[int, ...], int] | None: ...
+def configure(prompt_fields: tuple[str, ...], role_markers: dict[str, bytes],
+              unknown_marker: bytes, chars_per_token: int, /) -> None: ...
