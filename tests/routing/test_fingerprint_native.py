@@ -200,3 +200,42 @@ def test_configure_refuses_bad_constants() -> None:
         _chain_native.configure((), {"user": "not bytes"}, b"?", 4)  # type: ignore[dict-item]
     with pytest.raises(ValueError):
         _chain_native.configure((), {}, b"?", 0)
+
+
+class _MeddlingMemo(MessageMemo):
+    """A memo whose lookups change the body being fingerprinted (and the markers): what the
+    C builder reads across the call must stay alive (the sanitized run checks it)."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__(min_bytes=0)
+        self.body = body
+
+    def get(self, key: tuple[int, bytes, int]) -> Any:
+        messages = self.body.get("messages")
+        if isinstance(messages, list) and messages:
+            message = messages.pop()
+            if isinstance(message.get("content"), list):
+                message["content"].clear()
+            message["content"] = None
+        self.body.pop("prompt", None)
+        fingerprint._chain_native.configure(
+            fingerprint._PROMPT_FIELDS, dict(fingerprint._ROLE_MARKERS),
+            fingerprint._UNKNOWN_ROLE, fingerprint.CHARS_PER_TOKEN)
+        return super().get(key)
+
+
+@pytest.mark.parametrize("shape", ["strings", "parts", "prompt"])
+def test_a_memo_that_changes_the_body_meanwhile_is_survived(shape: str) -> None:
+    text = "".join(chr(0x4E2D + i % 50) for i in range(3000))  # not ASCII: a UTF-8 copy
+    for _ in range(20):
+        if shape == "prompt":
+            body: dict[str, Any] = {"prompt": text + "x"}
+        elif shape == "parts":
+            body = {"messages": [{"role": "user", "content": [
+                {"type": "text", "text": text + str(i)}, {"type": "image_url"}]}
+                for i in range(4)]}
+        else:
+            body = {"messages": [{"role": "user", "content": text + str(i)} for i in range(4)]}
+        built = _chain_native.build(body, [b"d" * 32] * 4, [7] * 4, 0, 16, 0,
+                                    _MeddlingMemo(body))
+        assert built is not None and len(built[0]) > 0

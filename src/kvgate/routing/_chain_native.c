@@ -241,32 +241,86 @@ static int add_image(Builder *b, PyObject *digest, long long num_tokens) {
 /* 1: done; 0: a shape for the Python builder; -1: an exception. */
 enum { PYTHON = 0, DONE = 1, FAILED = -1 };
 
+/* NOTE: the memo's get/put are Python calls, which could change the body under the walk; every
+ * object the walk reads across one is held by a strong reference (a list item or a dict value
+ * is only borrowed), so such a change can alter the fingerprint, never free what is read. */
+
+static int add_part(Builder *b, PyObject *part, PyObject *digests, PyObject *image_tokens,
+                    long long override_tokens, Py_ssize_t *image_index) {
+    if (!PyDict_CheckExact(part)) return PYTHON;
+    PyObject *type = PyDict_GetItemWithError(part, str_type);
+    if (type == NULL && PyErr_Occurred()) return FAILED;
+    if (type != NULL && PyUnicode_Check(type)
+            && PyUnicode_CompareWithASCIIString(type, "image_url") == 0) {
+        if (*image_index >= PyList_GET_SIZE(digests)
+                || *image_index >= PyList_GET_SIZE(image_tokens)) return PYTHON;
+        PyObject *digest = PyList_GET_ITEM(digests, *image_index);
+        long long num_tokens = override_tokens;
+        if (!num_tokens) {
+            num_tokens = PyLong_AsLongLong(PyList_GET_ITEM(image_tokens, *image_index));
+            if (num_tokens == -1 && PyErr_Occurred()) return FAILED;
+        }
+        if (!PyBytes_Check(digest)) return PYTHON;
+        Py_INCREF(digest);
+        int added = add_image(b, digest, num_tokens);
+        Py_DECREF(digest);
+        if (added < 0) return FAILED;
+        *image_index += 1;
+        return DONE;
+    }
+    PyObject *text = PyDict_GetItemWithError(part, str_text);
+    if (text == NULL && PyErr_Occurred()) return FAILED;
+    if (text == NULL || !PyUnicode_Check(text)) return PYTHON;  /* the part as JSON */
+    Py_INCREF(text);
+    int added = add_str(b, text);
+    Py_DECREF(text);
+    return added < 0 ? FAILED : DONE;
+}
+
 static int add_parts(Builder *b, PyObject *parts, PyObject *digests, PyObject *image_tokens,
                      long long override_tokens, Py_ssize_t *image_index) {
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(parts); i++) {
-        PyObject *part = PyList_GET_ITEM(parts, i);
-        if (!PyDict_CheckExact(part)) return PYTHON;
-        PyObject *type = PyDict_GetItemWithError(part, str_type);
-        if (type == NULL && PyErr_Occurred()) return FAILED;
-        if (type != NULL && PyUnicode_Check(type)
-                && PyUnicode_CompareWithASCIIString(type, "image_url") == 0) {
-            if (*image_index >= PyList_GET_SIZE(digests)
-                    || *image_index >= PyList_GET_SIZE(image_tokens)) return PYTHON;
-            PyObject *digest = PyList_GET_ITEM(digests, *image_index);
-            long long num_tokens = override_tokens;
-            if (!num_tokens) {
-                num_tokens = PyLong_AsLongLong(PyList_GET_ITEM(image_tokens, *image_index));
-                if (num_tokens == -1 && PyErr_Occurred()) return FAILED;
-            }
-            if (!PyBytes_Check(digest)) return PYTHON;
-            if (add_image(b, digest, num_tokens) < 0) return FAILED;
-            *image_index += 1;
-            continue;
-        }
-        PyObject *text = PyDict_GetItemWithError(part, str_text);
-        if (text == NULL && PyErr_Occurred()) return FAILED;
-        if (text == NULL || !PyUnicode_Check(text)) return PYTHON;  /* the part as JSON */
-        if (add_str(b, text) < 0) return FAILED;
+        PyObject *part = Py_NewRef(PyList_GET_ITEM(parts, i));
+        int added = add_part(b, part, digests, image_tokens, override_tokens, image_index);
+        Py_DECREF(part);
+        if (added != DONE) return added;
+    }
+    return DONE;
+}
+
+static int add_message(Builder *b, PyObject *message, PyObject *digests,
+                       PyObject *image_tokens, long long override_tokens,
+                       Py_ssize_t *image_index) {
+    if (!PyDict_CheckExact(message)) return PYTHON;
+    PyObject *role = PyDict_GetItemWithError(message, str_role);
+    if (role == NULL && PyErr_Occurred()) return FAILED;
+    PyObject *marker = unknown_marker;
+    if (role != NULL && role != Py_None) {
+        if (!PyUnicode_CheckExact(role)) return PYTHON;
+        PyObject *known = PyDict_GetItemWithError(role_markers, role);
+        if (known == NULL && PyErr_Occurred()) return FAILED;
+        if (known != NULL) marker = known;
+    }
+    Py_INCREF(marker);  /* configure() may replace the markers meanwhile */
+    int marked = add_bytes(b, marker);
+    Py_DECREF(marker);
+    if (marked < 0) return FAILED;
+    PyObject *content = PyDict_GetItemWithError(message, str_content);
+    if (content == NULL && PyErr_Occurred()) return FAILED;
+    if (content != NULL && (PyUnicode_Check(content) || PyList_Check(content))) {
+        Py_INCREF(content);
+        int added = PyUnicode_Check(content)
+            ? (add_str(b, content) < 0 ? FAILED : DONE)
+            : add_parts(b, content, digests, image_tokens, override_tokens, image_index);
+        Py_DECREF(content);
+        if (added != DONE) return added;
+    }
+    PyObject *tool_calls = PyDict_GetItemWithError(message, str_tool_calls);
+    if (tool_calls == NULL && PyErr_Occurred()) return FAILED;
+    if (tool_calls != NULL) {
+        int truth = PyObject_IsTrue(tool_calls);
+        if (truth < 0) return FAILED;
+        if (truth) return PYTHON;  /* dumped as sorted JSON there */
     }
     return DONE;
 }
@@ -275,34 +329,11 @@ static int add_messages(Builder *b, PyObject *messages, PyObject *digests,
                         PyObject *image_tokens, long long override_tokens) {
     Py_ssize_t image_index = 0;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(messages); i++) {
-        PyObject *message = PyList_GET_ITEM(messages, i);
-        if (!PyDict_CheckExact(message)) return PYTHON;
-        PyObject *role = PyDict_GetItemWithError(message, str_role);
-        if (role == NULL && PyErr_Occurred()) return FAILED;
-        PyObject *marker = unknown_marker;
-        if (role != NULL && role != Py_None) {
-            if (!PyUnicode_CheckExact(role)) return PYTHON;
-            PyObject *known = PyDict_GetItemWithError(role_markers, role);
-            if (known == NULL && PyErr_Occurred()) return FAILED;
-            if (known != NULL) marker = known;
-        }
-        if (add_bytes(b, marker) < 0) return FAILED;
-        PyObject *content = PyDict_GetItemWithError(message, str_content);
-        if (content == NULL && PyErr_Occurred()) return FAILED;
-        if (content != NULL && PyUnicode_Check(content)) {
-            if (add_str(b, content) < 0) return FAILED;
-        } else if (content != NULL && PyList_Check(content)) {
-            int added = add_parts(b, content, digests, image_tokens, override_tokens,
-                                  &image_index);
-            if (added != DONE) return added;
-        }
-        PyObject *tool_calls = PyDict_GetItemWithError(message, str_tool_calls);
-        if (tool_calls == NULL && PyErr_Occurred()) return FAILED;
-        if (tool_calls != NULL) {
-            int truth = PyObject_IsTrue(tool_calls);
-            if (truth < 0) return FAILED;
-            if (truth) return PYTHON;  /* dumped as sorted JSON there */
-        }
+        PyObject *message = Py_NewRef(PyList_GET_ITEM(messages, i));
+        int added = add_message(b, message, digests, image_tokens, override_tokens,
+                                &image_index);
+        Py_DECREF(message);
+        if (added != DONE) return added;
     }
     return DONE;
 }
@@ -316,14 +347,21 @@ static int add_body(Builder *b, PyObject *body, PyObject *digests, PyObject *ima
     }
     PyObject *messages = PyDict_GetItemWithError(body, str_messages);
     if (messages == NULL && PyErr_Occurred()) return FAILED;
+    int added;
     if (messages == NULL || messages == Py_None) {
         PyObject *prompt = PyDict_GetItemWithError(body, str_prompt);
         if (prompt == NULL && PyErr_Occurred()) return FAILED;
         if (prompt == NULL || !PyUnicode_Check(prompt)) return PYTHON;
-        return add_str(b, prompt) < 0 ? FAILED : DONE;
+        Py_INCREF(prompt);
+        added = add_str(b, prompt) < 0 ? FAILED : DONE;
+        Py_DECREF(prompt);
+        return added;
     }
     if (!PyList_Check(messages)) return PYTHON;
-    return add_messages(b, messages, digests, image_tokens, override_tokens);
+    Py_INCREF(messages);
+    added = add_messages(b, messages, digests, image_tokens, override_tokens);
+    Py_DECREF(messages);
+    return added;
 }
 
 /* The links and their weights as two tuples (the builder's references move to the first). */
