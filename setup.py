@@ -1,21 +1,23 @@
 """The C extensions; everything else about the package is in pyproject.toml.
 
 ``optional=True``: without a C compiler the install still succeeds and the affinity indexes,
-the fingerprint's block loop and the scorer's per-candidate passes run on their pure-Python
-versions (``kvgate version`` lists what was built; the gateway logs what was not). CI requires
-the compiled ones (tests/routing/test_affinity_native.py, test_chain_native.py,
-test_floats.py, test_affinity_shm_native.py) and runs them under ASan and UBSan
-(test_native_sanitized.py).
+the fingerprint, the TTFT model's fits and the scorer's per-candidate passes run on their
+pure-Python versions (``kvgate version`` lists what was built; the gateway logs what was
+not). CI requires the compiled ones (tests/routing/test_affinity_native.py,
+test_chain_native.py, test_fingerprint_native.py, test_fit_native.py, test_floats.py,
+test_affinity_shm_native.py) and runs them under ASan and UBSan (test_native_sanitized.py).
 """
 
 from setuptools import Extension, setup
 
-_FLAGS = ["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter",
+#: -ffp-contract=off: no fused multiply-add, so float results round as the Python versions' do.
+_FLAGS = ["-O2", "-std=c11", "-ffp-contract=off", "-Wall", "-Wextra", "-Wno-unused-parameter",
           "-Wno-missing-field-initializers", "-Wno-cast-function-type"]
 
 setup(ext_modules=[
     Extension(f"kvgate.routing.{name}", sources=[f"src/kvgate/routing/{name}.c"],
               depends=["src/kvgate/routing/_native.h"], extra_compile_args=_FLAGS,
               optional=True)
-    for name in ("_affinity_native", "_chain_native", "_floats_native", "_shm_native")
+    for name in ("_affinity_native", "_chain_native", "_fit_native", "_floats_native",
+                 "_shm_native")
 ])

@@ -22,12 +22,13 @@ import pytest
 pytestmark = pytest.mark.timeout(600)
 
 REPO = Path(__file__).resolve().parents[2]
-EXTENSIONS = ("_affinity_native", "_chain_native", "_floats_native", "_shm_native")
+EXTENSIONS = ("_affinity_native", "_chain_native", "_fit_native", "_floats_native",
+              "_shm_native")
 #: The tests that hold each extension to its Python version.
 TESTS = ("tests/routing/test_affinity_native.py", "tests/routing/test_floats.py",
          "tests/routing/test_explain_native.py",
          "tests/routing/test_affinity_shm_native.py", "tests/routing/test_chain_native.py",
-         "tests/routing/test_fingerprint_native.py")
+         "tests/routing/test_fingerprint_native.py", "tests/routing/test_fit_native.py")
 
 
 def _runtime(compiler: str, name: str) -> str:

@@ -1,5 +1,5 @@
-"""The routing's C extensions (``_affinity_native``, ``_chain_native``, ``_floats_native``,
-``_shm_native``): each
+"""The routing's C extensions (``_affinity_native``, ``_chain_native``, ``_fit_native``,
+``_floats_native``, ``_shm_native``): each
 has a Python version that serves where the install could not compile it, with the same
 results at more CPU per request. This says so once per process and extension."""
 
@@ -9,7 +9,8 @@ import importlib.util
 import logging
 
 #: The extensions, in the order ``kvgate version`` lists them.
-EXTENSIONS = ("_affinity_native", "_chain_native", "_floats_native", "_shm_native")
+EXTENSIONS = ("_affinity_native", "_chain_native", "_fit_native", "_floats_native",
+              "_shm_native")
 
 #: Extensions already reported missing in this process.
 _warned: set[str] = set()

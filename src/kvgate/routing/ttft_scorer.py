@@ -37,7 +37,7 @@ from typing import Any
 
 from kvgate.config.schema import PrefixRoutingSettings
 from kvgate.core.deployment import Deployment, RouteDecision
-from kvgate.routing import fingerprint, floats
+from kvgate.routing import calibration, fingerprint, floats
 from kvgate.routing.explain import explained, ms, shown_candidates, tokens_value
 from kvgate.routing.placed_shm import SharedPlacements
 from kvgate.routing.ttft_ledger import Ledger
@@ -61,6 +61,7 @@ class TTFTScorer:
         ``shared_placements``: the placed-KV counts shared with the other workers."""
         floats.warn_if_python()
         fingerprint.warn_if_python()
+        calibration.warn_if_python()
         self.name = name
         self.ledger = Ledger(deployments, settings, clock=clock,
                              shared_placements=shared_placements)
