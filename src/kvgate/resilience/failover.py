@@ -6,7 +6,6 @@ The attempts themselves (deadline, tried set, breaker, in-flight count) are the 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -21,6 +20,7 @@ from kvgate.resilience.accounting import (
 )
 from kvgate.resilience.attempts import AttemptLoop, Dispatch, ModelRoute
 from kvgate.resilience.breaker import BreakerBoard
+from kvgate.resilience.deadline import Deadline
 from kvgate.resilience.stream_relay import StreamRelay
 
 __all__ = ["Failover", "ModelRoute"]
@@ -64,7 +64,7 @@ class Failover:
             deployment = attempt.deployment
             async with attempt:
                 try:
-                    async with asyncio.timeout(attempt.remaining_s):
+                    with Deadline(attempt.remaining_s):
                         body = await deployment.provider.complete(
                             attempt.upstream_call(upstream_body(call, deployment)))
                 except TimeoutError:

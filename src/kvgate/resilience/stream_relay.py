@@ -11,7 +11,6 @@ continue, the relay raises and the API layer ends the stream with an error event
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -30,6 +29,7 @@ from kvgate.resilience.accounting import (
     upstream_body,
 )
 from kvgate.resilience.attempts import Attempt, AttemptLoop
+from kvgate.resilience.deadline import Deadline
 
 logger = logging.getLogger("kvgate.stream_relay")
 
@@ -103,7 +103,7 @@ class StreamRelay:
             await attempt.__aenter__()
             try:
                 upstream = await attempt.open_stream(self._body_for(deployment))
-                async with asyncio.timeout(attempt.remaining_s):
+                with Deadline(attempt.remaining_s):
                     first = await upstream.__anext__()
             except StopAsyncIteration:
                 attempt.failed(UpstreamServerError(f"{deployment.id} sent an empty stream"))
