@@ -10,6 +10,7 @@ from typing import Any
 
 import httptools
 
+from kvgate.core.lazy_timer import LazyTimer
 from kvgate.httpserver.state import ServerState
 
 logger = logging.getLogger("kvgate.http")
@@ -181,7 +182,7 @@ class Connection(asyncio.Protocol):
         self._head_bytes = 0
         #: Closes the connection when it idles too long between requests (keep-alive timeout)
         #: or a request's head takes too long to arrive (slow clients holding connections).
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = LazyTimer(self.loop, self._expire)
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -193,7 +194,7 @@ class Connection(asyncio.Protocol):
         self._arm(self._server.keep_alive_timeout_s, None)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._timer.close()
         self._server.connections.discard(self)
         for cycle in self._cycles:
             cycle.disconnected = True
@@ -340,16 +341,12 @@ class Connection(asyncio.Protocol):
     def _arm(self, delay_s: float, answer: bytes | None) -> None:
         """Close the connection in ``delay_s`` (answering ``answer`` first, if any) unless
         disarmed before."""
-        self._disarm()
-        self._timer = self.loop.call_later(delay_s, self._expire, answer)
+        self._timer.arm(delay_s, answer)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.disarm()
 
     def _expire(self, answer: bytes | None) -> None:
-        self._timer = None
         if answer is not None and not self._cycles:
             self.write(answer)
         self.close()

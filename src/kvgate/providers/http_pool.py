@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from kvgate.core.lazy_timer import LazyTimer
+
 
 class HTTPClientError(Exception):
     pass
@@ -76,7 +78,7 @@ class _Connection(asyncio.Protocol):
         self.message_complete = False
         self._events: collections.deque[bytes | Exception | None] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = LazyTimer(self._loop, self._timed_out)
         self._head: asyncio.Future[int] | None = None
         self._got_bytes = False
         self._status = 0
@@ -98,7 +100,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._cancel_timer()
+        self._timer.close()
         self._fail(ConnectionLost("upstream closed the connection"))
 
     # -- httptools callbacks -------------------------------------------------------------
@@ -131,23 +133,18 @@ class _Connection(asyncio.Protocol):
         self._push(error)
 
     def _arm_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self._loop.call_later(self._read_timeout_s, self._timed_out)
+        self._timer.arm(self._read_timeout_s)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.disarm()
 
     def _timed_out(self) -> None:
-        self._timer = None
         self._fail(ReadTimeout(f"no data from upstream for {self._read_timeout_s}s"))
         self.close()
 
     def close(self) -> None:
         self.closed = True
-        self._cancel_timer()
+        self._timer.close()
         if self._transport is not None:
             self._transport.close()
 
