@@ -76,17 +76,3 @@ def test_bad_arguments_are_type_or_overflow_errors() -> None:
     with pytest.raises(OverflowError):
         _chain_native.chain(b"ab", 0, 2, 1, -1, [])
 
-
-def test_an_install_without_the_loop_says_so_once(
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    from kvgate.config.schema import PrefixRoutingSettings
-    from kvgate.routing import native
-    from kvgate.routing.ttft_scorer import TTFTScorer
-    from tests.routing.factories import deployment
-
-    monkeypatch.setattr(fingerprint, "NATIVE_CHAIN", False)
-    monkeypatch.setattr(native, "_warned", set())
-    with caplog.at_level("WARNING", logger="kvgate.routing"):
-        for _ in range(2):
-            TTFTScorer("t", [deployment("r0")], PrefixRoutingSettings(), block_tokens=16)
-    assert len([r for r in caplog.records if "_chain_native is not built" in r.message]) == 1

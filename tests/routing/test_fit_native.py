@@ -94,17 +94,3 @@ def test_bad_arguments_are_type_errors_in_both(call: Any) -> None:
         with pytest.raises(TypeError):
             call(cls)
 
-
-def test_an_install_without_the_fits_says_so_once(
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    from kvgate.config.schema import PrefixRoutingSettings
-    from kvgate.routing import native
-    from kvgate.routing.ttft_scorer import TTFTScorer
-    from tests.routing.factories import deployment
-
-    monkeypatch.setattr(calibration, "LineFit", PyLineFit)
-    monkeypatch.setattr(native, "_warned", set())
-    with caplog.at_level("WARNING", logger="kvgate.routing"):
-        for _ in range(2):
-            TTFTScorer("t", [deployment("r0")], PrefixRoutingSettings(), block_tokens=16)
-    assert len([r for r in caplog.records if "_fit_native is not built" in r.message]) == 1
