@@ -23,12 +23,15 @@ def wait_http(url: str, *, timeout_s: float = 20.0, process: subprocess.Popen[by
               ) -> None:
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
-    while time.monotonic() < deadline:
+    while (left_s := deadline - time.monotonic()) > 0:
         if process is not None and process.poll() is not None:
             out = process.stdout.read().decode() if process.stdout else ""
             raise RuntimeError(f"process exited with {process.returncode}: {out}")
         try:
-            if httpx.get(url, timeout=1.0).status_code < 500:
+            # NOTE: each probe may take up to 10 s: a server that is up but slow to answer
+            # (Next.js's dev server renders a page per request, 1.3-1.7 s on a slow 2-core
+            # host) answered every 1 s probe too late and read as never up.
+            if httpx.get(url, timeout=min(10.0, max(1.0, left_s))).status_code < 500:
                 return
         except httpx.HTTPError as exc:
             last = exc
