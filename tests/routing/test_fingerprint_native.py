@@ -96,7 +96,7 @@ def test_same_fingerprints_and_memo_as_the_python_builder(
         seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(seed)
     shared = "".join(rng.choice(_ALPHABET + "klmnop") for _ in range(12_000))
-    block_chars = rng.choice([1, 7, 64, 256, 1000])
+    block_chars = rng.choice([1, 7, 64, 256, 1000, 5000])  # 5000: the tail buffer grows
     use_memo = seed % 3 != 2
     memo_c = MessageMemo(max_links=rng.choice([50, 65_536]), min_bytes=rng.choice([0, 300, 2048]))
     memo_py = MessageMemo(max_links=memo_c.max_links, min_bytes=memo_c.min_bytes)
@@ -150,6 +150,24 @@ def test_the_common_shapes_are_built_in_c_the_rest_left_to_python() -> None:
     assert native({"messages": [{"role": 5, "content": "x"}]}) is None
     # An image part beyond the call's digests: Python's builder raises for it.
     assert native({"messages": [{"content": [{"type": "image_url"}]}]}) is None
+
+
+def test_a_huge_block_size_costs_what_the_prompt_fills() -> None:
+    """block_chars has no upper bound in the config: the C builder's tail buffer grows with
+    the text instead of taking a block's worth up front (a gigabyte here)."""
+    text = "abc " * 3000
+    for block_chars in (10**9, 5000, 2**40):
+        memo_c, memo_py = MessageMemo(min_bytes=0), MessageMemo(min_bytes=0)  # one per size
+        request = call()
+        request.body = {"messages": [{"role": "system", "content": text},
+                                     {"role": "user", "content": [
+                                         {"type": "text", "text": text},
+                                         {"type": "image_url", "image_url": {}}]}]}
+        request.image_digests, request.image_tokens = [b"d" * 32], [100]
+        got = fingerprint.fingerprint(request, block_chars=block_chars, memo=memo_c)
+        assert got == py_fingerprint(request, block_chars=block_chars, memo=memo_py)
+        assert _memo_state(memo_c) == _memo_state(memo_py)
+        assert len(got.hashes) >= 1  # the image's link at least
 
 
 def test_hashes_the_strings_utf8_without_changing_them() -> None:

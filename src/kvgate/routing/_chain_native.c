@@ -75,6 +75,7 @@ typedef struct {
     uint64_t parent;
     char *tail;              /* the unfinished block: tail_len < size bytes */
     Py_ssize_t tail_len;
+    Py_ssize_t tail_capacity; /* grown as needed: block_chars has no upper bound */
     PyObject **links;        /* owned ints, prompt order */
     long long *tokens;       /* each link's weight */
     Py_ssize_t num_links, capacity;
@@ -126,20 +127,39 @@ static int push_hash(Builder *b, uint64_t hash, long long num_tokens) {
     return pushed;
 }
 
+/* Room for `needed` bytes of tail (at most one block): grown on demand, so a huge
+ * block_chars costs what the prompt fills, not a block's worth up front. */
+static int ensure_tail(Builder *b, Py_ssize_t needed) {
+    if (needed <= b->tail_capacity) return 0;
+    Py_ssize_t capacity = b->tail_capacity * 2 > needed ? b->tail_capacity * 2 : needed;
+    if (capacity > b->size) capacity = b->size;
+    char *tail = PyMem_Realloc(b->tail, (size_t)capacity);
+    if (tail == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->tail = tail;
+    b->tail_capacity = capacity;
+    return 0;
+}
+
 /* _ChainBuilder._hash_blocks: whole blocks hashed where they lie, the rest kept as the tail. */
 static int hash_blocks(Builder *b, const char *data, Py_ssize_t length) {
     Py_ssize_t size = b->size, start = 0;
     if (b->tail_len) {
         start = size - b->tail_len;
         if (length < start) {
+            if (ensure_tail(b, b->tail_len + length) < 0) return -1;
             memcpy(b->tail + b->tail_len, data, (size_t)length);
             b->tail_len += length;
             return 0;
         }
+        if (ensure_tail(b, size) < 0) return -1;
         memcpy(b->tail + b->tail_len, data, (size_t)start);  /* the tail is one whole block */
         if (push_hash(b, xxh3_64_seeded(b->tail, (size_t)size, b->parent), b->block_tokens) < 0)
             return -1;
     } else if (length < size) {
+        if (ensure_tail(b, length) < 0) return -1;
         memcpy(b->tail, data, (size_t)length);
         b->tail_len = length;
         return 0;
@@ -150,6 +170,7 @@ static int hash_blocks(Builder *b, const char *data, Py_ssize_t length) {
         if (push_hash(b, xxh3_64_seeded(data + at, (size_t)size, b->parent),
                       b->block_tokens) < 0) return -1;
     }
+    if (ensure_tail(b, length - full_end) < 0) return -1;
     b->tail_len = length - full_end;
     memcpy(b->tail, data + full_end, (size_t)b->tail_len);
     return 0;
@@ -200,6 +221,7 @@ static int add_text(Builder *b, const char *data, Py_ssize_t length) {
         }
         b->parent = parent;
     }
+    if (ensure_tail(b, PyBytes_GET_SIZE(known_tail)) < 0) goto done;
     b->tail_len = PyBytes_GET_SIZE(known_tail);
     memcpy(b->tail, PyBytes_AS_STRING(known_tail), (size_t)b->tail_len);
     status = 0;
@@ -424,10 +446,7 @@ static PyObject *build(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
         if (b.memo_min_bytes == -1 && PyErr_Occurred()) return NULL;
     }
     PyObject *result = NULL;
-    if ((b.tail = PyMem_Malloc((size_t)size)) == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
+    if (ensure_tail(&b, size < 1024 ? size : 1024) < 0) goto done;
     int added = add_body(&b, args[0], args[1], args[2], override_tokens);
     if (added == DONE) {
         result = builder_result(&b);
