@@ -90,7 +90,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._got_bytes = True
-        self._arm_timer()
+        self._timer.arm(self._read_timeout_s)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -116,7 +116,7 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self.message_complete = True
         self.reusable = self._parser.should_keep_alive()
-        self._cancel_timer()
+        self._timer.disarm()
         self._push(None)
 
     # -- plumbing --------------------------------------------------------------------------
@@ -131,12 +131,6 @@ class _Connection(asyncio.Protocol):
         if self._head is not None and not self._head.done():
             self._head.set_exception(error)
         self._push(error)
-
-    def _arm_timer(self) -> None:
-        self._timer.arm(self._read_timeout_s)
-
-    def _cancel_timer(self) -> None:
-        self._timer.disarm()
 
     def _timed_out(self) -> None:
         self._fail(ReadTimeout(f"no data from upstream for {self._read_timeout_s}s"))
@@ -160,7 +154,7 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._head = self._loop.create_future()
         self._transport.write(request)
-        self._arm_timer()
+        self._timer.arm(self._read_timeout_s)
         return await self._head
 
     @property

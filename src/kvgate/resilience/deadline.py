@@ -29,10 +29,9 @@ class Deadline:
         self._cancelling = task.cancelling()
         #: The deadline passed and the task was cancelled for it.
         self.expired = False
-        when = loop.time() + delay_s
         # As asyncio.timeout: a deadline already past fires on the loop's next step.
-        self._handle: asyncio.Handle = (loop.call_soon(self._expire) if when <= loop.time()
-                                        else loop.call_at(when, self._expire))
+        self._handle: asyncio.Handle = (loop.call_soon(self._expire) if delay_s <= 0
+                                        else loop.call_at(loop.time() + delay_s, self._expire))
 
     def _expire(self) -> None:
         self.expired = True

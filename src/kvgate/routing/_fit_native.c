@@ -78,34 +78,11 @@ static int required(PyObject *value, const char *name, double *out) {
     return as_double(value, out);
 }
 
-static PyObject *observe(LineFit *f, PyObject *const *args, Py_ssize_t nargs,
-                         PyObject *kwnames) {
+static PyObject *observe(LineFit *f, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"x", "y", "now_s", NULL};
     double x, y, now_s;
-    if (kwnames == NULL && nargs == 3) {  /* the hot path: positional */
-        if (as_double(args[0], &x) < 0 || as_double(args[1], &y) < 0
-                || as_double(args[2], &now_s) < 0) return NULL;
-    } else {  /* with keywords: the general parser */
-        static char *keywords[] = {"x", "y", "now_s", NULL};
-        PyObject *tuple = PyTuple_New(nargs), *dict = NULL;
-        if (tuple == NULL) return NULL;
-        for (Py_ssize_t i = 0; i < nargs; i++) PyTuple_SET_ITEM(tuple, i, Py_NewRef(args[i]));
-        int parsed = 0;
-        if (kwnames != NULL && (dict = PyDict_New()) != NULL) {
-            for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
-                if (PyDict_SetItem(dict, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
-                    Py_CLEAR(dict);
-                    break;
-                }
-            }
-        }
-        if (kwnames == NULL || dict != NULL) {
-            parsed = PyArg_ParseTupleAndKeywords(tuple, dict, "ddd:observe", keywords, &x, &y,
-                                                 &now_s);
-        }
-        Py_DECREF(tuple);
-        Py_XDECREF(dict);
-        if (!parsed) return NULL;
-    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "ddd:observe", keywords, &x, &y, &now_s))
+        return NULL;
     if (x < 0 || y < 0) Py_RETURN_NONE;
     y = py_min(y, 3.0 * (f->intercept + f->slope * x) + 0.01);
     fade(f, now_s, f->forget);
@@ -184,7 +161,7 @@ static int init(LineFit *f, PyObject *args, PyObject *kwargs) {
 }
 
 static PyMethodDef methods[] = {
-    {"observe", (PyCFunction)(void (*)(void))observe, METH_FASTCALL | METH_KEYWORDS,
+    {"observe", (PyCFunction)(void (*)(void))observe, METH_VARARGS | METH_KEYWORDS,
      "observe(x, y, now_s): one sample; now_s on any clock"},
     {"relax", (PyCFunction)relax, METH_O,
      "relax(now_s): let time pass without a sample (old samples fade)"},
