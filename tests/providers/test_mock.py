@@ -65,14 +65,14 @@ async def test_a_continuation_completes_the_same_answer() -> None:
 
 def test_an_error_chunk_with_a_word_for_a_code_is_a_server_error() -> None:
     from kvgate.providers.errors import UpstreamRateLimited, UpstreamServerError
-    from kvgate.providers.openai_compatible import OpenAICompatibleProvider
+    from kvgate.providers.openai_compatible import parse_chunk
 
     # OpenAI puts a word in "code", vLLM the HTTP status: only a status maps to its class.
     with pytest.raises(UpstreamServerError):
-        OpenAICompatibleProvider._chunk(
+        parse_chunk(
             b'{"error": {"code": "rate_limit_exceeded", "message": "slow down"}}')
     with pytest.raises(UpstreamRateLimited):
-        OpenAICompatibleProvider._chunk(b'{"error": {"code": 429, "message": "slow down"}}')
+        parse_chunk(b'{"error": {"code": 429, "message": "slow down"}}')
 
 
 async def test_answers_follow_the_whole_prompt_and_agree_across_instances() -> None:

@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
-from collections.abc import AsyncGenerator
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
@@ -162,32 +163,33 @@ class _Connection(asyncio.Protocol):
         """Whether any response bytes arrived for the current request."""
         return self._got_bytes
 
-    async def body_chunks(self) -> AsyncGenerator[bytes, None]:
-        """The response body as it arrives (chunked encoding already removed): everything
-        that arrived since the last wake-up, joined, so a network read that carried several
-        HTTP chunks (an engine's burst of tokens) costs one iteration, not one per chunk."""
+    async def next_body(self) -> bytes | None:
+        """The response body that arrived since the last call (chunked encoding already
+        removed), waiting for some if none has; None once the body has ended. Several HTTP
+        chunks that one network read carried (an engine's burst of tokens) come as one.
+
+        NOTE: a method, not an async generator: a generator per response costs asyncio's
+        first-iteration hook (a WeakSet entry) and a close on every stream."""
         events = self._events
-        while True:
-            while not events:
-                self._waiter = self._loop.create_future()
-                try:
-                    await self._waiter
-                finally:
-                    self._waiter = None
-            parts: list[bytes] = []
-            while events:
-                item = events[0]
-                if item is None or isinstance(item, Exception):
-                    break
+        while not events:
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        item = events.popleft()
+        if isinstance(item, bytes):
+            if not events or not isinstance(events[0], bytes):
+                return item
+            parts = [item]
+            while events and isinstance(events[0], bytes):
                 parts.append(events.popleft())  # type: ignore[arg-type]
-            if parts:
-                yield parts[0] if len(parts) == 1 else b"".join(parts)
-                continue
-            item = events.popleft()
-            if item is None:
-                return
-            assert isinstance(item, Exception)
-            raise item
+            return b"".join(parts)
+        if item is None:
+            events.appendleft(None)  # the end stays the end for any later call
+            return None
+        events.appendleft(item)
+        raise item
 
 
 class ConnectionPool:
@@ -297,12 +299,16 @@ class Exchange:
         self.status = status
         self._done = False
 
-    def chunks(self) -> AsyncGenerator[bytes, None]:
-        """The body as it arrives; a caller that stops early must ``aclose`` it."""
-        return self._connection.body_chunks()
+    def next_body(self) -> Coroutine[Any, Any, bytes | None]:
+        """The body that arrived since the last call; None once it has ended (see
+        ``_Connection.next_body``)."""
+        return self._connection.next_body()
 
     async def read(self) -> bytes:
-        parts = [chunk async for chunk in self._connection.body_chunks()]
+        connection = self._connection
+        parts = []
+        while (part := await connection.next_body()) is not None:
+            parts.append(part)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def close(self, *, complete: bool) -> None:

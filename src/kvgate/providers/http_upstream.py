@@ -7,7 +7,6 @@ providers and failover never see a transport exception.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
@@ -145,43 +144,9 @@ class HTTPUpstream:
         await self._raise_for_status(exchange)
         return json_object(await self._read(exchange), "response body")
 
-    async def stream_events(self, url: str, payload: bytes
-                            ) -> AsyncGenerator[list[bytes], None]:
-        """Yield the SSE ``data:`` payloads (bytes) each network read completed, as one list
-        per read (never empty), until the response ends.
-
-        Leaving the iterator early closes the connection: the upstream sees the disconnect and
-        aborts the request.
-        """
-        target = self._target(url)
-        exchange = await self._exchange(target, target.post(payload))
-        await self._raise_for_status(exchange)
-        complete = False
-        pending = b""
-        body = exchange.chunks()
-        try:
-            async for chunk in body:
-                pending += chunk
-                if b"\n" not in chunk:
-                    continue
-                *lines, pending = pending.split(b"\n")
-                events = [line[5:].strip() for line in lines if line.startswith(b"data:")]
-                if events:
-                    yield events
-            complete = True
-        except ReadTimeout as exc:
-            raise UpstreamTimeout(f"upstream stream stalled: {url}") from exc
-        except ConnectionLost as exc:
-            raise UpstreamServerError(f"upstream stream cut: {exc}") from exc
-        finally:
-            # NOTE: a stream's reader stops at [DONE], before the body's end: closed here,
-            # the body iterator is not left to the garbage collector, whose asyncio hook
-            # wakes the loop through its self-pipe and runs a task to close it (two syscalls
-            # and a task per stream: 3% of a streamed request's CPU at c=32, measured).
-            await body.aclose()
-            exchange.close(complete=complete)
-        if pending.startswith(b"data:"):
-            yield [pending[5:].strip()]
+    def stream_events(self, url: str, payload: bytes) -> EventStream:
+        """The SSE ``data:`` payloads of a POST's response (see :class:`EventStream`)."""
+        return EventStream(self, url, payload)
 
     async def get_ok(self, url: str) -> bool:
         target = self._target(url)
@@ -195,3 +160,78 @@ class HTTPUpstream:
 
     async def aclose(self) -> None:
         self._pool.aclose()
+
+
+class EventStream:
+    """An async iterator of the SSE ``data:`` payloads (bytes) of one POST, as one list per
+    network read (never empty), until the response ends; the request is sent on the first
+    ``__anext__``. ``aclose`` must be awaited when done: closing early closes the
+    connection, so the upstream sees the disconnect and aborts the request.
+
+    NOTE: a class, not an async generator: on a stream's path each generator layer cost
+    asyncio's first-iteration hook, a frame per step and a throw on close.
+    """
+
+    __slots__ = ("_complete", "_exchange", "_http", "_payload", "_pending", "_url")
+
+    def __init__(self, http: HTTPUpstream, url: str, payload: bytes) -> None:
+        self._http = http
+        self._url = url
+        self._payload = payload
+        self._exchange: Exchange | None = None
+        #: The response's end was read (its connection can be reused).
+        self._complete = False
+        #: The unterminated last line of the reads so far; None once the stream is over.
+        self._pending: bytes | None = b""
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> list[bytes]:
+        exchange = self._exchange
+        if exchange is None:
+            if self._pending is None:
+                raise StopAsyncIteration
+            http = self._http
+            target = http._target(self._url)
+            try:
+                exchange = self._exchange = await http._exchange(
+                    target, target.post(self._payload))
+                await http._raise_for_status(exchange)
+            except BaseException:
+                self._close()
+                raise
+        while True:
+            pending = self._pending
+            if pending is None:
+                raise StopAsyncIteration
+            try:
+                chunk = await exchange.next_body()
+            except ReadTimeout as exc:
+                self._close()
+                raise UpstreamTimeout(f"upstream stream stalled: {self._url}") from exc
+            except ConnectionLost as exc:
+                self._close()
+                raise UpstreamServerError(f"upstream stream cut: {exc}") from exc
+            if chunk is None:
+                self._complete = True
+                self._close()
+                if pending.startswith(b"data:"):
+                    return [pending[5:].strip()]
+                raise StopAsyncIteration
+            pending += chunk
+            if b"\n" not in chunk:
+                self._pending = pending
+                continue
+            *lines, self._pending = pending.split(b"\n")
+            events = [line[5:].strip() for line in lines if line.startswith(b"data:")]
+            if events:
+                return events
+
+    def _close(self) -> None:
+        self._pending = None
+        if self._exchange is not None:
+            self._exchange.close(complete=self._complete)
+
+    async def aclose(self) -> None:
+        self._close()

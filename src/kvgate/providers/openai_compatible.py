@@ -7,9 +7,6 @@ stream flags are set by the gateway before the call.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
-
 import orjson
 
 from kvgate.config.schema import OpenAICompatibleSettings
@@ -19,7 +16,12 @@ from kvgate.providers.errors import (
     UpstreamServerError,
     error_for_status,
 )
-from kvgate.providers.http_upstream import HTTPUpstream, json_object, upstream_error_message
+from kvgate.providers.http_upstream import (
+    EventStream,
+    HTTPUpstream,
+    json_object,
+    upstream_error_message,
+)
 
 _PATHS = {"chat": "/chat/completions", "completions": "/completions"}
 _DONE = b"[DONE]"
@@ -50,42 +52,9 @@ class OpenAICompatibleProvider:
     async def complete(self, call: UpstreamCall) -> JSONObject:
         return await self._http.post_json(self._urls[call.endpoint], orjson.dumps(call.body))
 
-    def stream(self, call: UpstreamCall) -> aclosing[AsyncGenerator[ChunkBatch, None]]:
-        return aclosing(self._batches(call))
-
-    async def _batches(self, call: UpstreamCall) -> AsyncGenerator[ChunkBatch, None]:
-        url = self._urls[call.endpoint]
-        events = self._http.stream_events(url, orjson.dumps(call.body))
-        try:
-            async for payloads in events:
-                batch: ChunkBatch = []
-                for data in payloads:
-                    if data == _DONE:
-                        if batch:
-                            yield batch
-                        return
-                    try:
-                        batch.append(self._chunk(data))
-                    except UpstreamError:
-                        if batch:  # what came before the error still reaches the client
-                            yield batch
-                        raise
-                yield batch
-        finally:
-            await events.aclose()
-        raise UpstreamServerError(f"upstream {self._name} ended the stream without [DONE]")
-
-    @staticmethod
-    def _chunk(data: bytes) -> JSONObject:
-        chunk = json_object(data, "SSE chunk")
-        if "error" in chunk:
-            error = chunk["error"]
-            code = error.get("code") if isinstance(error, dict) else None
-            # vLLM puts the HTTP status in ``code``; OpenAI puts a word there
-            # ("rate_limit_exceeded"): anything that is not a status is a 500.
-            status = code if isinstance(code, int) and 400 <= code <= 599 else 500
-            raise error_for_status(status, upstream_error_message(status, data))
-        return chunk
+    def stream(self, call: UpstreamCall) -> ChunkStream:
+        return ChunkStream(self._name, self._http.stream_events(
+            self._urls[call.endpoint], orjson.dumps(call.body)))
 
     async def check_health(self) -> bool:
         return await self._http.get_ok(self._health_url)
@@ -100,3 +69,84 @@ class OpenAIProvider(OpenAICompatibleProvider):
     def _extra_headers(self, settings: OpenAICompatibleSettings) -> dict[str, str]:
         organization = getattr(settings, "organization", None)
         return {"openai-organization": organization} if organization else {}
+
+
+class ChunkStream:
+    """An OpenAI-shaped stream's chunk objects, a batch per network read, up to ``[DONE]``:
+    the provider's ``stream`` context manager and its iterator in one object (see
+    :meth:`kvgate.core.provider.Provider.stream`). A chunk carrying ``error`` (vLLM's way to
+    fail mid-stream) raises, after the chunks that arrived before it.
+
+    NOTE: a class, not an async generator in ``aclosing``: see
+    :class:`~kvgate.providers.http_upstream.EventStream`.
+    """
+
+    __slots__ = ("_done", "_error", "_events", "_name")
+
+    def __init__(self, name: str, events: EventStream) -> None:
+        self._name = name
+        self._events = events
+        self._done = False
+        #: An error found after some chunks of a batch: raised once those are relayed.
+        self._error: UpstreamError | None = None
+
+    async def __aenter__(self) -> ChunkStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> ChunkStream:
+        return self
+
+    async def __anext__(self) -> ChunkBatch:
+        if self._error is not None:
+            error, self._error = self._error, None
+            self._done = True
+            raise error
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            payloads = await self._events.__anext__()
+        except StopAsyncIteration:
+            self._done = True
+            raise UpstreamServerError(
+                f"upstream {self._name} ended the stream without [DONE]") from None
+        except BaseException:
+            self._done = True
+            raise
+        batch: ChunkBatch = []
+        for data in payloads:
+            if data == _DONE:
+                self._done = True
+                await self._events.aclose()
+                if batch:
+                    return batch
+                raise StopAsyncIteration
+            try:
+                batch.append(parse_chunk(data))
+            except UpstreamError as error:
+                if not batch:
+                    self._done = True
+                    raise
+                self._error = error  # what came before the error still reaches the client
+                return batch
+        return batch
+
+    async def aclose(self) -> None:
+        self._done = True
+        self._error = None
+        await self._events.aclose()
+
+
+def parse_chunk(data: bytes) -> JSONObject:
+    """One SSE payload as a chunk object; an ``error`` chunk raises its ``UpstreamError``."""
+    chunk = json_object(data, "SSE chunk")
+    if "error" in chunk:
+        error = chunk["error"]
+        code = error.get("code") if isinstance(error, dict) else None
+        # vLLM puts the HTTP status in ``code``; OpenAI puts a word there
+        # ("rate_limit_exceeded"): anything that is not a status is a 500.
+        status = code if isinstance(code, int) and 400 <= code <= 599 else 500
+        raise error_for_status(status, upstream_error_message(status, data))
+    return chunk

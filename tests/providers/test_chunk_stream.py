@@ -1,0 +1,111 @@
+"""The OpenAI-compatible provider's stream object over a scripted upstream: batches per read,
+``[DONE]``, error chunks after good ones, a stream cut short, and no async generator."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from kvgate.config.schema import OpenAICompatibleSettings
+from kvgate.core.provider import UpstreamCall
+from kvgate.providers.errors import UpstreamRateLimited, UpstreamServerError
+from kvgate.providers.openai_compatible import OpenAICompatibleProvider
+from tests.providers.test_http_pool import Server, server, sse
+
+__all__ = ["server"]  # the scripted upstream fixture, shared with the pool's tests
+
+CALL = UpstreamCall(endpoint="chat", body={"model": "m", "stream": True, "messages": []},
+                    request_id="r1")
+
+
+def provider(api_base: str) -> OpenAICompatibleProvider:
+    return OpenAICompatibleProvider("up", OpenAICompatibleSettings.model_validate(
+        {"type": "openai_compatible", "api_base": api_base}))
+
+
+async def collect(p: OpenAICompatibleProvider) -> list[list[dict[str, Any]]]:
+    async with p.stream(CALL) as batches:
+        return [batch async for batch in batches]
+
+
+@pytest.fixture()
+async def upstream(server: tuple[Server, str]
+                   ) -> AsyncIterator[tuple[Server, OpenAICompatibleProvider]]:
+    scripted, url = server  # the scripted server answers any path
+    p = provider(url.removesuffix("/x"))
+    yield scripted, p
+    await p.aclose()
+
+
+async def test_batches_end_at_done_and_create_no_async_generator(
+    upstream: tuple[Server, OpenAICompatibleProvider]
+) -> None:
+    scripted, p = upstream
+    scripted.script = lambda n: sse(b'data: {"n": 1}\n\ndata: {"n": 2}\n\n',
+                                    b"data: [DONE]\n\n")
+    firstiter, finalizer = sys.get_asyncgen_hooks()
+    started: list[Any] = []
+
+    def counting(generator: Any) -> None:
+        started.append(generator)
+        assert firstiter is not None
+        firstiter(generator)
+
+    sys.set_asyncgen_hooks(counting, finalizer)
+    try:
+        batches = [await collect(p) for _ in range(3)]
+    finally:
+        sys.set_asyncgen_hooks(firstiter, finalizer)
+    chunks = [[chunk["n"] for batch in run for chunk in batch] for run in batches]
+    assert chunks == [[1, 2]] * 3
+    # NOTE: each generator layer on a stream's path cost asyncio's first-iteration hook,
+    # a frame per step and a throw on close (the relay's CPU per stream).
+    assert [g.__qualname__ for g in started] == []
+    assert scripted.connections == 1  # every stream's connection went back to the pool
+
+
+async def test_error_chunk_is_raised_after_the_chunks_before_it(
+    upstream: tuple[Server, OpenAICompatibleProvider]
+) -> None:
+    scripted, p = upstream
+    scripted.script = lambda n: sse(
+        b'data: {"n": 1}\n\ndata: {"error": {"code": 429, "message": "slow"}}\n\n'
+        b'data: {"n": 3}\n\n')
+    got: list[int] = []
+    with pytest.raises(UpstreamRateLimited, match="slow"):
+        async with p.stream(CALL) as batches:
+            async for batch in batches:
+                got += [chunk["n"] for chunk in batch]
+    assert got == [1]
+
+
+async def test_a_stream_without_done_is_a_server_error(
+    upstream: tuple[Server, OpenAICompatibleProvider]
+) -> None:
+    scripted, p = upstream
+    scripted.script = lambda n: sse(b'data: {"n": 1}\n\n')
+    got: list[int] = []
+    with pytest.raises(UpstreamServerError, match="without \\[DONE\\]"):
+        async with p.stream(CALL) as batches:
+            async for batch in batches:
+                got += [chunk["n"] for chunk in batch]
+    assert got == [1]
+
+
+async def test_an_error_status_is_raised_on_the_first_read(
+    upstream: tuple[Server, OpenAICompatibleProvider]
+) -> None:
+    scripted, p = upstream
+    body = b'{"error": {"message": "no such model"}}'
+    scripted.script = lambda n: (b"HTTP/1.1 404 Not Found\r\ncontent-length: %d\r\n\r\n%s"
+                                 % (len(body), body))
+    with pytest.raises(Exception, match="no such model") as caught:
+        await collect(p)
+    assert getattr(caught.value, "client_status", None) == 404
+    # The error response was read whole: its connection is reused.
+    scripted.script = lambda n: sse(b"data: [DONE]\n\n")
+    assert await collect(p) == []
+    assert scripted.connections == 1
