@@ -78,6 +78,10 @@ class _Connection(asyncio.Protocol):
         #: The whole response has been parsed (its body may still sit unread in ``_events``).
         self.message_complete = False
         self._events: collections.deque[bytes | Exception | None] = collections.deque()
+        #: httptools' body callback: each HTTP chunk goes straight onto the queue (a C call;
+        #: a stream's events each come as their own chunk), and ``data_received`` wakes the
+        #: reader once per network read.
+        self.on_body = self._events.append
         self._waiter: asyncio.Future[None] | None = None
         self._timer = LazyTimer(self._loop, self._timed_out)
         self._head: asyncio.Future[int] | None = None
@@ -98,6 +102,8 @@ class _Connection(asyncio.Protocol):
             self._fail(ConnectionLost("unexpected protocol upgrade"))
         except httptools.HttpParserError as exc:
             self._fail(ConnectionLost(f"invalid HTTP response: {exc}"))
+        else:
+            self._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -111,9 +117,6 @@ class _Connection(asyncio.Protocol):
         if self._head is not None and not self._head.done():
             self._head.set_result(self._status)
 
-    def on_body(self, body: bytes) -> None:
-        self._push(body)
-
     def on_message_complete(self) -> None:
         self.message_complete = True
         self.reusable = self._parser.should_keep_alive()
@@ -124,6 +127,9 @@ class _Connection(asyncio.Protocol):
 
     def _push(self, item: bytes | Exception | None) -> None:
         self._events.append(item)
+        self._wake()
+
+    def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -223,8 +223,9 @@ class EventStream:
             if b"\n" not in chunk:
                 self._pending = pending
                 continue
-            *lines, self._pending = pending.split(b"\n")
-            events = [line[5:].strip() for line in lines if line.startswith(b"data:")]
+            lines = pending.split(b"\n")
+            self._pending = lines.pop()
+            events = [line[5:].strip() for line in lines if line[:5] == b"data:"]
             if events:
                 return events
 

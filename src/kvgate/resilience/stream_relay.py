@@ -221,7 +221,7 @@ class StreamRelay:
         if self._stream_id is None:
             self._stream_id, self._created = chunk.get("id"), chunk.get("created")
             self._model = chunk.get("model")
-        else:
+        elif self._resuming:
             # One answer to the client: the continuation wears the first attempt's identity.
             chunk["id"], chunk["created"] = self._stream_id, self._created
             if "model" in chunk:
