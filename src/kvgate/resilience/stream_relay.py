@@ -213,56 +213,63 @@ class StreamRelay:
             )
 
     def _observe(self, batch: ChunkBatch) -> ChunkBatch:
+        """Note what the batch's chunks say (the answer's text so far, its end, its usage),
+        and on a continuation make them read as the first attempt's (one loop per batch:
+        a streamed request runs it for every chunk)."""
+        texts = self._text_parts
         for chunk in batch:
-            self._observe_chunk(chunk)
+            if self._stream_id is None:
+                self._stream_id, self._created = chunk.get("id"), chunk.get("created")
+                self._model = chunk.get("model")
+            elif self._resuming:
+                # One answer to the client: the continuation wears the first attempt's identity.
+                chunk["id"], chunk["created"] = self._stream_id, self._created
+                if "model" in chunk:
+                    chunk["model"] = self._model
+            choices = chunk.get("choices")
+            if choices:
+                choice = choices[0]
+                if choice.get("finish_reason"):
+                    self._finished = True
+                delta = choice.get("delta")
+                if delta is None:
+                    text = choice.get("text")
+                else:
+                    text = delta.get("content")
+                    if self._resuming and "role" in delta:
+                        # The client already had the role chunk from the first attempt.
+                        del delta["role"]
+                    if delta.get("tool_calls"):
+                        self._resumable = False
+                if text:
+                    texts.append(text)
+                    self._chunks_this_attempt += 1
+                    if self._attempt is not None:
+                        self._attempt.output_tokens = self._chunks_this_attempt
+                        if self._chunks_this_attempt == 1:  # this attempt's prefill is done
+                            self._attempt.first_token()
+                    if not self._first_chunk_seen:
+                        self._first_token_arrived()
+            usage = chunk.get("usage")
+            if usage and self.deployment is not None:
+                self._bill(usage, self.deployment)
         return batch
 
-    def _observe_chunk(self, chunk: JSONObject) -> None:
-        if self._stream_id is None:
-            self._stream_id, self._created = chunk.get("id"), chunk.get("created")
-            self._model = chunk.get("model")
-        elif self._resuming:
-            # One answer to the client: the continuation wears the first attempt's identity.
-            chunk["id"], chunk["created"] = self._stream_id, self._created
-            if "model" in chunk:
-                chunk["model"] = self._model
-        choices = chunk.get("choices")
-        if choices:
-            choice = choices[0]
-            if choice.get("finish_reason"):
-                self._finished = True
-            delta = choice.get("delta")
-            text = delta.get("content") if delta is not None else choice.get("text")
-            if delta is not None:
-                if self._resuming and "role" in delta:
-                    # The client already had the role chunk from the first attempt.
-                    del delta["role"]
-                if delta.get("tool_calls"):
-                    self._resumable = False
-            if text:
-                self._text_parts.append(text)
-                self._chunks_this_attempt += 1
-                if self._attempt is not None:
-                    self._attempt.output_tokens = self._chunks_this_attempt
-                    if self._chunks_this_attempt == 1:  # this attempt's prefill is done
-                        self._attempt.first_token()
-                if not self._first_chunk_seen:
-                    self._first_token_arrived()
-        usage = chunk.get("usage")
-        if usage and self.deployment is not None:
-            self._billed_this_attempt = True
-            record_usage(self._metrics, self._call, self._route_name, self.deployment, usage)
-            if self._attempt is not None:
-                self._attempt.engine_usage = engine_usage(usage)
-            if self._chunks_before_resume:
-                # Report the whole answer as completion tokens, not part of the resent prompt.
-                usage["completion_tokens"] = (usage.get("completion_tokens") or 0) + (
-                    self._chunks_before_resume
-                )
-                usage["prompt_tokens"] = max(
-                    0, (usage.get("prompt_tokens") or 0) - self._chunks_before_resume
-                )
-                usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    def _bill(self, usage: JSONObject, deployment: Deployment) -> None:
+        """The attempt's usage chunk: its tokens are billed (all of them, on a continuation)."""
+        self._billed_this_attempt = True
+        record_usage(self._metrics, self._call, self._route_name, deployment, usage)
+        if self._attempt is not None:
+            self._attempt.engine_usage = engine_usage(usage)
+        if self._chunks_before_resume:
+            # Report the whole answer as completion tokens, not part of the resent prompt.
+            usage["completion_tokens"] = (usage.get("completion_tokens") or 0) + (
+                self._chunks_before_resume
+            )
+            usage["prompt_tokens"] = max(
+                0, (usage.get("prompt_tokens") or 0) - self._chunks_before_resume
+            )
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
 
     def _first_token_arrived(self) -> None:
         self._first_chunk_seen = True
