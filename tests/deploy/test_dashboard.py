@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import Counter, Histogram
 
+from kvgate.observability.families import CounterFamily, HistogramFamily
 from kvgate.observability.metrics import Metrics
 from tests.deploy.stack import (
     DASHBOARD_PROVIDER_FILE,
@@ -54,8 +54,8 @@ def gateway_series() -> dict[str, set[str]]:
     metrics.watch_deployments([("m", deployment)], lambda _d: 0)  # type: ignore[list-item]
     labels_of: dict[str, tuple[str, ...]] = {}
     for metric in vars(metrics).values():
-        if isinstance(metric, Counter | Histogram):
-            labels_of[metric._name] = tuple(metric._labelnames)
+        if isinstance(metric, CounterFamily | HistogramFamily):
+            labels_of[metric.name.removesuffix("_total")] = metric.labelnames
     series: dict[str, set[str]] = {}
     for family in metrics.registry.collect():
         for sample in family.samples:

@@ -1,5 +1,7 @@
 """Prometheus metrics, all named ``kvgate_*``, in a registry owned by one app instance.
 
+Counters and histograms are :mod:`kvgate.observability.families`' (no lock per update).
+
 Live per-deployment numbers (in flight, circuit state) are read from the deployments at scrape
 time by a collector, so the hot path never touches a gauge for them.
 """
@@ -7,13 +9,13 @@ time by a collector, so the hot path never touches a gauge for them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from kvgate.core.deployment import Deployment
+from kvgate.observability.families import CounterFamily, HistogramFamily
 
 _LATENCY_BUCKETS_S = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -47,95 +49,76 @@ class _DeploymentCollector(Collector):
         yield circuit
 
 
-class LabelCache:
-    """Label children of one metric, memoised: ``labels()`` takes a lock and builds a key per
-    call, about ten times the cost of this dict lookup on the hot path. Label values here come
-    from config (model, deployment) and small fixed sets, so the dict stays small.
-    """
-
-    __slots__ = ("_children", "_metric")
-
-    def __init__(self, metric: Counter | Histogram) -> None:
-        self._metric = metric
-        self._children: dict[tuple[str, ...], Any] = {}
-
-    def __call__(self, *values: str) -> Any:
-        child = self._children.get(values)
-        if child is None:
-            child = self._children[values] = self._metric.labels(*values)
-        return child
-
-
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
+        self.requests = CounterFamily(
             "kvgate_requests_total", "Client requests by final status",
-            ["model", "endpoint", "status"], registry=r,
+            ["model", "endpoint", "status"], r,
         )
-        self.request_seconds = Histogram(
+        self.request_seconds = HistogramFamily(
             "kvgate_request_duration_seconds", "Time from request receipt to the last byte",
-            ["model"], buckets=_LATENCY_BUCKETS_S, registry=r,
+            ["model"], r, buckets=_LATENCY_BUCKETS_S,
         )
-        self.ttft_seconds = Histogram(
+        self.ttft_seconds = HistogramFamily(
             "kvgate_time_to_first_token_seconds", "Time from receipt to the first streamed chunk",
-            ["model", "deployment"], buckets=_LATENCY_BUCKETS_S, registry=r,
+            ["model", "deployment"], r, buckets=_LATENCY_BUCKETS_S,
         )
-        self.overhead_seconds = Histogram(
+        self.overhead_seconds = HistogramFamily(
             "kvgate_gateway_overhead_seconds",
             "Time spent in the gateway before the upstream call (parse, auth, cache, route)",
-            buckets=_OVERHEAD_BUCKETS_S, registry=r,
+            [], r, buckets=_OVERHEAD_BUCKETS_S,
         )
-        self.tokens = Counter(
+        self.tokens = CounterFamily(
             "kvgate_tokens_total", "Tokens by kind (prompt, completion, cached)",
-            ["model", "deployment", "kind"], registry=r,
+            ["model", "deployment", "kind"], r,
         )
-        self.cost_usd = Counter(
+        self.cost_usd = CounterFamily(
             "kvgate_cost_usd_total", "Spend computed from usage and deployment prices",
-            ["model", "deployment"], registry=r,
+            ["model", "deployment"], r,
         )
-        self.cache_lookups = Counter(
+        self.cache_lookups = CounterFamily(
             "kvgate_cache_lookups_total", "Response cache lookups by result",
-            ["result"], registry=r,
+            ["result"], r,
         )
-        self.attempts = Counter(
+        self.attempts = CounterFamily(
             "kvgate_upstream_attempts_total", "Upstream attempts by outcome",
-            ["model", "deployment", "outcome"], registry=r,
+            ["model", "deployment", "outcome"], r,
         )
-        self.routing_decisions = Counter(
+        self.routing_decisions = CounterFamily(
             "kvgate_routing_decisions_total",
             "KV-aware routing decisions: hit (sent where the prefix was), spill (load guard "
             "sent it elsewhere), cold (no deployment had it)",
-            ["model", "deployment", "outcome"], registry=r,
+            ["model", "deployment", "outcome"], r,
         )
-        self.stream_resumes = Counter(
+        self.stream_resumes = CounterFamily(
             "kvgate_stream_resumes_total",
             "Streams cut mid-answer and continued on another deployment",
-            ["model", "outcome"], registry=r,
+            ["model", "outcome"], r,
         )
-        self.limit_rejections = Counter(
+        self.limit_rejections = CounterFamily(
             "kvgate_limit_rejections_total",
             "Requests refused by a tenant's limits: requests or tokens per minute (429), "
             "budget (402)",
-            ["tenant", "limit"], registry=r,
+            ["tenant", "limit"], r,
         )
-        self.tenant_spend_usd = Counter(
+        self.tenant_spend_usd = CounterFamily(
             "kvgate_tenant_spend_usd_total", "Spend charged to each tenant's budget",
-            ["tenant"], registry=r,
+            ["tenant"], r,
         )
 
-        # Memoised label children for everything the request path touches.
-        self.requests_for = LabelCache(self.requests)
-        self.request_seconds_for = LabelCache(self.request_seconds)
-        self.ttft_seconds_for = LabelCache(self.ttft_seconds)
-        self.tokens_for = LabelCache(self.tokens)
-        self.cost_usd_for = LabelCache(self.cost_usd)
-        self.attempts_for = LabelCache(self.attempts)
-        self.routing_decisions_for = LabelCache(self.routing_decisions)
-        self.stream_resumes_for = LabelCache(self.stream_resumes)
-        self.limit_rejections_for = LabelCache(self.limit_rejections)
-        self.tenant_spend_for = LabelCache(self.tenant_spend_usd)
+        # The series the request path touches, by label values (a dict lookup each).
+        self.requests_for = self.requests.labels
+        self.request_seconds_for = self.request_seconds.labels
+        self.ttft_seconds_for = self.ttft_seconds.labels
+        self.tokens_for = self.tokens.labels
+        self.cost_usd_for = self.cost_usd.labels
+        self.attempts_for = self.attempts.labels
+        self.routing_decisions_for = self.routing_decisions.labels
+        self.stream_resumes_for = self.stream_resumes.labels
+        self.limit_rejections_for = self.limit_rejections.labels
+        self.tenant_spend_for = self.tenant_spend_usd.labels
 
     def watch_deployments(
         self,
