@@ -173,7 +173,8 @@ class KVGateApp:
             "provider": provider,
             "deployment": deployment_id,
             "model": upstream_model,
-            "latency_ms": round((time.perf_counter() - call.received_s) * 1000, 3),
+            # Whole microseconds as ms: ``round`` with digits formats the number as text.
+            "latency_ms": round((time.perf_counter() - call.received_s) * 1e6) / 1e3,
             "cost_usd": cost_usd,
             "route": call.route,
             "request_id": call.request_id,

@@ -21,8 +21,7 @@ import asyncio
 import collections
 import ssl
 from collections.abc import Coroutine
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import httptools
@@ -46,8 +45,10 @@ class ReadTimeout(HTTPClientError):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class Origin:
+class Origin(NamedTuple):
+    """Where a pool's connections go. NOTE: a named tuple, not a frozen dataclass: the pool
+    looks it up in three dicts per request, and a dataclass hashes in Python."""
+
     scheme: str
     host: str
     port: int
