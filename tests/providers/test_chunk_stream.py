@@ -109,3 +109,18 @@ async def test_an_error_status_is_raised_on_the_first_read(
     scripted.script = lambda n: sse(b"data: [DONE]\n\n")
     assert await collect(p) == []
     assert scripted.connections == 1
+
+
+async def test_batches_keep_the_upstream_bytes_of_their_chunks(
+    upstream: tuple[Server, OpenAICompatibleProvider]
+) -> None:
+    scripted, p = upstream
+    # Spaces and key order as this upstream writes them (one network read: one batch).
+    scripted.script = lambda n: sse(
+        b'data: {"n": 1,  "z": "a"}\n\ndata:{"n":2}\n\n', b'data: {"n": 3, "usage": null}\n\n',
+        b"data: [DONE]\n\ndata: {\"n\": 9}\n\n")
+    (batch,) = await collect(p)
+    assert [chunk["n"] for chunk in batch] == [1, 2, 3]
+    assert getattr(batch, "payloads", None) == [b'{"n": 1,  "z": "a"}', b'{"n":2}',
+                                                b'{"n": 3, "usage": null}']
+    assert getattr(batch, "usage_chunks", None) == 1

@@ -153,9 +153,16 @@ def test_no_deployment_able_to_continue_ends_with_an_error_never_done(
 def test_a_real_connection_cut_resumes_on_another_upstream(
     gateway: GatewayClient, upstreams: dict[str, RunningUpstream]
 ) -> None:
-    events = gateway.stream(chat_body("upstreams", "over the wire"))
+    upstreams["ok"].control(stream_id="up-ok")  # the continuation's chunks carry another id
+    try:
+        events = gateway.stream(chat_body("upstreams", "over the wire"))
+    finally:
+        upstreams["ok"].control()
     assert streamed_text(events) == "alpha beta gamma delta epsilon zeta eta theta"
     assert events[-1] == "[DONE]"
+    # One answer: the continuation's chunks wear the first attempt's id (relayed as parsed
+    # and encoded again, not as the upstream's bytes).
+    assert {event["id"] for event in events if isinstance(event, dict)} == {"up-s"}
     continued = upstreams["ok"].log()["received"][-1]  # type: ignore[index]
     assert continued["continue_final_message"] is True
     assert continued["add_generation_prompt"] is False

@@ -4,7 +4,8 @@ It answers /v1/chat/completions and /v1/completions (blocking and SSE), records 
 receives and every stream the client abandoned, and can be told how to misbehave through
 ``POST /_control``: ``{"status": 500}`` answers every request with that status, ``{"delay_s":
 X}`` sleeps before answering, ``{"chunk_delay_s": X}`` paces stream chunks, ``{"cut_after": N}``
-drops the connection after N content chunks. ``GET /_log`` returns what was recorded. Chat
+drops the connection after N content chunks, ``{"stream_id": S}`` gives stream chunks that
+id (``up-s`` otherwise). ``GET /_log`` returns what was recorded. Chat
 requests with vLLM's ``continue_final_message`` continue the partial assistant message.
 An answer cut by ``max_tokens`` ends with finish_reason "length", as vLLM's does.
 
@@ -95,7 +96,8 @@ class Upstream:
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
         self.streams_started += 1
-        base = {"id": "up-s", "object": "chat.completion.chunk" if chat else "text_completion",
+        base = {"id": self.control.get("stream_id", "up-s"),
+                "object": "chat.completion.chunk" if chat else "text_completion",
                 "created": int(time.time()), "model": body.get("model")}
         try:
             for index, token in enumerate(tokens):

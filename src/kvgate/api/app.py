@@ -32,7 +32,7 @@ from kvgate.api.asgi import (
 from kvgate.api.openapi import DocsAssets
 from kvgate.config.schema import Settings
 from kvgate.core.call import Call, Completion, StreamingCompletion
-from kvgate.core.provider import Endpoint
+from kvgate.core.provider import ChunkBatch, Endpoint, WireBatch
 from kvgate.errors import GatewayError, error_body
 from kvgate.gateway.compose import Gateway, build_gateway
 from kvgate.providers.errors import UpstreamError
@@ -221,15 +221,7 @@ class KVGateApp:
             ]})
             async for batch in chunks:
                 # One write per batch: the chunks that arrived together leave together.
-                events = []
-                for chunk in batch:
-                    if not include_usage and "usage" in chunk:
-                        del chunk["usage"]
-                        if not chunk.get("choices"):
-                            continue
-                    events.append(orjson.dumps(chunk))
-                if events:
-                    held += b"data: " + b"\n\ndata: ".join(events) + b"\n\n"
+                held += _events(batch, include_usage)
                 if held and batch[-1].get("choices") != []:  # not the closing usage chunk
                     await send({"type": "http.response.body", "body": held, "more_body": True})
                     held = b""
@@ -333,6 +325,41 @@ def _route_headers(call: Call) -> list[tuple[bytes, bytes]]:
         (b"x-kvgate-route-outcome", str(outcome).encode()),
         (b"x-kvgate-route-matched-tokens", str(route.get("matched_tokens", 0)).encode()),
     ]
+
+
+def _events(batch: ChunkBatch, include_usage: bool) -> bytes:
+    """The batch's chunks as SSE events, ``usage`` left out where the client did not ask
+    (and a chunk that only carried it): as the upstream wrote them where they are unchanged
+    (:class:`~kvgate.core.provider.WireBatch`), else encoded again."""
+    if isinstance(batch, WireBatch) and batch.payloads is not None:
+        payloads = batch.payloads
+        if not include_usage and batch.usage_chunks:
+            # vLLM's shape: usage only in a last chunk of its own, which is left out.
+            last = batch[-1]
+            if batch.usage_chunks > 1 or "usage" not in last or last.get("choices"):
+                return _encoded(batch, include_usage)
+            payloads = payloads[:-1]
+        if not payloads:
+            return b""
+        wire = b"data: " + b"\n\ndata: ".join(payloads) + b"\n\n"
+        # NOTE: JSON allows a CR between tokens, and a client's SSE parser would end the line
+        # there; encoded again, a chunk has none.
+        if b"\r" not in wire:
+            return wire
+    return _encoded(batch, include_usage)
+
+
+def _encoded(batch: ChunkBatch, include_usage: bool) -> bytes:
+    """The batch's chunks encoded as SSE events, ``usage`` left out where the client did not
+    ask (and a chunk that only carried it)."""
+    events = []
+    for chunk in batch:
+        if not include_usage and "usage" in chunk:
+            del chunk["usage"]
+            if not chunk.get("choices"):
+                continue
+        events.append(orjson.dumps(chunk))
+    return b"data: " + b"\n\ndata: ".join(events) + b"\n\n" if events else b""
 
 
 async def _aclose(chunks: object) -> None:

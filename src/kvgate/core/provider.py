@@ -21,6 +21,21 @@ JSONObject = dict[str, Any]
 ChunkBatch = list[JSONObject]
 
 
+class WireBatch(list[JSONObject]):
+    """A :data:`ChunkBatch` parsed from an upstream's SSE events, which it keeps:
+    ``payloads[i]`` is chunk ``i``'s ``data:`` bytes as the upstream wrote them, so the API
+    layer writes unchanged chunks without encoding them again. Whoever changes a chunk sets
+    ``payloads`` to None. ``usage_chunks``: how many chunks have a ``usage`` key (the API
+    layer leaves it out for a client that did not ask)."""
+
+    __slots__ = ("payloads", "usage_chunks")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.payloads: list[bytes] | None = None
+        self.usage_chunks = 0
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamCall:
     """One attempt at one deployment.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import orjson
 
 from kvgate.config.schema import OpenAICompatibleSettings
-from kvgate.core.provider import ChunkBatch, JSONObject, UpstreamCall
+from kvgate.core.provider import ChunkBatch, JSONObject, UpstreamCall, WireBatch
 from kvgate.providers.errors import (
     UpstreamError,
     UpstreamServerError,
@@ -115,22 +115,28 @@ class ChunkStream:
         except BaseException:
             self._done = True
             raise
-        batch: ChunkBatch = []
-        for data in payloads:
+        batch = WireBatch()
+        for index, data in enumerate(payloads):
             if data == _DONE:
                 self._done = True
                 await self._events.aclose()
                 if batch:
+                    batch.payloads = payloads[:index]
                     return batch
                 raise StopAsyncIteration
             try:
-                batch.append(parse_chunk(data))
+                chunk = parse_chunk(data)
             except UpstreamError as error:
                 if not batch:
                     self._done = True
                     raise
                 self._error = error  # what came before the error still reaches the client
+                batch.payloads = payloads[:index]
                 return batch
+            if "usage" in chunk:
+                batch.usage_chunks += 1
+            batch.append(chunk)
+        batch.payloads = payloads
         return batch
 
     async def aclose(self) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from kvgate.core.call import Call
 from kvgate.core.deployment import Deployment
-from kvgate.core.provider import ChunkBatch, JSONObject
+from kvgate.core.provider import ChunkBatch, JSONObject, WireBatch
 from kvgate.errors import GatewayError
 from kvgate.observability.metrics import Metrics
 from kvgate.providers.errors import UpstreamError, UpstreamServerError, UpstreamTimeout
@@ -217,6 +217,8 @@ class StreamRelay:
         and on a continuation make them read as the first attempt's (one loop per batch:
         a streamed request runs it for every chunk)."""
         texts = self._text_parts
+        if self._resuming and isinstance(batch, WireBatch):
+            batch.payloads = None  # its chunks change below to read as the first attempt's
         for chunk in batch:
             if self._stream_id is None:
                 self._stream_id, self._created = chunk.get("id"), chunk.get("created")
