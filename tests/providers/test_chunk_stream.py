@@ -67,28 +67,20 @@ async def test_batches_end_at_done_and_create_no_async_generator(
     assert scripted.connections == 1  # every stream's connection went back to the pool
 
 
-async def test_error_chunk_is_raised_after_the_chunks_before_it(
-    upstream: tuple[Server, OpenAICompatibleProvider]
+@pytest.mark.parametrize(("body", "error", "message"), [
+    # An error chunk (vLLM's way to fail mid-stream): raised after the chunk before it.
+    (b'data: {"n": 1}\n\ndata: {"error": {"code": 429, "message": "slow"}}\n\n'
+     b'data: {"n": 3}\n\n', UpstreamRateLimited, "slow"),
+    (b'data: {"n": 1}\n\n', UpstreamServerError, "without \\[DONE\\]"),
+], ids=["error-chunk", "no-done"])
+async def test_a_failing_stream_raises_after_the_chunks_before_the_failure(
+    upstream: tuple[Server, OpenAICompatibleProvider], body: bytes,
+    error: type[Exception], message: str,
 ) -> None:
     scripted, p = upstream
-    scripted.script = lambda n: sse(
-        b'data: {"n": 1}\n\ndata: {"error": {"code": 429, "message": "slow"}}\n\n'
-        b'data: {"n": 3}\n\n')
+    scripted.script = lambda n: sse(body)
     got: list[int] = []
-    with pytest.raises(UpstreamRateLimited, match="slow"):
-        async with p.stream(CALL) as batches:
-            async for batch in batches:
-                got += [chunk["n"] for chunk in batch]
-    assert got == [1]
-
-
-async def test_a_stream_without_done_is_a_server_error(
-    upstream: tuple[Server, OpenAICompatibleProvider]
-) -> None:
-    scripted, p = upstream
-    scripted.script = lambda n: sse(b'data: {"n": 1}\n\n')
-    got: list[int] = []
-    with pytest.raises(UpstreamServerError, match="without \\[DONE\\]"):
+    with pytest.raises(error, match=message):
         async with p.stream(CALL) as batches:
             async for batch in batches:
                 got += [chunk["n"] for chunk in batch]

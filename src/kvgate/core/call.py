@@ -82,7 +82,8 @@ class StreamingCompletion:
     """A stream whose first chunk has already arrived (so the deployment is settled).
 
     ``chunks`` yields batches of OpenAI chunk objects, the usage chunk included; the API layer
-    strips it when the client did not ask and writes each batch to the client at once.
+    strips it when the client did not ask and writes each batch to the client at once (as
+    the upstream wrote it where it can: :class:`~kvgate.core.provider.WireBatch`).
     Closing ``chunks`` early cancels the upstream request.
     """
 
