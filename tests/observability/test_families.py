@@ -76,3 +76,12 @@ def test_the_gateway_metrics_render() -> None:
     assert 'kvgate_request_duration_seconds_bucket{le="0.01",model="m"} 0.0' in text
     assert 'kvgate_gateway_overhead_seconds_bucket{le="0.0005"} 1.0' in text
     assert "kvgate_gateway_overhead_seconds_count 1.0" in text
+
+
+def test_an_infinite_bound_is_the_last_bucket_once() -> None:
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    buckets = (0.1, 1.0, float("inf"))
+    HistogramFamily("t_seconds", "S", [], ours, buckets=buckets).observe(5.0)
+    Histogram("t_seconds", "S", buckets=buckets, registry=theirs).observe(5.0)
+    assert render(ours) == render(theirs)
+    assert render(ours).count(b'le="+Inf"') == 1

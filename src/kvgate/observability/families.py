@@ -11,6 +11,7 @@ same samples ``prometheus_client`` would write: ``_total`` and ``_created`` for 
 
 from __future__ import annotations
 
+import math
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
@@ -112,7 +113,8 @@ class HistogramFamily(_Family[HistogramChild]):
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
                  registry: CollectorRegistry, *, buckets: Sequence[float]) -> None:
-        self.bounds = tuple(sorted(float(b) for b in buckets))
+        # +Inf is always the last bucket (as prometheus_client adds it when not given).
+        self.bounds = tuple(sorted(float(b) for b in buckets if b != math.inf))
         self._les = [_go_float(b) for b in self.bounds] + ["+Inf"]
         super().__init__(name, documentation, labelnames, registry)
 

@@ -138,10 +138,16 @@ class HTTPUpstream:
         finally:
             exchange.close(complete=complete)
 
-    async def post_json(self, url: str, payload: bytes) -> JSONObject:
+    async def post(self, url: str, payload: bytes) -> Exchange:
+        """POST ``payload``; return once a response head with a status below 400 arrived
+        (the caller closes the exchange), else raise its ``UpstreamError``."""
         target = self._target(url)
         exchange = await self._exchange(target, target.post(payload))
         await self._raise_for_status(exchange)
+        return exchange
+
+    async def post_json(self, url: str, payload: bytes) -> JSONObject:
+        exchange = await self.post(url, payload)
         return json_object(await self._read(exchange), "response body")
 
     def stream_events(self, url: str, payload: bytes) -> EventStream:
@@ -192,12 +198,8 @@ class EventStream:
         if exchange is None:
             if self._pending is None:
                 raise StopAsyncIteration
-            http = self._http
-            target = http._target(self._url)
             try:
-                exchange = self._exchange = await http._exchange(
-                    target, target.post(self._payload))
-                await http._raise_for_status(exchange)
+                exchange = self._exchange = await self._http.post(self._url, self._payload)
             except BaseException:
                 self._close()
                 raise
