@@ -97,9 +97,6 @@ class CounterFamily(_Family[CounterChild]):
     def _new_child(self) -> CounterChild:
         return CounterChild()
 
-    def inc(self, amount: float = 1.0) -> None:
-        self.labels().inc(amount)
-
     def collect(self) -> Iterable[Metric]:
         family = CounterMetricFamily(self.name.removesuffix("_total"), self.documentation,
                                      labels=self.labelnames)

@@ -178,15 +178,13 @@ class EventStream:
     asyncio's first-iteration hook, a frame per step and a throw on close.
     """
 
-    __slots__ = ("_complete", "_exchange", "_http", "_payload", "_pending", "_url")
+    __slots__ = ("_exchange", "_http", "_payload", "_pending", "_url")
 
     def __init__(self, http: HTTPUpstream, url: str, payload: bytes) -> None:
         self._http = http
         self._url = url
         self._payload = payload
         self._exchange: Exchange | None = None
-        #: The response's end was read (its connection can be reused).
-        self._complete = False
         #: The unterminated last line of the reads so far; None once the stream is over.
         self._pending: bytes | None = b""
 
@@ -216,8 +214,7 @@ class EventStream:
                 self._close()
                 raise UpstreamServerError(f"upstream stream cut: {exc}") from exc
             if chunk is None:
-                self._complete = True
-                self._close()
+                self._close(complete=True)  # the response's end was read: reusable
                 if pending.startswith(b"data:"):
                     return [pending[5:].strip()]
                 raise StopAsyncIteration
@@ -231,10 +228,10 @@ class EventStream:
             if events:
                 return events
 
-    def _close(self) -> None:
+    def _close(self, *, complete: bool = False) -> None:
         self._pending = None
         if self._exchange is not None:
-            self._exchange.close(complete=self._complete)
+            self._exchange.close(complete=complete)
 
     async def aclose(self) -> None:
         self._close()

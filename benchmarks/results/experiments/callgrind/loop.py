@@ -43,16 +43,12 @@ async def main(arm: str, requests: int, port: str) -> None:
         warm,
     )
     from kvgate.bench.routing_cost import _serve_one as serve
+    from kvgate.bench.scenarios.overhead_targets import kvgate_config
     from kvgate.config.schema import Settings
 
     if arm in ("blocking", "stream"):
-        app = create_app(Settings.model_validate({
-            "providers": {"zero": {"type": "openai_compatible",
-                                   "api_base": f"http://127.0.0.1:{port}/v1"}},
-            "models": [{"name": "zero", "deployments": [{"provider": "zero", "model": "zero"}]}],
-            "cache": {"exact": {"enabled": False}},
-            "routing": {"health_check_interval_s": 0},
-        }))
+        # The overhead scenario's own configuration of its zero-upstream hop.
+        app = create_app(Settings.model_validate(kvgate_config(int(port))))
         bodies = [STREAM_BODY if arm == "stream" else CHAT_BODY] * BODIES
     else:
         app = create_app(gateway_settings(arm, 64))
