@@ -60,7 +60,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _version(args: argparse.Namespace) -> int:
-    from kvgate.routing.native import built
+    from kvgate.native import built
 
     print(f"kvgate {__version__}")
     # Without them routing is the same at more CPU per request: operators should know.

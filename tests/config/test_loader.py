@@ -249,6 +249,5 @@ def test_version_command() -> None:
     assert result.returncode == 0 and result.stdout.startswith("kvgate ")
     # The install built every C extension, and says so.
     assert result.stdout.splitlines()[1] == (
-        "C extensions: _affinity_native built, _chain_native built, _fit_native built, "
-        "_floats_native built, "
-        "_shm_native built")
+        "C extensions: _affinity_native built, _chain_native built, _chunks_native built, "
+        "_fit_native built, _floats_native built, _shm_native built")

@@ -59,7 +59,8 @@ def test_copies_what_the_package_build_reads_and_installs_it_with_pip() -> None:
     # fall back to the Python core without one).
     assert "gcc" in installs[0]
     assert re.search(r"from kvgate\.routing import _affinity_native, _chain_native, "
-                     r"_floats_native, _shm_native", installs[0]), installs[0]
+                     r"_fit_native, _floats_native, _shm_native; "
+                     r"from kvgate\.core import _chunks_native", installs[0]), installs[0]
 
 
 def installed_extras() -> set[str]:

@@ -1,5 +1,6 @@
 """The OpenAI-compatible provider's stream object over a scripted upstream: batches per read,
-``[DONE]``, error chunks after good ones, a stream cut short, and no async generator."""
+``[DONE]``, error chunks after good ones, a stream cut short, and no async generator; each
+with the per-chunk loops in C and in Python (:mod:`kvgate.core.chunks`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from typing import Any
 import pytest
 
 from kvgate.config.schema import OpenAICompatibleSettings
+from kvgate.core import chunks
 from kvgate.core.provider import UpstreamCall
+from kvgate.providers import http_upstream, openai_compatible
 from kvgate.providers.errors import UpstreamRateLimited, UpstreamServerError
 from kvgate.providers.openai_compatible import OpenAICompatibleProvider
 from tests.providers.test_http_pool import Server, server, sse
@@ -29,6 +32,13 @@ def provider(api_base: str) -> OpenAICompatibleProvider:
 async def collect(p: OpenAICompatibleProvider) -> list[list[dict[str, Any]]]:
     async with p.stream(CALL) as batches:
         return [batch async for batch in batches]
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.param == "python":
+        monkeypatch.setattr(http_upstream, "sse_events", chunks.py_sse_events)
+        monkeypatch.setattr(openai_compatible, "leading_chunks", chunks.py_leading_chunks)
 
 
 @pytest.fixture()

@@ -1,4 +1,5 @@
-"""StreamRelay in process, against scripted upstreams: the edges real servers rarely hit."""
+"""StreamRelay in process, against scripted upstreams: the edges real servers rarely hit; each
+with the look at each chunk in C and in Python (:func:`kvgate.core.chunks.observe`)."""
 
 from __future__ import annotations
 
@@ -12,17 +13,25 @@ from typing import Any
 import pytest
 
 from kvgate.config.schema import BreakerSettings
+from kvgate.core import chunks
 from kvgate.core.call import Call, StreamingCompletion
 from kvgate.core.deployment import Deployment
 from kvgate.core.provider import ChunkBatch, JSONObject, UpstreamCall
 from kvgate.observability.metrics import Metrics
 from kvgate.providers.errors import UpstreamError, UpstreamRejected, UpstreamServerError
+from kvgate.resilience import stream_relay
 from kvgate.resilience.breaker import CircuitBreakerBoard
 from kvgate.resilience.failover import Failover, ModelRoute
 from kvgate.routing.round_robin import RoundRobin
 from tests.routing.factories import deployment, routing
 
 Step = JSONObject | UpstreamError | float  # a chunk, an error to raise, or a pause in seconds
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def observe(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.param == "python":
+        monkeypatch.setattr(stream_relay, "observe", chunks.py_observe)
 
 
 def role() -> JSONObject:

@@ -110,7 +110,8 @@ def test_reused_entries_after_eviction_keep_the_tables_consistent() -> None:
 
 def test_an_install_without_the_c_core_says_so_once_and_routes_on_python(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    from kvgate.routing import affinity_core, native
+    from kvgate import native
+    from kvgate.routing import affinity_core
 
     monkeypatch.setattr(affinity_core, "NATIVE_AVAILABLE", False)
     monkeypatch.setattr(native, "_warned", set())

@@ -92,7 +92,7 @@ def test_a_kernel_refuses_a_table_that_does_not_fit_its_buffer() -> None:
 
 def test_an_install_without_the_kernel_says_so_once_and_routes_in_python(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    from kvgate.routing import native
+    from kvgate import native
 
     monkeypatch.setattr(affinity_shm, "NATIVE_AVAILABLE", False)
     monkeypatch.setattr(native, "_warned", set())

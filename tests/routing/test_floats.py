@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kvgate import native as native_module
 from kvgate.config.schema import PrefixRoutingSettings
 from kvgate.routing import _floats_native as native
 from kvgate.routing import explain, floats, ttft_scorer
-from kvgate.routing import native as native_module
 from kvgate.routing.ttft_replica import Ticket
 from kvgate.routing.ttft_scorer import TTFTScorer
 from tests.routing.factories import deployment

@@ -1,4 +1,4 @@
-"""The routing's C extensions under AddressSanitizer and UndefinedBehaviorSanitizer: each is
+"""The package's C extensions under AddressSanitizer and UndefinedBehaviorSanitizer: each is
 compiled again with ``-fsanitize=address,undefined`` into a copy of the sources, and their
 differential tests run there in a child process with the sanitizer runtimes preloaded. A
 read or write out of bounds, a use after free or undefined arithmetic fails this test even
@@ -22,13 +22,16 @@ import pytest
 pytestmark = pytest.mark.timeout(600)
 
 REPO = Path(__file__).resolve().parents[2]
-EXTENSIONS = ("_affinity_native", "_chain_native", "_fit_native", "_floats_native",
-              "_shm_native")
+#: (package, module) of each extension.
+EXTENSIONS = (("routing", "_affinity_native"), ("routing", "_chain_native"),
+              ("routing", "_fit_native"), ("routing", "_floats_native"),
+              ("routing", "_shm_native"), ("core", "_chunks_native"))
 #: The tests that hold each extension to its Python version.
 TESTS = ("tests/routing/test_affinity_native.py", "tests/routing/test_floats.py",
          "tests/routing/test_explain_native.py",
          "tests/routing/test_affinity_shm_native.py", "tests/routing/test_chain_native.py",
-         "tests/routing/test_fingerprint_native.py", "tests/routing/test_fit_native.py")
+         "tests/routing/test_fingerprint_native.py", "tests/routing/test_fit_native.py",
+         "tests/core/test_chunks_native.py")
 
 
 def _runtime(compiler: str, name: str) -> str:
@@ -44,14 +47,14 @@ def test_the_extensions_are_clean_under_asan_and_ubsan(tmp_path: Path) -> None:
     src = tmp_path / "src"
     shutil.copytree(REPO / "src", src, ignore=shutil.ignore_patterns(
         "__pycache__", "*.egg-info", "*.so"))
-    routing = src / "kvgate" / "routing"
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
-    for name in EXTENSIONS:
+    for package, name in EXTENSIONS:
+        folder = src / "kvgate" / package
         subprocess.run(
             [compiler, "-shared", "-fPIC", "-g", "-O1", "-fno-omit-frame-pointer",
              "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-std=c11",
-             f"-I{sysconfig.get_paths()['include']}", str(routing / f"{name}.c"),
-             "-o", str(routing / f"{name}{suffix}")],
+             f"-I{sysconfig.get_paths()['include']}", str(folder / f"{name}.c"),
+             "-o", str(folder / f"{name}{suffix}")],
             check=True, capture_output=True, text=True)
     env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "LD_PRELOAD"}}
     env |= {
@@ -65,9 +68,13 @@ def test_the_extensions_are_clean_under_asan_and_ubsan(tmp_path: Path) -> None:
         "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
     }
     probe = subprocess.run(
-        [sys.executable, "-c", "import kvgate.routing._shm_native as m; print(m.__file__)"],
+        [sys.executable, "-c", "import importlib, sys\nfor m in sys.argv[1:]:\n"
+         "    print(importlib.import_module(m).__file__)",
+         *(f"kvgate.{package}.{name}" for package, name in EXTENSIONS)],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert probe.stdout.strip().startswith(str(src)), probe.stdout + probe.stderr
+    files = probe.stdout.split()
+    assert len(files) == len(EXTENSIONS), probe.stdout + probe.stderr
+    assert all(f.startswith(str(src)) for f in files), probe.stdout + probe.stderr
     # --capture=sys: a sanitizer's report is written to file descriptor 2, and must reach
     # this test's output rather than pytest's capture of the child.
     result = subprocess.run(

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from kvgate import native
 from kvgate.config.schema import PrefixRoutingSettings
-from kvgate.routing import calibration, fingerprint, native
+from kvgate.routing import calibration, fingerprint
 from kvgate.routing.ttft_scorer import TTFTScorer
 from tests.routing.factories import deployment
 

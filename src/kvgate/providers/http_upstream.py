@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from kvgate.core.chunks import sse_events
 from kvgate.core.provider import JSONObject
 from kvgate.providers.errors import (
     UpstreamConnectError,
@@ -218,13 +219,7 @@ class EventStream:
                 if pending.startswith(b"data:"):
                     return [pending[5:].strip()]
                 raise StopAsyncIteration
-            pending += chunk
-            if b"\n" not in chunk:
-                self._pending = pending
-                continue
-            lines = pending.split(b"\n")
-            self._pending = lines.pop()
-            events = [line[5:].strip() for line in lines if line[:5] == b"data:"]
+            events, self._pending = sse_events(pending, chunk)
             if events:
                 return events
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import orjson
 
 from kvgate.config.schema import OpenAICompatibleSettings
+from kvgate.core import chunks
+from kvgate.core.chunks import leading_chunks
 from kvgate.core.provider import ChunkBatch, JSONObject, UpstreamCall, WireBatch
 from kvgate.providers.errors import (
     UpstreamError,
@@ -31,6 +33,7 @@ class OpenAICompatibleProvider:
     """Implements :class:`~kvgate.core.provider.Provider` over an OpenAI-shaped HTTP API."""
 
     def __init__(self, name: str, settings: OpenAICompatibleSettings) -> None:
+        chunks.warn_if_python()
         self._name = name
         base = settings.api_base.rstrip("/")
         self._urls = {endpoint: base + path for endpoint, path in _PATHS.items()}
@@ -116,7 +119,10 @@ class ChunkStream:
             self._done = True
             raise
         batch = WireBatch()
-        for index, data in enumerate(payloads):
+        # The plain chunks in one pass (C where built); from where it stopped, one by one.
+        start, batch.usage_chunks = leading_chunks(payloads, batch)
+        for index in range(start, len(payloads)):
+            data = payloads[index]
             if data == _DONE:
                 self._done = True
                 await self._events.aclose()

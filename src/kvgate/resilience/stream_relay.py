@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from kvgate.core.call import Call
+from kvgate.core.chunks import observe
 from kvgate.core.deployment import Deployment
 from kvgate.core.provider import ChunkBatch, JSONObject, WireBatch
 from kvgate.errors import GatewayError
@@ -214,48 +215,58 @@ class StreamRelay:
 
     def _observe(self, batch: ChunkBatch) -> ChunkBatch:
         """Note what the batch's chunks say (the answer's text so far, its end, its usage),
-        and on a continuation make them read as the first attempt's (one loop per batch:
-        a streamed request runs it for every chunk)."""
-        texts = self._text_parts
-        if self._resuming and isinstance(batch, WireBatch):
-            batch.payloads = None  # its chunks change below to read as the first attempt's
+        and on a continuation make them read as the first attempt's. The look at each chunk
+        is one loop (:func:`kvgate.core.chunks.observe`, C where built): a streamed request
+        runs it on every read."""
+        if self._resuming:
+            self._as_first_attempt(batch)
+        elif self._stream_id is None:
+            self._take_identity(batch)
+        texts, finished, tool_calls, usages = observe(batch)
+        if finished:
+            self._finished = True
+        if tool_calls:
+            self._resumable = False
+        if texts:
+            self._text_parts += texts
+            first = not self._chunks_this_attempt
+            self._chunks_this_attempt += len(texts)
+            if self._attempt is not None:
+                self._attempt.output_tokens = self._chunks_this_attempt
+                if first:  # this attempt's prefill is done
+                    self._attempt.first_token()
+            if not self._first_chunk_seen:
+                self._first_token_arrived()
+        if usages and self.deployment is not None:
+            for usage in usages:
+                self._bill(usage, self.deployment)
+        return batch
+
+    def _take_identity(self, batch: ChunkBatch) -> None:
+        """The answer's id, created time and model: the first chunk's that has an id."""
+        for chunk in batch:
+            self._stream_id, self._created = chunk.get("id"), chunk.get("created")
+            self._model = chunk.get("model")
+            if self._stream_id is not None:
+                return
+
+    def _as_first_attempt(self, batch: ChunkBatch) -> None:
+        """One answer to the client: a continuation's chunks wear the first attempt's
+        identity, and its role chunk is dropped (the client had the first attempt's)."""
+        if isinstance(batch, WireBatch):
+            batch.payloads = None  # its chunks change below
         for chunk in batch:
             if self._stream_id is None:
-                self._stream_id, self._created = chunk.get("id"), chunk.get("created")
-                self._model = chunk.get("model")
-            elif self._resuming:
-                # One answer to the client: the continuation wears the first attempt's identity.
+                self._take_identity([chunk])
+            else:
                 chunk["id"], chunk["created"] = self._stream_id, self._created
                 if "model" in chunk:
                     chunk["model"] = self._model
             choices = chunk.get("choices")
             if choices:
-                choice = choices[0]
-                if choice.get("finish_reason"):
-                    self._finished = True
-                delta = choice.get("delta")
-                if delta is None:
-                    text = choice.get("text")
-                else:
-                    text = delta.get("content")
-                    if self._resuming and "role" in delta:
-                        # The client already had the role chunk from the first attempt.
-                        del delta["role"]
-                    if delta.get("tool_calls"):
-                        self._resumable = False
-                if text:
-                    texts.append(text)
-                    self._chunks_this_attempt += 1
-                    if self._attempt is not None:
-                        self._attempt.output_tokens = self._chunks_this_attempt
-                        if self._chunks_this_attempt == 1:  # this attempt's prefill is done
-                            self._attempt.first_token()
-                    if not self._first_chunk_seen:
-                        self._first_token_arrived()
-            usage = chunk.get("usage")
-            if usage and self.deployment is not None:
-                self._bill(usage, self.deployment)
-        return batch
+                delta = choices[0].get("delta")
+                if delta is not None and "role" in delta:
+                    del delta["role"]
 
     def _bill(self, usage: JSONObject, deployment: Deployment) -> None:
         """The attempt's usage chunk: its tokens are billed (all of them, on a continuation)."""

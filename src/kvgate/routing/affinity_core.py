@@ -19,7 +19,7 @@ from itertools import accumulate, compress, islice, repeat, takewhile
 from operator import and_, is_, neg, not_
 from typing import Protocol, cast
 
-from kvgate.routing.native import warn_missing
+from kvgate.native import warn_missing
 
 try:
     from kvgate.routing._affinity_native import NativeAffinityCore

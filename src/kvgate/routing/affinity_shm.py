@@ -64,7 +64,7 @@ from itertools import chain, repeat
 
 import xxhash
 
-from kvgate.routing.native import warn_missing
+from kvgate.native import warn_missing
 from kvgate.routing.placed_shm import SharedPlacements
 from kvgate.routing.shm_table import SLOTS_PER_BUCKET, AffinityTable
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from kvgate.routing.native import warn_missing
+from kvgate.native import warn_missing
 
 #: Smallest slope the fit reports: a replica never prefills for free, and a zero slope would
 #: make every queue look equally short.

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import xxhash
 
-from kvgate.routing.native import warn_missing
+from kvgate.native import warn_missing
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable

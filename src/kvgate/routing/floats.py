@@ -21,7 +21,7 @@ from itertools import accumulate, compress, repeat
 from operator import add, ge, index, le, lt, mul
 from typing import TypeVar
 
-from kvgate.routing.native import warn_missing
+from kvgate.native import warn_missing
 
 __all__ = ["NATIVE_AVAILABLE", "add_product", "add_scaled", "argmin", "largest",
            "maximum", "minimum", "multiply", "prefix_sums", "smallest", "warn_if_python",
