@@ -38,7 +38,8 @@ async def collect(p: OpenAICompatibleProvider) -> list[list[dict[str, Any]]]:
 def loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     if request.param == "python":
         monkeypatch.setattr(http_upstream, "sse_events", chunks.py_sse_events)
-        monkeypatch.setattr(openai_compatible, "leading_chunks", chunks.py_leading_chunks)
+        monkeypatch.setattr(openai_compatible, "scan", chunks.py_scan)
+        monkeypatch.setattr(chunks, "_native_observe", lambda batch: None)
 
 
 @pytest.fixture()

@@ -222,7 +222,7 @@ class KVGateApp:
             async for batch in chunks:
                 # One write per batch: the chunks that arrived together leave together.
                 held += _events(batch, include_usage)
-                if held and batch[-1].get("choices") != []:  # not the closing usage chunk
+                if held and not _closing(batch):
                     await send({"type": "http.response.body", "body": held, "more_body": True})
                     held = b""
         except UpstreamError as error:
@@ -327,6 +327,13 @@ def _route_headers(call: Call) -> list[tuple[bytes, bytes]]:
     ]
 
 
+def _closing(batch: ChunkBatch) -> bool:
+    """Whether the batch ends with the closing usage chunk (``choices`` is ``[]``)."""
+    if isinstance(batch, WireBatch):
+        return batch.closing
+    return batch[-1].get("choices") == []
+
+
 def _events(batch: ChunkBatch, include_usage: bool) -> bytes:
     """The batch's chunks as SSE events, ``usage`` left out where the client did not ask
     (and a chunk that only carried it): as the upstream wrote them where they are unchanged
@@ -335,8 +342,7 @@ def _events(batch: ChunkBatch, include_usage: bool) -> bytes:
         payloads = batch.payloads
         if not include_usage and batch.usage_chunks:
             # vLLM's shape: usage only in a last chunk of its own, which is left out.
-            last = batch[-1]
-            if batch.usage_chunks > 1 or "usage" not in last or last.get("choices"):
+            if batch.usage_chunks > 1 or not batch.usage_last_alone:
                 return _encoded(batch, include_usage)
             payloads = payloads[:-1]
         if not payloads:

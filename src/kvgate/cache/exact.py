@@ -45,7 +45,7 @@ async def replay_as_stream(
         "created": int(time.time()),
         "model": body.get("model"),
     }
-    batch: ChunkBatch = []
+    batch: list[JSONObject] = []
     for choice in body.get("choices", []):
         index = choice.get("index", 0)
         if chat:

@@ -7,10 +7,12 @@ provider only as :class:`~kvgate.providers.errors.UpstreamError` subclasses.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, overload
+
+import orjson
 
 Endpoint = Literal["chat", "completions"]
 JSONObject = dict[str, Any]
@@ -18,22 +20,56 @@ JSONObject = dict[str, Any]
 #: Streams move in batches so that every layer, down to the client socket, pays its per-item
 #: cost (an await, a write) once per read instead of once per token: under load several
 #: tokens arrive per read.
-ChunkBatch = list[JSONObject]
+ChunkBatch = Sequence[JSONObject]
 
 
-class WireBatch(list[JSONObject]):
-    """A :data:`ChunkBatch` parsed from an upstream's SSE events, which it keeps:
-    ``payloads[i]`` is chunk ``i``'s ``data:`` bytes as the upstream wrote them, so the API
-    layer writes unchanged chunks without encoding them again. Whoever changes a chunk sets
-    ``payloads`` to None. ``usage_chunks``: how many chunks have a ``usage`` key (the API
-    layer leaves it out for a client that did not ask)."""
+class WireBatch(Sequence[JSONObject]):
+    """A :data:`ChunkBatch` read from an upstream's SSE events, kept as the upstream wrote
+    them: ``payloads[i]`` is chunk ``i``'s ``data:`` bytes, which the API layer writes as they
+    are, and what the gateway reads of them was read from the bytes
+    (:func:`kvgate.core.chunks.scan`). The chunk objects are parsed only when asked for
+    (:meth:`chunks`, or the sequence's items), for a chunk that must change: whoever changes
+    one sets ``payloads`` to None, and the API encodes the objects instead.
 
-    __slots__ = ("payloads", "usage_chunks")
+    ``usage_chunks``: how many chunks have a ``usage`` key; ``usage_last_alone``: the last has
+    one and no (or empty) ``choices`` (vLLM's closing usage chunk; the API leaves such
+    usage out for a client that did not ask); ``closing``: the last chunk's ``choices`` is
+    ``[]``; ``observed``: what the relay reads of them
+    (:data:`kvgate.core.chunks.Observed`), None where it must read the objects.
+    """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.payloads: list[bytes] | None = None
-        self.usage_chunks = 0
+    __slots__ = ("_chunks", "_wire", "closing", "observed", "payloads", "usage_chunks",
+                 "usage_last_alone")
+
+    def __init__(self, payloads: list[bytes], usage_chunks: int = 0,
+                 usage_last_alone: bool = False, closing: bool = False,
+                 observed: tuple[list[Any], bool, bool, list[Any]] | None = None) -> None:
+        self.payloads: list[bytes] | None = payloads
+        self._wire = payloads
+        self.usage_chunks = usage_chunks
+        self.usage_last_alone = usage_last_alone
+        self.closing = closing
+        self.observed = observed
+        self._chunks: list[JSONObject] | None = None
+
+    def chunks(self) -> list[JSONObject]:
+        """The chunk objects (parsed once, on the first call)."""
+        if self._chunks is None:
+            self._chunks = [orjson.loads(payload) for payload in self._wire]
+        return self._chunks
+
+    def __len__(self) -> int:
+        return len(self._wire)
+
+    @overload
+    def __getitem__(self, index: int) -> JSONObject: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[JSONObject]: ...
+    def __getitem__(self, index: int | slice) -> JSONObject | list[JSONObject]:
+        return self.chunks()[index]
+
+    def __iter__(self) -> Iterator[JSONObject]:
+        return iter(self.chunks())
 
 
 @dataclass(frozen=True, slots=True)

@@ -186,7 +186,7 @@ class AnthropicProvider:
         events = self._http.stream_events(self._messages_url, payload)
         try:
             async for payloads in events:
-                batch: ChunkBatch = []
+                batch: list[JSONObject] = []
                 try:
                     for data in payloads:
                         batch += translator.feed(json_object(data, "SSE event"), data)

@@ -178,7 +178,7 @@ class MockProvider:
         }
         if self._settings.ttft_ms:
             await asyncio.sleep(self._settings.ttft_ms / 1000)
-        batch: ChunkBatch = []
+        batch: list[JSONObject] = []
         if chat:
             batch.append({**base, "choices": [{
                 "index": 0, "delta": {"role": "assistant", "content": ""},

@@ -11,7 +11,7 @@ import orjson
 
 from kvgate.config.schema import OpenAICompatibleSettings
 from kvgate.core import chunks
-from kvgate.core.chunks import leading_chunks
+from kvgate.core.chunks import scan
 from kvgate.core.provider import ChunkBatch, JSONObject, UpstreamCall, WireBatch
 from kvgate.providers.errors import (
     UpstreamError,
@@ -118,37 +118,40 @@ class ChunkStream:
         except BaseException:
             self._done = True
             raise
-        batch = WireBatch()
-        # The plain chunks in one pass (C where built); from where it stopped, one by one.
-        start, batch.usage_chunks = leading_chunks(payloads, batch)
-        for index in range(start, len(payloads)):
-            data = payloads[index]
-            if data == _DONE:
-                self._done = True
-                await self._events.aclose()
-                if batch:
-                    batch.payloads = payloads[:index]
-                    return batch
-                raise StopAsyncIteration
-            try:
-                chunk = parse_chunk(data)
-            except UpstreamError as error:
-                if not batch:
-                    self._done = True
-                    raise
-                self._error = error  # what came before the error still reaches the client
-                batch.payloads = payloads[:index]
+        # What the gateway reads of the chunks, from their bytes (C where built): the scan
+        # stops at [DONE], an error chunk or a payload that is not a JSON object.
+        stop, usage_chunks, usage_last_alone, closing, observed = scan(payloads)
+        batch = WireBatch(payloads if stop == len(payloads) else payloads[:stop],
+                          usage_chunks, usage_last_alone, closing, observed)
+        if stop == len(payloads):
+            return batch
+        if payloads[stop] == _DONE:
+            self._done = True
+            await self._events.aclose()
+            if batch:
                 return batch
-            if "usage" in chunk:
-                batch.usage_chunks += 1
-            batch.append(chunk)
-        batch.payloads = payloads
+            raise StopAsyncIteration
+        error = _refusal(payloads[stop])
+        if not batch:
+            self._done = True
+            raise error
+        self._error = error  # what came before the error still reaches the client
         return batch
 
     async def aclose(self) -> None:
         self._done = True
         self._error = None
         await self._events.aclose()
+
+
+def _refusal(data: bytes) -> UpstreamError:
+    """What :func:`parse_chunk` raises for a payload the scan stopped at (an error chunk, or
+    not a JSON object: the scan parses what it is unsure of with the same orjson)."""
+    try:
+        parse_chunk(data)
+    except UpstreamError as error:
+        return error
+    raise AssertionError(f"the scan stopped at a chunk that parses: {data[:200]!r}")
 
 
 def parse_chunk(data: bytes) -> JSONObject:

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from kvgate.core.call import Call
-from kvgate.core.chunks import observe
+from kvgate.core.chunks import identity, observe
 from kvgate.core.deployment import Deployment
 from kvgate.core.provider import ChunkBatch, JSONObject, WireBatch
 from kvgate.errors import GatewayError
@@ -221,7 +221,7 @@ class StreamRelay:
         if self._resuming:
             self._as_first_attempt(batch)
         elif self._stream_id is None:
-            self._take_identity(batch)
+            self._stream_id, self._created, self._model = identity(batch)
         texts, finished, tool_calls, usages = observe(batch)
         if finished:
             self._finished = True
@@ -242,14 +242,6 @@ class StreamRelay:
                 self._bill(usage, self.deployment)
         return batch
 
-    def _take_identity(self, batch: ChunkBatch) -> None:
-        """The answer's id, created time and model: the first chunk's that has an id."""
-        for chunk in batch:
-            self._stream_id, self._created = chunk.get("id"), chunk.get("created")
-            self._model = chunk.get("model")
-            if self._stream_id is not None:
-                return
-
     def _as_first_attempt(self, batch: ChunkBatch) -> None:
         """One answer to the client: a continuation's chunks wear the first attempt's
         identity, and its role chunk is dropped (the client had the first attempt's)."""
@@ -257,7 +249,7 @@ class StreamRelay:
             batch.payloads = None  # its chunks change below
         for chunk in batch:
             if self._stream_id is None:
-                self._take_identity([chunk])
+                self._stream_id, self._created, self._model = identity([chunk])
             else:
                 chunk["id"], chunk["created"] = self._stream_id, self._created
                 if "model" in chunk:
