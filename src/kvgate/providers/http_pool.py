@@ -18,7 +18,6 @@ Failure semantics, which failover relies on:
 from __future__ import annotations
 
 import asyncio
-import collections
 import ssl
 from collections.abc import Coroutine
 from typing import Any, NamedTuple
@@ -76,13 +75,16 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.reusable = False
-        #: The whole response has been parsed (its body may still sit unread in ``_events``).
+        #: The whole response has been parsed (its body may still sit unread in ``_body``).
         self.message_complete = False
-        self._events: collections.deque[bytes | Exception | None] = collections.deque()
-        #: httptools' body callback: each HTTP chunk goes straight onto the queue (a C call;
-        #: a stream's events each come as their own chunk), and ``data_received`` wakes the
-        #: reader once per network read.
-        self.on_body = self._events.append
+        #: The body's pieces not yet read. httptools' body callback: each HTTP chunk goes
+        #: straight onto it (a C call; a stream's events each come as their own chunk), and
+        #: ``data_received`` wakes the reader once per network read, who takes them all.
+        self._body: list[bytes] = []
+        self.on_body = self._body.append
+        #: The response ended (complete, or with ``_error``), after what ``_body`` holds.
+        self._ended = False
+        self._error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._timer = LazyTimer(self._loop, self._timed_out)
         self._head: asyncio.Future[int] | None = None
@@ -122,12 +124,14 @@ class _Connection(asyncio.Protocol):
         self.message_complete = True
         self.reusable = self._parser.should_keep_alive()
         self._timer.disarm()
-        self._push(None)
+        self._end(None)
 
     # -- plumbing --------------------------------------------------------------------------
 
-    def _push(self, item: bytes | Exception | None) -> None:
-        self._events.append(item)
+    def _end(self, error: Exception | None) -> None:
+        """The response ended (``error``: how it failed); the first end is the end."""
+        if not self._ended:
+            self._ended, self._error = True, error
         self._wake()
 
     def _wake(self) -> None:
@@ -138,7 +142,7 @@ class _Connection(asyncio.Protocol):
     def _fail(self, error: Exception) -> None:
         if self._head is not None and not self._head.done():
             self._head.set_exception(error)
-        self._push(error)
+        self._end(error)
 
     def _timed_out(self) -> None:
         self._fail(ReadTimeout(f"no data from upstream for {self._read_timeout_s}s"))
@@ -155,7 +159,8 @@ class _Connection(asyncio.Protocol):
     async def send(self, request: bytes) -> int:
         """Write the request and wait for the status line and headers; return the status."""
         assert self._transport is not None
-        self._events.clear()
+        self._body.clear()
+        self._ended, self._error = False, None
         self._got_bytes = False
         self.reusable = False
         self.message_complete = False
@@ -177,26 +182,20 @@ class _Connection(asyncio.Protocol):
 
         NOTE: a method, not an async generator: a generator per response costs asyncio's
         first-iteration hook (a WeakSet entry) and a close on every stream."""
-        events = self._events
-        while not events:
+        body = self._body
+        while not body and not self._ended:
             self._waiter = self._loop.create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
-        item = events.popleft()
-        if isinstance(item, bytes):
-            if not events or not isinstance(events[0], bytes):
-                return item
-            parts = [item]
-            while events and isinstance(events[0], bytes):
-                parts.append(events.popleft())  # type: ignore[arg-type]
-            return b"".join(parts)
-        if item is None:
-            events.appendleft(None)  # the end stays the end for any later call
-            return None
-        events.appendleft(item)
-        raise item
+        if body:
+            data = body[0] if len(body) == 1 else b"".join(body)
+            body.clear()
+            return data
+        if self._error is not None:
+            raise self._error  # and again on any later call
+        return None
 
 
 class ConnectionPool:
