@@ -155,11 +155,17 @@ def test_a_real_connection_cut_resumes_on_another_upstream(
 ) -> None:
     upstreams["ok"].control(stream_id="up-ok")  # the continuation's chunks carry another id
     try:
-        events = gateway.stream(chat_body("upstreams", "over the wire"))
+        events = gateway.stream(chat_body("upstreams", "over the wire",
+                                          stream_options={"include_usage": True}))
     finally:
         upstreams["ok"].control()
     assert streamed_text(events) == "alpha beta gamma delta epsilon zeta eta theta"
     assert events[-1] == "[DONE]"
+    # The usage tells the whole answer (the first attempt's three words moved from the
+    # continuation's prompt to its completion): the relay's change reached the client's chunk.
+    (usage,) = [e["usage"] for e in events if isinstance(e, dict) and e.get("usage")]
+    assert (usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]) == (
+        7 - 3, 8, 12)
     # One answer: the continuation's chunks wear the first attempt's id (relayed as parsed
     # and encoded again, not as the upstream's bytes).
     assert {event["id"] for event in events if isinstance(event, dict)} == {"up-s"}
