@@ -16,7 +16,7 @@ SHARED_TOOL = ROOT.parent / "shared" / "tools" / "import_graph.py"
 #: Packages of ``kvgate`` from the ground floor up. A package may import its own layer and any
 #: layer below; ``sim``, ``bench`` and ``testing`` stand beside the house and may import it.
 LAYERS: list[set[str]] = [
-    {"core", "config", "errors", "observability", "vllm_compat", "extras"},
+    {"core", "config", "errors", "observability", "vllm_compat", "extras", "native"},
     {"providers"},
     {"routing"},
     {"resilience"},
