@@ -61,6 +61,37 @@ def test_same_answers_as_the_python_core_over_a_long_random_run(seed: int) -> No
             assert c_index.served_s(deployment, block) == py_index.served_s(deployment, block)
 
 
+#: Ints at the edges of how the C core reads them (30-bit digits; 64 bits in three).
+_EDGE_HASHES = [0, 1, 2**30 - 1, 2**30, 2**30 + 1, 2**60 - 1, 2**60, 2**60 + 1, 2**63,
+                2**64 - 16, 2**64 - 1]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_hashes_at_the_edges_of_64_bits_are_held_as_the_python_core_holds_them(
+        seed: int) -> None:
+    rng = random.Random(seed)
+    c_index, py_index = (MemoryAffinityIndex(max_blocks_per_deployment=64, ttl_s=60,
+                                             core=new_core(64, native=native))
+                         for native in (True, False))
+    assert isinstance(py_index.core, PyAffinityCore)
+    assert not isinstance(c_index.core, PyAffinityCore)
+    for _ in range(40):
+        prompt = rng.sample(_EDGE_HASHES, rng.randint(1, 5))
+        deployment = rng.choice("ab")
+        for index in (c_index, py_index):
+            index.record(deployment, prompt)
+        query = [*rng.sample(_EDGE_HASHES, rng.randint(1, 5)), rng.choice([True, 2**64, -1])]
+        assert c_index.match_now(query, ["a", "b"]) == py_index.match_now(query, ["a", "b"])
+        assert c_index.size() == py_index.size()
+    # Beyond 64 bits nothing is held, not even the low 64 bits' block.
+    for index in (c_index, py_index):
+        index.record("c", [0])
+        index.record("d", [1])
+        assert index.match_now([2**64], ["c"]) == [0]
+        assert index.match_now([2**64 + 1], ["d"]) == [0]
+        assert index.match_now([2**90 + 1], ["d"]) == [0]
+
+
 def test_bad_hashes_are_refused_and_change_nothing() -> None:
     index = MemoryAffinityIndex(max_blocks_per_deployment=10, ttl_s=60)
     index.record("a", [1, 2, 3])

@@ -119,6 +119,7 @@ static int any_alive(const uint8_t *alive, Py_ssize_t n) {
 
 /* A sequence's item as the low 64 bits of an int (the Python version's ``& 2**64 - 1``). */
 static int hash_at(PyObject *item, uint64_t *out) {
+    if (small_u64(item, out)) return 0;
     if (!PyLong_Check(item)) {
         PyErr_SetString(PyExc_TypeError, "block hashes must be ints");
         return -1;
