@@ -16,6 +16,7 @@ from kvgate.core import _chunks_native, chunks
 from kvgate.core.provider import WireBatch
 from kvgate.providers.errors import UpstreamError
 from kvgate.providers.openai_compatible import parse_chunk
+from tests.routing.native_compare import outcome
 
 _CHUNK = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m",
           "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]}
@@ -144,11 +145,11 @@ def test_scan_reads_every_payload_as_parsing_it_does(seed: int) -> None:
         assert scanned[:4] == chunks.py_scan(payloads)[:4], payloads
         stop, observed = scanned[0], scanned[4]
         parsed = [orjson.loads(data) for data in payloads[:stop]]
-        expected = _outcome(chunks.py_observe, parsed)
+        expected = outcome(chunks.py_observe, parsed)
         if observed is None:  # the relay observes the objects
-            assert _outcome(chunks.observe, parsed) == expected
+            assert outcome(chunks.observe, parsed) == expected
         else:
-            assert ("ok", observed) == expected, payloads
+            assert ("value", observed) == expected, payloads
             assert [type(t) for t in observed[0]] == [type(t) for t in expected[1][0]]
         if stop < len(payloads) and payloads[stop] != b"[DONE]":
             # Where the scan stops, the provider's own parse raises (openai_compatible).
@@ -274,26 +275,19 @@ def _chunk(rng: random.Random, *, json_only: bool = False) -> Any:
     return chunk
 
 
-def _outcome(function: Any, batch: list[Any]) -> Any:
-    try:
-        return "ok", function(batch)
-    except Exception as exc:  # the same exception type is the same answer
-        return "raised", type(exc)
-
-
 @pytest.mark.parametrize("seed", range(8))
 def test_observe_reads_every_batch_as_python_does(seed: int) -> None:
     rng = random.Random(seed)
     left_to_python = 0
     for _ in range(400):
         batch = [_chunk(rng) for _ in range(rng.randrange(6))]
-        expected = _outcome(chunks.py_observe, batch)
-        assert _outcome(chunks.observe, batch) == expected, batch
+        expected = outcome(chunks.py_observe, batch)
+        assert outcome(chunks.observe, batch) == expected, batch
         native_result = _chunks_native.observe(batch)
         if native_result is None:
             left_to_python += 1
         else:  # C answered itself: Python's answer, identical objects
-            assert expected[0] == "ok" and native_result == expected[1], batch
+            assert expected[0] == "value" and native_result == expected[1], batch
             assert all(a is b for a, b in zip(native_result[0], expected[1][0], strict=True))
             assert all(a is b for a, b in zip(native_result[3], expected[1][3], strict=True))
     assert 0 < left_to_python < 200  # both paths ran

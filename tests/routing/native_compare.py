@@ -22,8 +22,10 @@ def same(a: Any, b: Any) -> bool:
 
 
 def outcome(function: Callable[..., Any], *args: Any) -> tuple[str, Any]:
-    """``("value", result)``, or ``("error", its type)`` for the errors bad input raises."""
+    """``("value", result)``, or ``("error", its type)`` for the errors bad input raises (a
+    chunk of an odd shape: ``KeyError``; a value whose truth raises: its own error)."""
     try:
         return "value", function(*args)
-    except (TypeError, ValueError, IndexError, AttributeError, OverflowError) as error:
+    except (TypeError, ValueError, IndexError, KeyError, AttributeError, OverflowError,
+            RuntimeError) as error:
         return "error", type(error)

@@ -348,8 +348,10 @@ static int touch(Core *c, int32_t slot, uint64_t hash, int64_t tick) {
 /* -- Python methods ------------------------------------------------------------------------ */
 
 /* PyLong_AsUnsignedLongLong's value and errors (TypeError, OverflowError for a negative int
- * or one over 64 bits) without its general path for the common case: CPython 3.11 converts
- * every int through _PyLong_AsByteArray, about 20 ns a link, a tenth of recording one. */
+ * or one over 64 bits) without its general path for the common case: on CPython 3.11 read
+ * from the digits (small_u64); elsewhere the masked conversion once the int is known to fit
+ * (the general one goes through _PyLong_AsByteArray, about 20 ns a link, a tenth of
+ * recording one). */
 static inline uint64_t hash_of(PyObject *item) {
     uint64_t hash;
     if (small_u64(item, &hash)) return hash;
