@@ -5,11 +5,17 @@ refused without a change."""
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 import pytest
 
 from kvgate.routing.affinity import MemoryAffinityIndex
-from kvgate.routing.affinity_core import NATIVE_AVAILABLE, PyAffinityCore, new_core
+from kvgate.routing.affinity_core import (
+    NATIVE_AVAILABLE,
+    AffinityCore,
+    PyAffinityCore,
+    new_core,
+)
 from tests.support.clock import FakeClock
 
 
@@ -59,6 +65,52 @@ def test_same_answers_as_the_python_core_over_a_long_random_run(seed: int) -> No
         if prompt:
             deployment, block = rng.choice(deployments), rng.choice(prompt)
             assert c_index.served_s(deployment, block) == py_index.served_s(deployment, block)
+
+
+def _lru_order(core: AffinityCore, slot: int, pool: Sequence[int], bound: int,
+               tick: int) -> list[int]:
+    """The pool's hashes ``slot`` holds, oldest first: read by pushing fresh hashes in one at a
+    time (the bound evicts the oldest each time) and seeing which pool hash goes."""
+    held = [h for h in pool if core.served(slot, h) is not None]
+    order = []
+    for fresh in range(bound):
+        core.record(slot, [(1 << 63) + fresh], tick)
+        order += [h for h in held if h not in order and core.served(slot, h) is None]
+    return order
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_record_that_repeats_the_lanes_newest_links_orders_it_as_the_python_core(
+        seed: int) -> None:
+    """Records whose head is already the slot's newest entries (the same prompt again, a new
+    turn after a shared head, lists with repeated hashes, some of those among the kept run):
+    the C core keeps that run where it is and puts the rest before it, which must leave the
+    LRU order, the ticks and the holdings exactly as moving every hash to the end does."""
+    rng = random.Random(seed)
+    bound = rng.choice([4, 9, 16])
+    cores = [new_core(bound, native=native) for native in (True, False)]
+    pool = list(range(1, 20))
+    last: list[int] = []
+    for step in range(600):
+        roll = rng.random()
+        if roll < 0.3 and last:  # the same prompt again
+            hashes = list(last)
+        elif roll < 0.7 and last:  # the last prompt's head, then a tail of its own
+            hashes = last[:rng.randint(0, len(last))] + rng.sample(pool, rng.randint(0, 5))
+        else:  # anything, repeats included
+            hashes = [rng.choice(pool) for _ in range(rng.randint(0, 12))]
+        if rng.random() < 0.2:  # a repeat of the kept head inside the rest
+            hashes += hashes[:rng.randint(0, 3)]
+        tick = step // 7
+        for core in cores:
+            core.record(0, hashes, tick)
+        last = hashes
+        c_core, py_core = cores
+        assert [c_core.served(0, h) for h in pool] == [py_core.served(0, h) for h in pool]
+        assert c_core.size() == py_core.size()
+        if step % 50 == 49:  # the whole order (which empties the pool's entries)
+            assert (_lru_order(c_core, 0, pool, bound, tick)
+                    == _lru_order(py_core, 0, pool, bound, tick))
 
 
 #: Ints at the edges of how the C core reads them (30-bit digits; 64 bits in three).

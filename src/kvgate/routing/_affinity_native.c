@@ -27,6 +27,8 @@
 
 #define NIL ((int32_t)-1)
 #define NO_TICK ((int64_t)1 << 62)
+/* Marks the kept run's entries while a record runs (a tick no caller passes: see Core_record). */
+#define KEPT INT64_MIN
 #define GOLDEN 0x9E3779B97F4A7C15ULL
 /* How many links ahead record and match start loading table slots. */
 #define PREFETCH_LINKS 8
@@ -276,6 +278,22 @@ static inline void lane_append(Core *c, int32_t n) {
     lane->count++;
 }
 
+/* Put n just before `anchor` in its lane (NIL: at the newest end). */
+static inline void lane_insert(Core *c, int32_t n, int32_t anchor) {
+    if (anchor == NIL) {
+        lane_append(c, n);
+        return;
+    }
+    Node *node = &c->nodes[n];
+    Lane *lane = &c->lanes[node->slot];
+    node->next = anchor;
+    node->prev = c->nodes[anchor].prev;
+    if (node->prev != NIL) c->nodes[node->prev].next = n;
+    else lane->head = n;
+    c->nodes[anchor].prev = n;
+    lane->count++;
+}
+
 /* -- entries ------------------------------------------------------------------------------- */
 
 static void remove_node(Core *c, int32_t n) {
@@ -298,14 +316,16 @@ static void remove_node(Core *c, int32_t n) {
     c->live_nodes--;
 }
 
-/* Move (slot, hash) to the newest end of the slot's lane, adding it if new. */
-static int touch(Core *c, int32_t slot, uint64_t hash, int64_t tick) {
+/* Move (slot, hash) just before `anchor` in the slot's lane (NIL: to the newest end), adding
+ * it if new; an entry of the kept run (ticked KEPT, see Core_record) stays where it is. */
+static int touch(Core *c, int32_t slot, uint64_t hash, int64_t tick, int32_t anchor) {
     uint64_t pos;
     int32_t n = node_find(c, hash, slot, &pos);
     if (n != NIL) {
+        if (c->nodes[n].tick == KEPT) return 0;
         lane_unlink(c, n);
         c->nodes[n].tick = tick;
-        lane_append(c, n);
+        lane_insert(c, n, anchor);
         return 0;
     }
     uint64_t node_mask = c->ntab.mask;
@@ -341,7 +361,7 @@ static int touch(Core *c, int32_t slot, uint64_t hash, int64_t tick) {
     node->block = b;
     c->ntab.entries[pos] = n;
     c->live_nodes++;
-    lane_append(c, n);
+    lane_insert(c, n, anchor);
     return 0;
 }
 
@@ -381,6 +401,11 @@ static int parse_slot_call(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t e
     return parse_slot(args[0], slot);
 }
 
+/* The last `count` entries of the lane get `tick` (the kept run, which stays at the end). */
+static void set_ticks(Core *c, const Lane *lane, Py_ssize_t count, int64_t tick) {
+    for (int32_t n = lane->tail; count > 0; n = c->nodes[n].prev, count--) c->nodes[n].tick = tick;
+}
+
 static PyObject *Core_record(Core *c, PyObject *const *args, Py_ssize_t nargs) {
     int32_t slot;
     if (parse_slot_call(args, nargs, 3, "record(slot, hashes, tick)", &slot) < 0) return NULL;
@@ -403,8 +428,26 @@ static PyObject *Core_record(Core *c, PyObject *const *args, Py_ssize_t nargs) {
     }
     if (reserve_slot(c, slot) < 0) goto fail;
     /* Newest-last in LRU order, children before parents: when the bound evicts, a prompt's
-     * tail goes before its head. A hash listed twice ends where its first listing puts it. */
-    for (Py_ssize_t i = num - 1; i >= 0; i--) {
+     * tail goes before its head. A hash listed twice ends where its first listing puts it.
+     * NOTE: that order is the slot's lane ending hashes[k-1], ..., hashes[1], hashes[0]. When
+     * the lane already ends with the first `kept` of them so (a shared system prompt, a
+     * conversation's earlier turns, recorded for this slot last time), moving each to the end
+     * again would leave them where they are: they keep their places (their ticks are set),
+     * and the other hashes go just before them, in the order moving each to the end would
+     * give. A request then costs a step along the lane per kept link, not a table probe and
+     * a move (most links of a long shared prompt). */
+    Lane *lane = &c->lanes[slot];
+    Py_ssize_t kept = 0;
+    int32_t anchor = NIL; /* the kept run's oldest entry */
+    if (tick != KEPT) {
+        for (int32_t n = lane->tail; n != NIL && kept < num && c->nodes[n].hash == hashes[kept];
+                n = c->nodes[n].prev) {
+            c->nodes[n].tick = KEPT;
+            anchor = n;
+            kept++;
+        }
+    }
+    for (Py_ssize_t i = num - 1; i >= kept; i--) {
         /* The links a few steps on: their table slots start loading while this one is
          * written (a prompt's links are scattered over tables far larger than the caches). */
         if (i >= PREFETCH_LINKS) {
@@ -412,9 +455,12 @@ static PyObject *Core_record(Core *c, PyObject *const *args, Py_ssize_t nargs) {
             __builtin_prefetch(&c->ntab.entries[node_home(next, slot) & c->ntab.mask]);
             __builtin_prefetch(&c->btab.entries[mix64(next) & c->btab.mask]);
         }
-        if (touch(c, slot, hashes[i], tick) < 0) goto fail;
+        if (touch(c, slot, hashes[i], tick, anchor) < 0) {
+            set_ticks(c, lane, kept, tick);
+            goto fail;
+        }
     }
-    Lane *lane = &c->lanes[slot];
+    set_ticks(c, lane, kept, tick);
     while (lane->count > c->max_per_slot) remove_node(c, lane->head);
     if (hashes != stack_hashes) PyMem_Free(hashes);
     Py_DECREF(fast);
