@@ -119,8 +119,9 @@ static int32_t node_find(Core *c, uint64_t hash, int32_t slot, uint64_t *pos) {
     }
 }
 
-static int32_t block_find(Core *c, uint64_t hash, uint64_t *pos) {
-    uint64_t i = mix64(hash) & c->btab.mask;
+/* `home`: mix64(hash), where the caller has it. */
+static int32_t block_find_from(Core *c, uint64_t hash, uint64_t home, uint64_t *pos) {
+    uint64_t i = home & c->btab.mask;
     for (;;) {
         int32_t b = c->btab.entries[i];
         if (b == NIL || c->bhash[b] == hash) {
@@ -129,6 +130,10 @@ static int32_t block_find(Core *c, uint64_t hash, uint64_t *pos) {
         }
         i = (i + 1) & c->btab.mask;
     }
+}
+
+static int32_t block_find(Core *c, uint64_t hash, uint64_t *pos) {
+    return block_find_from(c, hash, mix64(hash), pos);
 }
 
 /* Empty position `hole`, shifting back the entries after it that probing would no longer
@@ -492,29 +497,22 @@ static PyObject *Core_prepare_query(Core *c, PyObject *slots) {
     return query;
 }
 
-/* A link's hash for a prefetch hint (any int's low 64 bits), or 0: not an int. */
-static inline int hint_of(PyObject *item, uint64_t *hash) {
-    if (small_u64(item, hash)) return 1;
-    if (!PyLong_CheckExact(item)) return 0;
-    *hash = PyLong_AsUnsignedLongLongMask(item);
-    return 1;
-}
+/* A link read once for everything a match does with it: its hash where small_u64 reads it
+ * exactly (else the lookup converts it again, with the errors), or a hint for prefetching
+ * (any int's low 64 bits), and the hash's home in the block table. */
+typedef struct {
+    uint64_t hash, home;
+    int exact, hinted;
+} Link;
 
-/* Start loading what looking up links ahead will read: link `table`'s block-table slot, and
- * (its slot loaded a few steps ago) link `block`'s hash and holder mask. Only hints: a link
- * that is not an int, or not in its home slot, is simply not prefetched. */
-static inline void prefetch_link(const Core *c, PyObject **items, Py_ssize_t num,
-                                 Py_ssize_t table, Py_ssize_t block) {
-    uint64_t hash;
-    if (table < num && hint_of(items[table], &hash))
-        __builtin_prefetch(&c->btab.entries[mix64(hash) & c->btab.mask]);
-    if (block < num && hint_of(items[block], &hash)) {
-        int32_t b = c->btab.entries[mix64(hash) & c->btab.mask];
-        if (b != NIL) {
-            __builtin_prefetch(&c->bhash[b]);
-            __builtin_prefetch(&c->bmask[(size_t)b * (size_t)c->words]);
-        }
-    }
+/* More than PREFETCH_LINKS, a power of two: link k's entry lives until link k is looked up. */
+#define LINK_RING 16
+
+static inline void read_link(PyObject *item, Link *link) {
+    link->exact = small_u64(item, &link->hash);
+    link->hinted = link->exact || PyLong_CheckExact(item);
+    if (!link->exact) link->hash = link->hinted ? PyLong_AsUnsignedLongLongMask(item) : 0;
+    link->home = mix64(link->hash);
 }
 
 static PyObject *Core_match(Core *c, PyObject *const *args, Py_ssize_t nargs) {
@@ -541,22 +539,44 @@ static PyObject *Core_match(Core *c, PyObject *const *args, Py_ssize_t nargs) {
         }
     }
     /* alive: the queried slots holding every link so far; a slot dropping out at link k
-     * matched k links. */
+     * matched k links. Link k + PREFETCH_LINKS is read (and its block-table slot starts
+     * loading) while link k is looked up; link k + PREFETCH_LINKS / 2's hash and holder mask
+     * start loading from that slot. */
+    Link ring[LINK_RING];
+    for (Py_ssize_t j = 0; j < num && j < PREFETCH_LINKS; j++)
+        read_link(items[j], &ring[j & (LINK_RING - 1)]);
     Py_ssize_t k = 0;
     for (; k < num && any; k++) {
-        prefetch_link(c, items, num, k + PREFETCH_LINKS, k + PREFETCH_LINKS / 2);
-        uint64_t hash = hash_of(items[k]);
-        if (hash == (uint64_t)-1 && PyErr_Occurred()) {
-            /* A value no block can have (negative, or over 64 bits): held by nobody. */
-            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
-                Py_DECREF(fast);
-                return NULL;
+        if (k + PREFETCH_LINKS < num) {
+            Link *ahead = &ring[(k + PREFETCH_LINKS) & (LINK_RING - 1)];
+            read_link(items[k + PREFETCH_LINKS], ahead);
+            if (ahead->hinted) __builtin_prefetch(&c->btab.entries[ahead->home & c->btab.mask]);
+        }
+        if (k + PREFETCH_LINKS / 2 < num) {
+            const Link *near = &ring[(k + PREFETCH_LINKS / 2) & (LINK_RING - 1)];
+            int32_t hinted_block = near->hinted ? c->btab.entries[near->home & c->btab.mask]
+                                                : NIL;
+            if (hinted_block != NIL) {
+                __builtin_prefetch(&c->bhash[hinted_block]);
+                __builtin_prefetch(&c->bmask[(size_t)hinted_block * (size_t)c->words]);
             }
-            PyErr_Clear();
-            break;
+        }
+        const Link *link = &ring[k & (LINK_RING - 1)];
+        uint64_t hash = link->hash;
+        if (!link->exact) {
+            hash = hash_of(items[k]);
+            if (hash == (uint64_t)-1 && PyErr_Occurred()) {
+                /* A value no block can have (negative, or over 64 bits): held by nobody. */
+                if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                    Py_DECREF(fast);
+                    return NULL;
+                }
+                PyErr_Clear();
+                break;
+            }
         }
         uint64_t pos;
-        int32_t b = block_find(c, hash, &pos);
+        int32_t b = block_find_from(c, hash, link->exact ? link->home : mix64(hash), &pos);
         if (b == NIL) break;
         const uint64_t *mask = c->bmask + (size_t)b * words;
         any = 0;
