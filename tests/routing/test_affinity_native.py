@@ -173,6 +173,9 @@ def test_core_rejects_misuse() -> None:
     assert core.served(9999, 1) is None
     core.forget(9999)  # a slot never seen: nothing to drop
     assert core.expire(10) == PyAffinityCore(1).expire(10)  # nothing left: the same sentinel
+    with pytest.raises(OverflowError):  # the one 64-bit tick the core keeps for itself
+        core.record(0, [1], -(2**63))
+    assert core.size() == 0
 
 
 def test_reused_entries_after_eviction_keep_the_tables_consistent() -> None:

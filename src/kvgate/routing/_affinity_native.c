@@ -27,7 +27,7 @@
 
 #define NIL ((int32_t)-1)
 #define NO_TICK ((int64_t)1 << 62)
-/* Marks the kept run's entries while a record runs (a tick no caller passes: see Core_record). */
+/* Marks the kept run's entries while a record runs (a tick record refuses: see Core_record). */
 #define KEPT INT64_MIN
 #define GOLDEN 0x9E3779B97F4A7C15ULL
 /* How many links ahead record and match start loading table slots. */
@@ -416,6 +416,10 @@ static PyObject *Core_record(Core *c, PyObject *const *args, Py_ssize_t nargs) {
     if (parse_slot_call(args, nargs, 3, "record(slot, hashes, tick)", &slot) < 0) return NULL;
     int64_t tick = PyLong_AsLongLong(args[2]);
     if (tick == -1 && PyErr_Occurred()) return NULL;
+    if (tick == KEPT) {
+        PyErr_SetString(PyExc_OverflowError, "affinity index: tick out of range");
+        return NULL;
+    }
     PyObject *fast = PySequence_Fast(args[1], "hashes must be a sequence");
     if (fast == NULL) return NULL;
     Py_ssize_t num = PySequence_Fast_GET_SIZE(fast);
@@ -444,13 +448,11 @@ static PyObject *Core_record(Core *c, PyObject *const *args, Py_ssize_t nargs) {
     Lane *lane = &c->lanes[slot];
     Py_ssize_t kept = 0;
     int32_t anchor = NIL; /* the kept run's oldest entry */
-    if (tick != KEPT) {
-        for (int32_t n = lane->tail; n != NIL && kept < num && c->nodes[n].hash == hashes[kept];
-                n = c->nodes[n].prev) {
-            c->nodes[n].tick = KEPT;
-            anchor = n;
-            kept++;
-        }
+    for (int32_t n = lane->tail; n != NIL && kept < num && c->nodes[n].hash == hashes[kept];
+            n = c->nodes[n].prev) {
+        c->nodes[n].tick = KEPT;
+        anchor = n;
+        kept++;
     }
     for (Py_ssize_t i = num - 1; i >= kept; i--) {
         /* The links a few steps on: their table slots start loading while this one is

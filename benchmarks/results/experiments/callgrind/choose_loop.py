@@ -18,21 +18,9 @@ import loop  # noqa: E402
 
 
 async def main(decisions: int) -> None:
-    from kvgate.api.app import create_app
-    from kvgate.bench.routing_cost import (
-        MODEL,
-        SYSTEM_TOKENS,
-        USER_TOKENS,
-        Prompts,
-        gateway_settings,
-        warm,
-    )
     from kvgate.bench.routing_cost import _serve_one as serve
 
-    app = create_app(gateway_settings("prefix_kv_aware", 64))
-    route = app.gateway.routes[MODEL]
-    prompts = Prompts(SYSTEM_TOKENS, USER_TOKENS)
-    await warm(route.strategy, route.deployments, prompts)
+    app, route, prompts = await loop.long_prompt_gateway("prefix_kv_aware")
     for n in range(100):
         loop._virtual_now_s[0] += loop.VIRTUAL_STEP_S
         await serve(app, prompts.body(10_000 + n))

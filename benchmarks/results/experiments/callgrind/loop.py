@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 import uvloop
 
@@ -30,10 +31,10 @@ if len(sys.argv) > 1 and sys.argv[1] in ("round_robin", "prefix_kv_aware"):
 BODIES = 1100
 
 
-async def main(arm: str, requests: int, port: str) -> None:
+async def long_prompt_gateway(arm: str) -> tuple[Any, Any, Any]:
+    """The app, its route and its prompt maker for a long-prompt arm, the index warm."""
     # Imported here, after the clock above: kvgate binds time.monotonic as a default.
-    from kvgate.api.app import create_app, freeze_startup_heap
-    from kvgate.bench.gateway_overhead import CHAT_BODY, STREAM_BODY
+    from kvgate.api.app import create_app
     from kvgate.bench.routing_cost import (
         MODEL,
         SYSTEM_TOKENS,
@@ -42,6 +43,18 @@ async def main(arm: str, requests: int, port: str) -> None:
         gateway_settings,
         warm,
     )
+
+    app = create_app(gateway_settings(arm, 64))
+    route = app.gateway.routes[MODEL]
+    prompts = Prompts(SYSTEM_TOKENS, USER_TOKENS)
+    await warm(route.strategy, route.deployments, prompts)
+    return app, route, prompts
+
+
+async def main(arm: str, requests: int, port: str) -> None:
+    # Imported here, after the clock above: kvgate binds time.monotonic as a default.
+    from kvgate.api.app import create_app, freeze_startup_heap
+    from kvgate.bench.gateway_overhead import CHAT_BODY, STREAM_BODY
     from kvgate.bench.routing_cost import _serve_one as serve
     from kvgate.bench.scenarios.overhead_targets import kvgate_config
     from kvgate.config.schema import Settings
@@ -51,10 +64,7 @@ async def main(arm: str, requests: int, port: str) -> None:
         app = create_app(Settings.model_validate(kvgate_config(int(port))))
         bodies = [STREAM_BODY if arm == "stream" else CHAT_BODY] * BODIES
     else:
-        app = create_app(gateway_settings(arm, 64))
-        route = app.gateway.routes[MODEL]
-        prompts = Prompts(SYSTEM_TOKENS, USER_TOKENS)
-        await warm(route.strategy, route.deployments, prompts)
+        app, _, prompts = await long_prompt_gateway(arm)
         bodies = [prompts.body(10_000 + n) for n in range(BODIES)]
     for body in bodies[:100]:  # the code paths and the index warm, in every run alike
         _virtual_now_s[0] += VIRTUAL_STEP_S
