@@ -6,19 +6,13 @@ import base64
 import time
 
 import orjson
-import pytest
 import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvgate.core.call import Call
 from kvgate.request.parse import parse_call
-from kvgate.routing.fingerprint import (
-    MessageMemo,
-    declared_image_tokens,
-    fingerprint,
-    py_fingerprint,
-)
+from kvgate.routing.fingerprint import MessageMemo, declared_image_tokens, fingerprint
 from tests.routing.factories import deployment
 from tests.support.images import png
 
@@ -142,7 +136,7 @@ def test_same_prompt_same_chain_in_every_process() -> None:
 @settings(max_examples=60, deadline=None)
 def test_a_memo_changes_nothing_but_the_work(system: str, first: str, second: str,
                                              image: bytes) -> None:
-    memo = MessageMemo(max_bytes=160, min_bytes=16)  # small: entries come and go
+    memo = MessageMemo(max_links=40, min_bytes=16)  # small: entries come and go
     conversations = [
         [{"role": "system", "content": system}, {"role": "user", "content": first}],
         [{"role": "system", "content": system}, {"role": "user", "content": second}],
@@ -156,44 +150,19 @@ def test_a_memo_changes_nothing_but_the_work(system: str, first: str, second: st
 
 
 def test_the_memo_keeps_its_bound_dropping_the_oldest_messages_first() -> None:
-    memo = MessageMemo(max_bytes=10, min_bytes=1)
-
-    def put(n: int, text_bytes: int) -> None:
-        memo.put((n, b"", text_bytes, n), (n,), b"", b"x" * text_bytes)
-
-    def held(*numbers: int) -> list[bool]:
-        return [any(key[0] == n for key in memo._entries) for n in numbers]
-
+    memo = MessageMemo(max_links=10, min_bytes=1)
     for n in range(6):
-        put(n, 3)  # 3 bytes each: 3 entries fit
-    assert held(*range(6)) == [False] * 3 + [True] * 3
-    memo.put((3, b"", 3, 3), (9,), b"", b"yyy")  # already there: kept as it was, not re-queued
-    assert memo.get((3, b"", 3, 3)) == ((3,), b"", b"xxx")
-    put(6, 4)  # 13 bytes: the oldest goes (10 left)
-    assert held(3, 4, 5, 6) == [False, True, True, True]
-    put(8, 5)  # 15: the next two oldest go (9 left)
-    assert held(4, 5, 6, 8) == [False, False, True, True]
-    put(7, 11)  # longer than the bound: never kept
-    assert held(7, 6) == [False, True]
-
-
-@pytest.mark.parametrize("native", [True, False])
-def test_a_text_under_another_texts_memo_key_gets_its_own_links(native: bool) -> None:
-    """Two messages of one length with the same first and last bytes share a memo key: the
-    second must be hashed from its own bytes (a digest of the ends alone would give it the
-    first one's links), and each keeps its own fingerprint however often it comes."""
-    middle_a, middle_b = "a" * 3000, "b" * 3000
-    ends = "e" * 200
-    first = [{"role": "user", "content": ends + middle_a + ends}]
-    second = [{"role": "user", "content": ends + middle_b + ends}]
-    memo = MessageMemo(min_bytes=16)
-    build = fingerprint if native else py_fingerprint
-    without = [py_fingerprint(call_for(m), block_chars=BLOCK_CHARS) for m in (first, second)]
-    assert without[0] != without[1]
-    for _ in range(3):
-        for messages, expected in zip((first, second), without, strict=True):
-            assert build(call_for(messages), block_chars=BLOCK_CHARS, memo=memo) == expected
-    assert len(memo._entries) == 1  # the first text's entry; the second is hashed each time
+        memo.put((n, b"", n), (n,) * 3, b"")  # 3 links each: 3 entries fit
+    assert [memo.get((n, b"", n)) is not None for n in range(6)] == [False] * 3 + [True] * 3
+    memo.put((3, b"", 3), (9,) * 3, b"")  # already there: kept as it was, not re-queued
+    assert memo.get((3, b"", 3)) == ((3,) * 3, b"")
+    memo.put((6, b"", 6), (6,) * 4, b"")  # 13 links: the oldest goes (10 left)
+    assert [memo.get((n, b"", n)) is not None for n in range(3, 7)] == [False, True, True, True]
+    memo.put((8, b"", 8), (8,) * 5, b"")  # 15: the next two oldest go (9 left)
+    assert [memo.get((n, b"", n)) is not None for n in (4, 5, 6, 8)] == [False, False, True,
+                                                                       True]
+    memo.put((7, b"", 7), (7,) * 11, b"")  # longer than the bound: never kept
+    assert memo.get((7, b"", 7)) is None and memo.get((6, b"", 6)) is not None
 
 
 def test_cost_is_bounded_for_a_100k_token_prompt() -> None:

@@ -11,13 +11,7 @@ from typing import Any
 import pytest
 
 from kvgate.routing import _chain_native, fingerprint
-from kvgate.routing.fingerprint import (
-    Fingerprint,
-    MemoKey,
-    MessageMemo,
-    py_chain,
-    py_fingerprint,
-)
+from kvgate.routing.fingerprint import Fingerprint, MessageMemo, py_chain, py_fingerprint
 from tests.routing.factories import call
 
 _ALPHABET = "abcdefgh ij\n\u00e9\u4e2d\U0001f600"  # 1-, 2-, 3- and 4-byte UTF-8
@@ -94,7 +88,7 @@ def _call(body: dict[str, Any], images: list[tuple[bytes, int]]) -> Any:
 def _memo_state(memo: MessageMemo | None) -> Any:
     if memo is None:
         return None
-    return dict(memo._entries), list(memo._order), memo._bytes
+    return dict(memo._entries), list(memo._order), memo._links
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -104,9 +98,8 @@ def test_same_fingerprints_and_memo_as_the_python_builder(
     shared = "".join(rng.choice(_ALPHABET + "klmnop") for _ in range(12_000))
     block_chars = rng.choice([1, 7, 64, 256, 1000, 5000])  # 5000: the tail buffer grows
     use_memo = seed % 3 != 2
-    memo_c = MessageMemo(max_bytes=rng.choice([5000, 16 << 20]),
-                         min_bytes=rng.choice([0, 300, 2048]))
-    memo_py = MessageMemo(max_bytes=memo_c.max_bytes, min_bytes=memo_c.min_bytes)
+    memo_c = MessageMemo(max_links=rng.choice([50, 65_536]), min_bytes=rng.choice([0, 300, 2048]))
+    memo_py = MessageMemo(max_links=memo_c.max_links, min_bytes=memo_c.min_bytes)
     built = python_only = 0
     for _ in range(300):
         body, images = _body(rng, shared)
@@ -211,7 +204,7 @@ def test_bad_input_is_refused() -> None:
     body = {"messages": [{"role": "user", "content": "abcdefgh"}]}
     assert _chain_native.build(body, [], [], 0, 4, 0, memo) is not None
     for key in list(memo._entries):
-        memo._entries[key] = ("bad", b"", b"")  # type: ignore[assignment]
+        memo._entries[key] = ("bad", b"")  # type: ignore[assignment]
     with pytest.raises(TypeError):
         _chain_native.build(body, [], [], 0, 4, 0, memo)
     # Image weights that are not ints are refused.
@@ -235,7 +228,7 @@ class _MeddlingMemo(MessageMemo):
         super().__init__(min_bytes=0)
         self.body = body
 
-    def get(self, key: MemoKey) -> Any:
+    def get(self, key: tuple[int, bytes, int]) -> Any:
         messages = self.body.get("messages")
         if isinstance(messages, list) and messages:
             message = messages.pop()

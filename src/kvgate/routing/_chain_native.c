@@ -176,47 +176,21 @@ static int hash_blocks(Builder *b, const char *data, Py_ssize_t length) {
     return 0;
 }
 
-/* fingerprint._probe: the memo key's digest of a text, its first and last PROBE_BYTES only. */
-#define PROBE_BYTES 128
-static uint64_t probe(const char *data, Py_ssize_t length, uint64_t parent) {
-    Py_ssize_t part = length < PROBE_BYTES ? length : PROBE_BYTES;
-    uint64_t head = xxh3_64_seeded(data, (size_t)part, parent);
-    return xxh3_64_seeded(data + length - part, (size_t)part, head);
-}
-
-/* _ChainBuilder.add_text: long texts through the memo, keyed (parent, tail, length, probe),
- * its value (the text's links, the tail after them, the text); a hit only where the text is
- * the same byte for byte (memcmp: a 28 KB system prompt was 20k instructions of xxh3 a
- * request as a whole-text digest, against about 1k compared). */
+/* _ChainBuilder.add_text: long texts through the memo, keyed (parent, tail, xxh3 of the text
+ * seeded by parent), its value (the text's links, the tail after them). */
 static int add_text(Builder *b, const char *data, Py_ssize_t length) {
     if (b->memo == NULL || length < b->memo_min_bytes) return hash_blocks(b, data, length);
     int status = -1;
-    PyObject *known = NULL, *links = NULL, *tail = NULL, *text = NULL, *put = NULL;
-    PyObject *key = Py_BuildValue("(Ky#nK)", (unsigned long long)b->parent, b->tail,
-                                  b->tail_len, length, (unsigned long long)probe(
-                                      data, length, b->parent));
+    PyObject *known = NULL, *links = NULL, *tail = NULL, *put = NULL;
+    PyObject *key = Py_BuildValue("(Ky#K)", (unsigned long long)b->parent, b->tail,
+                                  b->tail_len, (unsigned long long)xxh3_64_seeded(
+                                      data, (size_t)length, b->parent));
     if (key == NULL) return -1;
     known = PyObject_CallMethodOneArg(b->memo, str_get, key);
     if (known == NULL) goto done;
-    PyObject *known_links = NULL, *known_tail = NULL, *known_text = NULL;
-    if (known != Py_None
-            && (!PyTuple_Check(known) || PyTuple_GET_SIZE(known) != 3
-                || !PyTuple_Check(known_links = PyTuple_GET_ITEM(known, 0))
-                || !PyBytes_Check(known_tail = PyTuple_GET_ITEM(known, 1))
-                || PyBytes_GET_SIZE(known_tail) >= b->size
-                || !PyBytes_Check(known_text = PyTuple_GET_ITEM(known, 2)))) {
-        PyErr_SetString(PyExc_TypeError,
-                        "the memo holds (links: tuple, tail: bytes, text: bytes) entries");
-        goto done;
-    }
-    if (known == Py_None || PyBytes_GET_SIZE(known_text) != length
-            || memcmp(PyBytes_AS_STRING(known_text), data, (size_t)length) != 0) {
+    if (known == Py_None) {
         Py_ssize_t before = b->num_links;
         if (hash_blocks(b, data, length) < 0) goto done;
-        if (known != Py_None) {  /* another text under the same key: hashed, not memoized */
-            status = 0;
-            goto done;
-        }
         links = PyTuple_New(b->num_links - before);
         if (links == NULL) goto done;
         for (Py_ssize_t i = before; i < b->num_links; i++) {
@@ -225,10 +199,16 @@ static int add_text(Builder *b, const char *data, Py_ssize_t length) {
         }
         tail = PyBytes_FromStringAndSize(b->tail, b->tail_len);
         if (tail == NULL) goto done;
-        text = PyBytes_FromStringAndSize(data, length);
-        if (text == NULL) goto done;
-        put = PyObject_CallMethodObjArgs(b->memo, str_put, key, links, tail, text, NULL);
+        put = PyObject_CallMethodObjArgs(b->memo, str_put, key, links, tail, NULL);
         status = put == NULL ? -1 : 0;
+        goto done;
+    }
+    PyObject *known_links, *known_tail;
+    if (!PyTuple_Check(known) || PyTuple_GET_SIZE(known) != 2
+            || !PyTuple_Check(known_links = PyTuple_GET_ITEM(known, 0))
+            || !PyBytes_Check(known_tail = PyTuple_GET_ITEM(known, 1))
+            || PyBytes_GET_SIZE(known_tail) >= b->size) {
+        PyErr_SetString(PyExc_TypeError, "the memo holds (links: tuple, tail: bytes) entries");
         goto done;
     }
     Py_ssize_t num = PyTuple_GET_SIZE(known_links);
@@ -250,7 +230,6 @@ done:
     Py_XDECREF(known);
     Py_XDECREF(links);
     Py_XDECREF(tail);
-    Py_XDECREF(text);
     Py_XDECREF(put);
     return status;
 }
