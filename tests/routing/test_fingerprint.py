@@ -165,6 +165,16 @@ def test_the_memo_keeps_its_bound_dropping_the_oldest_messages_first() -> None:
     assert memo.get((7, b"", 7)) is None and memo.get((6, b"", 6)) is not None
 
 
+def test_messages_shorter_than_a_block_still_leave_the_bounded_memo() -> None:
+    # With blocks longer than the memo's threshold, a message between the two has no whole
+    # link: its entry still counts, so distinct ones do not pile up past the bound.
+    memo = MessageMemo(max_links=10, min_bytes=16)
+    for n in range(50):
+        fingerprint(call_for([{"role": "user", "content": f"{n:04d}" + "x" * 40}]),
+                    block_chars=1024, memo=memo)
+    assert len(memo._entries) == 10
+
+
 def test_cost_is_bounded_for_a_100k_token_prompt() -> None:
     # Not a timing assertion: the work is linear in the prompt, checked by link count.
     prompt = "lorem ipsum dolor sit amet " * 15_000  # ~400k chars, ~100k tokens

@@ -106,7 +106,8 @@ class MessageMemo:
     and on its bytes; the key is those, the bytes by their xxh3 digest (one C call over the
     whole message, about 20x cheaper than a call per block). A hit appends the links computed
     the first time, so fingerprints are the same with or without a memo; 64-bit digests
-    collide as rarely as the chain's own links. Bounded by ``max_links``, oldest first out.
+    collide as rarely as the chain's own links. Bounded by ``max_links`` (an entry with no whole
+    link counts as one), oldest first out.
 
     NOTE: one per strategy (not module state); single-threaded (the event loop's).
     """
@@ -130,13 +131,16 @@ class MessageMemo:
 
     def put(self, key: tuple[int, bytes, int], links: tuple[int, ...], tail: bytes) -> None:
         entries = self._entries
-        if key in entries or len(links) > self.max_links:
+        # An entry counts as one link at least: a message shorter than a block (block_chars
+        # above min_bytes) has none, and would otherwise never leave.
+        weight = max(1, len(links))
+        if key in entries or weight > self.max_links:
             return
         entries[key] = (links, tail)
         self._order.append(key)
-        self._links += len(links)
+        self._links += weight
         while self._links > self.max_links:
-            self._links -= len(entries.pop(self._order.popleft())[0])
+            self._links -= max(1, len(entries.pop(self._order.popleft())[0]))
 
 
 class _ChainBuilder:
