@@ -62,6 +62,30 @@ def test_demo_scenario_quick_starts_its_own_gateway(tmp_path: Path) -> None:
     assert document["summary"]["requests"]["ok"] == document["summary"]["requests"]["sent"] > 0
 
 
+def test_a_scenario_run_with_out_leaves_the_scenarios_own_result_file_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The overhead and peers scenarios keep benchmarks/results/*.json; an experiment's run
+    # with --out must write only where it was told (a full run's file is committed).
+    from kvgate.bench import scenarios
+    from kvgate.bench.scenarios import ScenarioOptions
+
+    seen: list[ScenarioOptions] = []
+
+    def scenario(options: ScenarioOptions) -> dict[str, object]:
+        seen.append(options)
+        return {"scenario": "fake"}
+
+    monkeypatch.setattr(scenarios, "load_scenario", lambda name: scenario)
+    out = tmp_path / "experiment.json"
+    assert main(["bench", "scenario", "overhead", "--quiet", "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == {"scenario": "fake"}
+    own = Path("benchmarks/results/overhead.json")
+    assert seen[0].out == out and seen[0].own_result_path(own) is None
+    assert main(["bench", "scenario", "overhead", "--quiet"]) == 0
+    assert seen[1].own_result_path(own) == own  # a full run without --out: its own file
+    assert ScenarioOptions(quick=True).own_result_path(own) is None
+
+
 def test_bare_bench_is_the_demo_and_bad_input_exits_2(capsys: pytest.CaptureFixture[str]
                                                       ) -> None:
     assert build_parser("bench").parse_args(["bench"]).bench_command is None

@@ -207,7 +207,7 @@ def _scenario(args: argparse.Namespace) -> int:
     document = scenario(ScenarioOptions(quick=args.quick, seed=args.seed, target=args.target,
                                         plots_dir=args.plots, console=console,
                                         peers=getattr(args, "peers", True),
-                                        seeds=getattr(args, "seeds", 1)))
+                                        seeds=getattr(args, "seeds", 1), out=args.out))
     if args.out is not None:
         _note(console, f"results: {write_json(args.out, document)}")
     return 0

@@ -34,10 +34,19 @@ class ScenarioOptions:
     peers: bool = True
     #: How many seeds (``seed``, ``seed + 1``, ...) a scenario that repeats its runs uses.
     seeds: int = 1
+    #: ``--out``: where the command writes the result. Scenarios that keep a result file of
+    #: their own under ``benchmarks/results/`` write it only without one (see own_result_path).
+    out: Path | None = None
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
             raise ValueError("--seeds must be at least 1")
+
+    def own_result_path(self, default: Path) -> Path | None:
+        """Where a scenario writes its own result file: ``default`` for a full run without
+        ``--out``; None for a quick run (numbers not meaningful) or one given ``--out`` (an
+        experiment's run must not overwrite the committed result)."""
+        return None if self.quick or self.out is not None else default
 
 
 class Scenario(Protocol):

@@ -154,8 +154,8 @@ def run(options: ScenarioOptions) -> dict[str, Any]:
     if console is not None:
         print_table(document, console)
         print_long_table(long, console)
-    if not options.quick:
-        path = write_json(RESULT_PATH, document)
+    if (own := options.own_result_path(RESULT_PATH)) is not None:
+        path = write_json(own, document)
         if console is not None:
             console.print(f"wrote {path}")
     return document

@@ -359,8 +359,8 @@ def run(options: ScenarioOptions) -> dict[str, Any]:
         for name, section in document["cases"].items()}
     if options.console is not None:
         print_tables(document, options.console)
-    if not options.quick:
-        path = write_json(RESULT_PATH, document)
+    if (own := options.own_result_path(RESULT_PATH)) is not None:
+        path = write_json(own, document)
         if options.console is not None:
             options.console.print(f"wrote {path}")
     return document
