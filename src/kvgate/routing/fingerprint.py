@@ -57,9 +57,12 @@ try:
 except ImportError:  # no C compiler at install, or xxhash's function not reachable
     _chain_native = None  # type: ignore[assignment]
 else:
-    # The C loop calls the xxhash package's own function; should a build ever hash
-    # otherwise, fingerprints would stop matching the ones recorded: keep Python then.
-    if _chain_native.chain(b"kvgate", 0, 6, 6, 7, []) == _hash(b"kvgate", 7):
+    # The C loop calls the xxhash package's own function (its vector-dispatching entry where
+    # there is one); should a build ever hash otherwise, fingerprints would stop matching
+    # the ones recorded: keep Python then. Short and long inputs take different code in xxh3.
+    _PROBE = bytes(range(256)) * 16
+    if all(_chain_native.chain(_PROBE, 0, size * 2, size, 7, []) == py_chain(
+            _PROBE, 0, size * 2, size, 7, []) for size in (6, 256, 2048)):
         _chain = _chain_native.chain
 #: Whether the fingerprint's block loop runs in C (and, for common prompt shapes, its whole
 #: builder: see :func:`fingerprint`).
