@@ -1,7 +1,8 @@
-"""The gateway's start-up takes what it built out of the cyclic collector's full passes
-(``freeze_startup_heap``): once per process, after the gateway started, and garbage made
-later is still collected. Run in a fresh interpreter: the test process's heap may have been
-frozen by an app another test started."""
+"""The gateway's start-up sets the cyclic collector's thresholds (``server.gc_thresholds``)
+and takes what it built out of the collector's full passes (``freeze_startup_heap``): once
+per process, after the gateway started, and garbage made later is still collected. Run in a
+fresh interpreter: the test process's heap may have been frozen by an app another test
+started."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ SCRIPT = textwrap.dedent('''
         "providers": {"mock": {"type": "mock"}},
         "models": [{"name": "m", "deployments": [{"provider": "mock", "model": "m"}]}],
         "routing": {"health_check_interval_s": 0},
+        "server": {"gc_thresholds": [1234, 5, 6]},
     })
 
     async def lifespan(app, kinds):
@@ -40,6 +42,7 @@ SCRIPT = textwrap.dedent('''
         task, messages = await lifespan(app, ["startup"])
         out["messages"] = list(messages)
         out["after_startup"] = gc.get_freeze_count()
+        out["thresholds"] = list(gc.get_threshold())
         second = create_app(settings)
         task2, _ = await lifespan(second, ["startup"])
         out["after_second_app"] = gc.get_freeze_count()
@@ -65,6 +68,7 @@ def test_startup_freezes_the_heap_once_and_later_garbage_is_collected() -> None:
     assert out["messages"] == ["lifespan.startup.complete"]
     # Everything alive after start-up: modules, settings, the gateway (tens of thousands).
     assert out["after_startup"] > 10_000
+    assert out["thresholds"] == [1234, 5, 6]  # server.gc_thresholds, set at start-up
     # Once per process: a second freeze would add the second app's thousands of objects
     # (frozen ones freed since only lower the count).
     assert out["after_second_app"] <= out["after_startup"]

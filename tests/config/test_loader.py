@@ -81,6 +81,17 @@ def test_unknown_provider_reference_and_unknown_key() -> None:
                        "models: [{name: x, deployments: [{provider: a, model: m}]}]\n", env={})
 
 
+def test_collector_thresholds_are_three_positive_counts() -> None:
+    tail = ("providers: {a: {type: mock}}\n"
+            "models: [{name: x, deployments: [{provider: a, model: m}]}]\n")
+    assert parse_settings(tail, env={}).server.gc_thresholds == (2000, 3, 10)
+    assert parse_settings("server: {gc_thresholds: [700, 10, 10]}\n" + tail,
+                          env={}).server.gc_thresholds == (700, 10, 10)
+    for bad in ("[0, 3, 10]", "[2000, 3]", "[2000, 3, 10, 1]", "[2000, -1, 10]"):
+        with pytest.raises(ConfigError, match=r"server\.gc_thresholds"):
+            parse_settings(f"server: {{gc_thresholds: {bad}}}\n" + tail, env={})
+
+
 def test_invalid_yaml_and_unknown_provider_type() -> None:
     with pytest.raises(ConfigError, match="invalid YAML"):
         parse_settings("models: [", env={})

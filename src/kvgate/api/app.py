@@ -97,6 +97,7 @@ class KVGateApp:
                     logger.exception("gateway start-up failed")
                     await send({"type": "lifespan.startup.failed", "message": repr(exc)})
                     return
+                set_collector(self.gateway.settings.server.gc_thresholds)
                 freeze_startup_heap()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
@@ -377,6 +378,12 @@ async def _aclose(chunks: object) -> None:
 def create_app(settings: Settings) -> KVGateApp:
     """Build the gateway and its ASGI app from validated settings."""
     return KVGateApp(build_gateway(settings))
+
+
+def set_collector(thresholds: tuple[int, int, int]) -> None:
+    """The cyclic collector's thresholds (``server.gc_thresholds``; why: its field's note).
+    Process-wide: with several apps in one process the last one started sets them."""
+    gc.set_threshold(*thresholds)
 
 
 def freeze_startup_heap() -> None:

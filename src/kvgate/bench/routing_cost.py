@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from kvgate.api.app import KVGateApp, create_app, freeze_startup_heap
+from kvgate.api.app import KVGateApp, create_app, freeze_startup_heap, set_collector
 from kvgate.bench.text import filler
 from kvgate.bench.virtual_fleet import (
     MAX_IMAGE_BYTES,
@@ -189,7 +189,9 @@ async def gateway_us(replicas: int, requests_per_round: int, rounds: int
     for app in apps.values():
         route = app.gateway.routes[MODEL]
         await warm(route.strategy, route.deployments, prompts)
-    freeze_startup_heap()  # as the servers' start-up does (no lifespan runs here)
+    # As the servers' start-up does (no lifespan runs here).
+    set_collector(apps[strategies[0]].gateway.settings.server.gc_thresholds)
+    freeze_startup_heap()
     cpu_ns: dict[str, list[float]] = {name: [] for name in strategies}
     wall_ns: dict[str, list[int]] = {name: [] for name in strategies}
     number = 10_000

@@ -13,6 +13,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
+    PositiveInt,
     field_validator,
     model_validator,
 )
@@ -64,6 +65,16 @@ class ServerSettings(_Frozen):
     #: kvgate: the gateway's own lean HTTP/1.1 server (kvgate.httpserver); uvicorn and granian
     #: are the general-purpose alternatives.
     http_server: Literal["kvgate", "uvicorn", "granian"] = "kvgate"
+    #: The cyclic collector's thresholds (``gc.set_threshold``): tracked objects allocated
+    #: between young passes, young passes per middle pass, middle passes per full pass.
+    #: NOTE: Python's 700 young is 14 requests in flight at 32 concurrent KV-aware requests
+    #: (~50 tracked objects each, ~450 list items to visit): a young pass every ~18 requests,
+    #: 5-8 us of GC per request over HTTP. At 2000 / 3 a pass finds most requests' objects
+    #: already freed (about 0 us at 32 concurrent, round robin's and KV-aware's GC 14 -> 6
+    #: and 18 -> 14 us at 128) and middle passes stay as short as Python's default makes
+    #: them; 2000 / 10 made them 2-3x longer at 128 concurrent. Tuned on a 16-deployment,
+    #: 2.5k-token load (benchmarks/results/experiments/gc_thresholds/).
+    gc_thresholds: tuple[PositiveInt, PositiveInt, PositiveInt] = (2000, 3, 10)
 
     @field_validator("admin_key")
     @classmethod
