@@ -69,11 +69,11 @@ class ServerSettings(_Frozen):
     #: between young passes, young passes per middle pass, middle passes per full pass.
     #: NOTE: Python's 700 young is 14 requests in flight at 32 concurrent KV-aware requests
     #: (~50 tracked objects each, ~450 list items to visit): a young pass every ~18 requests,
-    #: 5-8 us of GC per request over HTTP. At 2000 / 3 a pass finds most requests' objects
-    #: already freed (about 0 us at 32 concurrent, round robin's and KV-aware's GC 14 -> 6
-    #: and 18 -> 14 us at 128) and middle passes stay as short as Python's default makes
-    #: them; 2000 / 10 made them 2-3x longer at 128 concurrent. Tuned on a 16-deployment,
-    #: 2.5k-token load (benchmarks/results/experiments/gc_thresholds/).
+    #: 5-11 us of GC per request over HTTP. At 2000 / 3 a pass finds most requests' objects
+    #: already freed: about 0 us at 32 concurrent; at 128 round robin's GC is lower, KV-aware's
+    #: the same, and the longest pass 2-3 ms longer (middle passes every 3 young ones keep
+    #: that from 7-37 ms, what 2000-10000 / 10 gave). Tuned on a 16-deployment, 2.5k-token
+    #: load, held out on the overhead scenario's (benchmarks/results/experiments/gc_thresholds/).
     gc_thresholds: tuple[PositiveInt, PositiveInt, PositiveInt] = (2000, 3, 10)
 
     @field_validator("admin_key")
