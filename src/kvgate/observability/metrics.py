@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from kvgate.core.deployment import Deployment
 from kvgate.observability.families import CounterFamily, HistogramFamily
+from kvgate.observability.gc_pauses import GCPauseCollector
 
 _LATENCY_BUCKETS_S = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -107,6 +108,9 @@ class Metrics:
             "kvgate_tenant_spend_usd_total", "Spend charged to each tenant's budget",
             ["tenant"], r,
         )
+
+        # The collector's passes (process-wide; timed by a callback, read at scrape time).
+        r.register(GCPauseCollector())
 
         # The series the request path touches, by label values (a dict lookup each).
         self.requests_for = self.requests.labels
