@@ -35,7 +35,8 @@ from typing import Any
 
 import orjson
 
-from kvgate.api.app import KVGateApp, create_app, freeze_startup_heap, set_collector
+from kvgate.api.app import KVGateApp, create_app
+from kvgate.api.collector import freeze_startup_heap, set_collector
 from kvgate.bench.text import filler
 from kvgate.bench.virtual_fleet import (
     MAX_IMAGE_BYTES,

@@ -53,7 +53,8 @@ async def long_prompt_gateway(arm: str) -> tuple[Any, Any, Any]:
 
 async def main(arm: str, requests: int, port: str) -> None:
     # Imported here, after the clock above: kvgate binds time.monotonic as a default.
-    from kvgate.api.app import create_app, freeze_startup_heap
+    from kvgate.api.app import create_app
+    from kvgate.api.collector import freeze_startup_heap
     from kvgate.bench.gateway_overhead import CHAT_BODY, STREAM_BODY
     from kvgate.bench.routing_cost import _serve_one as serve
     from kvgate.bench.scenarios.overhead_targets import kvgate_config

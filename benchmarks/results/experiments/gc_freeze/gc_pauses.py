@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from kvgate.api.app import freeze_startup_heap
+from kvgate.api.collector import freeze_startup_heap
 from kvgate.bench import routing_cost as rc
 
 REQUESTS = 10_000
