@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from kvgate.observability.gc_pauses import BUCKETS_S
+from kvgate.observability.gc_pauses import BUCKETS_S, _Pauses
 from kvgate.observability.metrics import Metrics
 from tests.support.processes import run_gateway
 
@@ -54,6 +54,18 @@ def test_each_pass_is_counted_under_its_generation_with_its_time() -> None:
     spent_s = sum(after[g]["sum"] - before[g]["sum"] for g in after)
     assert 0 < spent_s <= elapsed_s
     assert all(buckets_are_cumulative(entry) for entry in after.values())
+
+
+def test_the_callback_never_raises_on_odd_reports() -> None:
+    pauses = _Pauses()
+    pauses("stop", {"generation": 0})  # its start came before the callback was installed
+    assert sum(map(sum, pauses.counts)) == 0
+    for info in ({"generation": 7}, {"generation": -1}, {}):
+        pauses("start", info)
+        pauses("stop", info)
+    # Beyond the oldest counts as the oldest, below the youngest or missing as the youngest.
+    assert [sum(counts) for counts in pauses.counts] == [2, 0, 1]
+    assert all(seconds >= 0 for seconds in pauses.seconds)
 
 
 def test_many_registries_one_timing_callback() -> None:

@@ -41,8 +41,12 @@ class _Pauses:
         if phase == "start":
             self.started_s = time.perf_counter()
             return
+        if not self.started_s:
+            return  # a stop whose start came before the callback was installed
         took_s = time.perf_counter() - self.started_s
-        generation = info["generation"]
+        self.started_s = 0.0
+        # Clamped: a collector with other generation numbers must not make it raise.
+        generation = min(max(int(info.get("generation", 0)), 0), GENERATIONS - 1)
         # bisect_left: a pass of exactly a bound's length is counted under it (le).
         self.counts[generation][bisect_left(BUCKETS_S, took_s)] += 1
         self.seconds[generation] += took_s
