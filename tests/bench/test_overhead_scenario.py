@@ -4,6 +4,7 @@ KVGate over 64 deployments with round_robin and prefix_kv_aware), and a run whos
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from kvgate.bench.scenarios import (
     overhead_targets,
 )
 from kvgate.cli import main
+from kvgate.observability.metrics import Metrics
 
 
 def _assert_measured(document: dict[str, Any], name: str) -> None:
@@ -66,9 +68,36 @@ def _assert_long_prompt_case(document: dict[str, Any]) -> None:
     assert kv["outcomes"] == {"cold": 1, "hit": c1_requests - 1}, kv
     assert kv["deployments_used"] == 1
     assert sum(long["routing"]["kvgate-prefix_kv_aware"]["c32"]["outcomes"].values()) > 0
+    for name in arms:
+        for phase in ("c1", "c32"):
+            counts = long["routing"][name][phase]
+            assert counts["gc_passes"] >= 0 and counts["gc_us_per_attempt"] >= 0, counts
     difference = long["prefix_vs_round_robin"]
     assert difference["measured"] is True and difference["clean"] is True
     assert difference["cpu_ratio"] is not None and "added_p50_us" in difference
+
+
+def test_gateway_counts_read_attempts_and_the_collectors_passes_from_metrics() -> None:
+    metrics = Metrics()
+    before = overhead_long.counts_from_metrics(metrics.render().decode())
+    for deployment, attempts in (("a", 3), ("b", 1)):
+        for _ in range(attempts):
+            metrics.attempts_for("m", deployment, "ok").inc()
+    metrics.routing_decisions_for("m", "a", "hit").inc(2)
+    gc.disable()  # the passes below only
+    try:
+        started = overhead_long.counts_from_metrics(metrics.render().decode())
+        for _ in range(3):
+            gc.collect(0)
+        after = overhead_long.counts_from_metrics(metrics.render().decode())
+    finally:
+        gc.enable()
+    assert after["gc_passes"] - started["gc_passes"] == 3 and after["gc_s"] > started["gc_s"]
+    delta = overhead_long.counts_delta(after, before)
+    assert delta["outcomes"] == {"hit": 2} and delta["attempts"] == 4
+    assert delta["deployments_used"] == 2
+    assert delta["gc_passes"] >= 3
+    assert delta["gc_us_per_attempt"] == round((after["gc_s"] - before["gc_s"]) / 4 * 1e6, 2)
 
 
 def test_long_prompt_bodies_share_the_system_prompt_and_differ_in_the_user_turn() -> None:

@@ -11,7 +11,8 @@ Measured per target as in the plain case, blocking only: concurrency 1 (interlea
 ``added`` = target - direct) and concurrency 32 (wrk posting a new user turn per request;
 req/s and the hop's CPU per request). Per KVGate arm: the routing outcomes it counted
 (``kvgate_routing_decisions_total``: hit / spill / cold; round_robin counts none) and how many
-deployments took requests (``kvgate_upstream_attempts_total``). ``prefix_vs_round_robin`` is
+deployments took requests (``kvgate_upstream_attempts_total``), and the cyclic collector's
+passes and their time per request (``kvgate_gc_pause_seconds``). ``prefix_vs_round_robin`` is
 the difference issue 15 targets: added p50 in microseconds and the CPU-per-request ratio.
 """
 
@@ -47,6 +48,7 @@ _DECISION = re.compile(r'^kvgate_routing_decisions_total\{[^}]*outcome="(\w+)"[^
                        re.M)
 _ATTEMPT = re.compile(r'^kvgate_upstream_attempts_total\{[^}]*deployment="([^"]+)"[^}]*\} '
                       r'([\d.e+]+)', re.M)
+_GC = re.compile(r'^kvgate_gc_pause_seconds_(count|sum)\{generation="\d+"\} ([\d.e+-]+)', re.M)
 
 
 def _text(chars: int, label: str) -> str:
@@ -83,24 +85,39 @@ def prompt_facts() -> dict[str, Any]:
 
 
 def gateway_counts(target: Target) -> dict[str, Any]:
-    """Routing outcomes and deployments that took attempts, from the gateway's /metrics."""
+    """Routing outcomes, deployments that took attempts and the cyclic collector's passes,
+    from the gateway's /metrics."""
     with urllib.request.urlopen(target.process.url + "/metrics", timeout=10) as response:
-        text = response.read().decode()
+        return counts_from_metrics(response.read().decode())
+
+
+def counts_from_metrics(text: str) -> dict[str, Any]:
+    """:func:`gateway_counts` from a /metrics exposition."""
+    collector: dict[str, float] = {"count": 0.0, "sum": 0.0}
+    for kind, value in _GC.findall(text):
+        collector[kind] += float(value)
     outcomes: Counter[str] = Counter()
     for outcome, value in _DECISION.findall(text):
         outcomes[outcome] += int(float(value))
     attempts: Counter[str] = Counter()
     for deployment, value in _ATTEMPT.findall(text):
         attempts[deployment] += int(float(value))
-    return {"outcomes": dict(outcomes), "attempts": dict(attempts)}
+    return {"outcomes": dict(outcomes), "attempts": dict(attempts),
+            "gc_passes": int(collector["count"]), "gc_s": collector["sum"]}
 
 
-def _delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+def counts_delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    """What happened between two :func:`gateway_counts`: outcomes, attempts, deployments
+    used, and the collector's passes with their time per attempt."""
     outcomes = {k: v - before["outcomes"].get(k, 0) for k, v in after["outcomes"].items()}
     attempts = {k: v - before["attempts"].get(k, 0) for k, v in after["attempts"].items()}
+    total = sum(attempts.values())
+    gc_s = after["gc_s"] - before["gc_s"]
     return {"outcomes": {k: v for k, v in sorted(outcomes.items()) if v},
-            "attempts": sum(attempts.values()),
-            "deployments_used": sum(1 for v in attempts.values() if v > 0)}
+            "attempts": total,
+            "deployments_used": sum(1 for v in attempts.values() if v > 0),
+            "gc_passes": after["gc_passes"] - before["gc_passes"],
+            "gc_us_per_attempt": round(gc_s / total * 1e6, 2) if total else None}
 
 
 def measure_long(targets: Targets, plain: list[Target], sizes: Sizes, *, use_wrk: bool,
@@ -136,7 +153,8 @@ def measure_long(targets: Targets, plain: list[Target], sizes: Sizes, *, use_wrk
         "targets": {t.name: t.facts for t in running},
         "failed": failed,
         "c1_idle_reconnects": reconnects,
-        "routing": {name: {"c1": _delta(seen[1], seen[0]), "c32": _delta(seen[2], seen[1])}
+        "routing": {name: {"c1": counts_delta(seen[1], seen[0]),
+                           "c32": counts_delta(seen[2], seen[1])}
                     for name, seen in counts.items()},
         "c1_blocking_ms": with_added(c1),
         "c32_blocking": summarise_c32(c32),
