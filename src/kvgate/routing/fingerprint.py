@@ -134,16 +134,20 @@ class MessageMemo:
 
     def put(self, key: tuple[int, bytes, int], links: tuple[int, ...], tail: bytes) -> None:
         entries = self._entries
-        # An entry counts as one link at least: a message shorter than a block (block_chars
-        # above min_bytes) has none, and would otherwise never leave.
-        weight = max(1, len(links))
+        weight = _memo_weight(links)
         if key in entries or weight > self.max_links:
             return
         entries[key] = (links, tail)
         self._order.append(key)
         self._links += weight
         while self._links > self.max_links:
-            self._links -= max(1, len(entries.pop(self._order.popleft())[0]))
+            self._links -= _memo_weight(entries.pop(self._order.popleft())[0])
+
+
+def _memo_weight(links: tuple[int, ...]) -> int:
+    """What a memo entry counts toward ``max_links``: its links, one at least (a message
+    shorter than a block, block_chars above min_bytes, has none and would never leave)."""
+    return max(1, len(links))
 
 
 class _ChainBuilder:
