@@ -10,10 +10,12 @@
 - ``shared_prefix`` (Llama-3.1-8B on H100): 64 prefixes of 2,048 tokens x 16 questions of 128,
   128 output tokens, sent as fan-outs of 4 requests on one prefix; Poisson fan-outs.
 - ``trace`` (Llama-3.1-8B on H100): a synthetic Mooncake-style trace of 1,024 entries, its own
-  gaps scaled to the target rate. The Mooncake trace itself (FAST'25, hash ids per 512-token
-  block) is not available offline; :func:`~kvgate.bench.trace.synthesize_trace` makes one of
-  the same shape: a few Zipf-popular system prompts and conversations whose turns extend the
-  previous turn's hash ids, log-uniform output lengths (8-512). The results say it is synthetic.
+  gaps scaled to the target rate. The Mooncake traces themselves (FAST'25, hash ids per
+  512-token block) do not ship with the package (the real conversation trace is replayed on
+  this fleet by ``benchmarks/results/experiments/real_trace/``);
+  :func:`~kvgate.bench.trace.synthesize_trace` makes one of the same shape: a few Zipf-popular
+  system prompts and conversations whose turns extend the previous turn's hash ids,
+  log-uniform output lengths (8-512). The results say it is synthetic.
 
 Requests carry ``ignore_eos``, so outputs are the workload's lengths. ``--quick``: the same
 shapes with a few dozen small requests each.
