@@ -243,3 +243,48 @@ def test_quick_workloads_fit_one_minute_of_requests() -> None:
     for spec in sweep_workloads(quick=True):
         assert len(spec.build(0)) <= 64
         assert orjson.loads(spec.build(0)[0].body)["ignore_eos"] is True
+
+
+def test_a_trace_of_ones_own_is_swept_in_place_of_the_workloads(tmp_path: Path) -> None:
+    from kvgate.bench.trace import dump_trace, synthesize_trace
+
+    trace = tmp_path / "mine.jsonl"
+    entries = synthesize_trace(60, seed=3)
+    trace.write_text(dump_trace(entries))
+    out = tmp_path / "swept.json"
+    assert main(["bench", "scenario", "sweep", "--quick", "--quiet", "--trace", str(trace),
+                 "--trace-window", "10:25", "--out", str(out)]) == 0
+    document = json.loads(out.read_text())
+    assert list(document["workloads"]) == ["trace_file"]
+    assert document["workloads"]["trace_file"]["parameters"]["first_entry"] == 10
+    assert document["command"].endswith(f"--trace {trace} --trace-window 10:25 --out OUT.json")
+    assert len(document["cells"]) == len(QUICK_KV_RATIOS) * len(QUICK_LOADS)
+    for cell in document["cells"]:
+        for arm in cell["arms"].values():
+            assert arm["offered"] == arm["finished"] == 25
+            assert arm["lost"] == 0 and not sum(arm["refused"].values())
+    # The window is entries 10-34, in the trace's order and with its gaps.
+    built = TraceReplayWorkload(path=str(trace), first_entry=10, max_entries=25).build(
+        WorkloadOptions(model="m", seed=0))
+    assert [r.max_output_tokens for r in built] == [
+        max(1, e.output_length) for e in entries[10:35]]
+    assert built[0].at_s == entries[10].timestamp_ms / 1000
+
+
+def test_a_trace_window_past_its_end_or_malformed_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kvgate.bench.trace import dump_trace, synthesize_trace
+
+    trace = tmp_path / "mine.jsonl"
+    trace.write_text(dump_trace(synthesize_trace(20, seed=1)))
+    assert main(["bench", "scenario", "sweep", "--quick", "--quiet", "--trace", str(trace),
+                 "--trace-window", "20:5"]) == 2
+    assert "has 20 entries" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "scenario", "sweep", "--quick", "--trace", str(trace),
+              "--trace-window", "5"])
+    assert main(["bench", "scenario", "images-seeds", "--quick", "--quiet", "--trace",
+                 str(trace)]) == 2
+    assert "--trace is the sweep's" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="first_entry"):
+        TraceReplayWorkload(path=str(trace), first_entry=-1)

@@ -88,6 +88,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scenario.add_argument("--no-peers", dest="peers", action="store_false",
                           help="leave out the peer systems (nginx, LiteLLM, vllm-router, "
                                "sglang-router): KVGate's side only, nothing installed")
+    scenario.add_argument("--trace", type=Path, default=None, metavar="JSONL",
+                          help="sweep: your own trace (Mooncake format: timestamp, "
+                               "input_length, output_length, hash_ids) in place of its workloads")
+    scenario.add_argument("--trace-window", type=_window, default=(0, 1024),
+                          metavar="FIRST:COUNT",
+                          help="with --trace: COUNT entries from entry FIRST (default 0:1024)")
     _add_output_flags(scenario)
 
     sub.add_parser("list", help="list workloads (with parameters) and scenarios")
@@ -97,6 +103,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     trace.add_argument("--requests", type=int, default=200)
     trace.add_argument("--seed", type=int, default=0)
     trace.add_argument("--rate", type=float, default=4.0, help="mean arrivals per second")
+
+
+def _window(text: str) -> tuple[int, int]:
+    first, sep, count = text.partition(":")
+    try:
+        window = int(first), int(count)
+    except ValueError:
+        window = (-1, 0)
+    if not sep or window[0] < 0 or window[1] < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected FIRST:COUNT with FIRST >= 0 and COUNT >= 1, got {text!r}")
+    return window
 
 
 def _add_output_flags(parser: argparse.ArgumentParser) -> None:
@@ -202,12 +220,15 @@ def _scenario(args: argparse.Namespace) -> int:
     from kvgate.bench.api import write_json
     from kvgate.bench.scenarios import ScenarioOptions, load_scenario
 
+    if args.trace is not None and args.name != "sweep":
+        raise ValueError("--trace is the sweep's (kvgate bench scenario sweep --trace FILE)")
     scenario = load_scenario(args.name)
     console = _console(args.quiet)
     document = scenario(ScenarioOptions(quick=args.quick, seed=args.seed, target=args.target,
                                         plots_dir=args.plots, console=console,
                                         peers=getattr(args, "peers", True),
-                                        seeds=getattr(args, "seeds", 1), out=args.out))
+                                        seeds=getattr(args, "seeds", 1), out=args.out,
+                                        trace=args.trace, trace_window=args.trace_window))
     if args.out is not None:
         _note(console, f"results: {write_json(args.out, document)}")
     return 0

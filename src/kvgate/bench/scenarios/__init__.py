@@ -34,6 +34,10 @@ class ScenarioOptions:
     peers: bool = True
     #: How many seeds (``seed``, ``seed + 1``, ...) a scenario that repeats its runs uses.
     seeds: int = 1
+    #: ``--trace``: a trace file (Mooncake JSONL) the sweep runs in place of its workloads,
+    #: and ``--trace-window``'s (first entry, entries).
+    trace: Path | None = None
+    trace_window: tuple[int, int] = (0, 1024)
     #: ``--out``: where the command writes the result. Scenarios that keep a result file of
     #: their own under ``benchmarks/results/`` write it only without one (see own_result_path).
     out: Path | None = None

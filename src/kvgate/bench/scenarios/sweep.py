@@ -42,7 +42,8 @@ from kvgate.bench.scenarios.sweep_report import (
 )
 from kvgate.bench.scenarios.sweep_run import ARMS, REPLICAS, Arm, PreparedWorkload, run_cell
 from kvgate.bench.scenarios.sweep_sizing import SLO_FACTOR
-from kvgate.bench.scenarios.sweep_workloads import sweep_workloads
+from kvgate.bench.scenarios.sweep_workloads import TraceFile, sweep_workloads
+from kvgate.bench.trace import load_trace
 from kvgate.bench.workloads import parameters
 
 COMMAND = "kvgate bench scenario sweep --out benchmarks/results/sweep.json --plots docs/img"
@@ -71,10 +72,26 @@ DEFINITIONS = {
 
 def command_line(options: ScenarioOptions) -> str:
     """The command that repeats this run (its seeds and size; output paths as committed)."""
+    # A trace of one's own is not the committed sweep: its result goes where --out said.
+    outputs = (COMMAND.removeprefix("kvgate bench scenario sweep ") if options.trace is None
+               else f"--trace {options.trace} --trace-window {options.trace_window[0]}:"
+                    f"{options.trace_window[1]} --out OUT.json")
     return " ".join(["kvgate bench scenario sweep", *(["--quick"] if options.quick else []),
                      f"--seed {options.seed}",
-                     *([f"--seeds {options.seeds}"] if options.seeds > 1 else []),
-                     COMMAND.removeprefix("kvgate bench scenario sweep ")])
+                     *([f"--seeds {options.seeds}"] if options.seeds > 1 else []), outputs])
+
+
+def _trace_file(options: ScenarioOptions) -> TraceFile | None:
+    """``--trace``'s window, read once here so that a bad file fails before any work."""
+    if options.trace is None:
+        return None
+    first, count = options.trace_window
+    trace = TraceFile(str(options.trace), first, count)
+    entries = len(load_trace(options.trace))
+    if first >= entries:
+        raise ValueError(f"--trace-window starts at entry {first}; {options.trace} has "
+                         f"{entries} entries")
+    return trace
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +104,11 @@ class Task:
     load: float
     kv_ratios: tuple[float, ...]
     arms: tuple[str, ...]
+    trace: TraceFile | None = None
 
 
 def run_task(task: Task) -> list[dict[str, Any]]:
-    spec = sweep_workloads(task.quick)[task.workload_index]
+    spec = sweep_workloads(task.quick, task.trace)[task.workload_index]
     prepared = PreparedWorkload.build(spec, task.seed)
     arms = [arm for arm in ARMS if arm.name in task.arms]
     return [run_cell(prepared, kv_ratio, task.load, arms) for kv_ratio in task.kv_ratios]
@@ -105,7 +123,8 @@ def available_arms() -> tuple[list[Arm], list[str]]:
 
 def run_tasks(tasks: list[Task], jobs: int, console: Any) -> list[dict[str, Any]]:
     """Every task, on ``jobs`` processes (in this one when 1); cells in task order."""
-    names = [spec.name for spec in sweep_workloads(tasks[0].quick)] if tasks else []
+    names = ([spec.name for spec in sweep_workloads(tasks[0].quick, tasks[0].trace)]
+             if tasks else [])
 
     def progress(task: Task, cells: list[dict[str, Any]], started_s: float) -> None:
         if console is not None:
@@ -155,10 +174,12 @@ def run(options: ScenarioOptions) -> dict[str, Any]:
     if skipped and console is not None:
         console.print(f"[yellow]note[/]: not in the gateway's registry, skipped: "
                       f"{', '.join(skipped)}")
-    specs = sweep_workloads(options.quick)
+    trace = _trace_file(options)
+    specs = sweep_workloads(options.quick, trace)
     kv_ratios, loads = (QUICK_KV_RATIOS, QUICK_LOADS) if options.quick else (KV_RATIOS, LOADS)
     seeds = range(options.seed, options.seed + max(1, options.seeds))
-    tasks = [Task(options.quick, index, seed, load, kv_ratios, tuple(a.name for a in arms))
+    tasks = [Task(options.quick, index, seed, load, kv_ratios, tuple(a.name for a in arms),
+                  trace)
              for index in range(len(specs)) for seed in seeds for load in loads]
     jobs = min(len(tasks), os.cpu_count() or 1)
     if console is not None:

@@ -196,7 +196,32 @@ class SweepWorkload:
         return self.workload.build(WorkloadOptions(model=model, seed=seed, ignore_eos=True))
 
 
-def sweep_workloads(quick: bool) -> tuple[SweepWorkload, ...]:
+@dataclass(frozen=True, slots=True)
+class TraceFile:
+    """A trace of one's own (Mooncake's JSONL: timestamp, input and output lengths, hash ids
+    per 512-token block) swept in place of the four workloads: ``count`` entries from entry
+    ``first`` (``--quick``: at most 40), on Llama-3.1-8B/H100 replicas, the trace's own gaps
+    scaled to each cell's load."""
+
+    path: str
+    first: int = 0
+    count: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.first < 0 or self.count < 1:
+            raise ValueError("a trace window needs FIRST >= 0 and COUNT >= 1")
+
+
+QUICK_TRACE_ENTRIES = 40
+
+
+def sweep_workloads(quick: bool, trace: TraceFile | None = None) -> tuple[SweepWorkload, ...]:
+    if trace is not None:
+        count = min(trace.count, QUICK_TRACE_ENTRIES) if quick else trace.count
+        return (SweepWorkload(
+            "trace_file", LLAMA,
+            TraceReplayWorkload(path=trace.path, first_entry=trace.first, max_entries=count),
+            TraceTimes(), f"{trace.path}: {count} entries from entry {trace.first}"),)
     if quick:
         return (
             SweepWorkload("multimodal", LLAVA, MultimodalWorkload(

@@ -31,16 +31,28 @@ class TraceReplayWorkload:
     api: str = "chat"
     #: Entries of the built-in synthetic trace (without ``path``).
     synthetic_requests: int = 200
+    #: A window of the trace: entries skipped from its start, and the most kept after them
+    #: (0 = the rest). A window later in a trace starts with the conversations it catches
+    #: mid-way, whose earlier turns it leaves out (they arrive cold).
+    first_entry: int = 0
+    max_entries: int = 0
 
     def __post_init__(self) -> None:
         if self.api not in ("chat", "completions"):
             raise ValueError(f"api must be 'chat' or 'completions', got {self.api!r}")
         if self.block_tokens < 1 or self.synthetic_requests < 1:
             raise ValueError("block_tokens and synthetic_requests must be >= 1")
+        if self.first_entry < 0 or self.max_entries < 0:
+            raise ValueError("first_entry and max_entries must be >= 0")
 
     def build(self, options: WorkloadOptions) -> list[BenchRequest]:
         entries = (load_trace(self.path) if self.path
                    else synthesize_trace(self.synthetic_requests, seed=options.seed))
+        entries = entries[self.first_entry:]
+        if self.max_entries:
+            entries = entries[: self.max_entries]
+        if not entries:
+            raise ValueError(f"the trace has no entries from entry {self.first_entry} on")
         if options.num_requests is not None:
             entries = entries[: options.num_requests]
         blocks = BlockText(options.seed, self.block_tokens)
