@@ -25,7 +25,7 @@ from typing import ClassVar
 from rich.console import Console
 
 from kvgate.bench.request import BenchRequest
-from kvgate.bench.scenarios import ScenarioOptions, peers
+from kvgate.bench.scenarios import ScenarioOptions
 from kvgate.bench.scenarios.peers import (
     KVGATE_ROUTERS,
     PEER_ROUTERS,
@@ -66,11 +66,10 @@ def main(trace: str, window: str, kv_blocks: int, out: str, rounds: int) -> None
     options = ScenarioOptions(console=console)
     unavailable: dict[str, str] = {}
     installs = _install_peers(options, unavailable)
-    peers.PROFILE = PROFILE  # read by PeerCase and run_case at call time
     workload = ConversationKeyed(trace, first, count)
     case = PeerCase("conversation", f"Mooncake conversation trace, entries {first}-"
                     f"{first + count - 1}, {REPLICAS} replicas", REPLICAS, kv_blocks, workload,
-                    CONCURRENCY, TIME_SCALE)
+                    CONCURRENCY, TIME_SCALE, profile=PROFILE)
     routers = list(KVGATE_ROUTERS) + list(PEER_ROUTERS)
     section = run_case(case, routers, installs, options, unavailable, rounds=rounds)
     section["workload"]["parameters"]["path"] = Path(trace).name

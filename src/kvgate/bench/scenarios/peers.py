@@ -123,19 +123,21 @@ class PeerCase:
     workload: Workload
     concurrency: int
     time_scale: float
+    #: The replicas' simulator profile.
+    profile: str = PROFILE
 
     def replica_settings(self) -> list[ReplicaSettings]:
         # log_level error: sglang-router probes workers with a request their HTTP/1.1 server
         # rejects, and each rejection would print a warning into the scenario's output.
-        return [ReplicaSettings(index=i, port=free_port(), profile=PROFILE,
+        return [ReplicaSettings(index=i, port=free_port(), profile=self.profile,
                                 kv_blocks=self.kv_blocks, time_scale=self.time_scale,
                                 log_level="error")
                 for i in range(self.replicas)]
 
     def describe(self) -> dict[str, Any]:
-        return {"replicas": self.replicas, "profile": PROFILE, "kv_blocks": self.kv_blocks,
+        return {"replicas": self.replicas, "profile": self.profile, "kv_blocks": self.kv_blocks,
                 "time_scale": self.time_scale,
-                "command": (f"kvgate sim --replicas {self.replicas} --profile {PROFILE} "
+                "command": (f"kvgate sim --replicas {self.replicas} --profile {self.profile} "
                             f"--kv-blocks {self.kv_blocks} --time-scale {self.time_scale:g}")}
 
 
@@ -272,7 +274,7 @@ def run_case(case: PeerCase, routers: Sequence[Router], installs: dict[str, Inst
     KVGate runs one gateway for the case with a model per strategy (requests differ only in
     ``model``); each peer router is started for its own run."""
     console = options.console
-    served_model = get_profile(PROFILE).served_model_name
+    served_model = get_profile(case.profile).served_model_name
     load = LoadSpec(mode="closed", concurrency=case.concurrency, request_timeout_s=120.0,
                     seed=options.seed)
 
