@@ -17,54 +17,32 @@ entries from line FIRST (a window of the hour; conversations begun before it sta
 
 from __future__ import annotations
 
-import itertools
 import json
-import multiprocessing
 import sys
-import tempfile
-import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
 
-from kvgate.bench.scenarios.sweep_run import ARMS, PreparedWorkload, run_cell
-from kvgate.bench.scenarios.sweep_workloads import LLAMA, SweepWorkload, TraceTimes
-from kvgate.bench.workloads import TraceReplayWorkload
+from kvgate.bench.scenarios.sweep import Task, run_tasks
+from kvgate.bench.scenarios.sweep_run import ARMS
+from kvgate.bench.scenarios.sweep_workloads import TraceFile
 
 SEED = 0
 
 
-def _spec(path: str) -> SweepWorkload:
-    return SweepWorkload("conversation", LLAMA, TraceReplayWorkload(path=path), TraceTimes(),
-                         "Mooncake FAST'25 conversation trace (real), first entries")
-
-
-def _cell(job: tuple[str, float, float]) -> dict[str, Any]:
-    path, kv_ratio, load = job
-    started_s = time.perf_counter()
-    cell = run_cell(PreparedWorkload.build(_spec(path), SEED), kv_ratio, load, ARMS)
-    cell["wall_s"] = round(time.perf_counter() - started_s, 1)
-    return cell
-
-
 def main(trace: str, first: int, entries: int, out: str, kv_ratios: list[float], loads: list[float]
          ) -> None:
-    lines = Path(trace).read_text().splitlines()[first:first + entries]
-    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
-        f.write("\n".join(lines) + "\n")
-        head = f.name
-    jobs = [(head, kv, load) for kv, load in itertools.product(kv_ratios, loads)]
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(2, mp_context=context) as pool:
-        cells = list(pool.map(_cell, jobs))
+    # The sweep's own tasks on the window (what `kvgate bench scenario sweep --trace` runs),
+    # on a grid of one's choosing.
+    window = TraceFile(trace, first, entries)
+    tasks = [Task(False, 0, SEED, load, tuple(kv_ratios), tuple(arm.name for arm in ARMS), window)
+             for load in loads]
+    cells = run_tasks(tasks, 2, None)
     Path(out).write_text(json.dumps({"trace": Path(trace).name, "first": first, "entries": entries,
                                      "seed": SEED, "cells": cells}, indent=1))
     for cell in cells:
         regime = cell["regime"]
         p95 = {name: arm["ttft_ms"]["p95"] for name, arm in cell["arms"].items()}
         print(f"kv/ws {regime['kv_ratio_target']:<4} load {regime['load_target']:.0%}: "
-              + "  ".join(f"{name} {v:8.0f}" for name, v in p95.items())
-              + f"  ({cell['wall_s']} s)")
+              + "  ".join(f"{name} {v:8.0f}" for name, v in p95.items()))
 
 
 if __name__ == "__main__":
