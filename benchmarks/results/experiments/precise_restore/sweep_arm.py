@@ -7,20 +7,16 @@ PYTHONPATH=<tree>/src python sweep_arm.py ARM SEEDS OUT.json   (SEEDS: e.g. 3,4,
 from __future__ import annotations
 
 import json
-import multiprocessing
 import sys
-from concurrent.futures import ProcessPoolExecutor
 
-from kvgate.bench.scenarios.sweep import KV_RATIOS, LOADS, Task, run_task
+from kvgate.bench.scenarios.sweep import KV_RATIOS, LOADS, Task, run_tasks
 from kvgate.bench.scenarios.sweep_workloads import sweep_workloads
 
 
 def main(arm: str, seeds: list[int], out: str) -> None:
     tasks = [Task(False, index, seed, load, KV_RATIOS, (arm,))
              for index in range(len(sweep_workloads(False))) for seed in seeds for load in LOADS]
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(2, mp_context=context) as pool:
-        cells = [cell for cells in pool.map(run_task, tasks) for cell in cells]
+    cells = run_tasks(tasks, 2, None)
     with open(out, "w") as f:
         json.dump(cells, f)
     print("cells", len(cells))
