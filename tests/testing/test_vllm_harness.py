@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -90,3 +93,37 @@ def test_gateway_config_validates_and_carries_what_precise_routing_needs(tmp_pat
     assert deployment.kv_events.endpoint == "tcp://127.0.0.1:9101"
     assert deployment.kv_events.replay_endpoint == "tcp://127.0.0.1:9201"
     assert settings.cache.exact.enabled is False
+
+
+@pytest.mark.parametrize(("cpu_bind", "pinned"), [("per_replica", True),
+                                                  ("per_replica_threads", False)])
+def test_each_replica_gets_a_core_of_its_own(tmp_path: Path, cpu_bind: str,
+                                             pinned: bool) -> None:
+    model = BuiltModel(TINY_LLAVA, tmp_path / "tiny-llava-abc", {})
+    options = ReplicaOptions(cpu_bind=cpu_bind)  # type: ignore[arg-type]
+    fleet = ReplicaFleet(VENV, model, count=2, options=options)
+    replicas = [fleet._make(index, tmp_path, cores=2) for index in range(3)]
+    # The worker's OpenMP threads are bound either way; the processes only by per_replica.
+    assert [r.env["VLLM_CPU_OMP_THREADS_BIND"] for r in replicas] == ["0", "1", "0"]
+    expected = [frozenset({0}), frozenset({1}), frozenset({0})] if pinned else [None] * 3
+    assert [r.cores for r in replicas] == expected
+
+
+def test_a_pinned_replicas_children_inherit_its_core(tmp_path: Path) -> None:
+    """What vLLM's engine core and worker get: the affinity set at spawn, by inheritance."""
+    core = max(os.sched_getaffinity(0))
+    child = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', " \
+            "'import time; time.sleep(30)']); time.sleep(30)"
+    replica = VllmReplica(index=0, port=1, model=BuiltModel(TINY_LLAVA, tmp_path, {}),
+                          options=ReplicaOptions(), args=[sys.executable, "-c", child],
+                          env=dict(os.environ), log_path=tmp_path / "r.log",
+                          cores=frozenset({core}))
+    replica.spawn()
+    try:
+        deadline = time.monotonic() + 10
+        while len(replica.affinities()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert replica.affinities() == [frozenset({core})] * 2
+    finally:
+        replica.stop(timeout_s=5)
+    assert replica.affinities() == []  # stopped: nothing left to read

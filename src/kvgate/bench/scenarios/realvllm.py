@@ -7,8 +7,9 @@ and by the client (TTFT, throughput). What it does not say: anything about GPU l
 models are tiny random-weight ones on two shared CPU cores, so absolute times are CPU times of
 a toy model, and a cache hit saves far less wall time than on a GPU serving a 7B model.
 
-Cases, one fleet of 2 replicas each (KV capped so that one replica holds about two thirds of
-the working set, i.e. a router must partition it to keep it cached):
+Each replica runs on a core of its own, all its processes (``KVGATE_VLLM_CPU_BIND``: see
+:func:`cpu_bind`). Cases, one fleet of 2 replicas each (KV capped so that one replica holds
+about two thirds of the working set, i.e. a router must partition it to keep it cached):
 
 - ``multimodal``: tiny-llava (576 vision tokens per image), 12 images each asked several
   different questions, shuffled;
@@ -31,6 +32,7 @@ peer router (``--quick``: less; numbers not meaningful).
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import tempfile
 import time
@@ -38,7 +40,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from kvgate.bench.api import BenchResult, comparison_document, run_benchmark
 from kvgate.bench.engine_counters import EngineCounters, read_counters
@@ -59,6 +61,20 @@ from kvgate.testing.vllm import (
     gateway_config,
     prepare,
 )
+
+#: How the replicas are pinned to cores (:class:`~kvgate.testing.vllm.ReplicaOptions`'s
+#: ``cpu_bind``); ``KVGATE_VLLM_CPU_BIND=per_replica_threads`` reruns the setting of the runs
+#: before 2026-12-06 17:30 UTC, where only each replica's worker threads were pinned.
+CPU_BIND_ENV = "KVGATE_VLLM_CPU_BIND"
+_CPU_BINDS = ("per_replica", "per_replica_threads", "auto", "nobind")
+
+
+def cpu_bind() -> Literal["per_replica", "per_replica_threads", "auto", "nobind"]:
+    value = os.environ.get(CPU_BIND_ENV, "per_replica")
+    if value not in _CPU_BINDS:
+        raise ValueError(f"{CPU_BIND_ENV}={value!r}: expected one of {', '.join(_CPU_BINDS)}")
+    return cast(Literal["per_replica", "per_replica_threads", "auto", "nobind"], value)
+
 
 KVGATE_STRATEGIES = ("round_robin", "least_busy", "prefix_kv_aware", "precise_kv")
 PEER = "vllm-router/cache_aware"
@@ -151,7 +167,8 @@ def run_case(case: Case, env: VllmEnvironment, options: ScenarioOptions,
     model = env.models[case.model]
     served = model.spec.name
     requests = requests_for(case, served, options.seed)
-    replica_options = ReplicaOptions(kv_cache_tokens=case.kv_cache_tokens, dev_mode=True)
+    replica_options = ReplicaOptions(kv_cache_tokens=case.kv_cache_tokens, dev_mode=True,
+                                     cpu_bind=cpu_bind())
     results: list[BenchResult] = []
     engine: dict[str, dict[str, Any]] = {}
     started = time.monotonic()
@@ -162,6 +179,9 @@ def run_case(case: Case, env: VllmEnvironment, options: ScenarioOptions,
             "kv_cache_tokens": case.kv_cache_tokens,
             "kv_cache_bytes": replica_options.kv_cache_bytes(model),
             "block_size": replica_options.block_size,
+            "cpu_bind": replica_options.cpu_bind,
+            # Each replica's processes' cores, as the kernel reports them once it is up.
+            "cores": [sorted(set().union(*r.affinities())) for r in fleet.replicas],
         }
         if console is not None:
             console.print(f"[bold]{case.name}[/]: 2 x {served} up in "

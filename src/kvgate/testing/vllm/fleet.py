@@ -11,8 +11,15 @@ endpoints, while KVGate's subscribers connect; so each replica is given ``tcp://
 binds every interface on that port) and reports ``tcp://127.0.0.1:PORT`` for subscribers.
 
 Stopping the fleet stops every replica's process group, so nothing outlives it. On two cores
-each replica's OpenMP threads are pinned to a core of their own (``VLLM_CPU_OMP_THREADS_BIND``),
-so two replicas do not spin against each other.
+each replica runs on a core of its own, all of it: its worker's OpenMP threads
+(``VLLM_CPU_OMP_THREADS_BIND``) and its API server and engine core (the CPU affinity its
+process group inherits), so two replicas do not spin against each other.
+
+NOTE: with the OpenMP threads alone pinned, each replica's API server (which also runs the
+image processor) and engine core floated over both cores and ran beside the *other* replica's
+busy worker for a while: under round robin one replica took 1.0-2.8x the other's time per
+request, differently in every run, and KV-aware routers rightly sent the slower one less
+(`realvllm` runs of 2026-12-06 17:23-17:35 UTC, docs/BENCHMARK_REPORT.md).
 """
 
 from __future__ import annotations
@@ -165,7 +172,8 @@ class ReplicaFleet:
                 "topic": KV_EVENTS_TOPIC,
             })]
         args += list(options.extra_args)
-        bind = str(index % cores) if options.cpu_bind == "per_replica" else options.cpu_bind
+        bind = (str(index % cores) if options.cpu_bind in ("per_replica", "per_replica_threads")
+                else options.cpu_bind)
         env = {key: value for key, value in os.environ.items()
                # vLLM seeds its block-hash chain (NONE_HASH) from PYTHONHASHSEED when set;
                # unset, it is the documented constant a gateway can reproduce.
@@ -180,7 +188,9 @@ class ReplicaFleet:
             env["VLLM_SERVER_DEV_MODE"] = "1"
         return VllmReplica(index=index, port=port, model=self.model, options=options,
                            args=args, env=env, log_path=log_dir / f"replica{index}.log",
-                           kv_events_port=events_port, kv_replay_port=replay_port)
+                           kv_events_port=events_port, kv_replay_port=replay_port,
+                           cores=(frozenset({index % cores})
+                                  if options.cpu_bind == "per_replica" else None))
 
 
 def fleet_lock_path() -> Path:

@@ -41,9 +41,11 @@ class ReplicaOptions:
     enforce_eager: bool = True
     kv_events: bool = True
     max_num_seqs: int | None = None
-    #: ``per_replica``: replica i's threads on core i mod cores; or vLLM's ``auto`` or
-    #: ``nobind``.
-    cpu_bind: Literal["per_replica", "auto", "nobind"] = "per_replica"
+    #: ``per_replica``: every process of replica i (API server, engine core, worker and its
+    #: OpenMP threads) on core i mod cores; ``per_replica_threads``: only the worker's OpenMP
+    #: threads there, the API server and engine core wherever the kernel puts them (the
+    #: setting of the runs before 2026-12-06 17:30 UTC); or vLLM's ``auto`` or ``nobind``.
+    cpu_bind: Literal["per_replica", "per_replica_threads", "auto", "nobind"] = "per_replica"
     start_timeout_s: float = 300.0
     #: vLLM's dev endpoints (``VLLM_SERVER_DEV_MODE``): ``/reset_prefix_cache`` and friends,
     #: which :meth:`VllmReplica.reset_caches` uses between benchmark runs.
@@ -78,6 +80,9 @@ class VllmReplica:
     #: Seconds from spawn to the first healthy /health.
     startup_s: float | None = None
     host: str = "127.0.0.1"
+    #: Cores every process of the replica runs on (set at spawn, inherited by the engine
+    #: core and workers it starts); None: wherever the kernel puts them.
+    cores: frozenset[int] | None = None
     _log_file: object = field(default=None, repr=False)
 
     @property
@@ -110,9 +115,11 @@ class VllmReplica:
     def spawn(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._log_file = log
-        self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env=self.env,
-                                        start_new_session=True)
+        cores = self.cores
+        self.process = subprocess.Popen(
+            self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=self.env, start_new_session=True,
+            preexec_fn=None if cores is None else lambda: os.sched_setaffinity(0, cores))
         self.started_s = time.monotonic()
         self.startup_s = None
 
@@ -184,6 +191,16 @@ class VllmReplica:
                 conn.close()
             if response.status != 200:
                 raise RuntimeError(f"{self.url}{path}: HTTP {response.status} {body[:200]!r}")
+
+    def affinities(self) -> list[frozenset[int]]:
+        """The cores each process of the replica's tree may run on."""
+        if self.process is None or self.process.poll() is not None:
+            return []
+        found = []
+        for pid in _process_tree(self.process.pid):
+            with contextlib.suppress(OSError):  # exited since the tree was read
+                found.append(frozenset(os.sched_getaffinity(pid)))
+        return found
 
     def rss_bytes(self) -> int:
         """Resident memory of the replica's whole process tree."""
