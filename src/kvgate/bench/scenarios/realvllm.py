@@ -24,9 +24,10 @@ per strategy), then vllm-router with ``cache_aware`` (PyPI ``vllm-router``, inst
 name, so not even ``model`` differs between routers. Then the same requests and KVGate's arms
 run on the simulator fitted to these replicas (``simfit``; :mod:`.realvllm_sim`), in virtual
 time over several seeds, and each case reports real and simulated hit rates side by side
-(``fitted_sim``): the differences, and whether both rank the arms alike. About 4 minutes on
-two busy cores (3.7-3.9 minutes measured on 2026-12-05), most of it two fleet start-ups and the
-peer router (``--quick``: less; numbers not meaningful).
+(``fitted_sim``): the differences, and whether both rank the arms alike. About 2 minutes on
+two cores (1.8-1.9 minutes measured on 2026-12-06, 3.7-3.9 on 2026-12-05's busier machine),
+most of it two fleet start-ups and the peer router (``--quick``: less; numbers not
+meaningful).
 """
 
 from __future__ import annotations
