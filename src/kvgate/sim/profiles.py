@@ -148,9 +148,11 @@ LLAMA_31_8B_H100 = Profile(
 # --- The tiny random-weight models of kvgate.testing.vllm on real vLLM 0.32's CPU build -------
 # Fitted to measurements, not estimated: `kvgate bench scenario simfit` started one replica of
 # each model with the options the realvllm scenario uses (5,120 KV tokens, --block-size 32) and
-# wrote benchmarks/results/simfit.json (2026-12-05 03:00 UTC, 2 shared cores, load average 3-5
-# from other work). Each timing constant is models.<kind>.profile_constants there: one fit of
-# all 3 rounds x 3 repeats (each probe's median); each round's own fit gives the range in
+# wrote benchmarks/results/simfit.json (2026-12-06 17:54 UTC, 2 cores, load average 0.5-1.7,
+# every process of the replica on core 0 as the harness now runs each replica on its core; the
+# fit before, 2026-12-05 03:00 UTC at load 3-5 with only the worker pinned, is in git
+# history). Each timing constant is models.<kind>.profile_constants there: one fit of all 3
+# rounds x 3 repeats (each probe's median); each round's own fit gives the range in
 # models.<kind>.spread, quoted in docs/SIMULATOR.md. Capacity is the replica's
 # vllm:cache_config_info. Wall seconds of tiny models on CPU: these profiles model the test
 # suite's replicas, not a GPU. weight_read_s is 0: the weights are a few MB, and a step's fixed
@@ -172,12 +174,12 @@ CPU_TINY_LLAMA = Profile(
     name="cpu-tiny-llama",
     served_model_name="tiny-llama",
     prompt_format=TINY_CHATML,
-    step_overhead_s=0.00398,  # mean inter-token gap vs batch size 1-8: intercept
-    compute_s_per_token=1.41e-05,  # cold prefill (engine) vs [1, n, n(n+1)/2]: the n term
-    attn_s_per_token_pair=2.97e-08,  # the same fit: the n(n+1)/2 term
-    kv_read_s_per_token=3.59e-07,  # batch-1 inter-token gap vs context 78-4,014: slope
-    per_seq_overhead_s=4.74e-05,  # gap vs batch slope - compute - KV read at its context
-    frontend_s=0.0183,  # client TTFT - engine queue - engine prefill, cold text: median
+    step_overhead_s=0.00339,  # mean inter-token gap vs batch size 1-8: intercept
+    compute_s_per_token=3.02e-05,  # cold prefill (engine) vs [1, n, n(n+1)/2]: the n term
+    attn_s_per_token_pair=5.64e-08,  # the same fit: the n(n+1)/2 term
+    kv_read_s_per_token=4.08e-07,  # batch-1 inter-token gap vs context 78-4,014: slope
+    per_seq_overhead_s=0.000112,  # gap vs batch slope - compute - KV read at its context
+    frontend_s=0.00613,  # client TTFT - engine queue - engine prefill, cold text: median
     image_preprocess_s_per_token=0.0,
     vision_encoder_s_per_token=0.0,
     encoder_cache_tokens=0,
@@ -188,16 +190,16 @@ CPU_TINY_LLAVA = Profile(
     name="cpu-tiny-llava",
     served_model_name="tiny-llava",
     prompt_format=TINY_LLAVA_CHATML,  # 576 vision tokens per image
-    step_overhead_s=0.00304,  # as for cpu-tiny-llama, on tiny-llava's 2-layer decoder
-    compute_s_per_token=1.47e-05,
-    attn_s_per_token_pair=6.71e-09,
-    kv_read_s_per_token=6.18e-08,
-    per_seq_overhead_s=7.38e-05,
-    frontend_s=0.0177,
+    step_overhead_s=0.0026,  # as for cpu-tiny-llama, on tiny-llava's 2-layer decoder
+    compute_s_per_token=1.34e-05,
+    attn_s_per_token_pair=3.1e-08,
+    kv_read_s_per_token=1.52e-07,
+    per_seq_overhead_s=0.000114,
+    frontend_s=0.00605,
     # A cold 512x512 image prompt's front end beyond the text front end, per vision token.
-    image_preprocess_s_per_token=1.85e-05,
+    image_preprocess_s_per_token=9.3e-06,
     # Its engine prefill beyond what the text prefill fit predicts for its length, per token.
-    vision_encoder_s_per_token=9.9e-06,
+    vision_encoder_s_per_token=9.98e-06,
     encoder_cache_tokens=2048,  # vLLM: encoder_cache_size = max_num_batched_tokens (source)
     kv_bytes_per_token=1024,  # cache_config_info kv_cache_memory_bytes / kv_cache_size_tokens
     **_TINY_SCHEDULER,  # type: ignore[arg-type]

@@ -19,7 +19,7 @@ round's fits and constants, their spread over rounds, and the medians that the `
 profiles in :mod:`kvgate.sim.profiles` copy. Times are wall seconds on this machine, with
 whatever else runs on it: the result records the load average before and after.
 
-Run: kvgate bench scenario simfit --out benchmarks/results/simfit.json  (about 3 minutes;
+Run: kvgate bench scenario simfit --out benchmarks/results/simfit.json  (about 2 minutes;
 ``--quick``: one round, fewer points, numbers not meaningful). The fits are a pure function of
 the recorded points: ``python -m kvgate.bench.scenarios.simfit --refit FILE`` recomputes them.
 """
@@ -267,7 +267,8 @@ def run(options: ScenarioOptions) -> dict[str, Any]:
         "conditions": {"cpus": os.cpu_count(), "load_average_before": load_before,
                        "load_average_after": _load_average(),
                        "note": "wall-clock times on a shared machine; one replica at a time, "
-                               "its engine pinned to core 0, client and API server unpinned"},
+                               "all its processes on core 0 (API server, engine core, "
+                               "worker), the client unpinned"},
         "engine": {"vllm": env.venv.versions},
         "models": models,
         "wall_s": round(time.monotonic() - started, 1),
