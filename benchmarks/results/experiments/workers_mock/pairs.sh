@@ -1,0 +1,52 @@
+#!/bin/bash
+# usage: pairs.sh PAIRS DURATION_S OUT.txt: 1 worker (pinned to CPU 1, wrk on CPU 0) and
+# 2 workers (unpinned, wrk on CPU 0) back to back, PAIRS times, order alternating; wrk -t1
+# -c32 against the gateway's in-process zero-latency mock (mock.yaml). Prints req/s per run
+# and the gateway's CPU (all its processes) per request.
+set -e
+PAIRS=${1:-6}; DUR=${2:-10}; OUT=${3:?an output file}
+DIR=$(cd "$(dirname "$0")" && pwd)
+BODY='{"model":"zero","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}'
+LUA=$(mktemp --suffix .lua)
+printf 'wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n' "'$BODY'" > "$LUA"
+free_port() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"; }
+tree_cpu_ticks() {  # utime+stime of the gateway's process tree, in clock ticks
+  python3 - "$1" <<'PY'
+import os, sys
+root = int(sys.argv[1]); kids = {}
+for p in os.listdir('/proc'):
+    if p.isdigit():
+        try: f = open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()
+        except OSError: continue
+        kids.setdefault(int(f[1]), []).append(int(p))
+total, stack = 0, [root]
+while stack:
+    pid = stack.pop(); stack += kids.get(pid, [])
+    try: f = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split(); total += int(f[11]) + int(f[12])
+    except OSError: pass
+print(total)
+PY
+}
+run() {  # run WORKERS
+  local workers=$1 port pid pin=""
+  port=$(free_port)
+  [ "$workers" = 1 ] && pin="taskset -c 1"
+  $pin python3 -m kvgate run -c "$DIR/mock.yaml" --host 127.0.0.1 --port "$port" --workers "$workers" > /dev/null 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/health" && break; sleep 0.2; done
+  taskset -c 0 wrk -t1 -c32 -d2s -s "$LUA" "http://127.0.0.1:$port/v1/chat/completions" > /dev/null  # warm
+  local before after rps
+  before=$(tree_cpu_ticks $pid)
+  rps=$(taskset -c 0 wrk -t1 -c32 -d"${DUR}s" -s "$LUA" "http://127.0.0.1:$port/v1/chat/completions" | awk '/Requests\/sec/ {print $2}')
+  after=$(tree_cpu_ticks $pid)
+  kill $pid; wait $pid 2>/dev/null || true
+  local tick; tick=$(getconf CLK_TCK)
+  python3 -c "r=$rps; c=($after-$before)/$tick; print(f'workers=$workers req_s={r:.0f} gateway_cores={c/$DUR:.2f} cpu_us_per_req={c/(r*$DUR)*1e6:.1f}')"
+}
+{
+  echo "# $(date -u +%FT%TZ) $(git -C "$DIR" rev-parse --short HEAD) pairs=$PAIRS duration_s=$DUR"
+  for i in $(seq "$PAIRS"); do
+    if [ $((i % 2)) = 1 ]; then run 1; run 2; else run 2; run 1; fi
+  done
+} | tee "$OUT" >/dev/null; cat "$OUT"
+rm -f "$LUA"
