@@ -110,7 +110,7 @@ class PlacedTokens:
 
     def sync(self) -> None:
         """Count what the other workers placed since the last :meth:`expire` (sharing only;
-        cheap: a decision calls it)."""
+        :meth:`exclusive` calls it, for a cold decision)."""
         if self._shared is None:
             return
         totals, capacity = self._totals, self._capacity
