@@ -102,10 +102,11 @@ def test_each_replica_gets_a_core_of_its_own(tmp_path: Path, cpu_bind: str,
     model = BuiltModel(TINY_LLAVA, tmp_path / "tiny-llava-abc", {})
     options = ReplicaOptions(cpu_bind=cpu_bind)  # type: ignore[arg-type]
     fleet = ReplicaFleet(VENV, model, count=2, options=options)
-    replicas = [fleet._make(index, tmp_path, cores=2) for index in range(3)]
+    # The cores this process may use, not 0..N-1: a cpuset can allow, say, 2 and 5 only.
+    replicas = [fleet._make(index, tmp_path, cores=[2, 5]) for index in range(3)]
     # The worker's OpenMP threads are bound either way; the processes only by per_replica.
-    assert [r.env["VLLM_CPU_OMP_THREADS_BIND"] for r in replicas] == ["0", "1", "0"]
-    expected = [frozenset({0}), frozenset({1}), frozenset({0})] if pinned else [None] * 3
+    assert [r.env["VLLM_CPU_OMP_THREADS_BIND"] for r in replicas] == ["2", "5", "2"]
+    expected = [frozenset({2}), frozenset({5}), frozenset({2})] if pinned else [None] * 3
     assert [r.cores for r in replicas] == expected
 
 

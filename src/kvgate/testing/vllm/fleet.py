@@ -84,7 +84,8 @@ class ReplicaFleet:
         else:
             log_dir = self.log_dir
             log_dir.mkdir(parents=True, exist_ok=True)
-        cores = os.cpu_count() or 1
+        # The cores this process may use (a container's cpuset can allow fewer than exist).
+        cores = sorted(os.sched_getaffinity(0))
         for attempt in range(1, _START_ATTEMPTS + 1):
             self.replicas = [self._make(index, log_dir, cores) for index in range(self.count)]
             try:
@@ -141,7 +142,8 @@ class ReplicaFleet:
         for replica in self.replicas:
             replica.stop()
 
-    def _make(self, index: int, log_dir: Path, cores: int) -> VllmReplica:
+    def _make(self, index: int, log_dir: Path, cores: Sequence[int]) -> VllmReplica:
+        """Replica ``index``, on ``cores[index mod len(cores)]`` where the fleet pins."""
         options = self.options
         port = free_port()
         events_port = free_port() if options.kv_events else None
@@ -172,7 +174,8 @@ class ReplicaFleet:
                 "topic": KV_EVENTS_TOPIC,
             })]
         args += list(options.extra_args)
-        bind = (str(index % cores) if options.cpu_bind in ("per_replica", "per_replica_threads")
+        core = cores[index % len(cores)]
+        bind = (str(core) if options.cpu_bind in ("per_replica", "per_replica_threads")
                 else options.cpu_bind)
         env = {key: value for key, value in os.environ.items()
                # vLLM seeds its block-hash chain (NONE_HASH) from PYTHONHASHSEED when set;
@@ -189,7 +192,7 @@ class ReplicaFleet:
         return VllmReplica(index=index, port=port, model=self.model, options=options,
                            args=args, env=env, log_path=log_dir / f"replica{index}.log",
                            kv_events_port=events_port, kv_replay_port=replay_port,
-                           cores=(frozenset({index % cores})
+                           cores=(frozenset({core})
                                   if options.cpu_bind == "per_replica" else None))
 
 
