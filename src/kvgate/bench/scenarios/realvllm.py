@@ -41,7 +41,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast, get_args
 
 from kvgate.bench.api import BenchResult, comparison_document, run_benchmark
 from kvgate.bench.engine_counters import EngineCounters, read_counters
@@ -62,19 +62,20 @@ from kvgate.testing.vllm import (
     gateway_config,
     prepare,
 )
+from kvgate.testing.vllm.replicas import CpuBind
 
 #: How the replicas are pinned to cores (:class:`~kvgate.testing.vllm.ReplicaOptions`'s
 #: ``cpu_bind``); ``KVGATE_VLLM_CPU_BIND=per_replica_threads`` reruns the setting of the runs
 #: before 2026-12-06 17:30 UTC, where only each replica's worker threads were pinned.
 CPU_BIND_ENV = "KVGATE_VLLM_CPU_BIND"
-_CPU_BINDS = ("per_replica", "per_replica_threads", "auto", "nobind")
 
 
-def cpu_bind() -> Literal["per_replica", "per_replica_threads", "auto", "nobind"]:
+def cpu_bind() -> CpuBind:
     value = os.environ.get(CPU_BIND_ENV, "per_replica")
-    if value not in _CPU_BINDS:
-        raise ValueError(f"{CPU_BIND_ENV}={value!r}: expected one of {', '.join(_CPU_BINDS)}")
-    return cast(Literal["per_replica", "per_replica_threads", "auto", "nobind"], value)
+    if value not in get_args(CpuBind):
+        raise ValueError(f"{CPU_BIND_ENV}={value!r}: expected one of "
+                         f"{', '.join(get_args(CpuBind))}")
+    return cast(CpuBind, value)
 
 
 KVGATE_STRATEGIES = ("round_robin", "least_busy", "prefix_kv_aware", "precise_kv")

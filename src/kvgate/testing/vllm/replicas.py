@@ -29,6 +29,14 @@ class ReplicaStartError(RuntimeError):
     """A replica exited or never became healthy; the message ends with its log."""
 
 
+#: ``per_replica``: every process of replica i (API server, engine core, worker and its OpenMP
+#: threads) on the i-th core (mod their number) this process may use; ``per_replica_threads``:
+#: only the worker's OpenMP threads there, the API server and engine core wherever the kernel
+#: puts them (the setting of the runs before 2026-12-06 17:30 UTC); or vLLM's ``auto`` or
+#: ``nobind``.
+CpuBind = Literal["per_replica", "per_replica_threads", "auto", "nobind"]
+
+
 @dataclass(frozen=True, slots=True)
 class ReplicaOptions:
     #: Usable KV cache per replica, in tokens (a multiple of ``block_size``).
@@ -41,12 +49,8 @@ class ReplicaOptions:
     enforce_eager: bool = True
     kv_events: bool = True
     max_num_seqs: int | None = None
-    #: ``per_replica``: every process of replica i (API server, engine core, worker and its
-    #: OpenMP threads) on the i-th core (mod their number) this process may use;
-    #: ``per_replica_threads``: only the worker's OpenMP threads there, the API server and
-    #: engine core wherever the kernel puts them (the setting of the runs before 2026-12-06
-    #: 17:30 UTC); or vLLM's ``auto`` or ``nobind``.
-    cpu_bind: Literal["per_replica", "per_replica_threads", "auto", "nobind"] = "per_replica"
+    #: How the replicas are pinned to cores (:data:`CpuBind`).
+    cpu_bind: CpuBind = "per_replica"
     start_timeout_s: float = 300.0
     #: vLLM's dev endpoints (``VLLM_SERVER_DEV_MODE``): ``/reset_prefix_cache`` and friends,
     #: which :meth:`VllmReplica.reset_caches` uses between benchmark runs.
