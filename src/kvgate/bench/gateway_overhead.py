@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from kvgate.bench.processes import free_port
+from kvgate.bench.rawhttp import wrk_script
 
 CHAT_BODY = json.dumps({"model": "zero", "messages": [{"role": "user", "content": "hi"}],
                         "max_tokens": 8}).encode()
@@ -129,8 +130,7 @@ def latency_pair(direct_port: int, gateway_port: int, body: bytes, n: int, strea
 
 def wrk(port: int, duration_s: int, connections: int) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write('wrk.method = "POST"\nwrk.headers["content-type"] = "application/json"\n'
-                     f"wrk.body = [[{CHAT_BODY.decode()}]]\n")
+        script.write(wrk_script(CHAT_BODY))
     out = subprocess.run(
         pinned(0, ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency",
                    "-s", script.name, f"http://127.0.0.1:{port}/v1/chat/completions"]),

@@ -156,6 +156,18 @@ def wrk_path() -> str | None:
 _WRK_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
+def wrk_script(body: bytes | tuple[bytes, bytes]) -> str:
+    """wrk's Lua script POSTing ``body`` as JSON; a ``(head, tail)`` pair posts ``head + n +
+    tail`` with ``n`` counting requests, so no two are equal."""
+    # Lua long brackets take the JSON verbatim (it has no "]]").
+    lua = 'wrk.method = "POST"\nwrk.headers["content-type"] = "application/json"\n'
+    if isinstance(body, bytes):
+        return lua + f"wrk.body = [[{body.decode()}]]\n"
+    return lua + (f"local head = [[{body[0].decode()}]]\nlocal tail = [[{body[1].decode()}]]\n"
+                  "local n = 0\nrequest = function()\n  n = n + 1\n"
+                  "  return wrk.format(nil, nil, nil, head .. n .. tail)\nend\n")
+
+
 def run_wrk(url: str, body: bytes | tuple[bytes, bytes], *, connections: int,
             duration_s: float, cpu: int | None = None, timeout_s: float = 30.0
             ) -> ThroughputSample:
@@ -164,16 +176,8 @@ def run_wrk(url: str, body: bytes | tuple[bytes, bytes], *, connections: int,
     wrk = wrk_path()
     if wrk is None:
         raise FileNotFoundError("wrk is not installed")
-    # Lua long brackets take the JSON verbatim (it has no "]]").
-    lua = 'wrk.method = "POST"\nwrk.headers["content-type"] = "application/json"\n'
-    if isinstance(body, bytes):
-        lua += f"wrk.body = [[{body.decode()}]]\n"
-    else:
-        lua += (f"local head = [[{body[0].decode()}]]\nlocal tail = [[{body[1].decode()}]]\n"
-                "local n = 0\nrequest = function()\n  n = n + 1\n"
-                "  return wrk.format(nil, nil, nil, head .. n .. tail)\nend\n")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(lua)
+        script.write(wrk_script(body))
     try:
         # A slow hop (seconds per request at c=32) must be measured, not cut by wrk's default
         # 2 s timeout.

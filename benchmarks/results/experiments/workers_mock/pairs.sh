@@ -10,19 +10,7 @@ PAIRS=${1:-6}; DUR=${2:-10}; OUT=${3:?an output file}
 DIR=$(cd "$(dirname "$0")" && pwd)
 CONFIG=${4:-$DIR/mock.yaml}; KIND=${5:-short}
 LUA=$(mktemp --suffix .lua)
-python3 - "$KIND" "$LUA" <<'PY'
-import sys
-from kvgate.bench.scenarios.overhead_long import long_body
-kind, path = sys.argv[1], sys.argv[2]
-lua = 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-if kind == "short":
-    lua += 'wrk.body = [[{"model":"zero","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}]]\n'
-else:  # the long-prompt body has no "]]": Lua's long brackets take it verbatim
-    head, tail = long_body()
-    lua += (f"local head = [[{head.decode()}]]\nlocal tail = [[{tail.decode()}]]\nlocal n = 0\n"
-            "request = function()\n  n = n + 1\n  return wrk.format(nil, nil, nil, head .. n .. tail)\nend\n")
-open(path, "w").write(lua)
-PY
+python3 "$DIR/wrk_lua.py" "$KIND" "$LUA"
 free_port() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"; }
 tree_cpu_ticks() {  # utime+stime of the gateway's process tree, in clock ticks
   python3 - "$1" <<'PY'

@@ -6,12 +6,7 @@ python3 -m kvgate run -c "$CONFIG" --host 127.0.0.1 --port $port --workers 2 > /
 pid=$!
 for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/health" && break; sleep 0.2; done
 LUA=/tmp/long.lua
-python3 - "$LUA" <<'PY'
-import sys
-from kvgate.bench.scenarios.overhead_long import long_body
-head, tail = long_body()
-open(sys.argv[1], "w").write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n' + f"local head = [[{head.decode()}]]\nlocal tail = [[{tail.decode()}]]\nlocal n = 0\nrequest = function()\n  n = n + 1\n  return wrk.format(nil, nil, nil, head .. n .. tail)\nend\n")
-PY
+python3 "$(dirname "$0")/wrk_lua.py" long "$LUA"
 taskset -c 0 wrk -t1 -c32 -d16s -s $LUA "http://127.0.0.1:$port/v1/chat/completions" > /tmp/wrk_spy.txt &
 sleep 4
 kids=$(pgrep -P $pid | head -2)
