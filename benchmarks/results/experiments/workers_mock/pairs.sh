@@ -12,22 +12,8 @@ CONFIG=${4:-$DIR/mock.yaml}; KIND=${5:-short}
 LUA=$(mktemp --suffix .lua)
 python3 "$DIR/wrk_lua.py" "$KIND" "$LUA"
 free_port() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"; }
-tree_cpu_ticks() {  # utime+stime of the gateway's process tree, in clock ticks
-  python3 - "$1" <<'PY'
-import os, sys
-root = int(sys.argv[1]); kids = {}
-for p in os.listdir('/proc'):
-    if p.isdigit():
-        try: f = open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()
-        except OSError: continue
-        kids.setdefault(int(f[1]), []).append(int(p))
-total, stack = 0, [root]
-while stack:
-    pid = stack.pop(); stack += kids.get(pid, [])
-    try: f = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split(); total += int(f[11]) + int(f[12])
-    except OSError: pass
-print(total)
-PY
+cpu_seconds() {  # user + system CPU of the gateway's process tree so far (the benchmark's own)
+  python3 -c "from kvgate.bench.rawhttp import cpu_s; print(cpu_s($1))"
 }
 run() {  # run WORKERS
   local workers=$1 port pid pin=""
@@ -38,14 +24,13 @@ run() {  # run WORKERS
   for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/health" && break; sleep 0.2; done
   taskset -c 0 wrk -t1 -c32 -d2s -s "$LUA" "http://127.0.0.1:$port/v1/chat/completions" > /dev/null  # warm
   local before after rps out bad
-  before=$(tree_cpu_ticks $pid)
+  before=$(cpu_seconds $pid)
   out=$(taskset -c 0 wrk -t1 -c32 -d"${DUR}s" -s "$LUA" "http://127.0.0.1:$port/v1/chat/completions")
-  after=$(tree_cpu_ticks $pid)
+  after=$(cpu_seconds $pid)
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   bad=$(echo "$out" | awk '/Non-2xx/ {n=$NF} /Socket errors/ {n="socket:" $0} END {print n+0 == n ? n+0 : n}')
   kill $pid; wait $pid 2>/dev/null || true
-  local tick; tick=$(getconf CLK_TCK)
-  python3 -c "r=$rps; c=($after-$before)/$tick; print(f'workers=$workers req_s={r:.0f} gateway_cores={c/$DUR:.2f} cpu_us_per_req={c/(r*$DUR)*1e6:.1f} errors=$bad')"
+  python3 -c "r=$rps; c=$after-$before; print(f'workers=$workers req_s={r:.0f} gateway_cores={c/$DUR:.2f} cpu_us_per_req={c/(r*$DUR)*1e6:.1f} errors=$bad')"
 }
 {
   echo "# $(date -u +%FT%TZ) $(git -C "$DIR" rev-parse --short HEAD) pairs=$PAIRS duration_s=$DUR config=$(basename "$CONFIG") body=$KIND"
