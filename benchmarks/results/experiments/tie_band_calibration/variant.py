@@ -6,7 +6,9 @@ import (none is in the code):
   broken by the most tokens held) narrowed to exact ties;
 - ``tiehalf``: the band at half its width (1 x the mean error);
 - ``skipwait``: a TTFT sample whose request was predicted to wait for KV space at dispatch
-  (``Ledger.admission_wait_s`` > 0) is not fed to the replica's prefill fit.
+  (``Ledger.admission_wait_s`` > 0) is not fed to the replica's prefill fit;
+- ``fcfswait``: ``Ledger.admission_wait_s`` as a FCFS queue for KV space over the requests in
+  flight there (below) instead of a share of one drain.
 """
 
 from __future__ import annotations
@@ -57,3 +59,54 @@ elif VARIANT == "skipwait":
 
     ttft_ledger.Ledger.dispatched = dispatched  # type: ignore[method-assign]
     ttft_ledger.Ledger._observe_ttft = observe_ttft  # type: ignore[method-assign]
+elif VARIANT == "fcfswait":
+    import heapq
+    import math
+
+    def admission_wait_s(self: Any, position: int, new_tokens: float) -> float:
+        """The wait for KV space as a FCFS queue: the requests in flight there finish one
+        after another (decoding ones first, each after the replica's mean output at its
+        current step time from its first token; waiting ones are admitted in dispatch order
+        as space frees, then decode as long), and this one is admitted once all before it are
+        and its tokens fit."""
+        replica = self.replicas[position]
+        capacity = replica.capacity_tokens
+        if math.isinf(capacity):
+            return 0.0
+        output = replica.mean_output
+        resident = self.resident[position]
+        if resident + new_tokens + output <= capacity or resident <= 0:
+            return 0.0
+        now_s = self._clock()
+        step_s = replica.step.predict(max(1, replica.batch))
+        decode_s = output * step_s
+        tickets = list(self._in_flight[position].values())
+        # Shared prefixes stay while any sharer runs: counted as held throughout.
+        held = resident - sum(t.kv_tokens for t in tickets)
+        finishing: list[tuple[float, float]] = []
+        waiting = []
+        for ticket in tickets:
+            if ticket.first_token_s is not None:
+                done_s = max(now_s + step_s, ticket.first_token_s + decode_s)
+                heapq.heappush(finishing, (done_s, ticket.kv_tokens))
+                held += ticket.kv_tokens
+            else:
+                waiting.append(ticket)
+        waiting.sort(key=lambda t: t.dispatched_s)
+        t_s = now_s
+        queue = [t.kv_tokens for t in waiting] + [new_tokens + output]
+        index = 0
+        for _ in range(4 * len(queue) + 4):
+            while index < len(queue) and held + queue[index] <= capacity:
+                if index == len(queue) - 1:
+                    return t_s - now_s
+                held += queue[index]
+                heapq.heappush(finishing, (t_s + decode_s, queue[index]))
+                index += 1
+            if not finishing:
+                return t_s - now_s  # nothing left to free: it is admitted (or never fits)
+            t_s, freed = heapq.heappop(finishing)
+            held -= freed
+        return t_s - now_s
+
+    ttft_ledger.Ledger.admission_wait_s = admission_wait_s  # type: ignore[method-assign]
