@@ -8,7 +8,10 @@ import (none is in the code):
 - ``skipwait``: a TTFT sample whose request was predicted to wait for KV space at dispatch
   (``Ledger.admission_wait_s`` > 0) is not fed to the replica's prefill fit;
 - ``fcfswait``: ``Ledger.admission_wait_s`` as a FCFS queue for KV space over the requests in
-  flight there (below) instead of a share of one drain.
+  flight there (below) instead of a share of one drain;
+- ``choicehome``: precise mode, a prompt no replica holds half of: each replica that was sent
+  it within the horizon counts that part as held for the choice only (the ledger books the
+  true prefill), as approximate mode does without knowing of the loss.
 """
 
 from __future__ import annotations
@@ -110,3 +113,26 @@ elif VARIANT == "fcfswait":
         return t_s - now_s
 
     ttft_ledger.Ledger.admission_wait_s = admission_wait_s  # type: ignore[method-assign]
+elif VARIANT == "choicehome":
+    from kvgate.routing.precise import strategy as precise_strategy
+
+    _precise_choose = precise_strategy.PreciseKVAware.choose
+
+    def precise_choose(self: Any, call: Any, candidates: Any) -> Any:
+        """A prompt no replica holds half of but some were sent within the horizon: for the
+        choice only, each such replica counts the part it was sent as held (as approximate
+        mode, not knowing of the loss, does); the ledger still books the true prefill."""
+        state = call.routing_state
+        prompt = state.prompt_tokens
+        if max(state.matched_tokens, default=0.0) < 0.5 * prompt and any(state.known_tokens):
+            true_matched, true_known = state.matched_tokens, state.known_tokens
+            state.matched_tokens = [m + k for m, k in zip(true_matched, true_known,
+                                                          strict=True)]
+            state.known_tokens = [0.0] * len(true_known)
+            try:
+                return _precise_choose(self, call, candidates)
+            finally:
+                state.matched_tokens, state.known_tokens = true_matched, true_known
+        return _precise_choose(self, call, candidates)
+
+    precise_strategy.PreciseKVAware.choose = precise_choose  # type: ignore[method-assign]
