@@ -9,6 +9,7 @@ import (none is in the code):
   (``Ledger.admission_wait_s`` > 0) is not fed to the replica's prefill fit;
 - ``fcfswait``: ``Ledger.admission_wait_s`` as a FCFS queue for KV space over the requests in
   flight there (below) instead of a share of one drain;
+- ``maxwait``: the larger of that FCFS wait and the share-of-a-drain price;
 - ``choicehome``: precise mode, a prompt no replica holds half of: each replica that was sent
   it within the horizon counts that part as held for the choice only (the ledger books the
   true prefill), as approximate mode does without knowing of the loss.
@@ -62,7 +63,7 @@ elif VARIANT == "skipwait":
 
     ttft_ledger.Ledger.dispatched = dispatched  # type: ignore[method-assign]
     ttft_ledger.Ledger._observe_ttft = observe_ttft  # type: ignore[method-assign]
-elif VARIANT == "fcfswait":
+elif VARIANT in ("fcfswait", "maxwait"):
     import heapq
     import math
 
@@ -111,6 +112,14 @@ elif VARIANT == "fcfswait":
             t_s, freed = heapq.heappop(finishing)
             held -= freed
         return t_s - now_s
+
+    if VARIANT == "maxwait":  # never below the share-of-a-drain price
+        _share_wait = ttft_ledger.Ledger.admission_wait_s
+        _fcfs_wait = admission_wait_s
+
+        def admission_wait_s(self: Any, position: int, new_tokens: float) -> float:
+            return max(_share_wait(self, position, new_tokens),
+                       _fcfs_wait(self, position, new_tokens))
 
     ttft_ledger.Ledger.admission_wait_s = admission_wait_s  # type: ignore[method-assign]
 elif VARIANT == "choicehome":
