@@ -38,7 +38,7 @@ def report(label: str, cells: list[dict[str, Any]]) -> None:
                                     for w, v in logs.items())
             met = " ".join(f"{n} {checks[f'{arm}.{n}']['met']}/{checks[f'{arm}.{n}']['checked']}"
                            for n in CHECKS)
-            print(f"{label:10s} seed {seed} {arm[:8]:8s}: {met}; "
+            print(f"{label:22s} seed {seed} {arm[:8]:8s}: {met}; "
                   f"geo {math.exp(sum(every) / len(every)):.3f} [{per_workload}]")
 
 
@@ -55,4 +55,4 @@ if __name__ == "__main__":
             whole = copy.deepcopy(by_key[key(cell)])
             whole["arms"].update(cell["arms"])
             merged.append(whole)
-        report(path.split("/")[-1][:10], merged)
+        report(path.split("/")[-1].removesuffix("_s01.json").removesuffix(".json"), merged)
