@@ -30,7 +30,7 @@ p95 averaged over seeds, as the report's grids) and the per-seed counts.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,25 +65,24 @@ def headroom(summary: Sequence[Mapping[str, Any]], roles: Mapping[str, str],
                   if other["workload"] == row["workload"] and other["load"] == row["load"]
                   and other["kv_ratio"] > kv_ratio]
         here = row["arms"]
-        best_larger: float | None = None
+        #: The best p95 any arm reached at each larger KV ratio.
+        best_at: dict[float, float] = {}
         slower: list[str] = []
         for other in larger:
+            ratio = other["kv_ratio"]
             for name, figures in other["arms"].items():
                 p95 = figures["ttft_p95_ms"]
                 if p95 is None:
                     continue
-                if best_larger is None or p95 < best_larger:
-                    best_larger = p95
+                best_at[ratio] = min(p95, best_at.get(ratio, p95))
                 mine = _p95(here, name)
                 if mine is not None and p95 > MONOTONE_SLACK * mine:
-                    slower.append(f"{name}@{other['kv_ratio']:g}")
+                    slower.append(f"{name}@{ratio:g}")
+        best_larger = min(best_at.values(), default=None)
         # The next larger ratio alone (usually twice this KV): a tighter estimate than the
         # largest, where the working set fits every replica many times over.
         next_ratio = min((other["kv_ratio"] for other in larger), default=None)
-        best_next = min((figures["ttft_p95_ms"] for other in larger
-                         if other["kv_ratio"] == next_ratio
-                         for figures in other["arms"].values()
-                         if figures["ttft_p95_ms"] is not None), default=None)
+        best_next = None if next_ratio is None else best_at.get(next_ratio)
         round_robin = _p95(here, "round_robin")
         baseline_p95s = [p for p in (_p95(here, name) for name in baselines) if p is not None]
         best_baseline = min(baseline_p95s) if baseline_p95s else None
@@ -117,37 +116,42 @@ def _at_least(reach: float | None, bar: float) -> bool | None:
     return None if reach is None else reach >= bar
 
 
+def _fleet(document: Mapping[str, Any]) -> tuple[Mapping[str, str], int]:
+    """The document's arm roles and replica count. The real-trace runs' documents name
+    neither: the sweep's own arms and fleet."""
+    return (document.get("arm_roles") or {arm.name: arm.role for arm in ARMS},
+            document.get("replicas", REPLICAS))
+
+
+def _seed_summaries(cells: Sequence[Mapping[str, Any]]
+                    ) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    """Each seed and the summary of its cells alone."""
+    for seed in sorted({cell["seed"] for cell in cells}):
+        yield seed, summarize([cell for cell in cells if cell["seed"] == seed])
+
+
 def document_headroom(document: Mapping[str, Any], *, per_seed: bool = False
                       ) -> list[dict[str, Any]]:
     """:func:`headroom` of a sweep result document: over its seeds' means, or (``per_seed``)
     each seed's cells on their own, each entry with its ``seed``."""
-    # The real-trace runs' documents name neither: the sweep's own arms and fleet.
-    roles = document.get("arm_roles") or {arm.name: arm.role for arm in ARMS}
-    replicas = document.get("replicas", REPLICAS)
+    roles, replicas = _fleet(document)
     cells = document["cells"]
     if not per_seed:
         return headroom(summarize(cells), roles, replicas)
-    out: list[dict[str, Any]] = []
-    for seed in sorted({cell["seed"] for cell in cells}):
-        mine = [cell for cell in cells if cell["seed"] == seed]
-        out.extend({"seed": seed, **entry} for entry in headroom(summarize(mine), roles,
-                                                                 replicas))
-    return out
+    return [{"seed": seed, **entry} for seed, summary in _seed_summaries(cells)
+            for entry in headroom(summary, roles, replicas)]
 
 
 def per_seed_lines(document: Mapping[str, Any]) -> list[str]:
     """Per seed and new arm: the checked cells where each bar is within reach, and of those
     the ones the arm met (``sweep_report``'s checks on that seed's cells alone)."""
-    cells = document["cells"]
-    reach = document_headroom(document, per_seed=True)
+    roles, replicas = _fleet(document)
     lines = []
-    for seed in sorted({cell["seed"] for cell in cells}):
-        within = {(e["workload"], e["kv_ratio"], e["load"]): e for e in reach
-                  if e["seed"] == seed}
-        mine = {"arm_roles": document.get("arm_roles") or {a.name: a.role for a in ARMS},
-                "replicas": document.get("replicas", REPLICAS),
-                "summary": summarize([c for c in cells if c["seed"] == seed])}
-        rows = [r for r in comparisons(mine)
+    for seed, summary in _seed_summaries(document["cells"]):
+        within = {(e["workload"], e["kv_ratio"], e["load"]): e
+                  for e in headroom(summary, roles, replicas)}
+        rows = [r for r in comparisons({"arm_roles": roles, "replicas": replicas,
+                                        "summary": summary})
                 if (r["workload"], r["kv_ratio"], r["load"]) in within]
         for arm in dict.fromkeys(r["arm"] for r in rows):
             parts = []
