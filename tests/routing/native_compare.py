@@ -4,15 +4,19 @@ and errors by their type."""
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Callable
 from typing import Any
 
 
 def same(a: Any, b: Any) -> bool:
     """Equal values of the same type, negative zero told from zero, NaN equal to NaN (lists
-    item by item, dicts key by key in the same order)."""
+    and arrays item by item, dicts key by key in the same order)."""
     if isinstance(a, list):
         return isinstance(b, list) and len(a) == len(b) and all(map(same, a, b))
+    if isinstance(a, array):
+        return (isinstance(b, array) and a.typecode == b.typecode
+                and same(a.tolist(), b.tolist()))
     if isinstance(a, dict):
         return (isinstance(b, dict) and list(a) == list(b)
                 and all(same(a[k], b[k]) for k in a))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+from array import array
 from typing import Any
 
 import pytest
@@ -74,6 +75,36 @@ def test_selections_match_python(values: list[float], limit: float, among: list[
     for k in (0, 1, 7, 8, 50):
         check("smallest", values, k)
         check("largest", values, k)
+
+
+@given(FLOATS, FLOATS, _FEW | _ANY, st.lists(st.integers(-45, 45), max_size=12))
+def test_arrays_of_doubles_are_read_in_place_with_the_same_results(
+        a: list[float], b: list[float], x: float, among: list[int]) -> None:
+    # The arithmetic returns array('d') (no float object per candidate) and every pass reads
+    # one in place: the same results as the Python versions on the same arrays, and as the
+    # C passes on the lists of the same floats.
+    da, db = array("d", a), array("d", b)
+    for name, args in [("add_scaled", (da, db, x)), ("add_scaled", (da, b, x)),
+                       ("add_product", (da, db, db, x)), ("multiply", (da, b)),
+                       ("minimum", (da,)), ("maximum", (da, among)), ("argmin", (da,)),
+                       ("where_le", (da, x)), ("where_ge", (da, x, among)),
+                       ("where_lt", (da, db)), ("smallest", (da, 3)), ("largest", (da, 50))]:
+        check(name, *args)
+        as_lists = [list(arg) if isinstance(arg, array) else arg for arg in args]
+        in_place, from_lists = (outcome(PAIRS[name][0], *each) for each in (args, as_lists))
+        assert in_place[0] == from_lists[0] and same(in_place[1], from_lists[1]), name
+
+
+def test_the_arithmetic_returns_arrays_of_doubles_and_other_buffers_are_sequences() -> None:
+    assert isinstance(native.add_scaled([1.0], [2], 3), array)
+    assert native.add_scaled([1.0], [2], 3).typecode == "d"
+    assert floats.py_multiply([2.0], [0.5]) == array("d", [1.0])
+    # Only an array of doubles is read in place; an array of ints is a sequence like a list,
+    # and an index list (``among``) is never read as doubles.
+    assert native.minimum(array("i", [3, 1, 2])) == 1
+    assert native.where_le(array("d", [1.0, 5.0, 0.5]), 1.0, array("i", [2, 0])) == [2, 0]
+    with pytest.raises(TypeError):
+        native.where_le(array("d", [1.0]), 1.0, array("d", [0.0]))  # a float index
 
 
 def test_minimum_returns_the_items_own_object_and_the_first_of_equals() -> None:

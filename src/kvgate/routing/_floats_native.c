@@ -19,14 +19,20 @@
 
 #include "_native.h"
 
-/* A list or tuple's items, borrowed (any other sequence is copied into a list first). */
+/* A sequence's items: a list's or tuple's borrowed, or an array('d')'s doubles read in
+ * place (float outputs are such arrays: no float object per candidate); any other sequence
+ * is copied into a list first. */
 typedef struct {
     PyObject *fast;
     PyObject **items;
+    const double *doubles; /* non-NULL: the items are these doubles (a buffer of format 'd') */
+    Py_buffer view;
     Py_ssize_t n;
 } Items;
 
 static int items_open(PyObject *seq, Items *out, const char *what) {
+    out->doubles = NULL;
+    out->view.obj = NULL;
     out->fast = PySequence_Fast(seq, what);
     if (out->fast == NULL) return -1;
     out->items = PySequence_Fast_ITEMS(out->fast);
@@ -34,7 +40,35 @@ static int items_open(PyObject *seq, Items *out, const char *what) {
     return 0;
 }
 
-static void items_close(Items *items) { Py_XDECREF(items->fast); }
+/* items_open, but numbers: an array('d') is read in place (item_value, item_object). */
+static int numbers_open(PyObject *seq, Items *out, const char *what) {
+    out->fast = NULL;
+    out->items = NULL;
+    out->doubles = NULL;
+    out->view.obj = NULL;
+    if (!PyList_CheckExact(seq) && !PyTuple_CheckExact(seq) && PyObject_CheckBuffer(seq)) {
+        if (PyObject_GetBuffer(seq, &out->view, PyBUF_FORMAT | PyBUF_ND) < 0) {
+            out->view.obj = NULL;
+            return -1;
+        }
+        if (out->view.ndim == 1 && out->view.itemsize == sizeof(double)
+                && out->view.format != NULL && strcmp(out->view.format, "d") == 0) {
+            out->doubles = (const double *)out->view.buf;
+            out->n = out->view.shape[0];
+            return 0;
+        }
+        PyBuffer_Release(&out->view); /* another buffer (bytes, array('i')): as a sequence */
+        out->view.obj = NULL;
+    }
+    return items_open(seq, out, what);
+}
+
+static void items_close(Items *items) {
+    Py_XDECREF(items->fast);
+    items->fast = NULL;
+    if (items->view.obj != NULL) PyBuffer_Release(&items->view);
+    items->view.obj = NULL;
+}
 
 /* -1.0 with an exception set means failure (callers check PyErr_Occurred only then). */
 static inline double value_at(PyObject *item) {
@@ -43,13 +77,53 @@ static inline double value_at(PyObject *item) {
     return PyFloat_AsDouble(item);
 }
 
+/* Item i as a double (the same failure rule as value_at). */
+static inline double item_value(const Items *items, Py_ssize_t i) {
+    return items->doubles != NULL ? items->doubles[i] : value_at(items->items[i]);
+}
+
+/* Item i as an object: a list's own item (new reference), or an array's double as a float. */
+static inline PyObject *item_object(const Items *items, Py_ssize_t i) {
+    return items->doubles != NULL ? PyFloat_FromDouble(items->doubles[i])
+                                  : Py_NewRef(items->items[i]);
+}
+
 #define FAILED(v) ((v) == -1.0 && PyErr_Occurred())
+
+/* array.array('d', [0.0]): every float output is a repeat of it (array's own C path: one
+ * allocation and a copy), filled in place. */
+static PyObject *one_double;
+
+/* A new array('d') of n doubles, and its storage (valid while the array lives unresized). */
+static PyObject *new_doubles(Py_ssize_t n, double **data) {
+    PyObject *out = PySequence_Repeat(one_double, n);
+    if (out == NULL) return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(out, &view, PyBUF_WRITABLE) < 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    *data = (double *)view.buf; /* the array owns it; the view only pinned its size */
+    PyBuffer_Release(&view);
+    return out;
+}
 
 /* `among`'s i-th index into a sequence of n items, Python's negative indices included;
  * -1 with IndexError set when out of range. */
 static Py_ssize_t index_at(PyObject *item, Py_ssize_t n) {
-    Py_ssize_t i = PyNumber_AsSsize_t(item, PyExc_IndexError);
-    if (i == -1 && PyErr_Occurred()) return -1;
+    Py_ssize_t i;
+    if (PyLong_CheckExact(item)) { /* the common case, without __index__'s detour */
+        i = PyLong_AsSsize_t(item);
+        if (i == -1 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return -1;
+            PyErr_Clear(); /* as PyNumber_AsSsize_t(item, IndexError) says it */
+            PyErr_Format(PyExc_IndexError, "cannot fit 'int' into an index-sized integer");
+            return -1;
+        }
+    } else {
+        i = PyNumber_AsSsize_t(item, PyExc_IndexError);
+        if (i == -1 && PyErr_Occurred()) return -1;
+    }
     if (i < 0) i += n;
     if (i < 0 || i >= n) {
         PyErr_SetString(PyExc_IndexError, "list index out of range");
@@ -75,38 +149,41 @@ static PyObject *affine(PyObject *base_seq, PyObject *rate_seq, PyObject *x_seq,
     Items base = {0}, rate = {0}, x = {0};
     PyObject *out = NULL;
     double x_value = 0.0;
-    if (base_seq != NULL && items_open(base_seq, &base, "base must be a sequence") < 0)
+    if (base_seq != NULL && numbers_open(base_seq, &base, "base must be a sequence") < 0)
         goto done;
-    if (items_open(rate_seq, &rate, "rate must be a sequence") < 0) goto done;
+    if (numbers_open(rate_seq, &rate, "rate must be a sequence") < 0) goto done;
     Py_ssize_t n = base_seq != NULL && base.n < rate.n ? base.n : rate.n; /* map(): shortest */
     if (x_is_list) {
-        if (items_open(x_seq, &x, "x must be a sequence") < 0) goto done;
+        if (numbers_open(x_seq, &x, "x must be a sequence") < 0) goto done;
         if (x.n < n) n = x.n;
     } else {
         x_value = value_at(x_seq);
         if (FAILED(x_value)) goto done;
     }
-    out = PyList_New(n);
+    double *data;
+    out = new_doubles(n, &data);
     if (out == NULL) goto done;
+    if (!x_is_list && rate.doubles != NULL && base.doubles != NULL) { /* arrays: no checks */
+        for (Py_ssize_t i = 0; i < n; i++) data[i] = base.doubles[i] + rate.doubles[i] * x_value;
+        goto done;
+    }
     for (Py_ssize_t i = 0; i < n; i++) {
-        double r = value_at(rate.items[i]);
+        double r = item_value(&rate, i);
         if (FAILED(r)) goto fail;
         double v;
         if (x_is_list) {
-            double xi = value_at(x.items[i]);
+            double xi = item_value(&x, i);
             if (FAILED(xi)) goto fail;
             v = (r * xi) * scale;
         } else {
             v = r * x_value;
         }
         if (base_seq != NULL) {
-            double b = value_at(base.items[i]);
+            double b = item_value(&base, i);
             if (FAILED(b)) goto fail;
             v = b + v;
         }
-        PyObject *f = PyFloat_FromDouble(v);
-        if (f == NULL) goto fail;
-        PyList_SET_ITEM(out, i, f);
+        data[i] = v;
     }
     goto done;
 fail:
@@ -146,6 +223,17 @@ static Py_ssize_t extreme_index(Items *values, PyObject *among_seq, double sign,
     if (among_seq != NULL && among_seq != Py_None) {
         if (items_open(among_seq, &among, "among must be a sequence") < 0) return -1;
         count = among.n;
+    } else if (values->doubles != NULL && count > 0) { /* an array, every item: no checks */
+        const double *v = values->doubles;
+        best = 0;
+        best_key = sign * v[0];
+        for (Py_ssize_t i = 1; i < count; i++) {
+            if (sign * v[i] < best_key) {
+                best = i;
+                best_key = sign * v[i];
+            }
+        }
+        return best;
     }
     for (Py_ssize_t k = 0; k < count; k++) {
         Py_ssize_t i = k;
@@ -153,7 +241,7 @@ static Py_ssize_t extreme_index(Items *values, PyObject *among_seq, double sign,
             i = index_at(among.items[k], values->n);
             if (i < 0) goto fail;
         }
-        double v = value_at(values->items[i]);
+        double v = item_value(values, i);
         if (FAILED(v)) goto fail;
         double key = sign * v;
         if (best < 0 || key < best_key) { /* ties keep the first, as min() and max() do */
@@ -173,9 +261,9 @@ static PyObject *extreme(PyObject *const *args, Py_ssize_t nargs, double sign,
                          const char *name) {
     if (check_args(nargs, 1, 2, name) < 0) return NULL;
     Items values;
-    if (items_open(args[0], &values, "values must be a sequence") < 0) return NULL;
+    if (numbers_open(args[0], &values, "values must be a sequence") < 0) return NULL;
     Py_ssize_t i = extreme_index(&values, nargs > 1 ? args[1] : NULL, sign, name);
-    PyObject *out = i < 0 ? NULL : Py_NewRef(values.items[i]);
+    PyObject *out = i < 0 ? NULL : item_object(&values, i);
     items_close(&values);
     return out;
 }
@@ -192,7 +280,7 @@ VARIANT(maximum, extreme, -1.0)
 static PyObject *argmin(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (check_args(nargs, 1, 1, "argmin") < 0) return NULL;
     Items values;
-    if (items_open(args[0], &values, "values must be a sequence") < 0) return NULL;
+    if (numbers_open(args[0], &values, "values must be a sequence") < 0) return NULL;
     Py_ssize_t i = extreme_index(&values, NULL, 1.0, "argmin");
     items_close(&values);
     return i < 0 ? NULL : PyLong_FromSsize_t(i);
@@ -207,10 +295,10 @@ static PyObject *where(PyObject *const *args, Py_ssize_t nargs, int op, const ch
     Items values = {0}, limits = {0}, among = {0};
     PyObject *out = NULL;
     double limit = 0.0;
-    if (items_open(args[0], &values, "values must be a sequence") < 0) goto done;
+    if (numbers_open(args[0], &values, "values must be a sequence") < 0) goto done;
     Py_ssize_t count = values.n;
     if (op == LT) {
-        if (items_open(args[1], &limits, "limits must be a sequence") < 0) goto done;
+        if (numbers_open(args[1], &limits, "limits must be a sequence") < 0) goto done;
         if (limits.n < count) count = limits.n;
     } else {
         limit = value_at(args[1]);
@@ -220,19 +308,30 @@ static PyObject *where(PyObject *const *args, Py_ssize_t nargs, int op, const ch
             count = among.n;
         }
     }
-    out = PyList_New(0);
+    /* At most `count` kept: allocated once, cut to those kept (ties are often the fleet). */
+    out = PyList_New(count);
     if (out == NULL) goto done;
-    for (Py_ssize_t k = 0; k < count; k++) {
+    Py_ssize_t kept = 0;
+    int array_pass = values.doubles != NULL && among.fast == NULL && op != LT;
+    for (Py_ssize_t k = 0; array_pass && k < count; k++) { /* an array: no checks */
+        double v = values.doubles[k];
+        if (op == LE ? v <= limit : v >= limit) {
+            PyObject *index = PyLong_FromSsize_t(k);
+            if (index == NULL) goto fail;
+            PyList_SET_ITEM(out, kept++, index);
+        }
+    }
+    for (Py_ssize_t k = 0; !array_pass && k < count; k++) {
         Py_ssize_t i = k;
         if (among.fast != NULL) {
             i = index_at(among.items[k], values.n);
             if (i < 0) goto fail;
         }
-        double v = value_at(values.items[i]);
+        double v = item_value(&values, i);
         if (FAILED(v)) goto fail;
         int keep;
         if (op == LT) {
-            double w = value_at(limits.items[i]);
+            double w = item_value(&limits, i);
             if (FAILED(w)) goto fail;
             keep = v < w;
         } else {
@@ -242,11 +341,10 @@ static PyObject *where(PyObject *const *args, Py_ssize_t nargs, int op, const ch
             PyObject *index = among.fast != NULL ? Py_NewRef(among.items[k])
                                                  : PyLong_FromSsize_t(i);
             if (index == NULL) goto fail;
-            int appended = PyList_Append(out, index);
-            Py_DECREF(index);
-            if (appended < 0) goto fail;
+            PyList_SET_ITEM(out, kept++, index);
         }
     }
+    if (kept < count && PyList_SetSlice(out, kept, count, NULL) < 0) goto fail;
     goto done;
 fail:
     Py_CLEAR(out);
@@ -270,7 +368,7 @@ static PyObject *best_k(PyObject *const *args, Py_ssize_t nargs, double sign, co
     Py_ssize_t k = PyLong_AsSsize_t(args[1]);
     if (k == -1 && PyErr_Occurred()) return NULL;
     Items values;
-    if (items_open(args[0], &values, "values must be a sequence") < 0) return NULL;
+    if (numbers_open(args[0], &values, "values must be a sequence") < 0) return NULL;
     PyObject *out = NULL;
     if (k > values.n) k = values.n;
     if (k < 0) k = 0;
@@ -282,7 +380,7 @@ static PyObject *best_k(PyObject *const *args, Py_ssize_t nargs, double sign, co
     }
     Py_ssize_t kept = 0;
     for (Py_ssize_t i = 0; i < values.n && k > 0; i++) {
-        double v = value_at(values.items[i]);
+        double v = item_value(&values, i);
         if (FAILED(v)) goto done;
         double x = sign * v;
         if (kept == k && !(x < key[k - 1])) continue;
@@ -368,10 +466,16 @@ static PyObject *key_id, *key_matched, *key_uncached, *key_cost;
 
 /* A token count as the explanation writes it (explain.py's tokens_value): an int stays as is,
  * a whole float becomes an int, any other finite float keeps one decimal. */
-static PyObject *tokens_object(PyObject *item) {
-    if (PyLong_CheckExact(item)) return Py_NewRef(item);
-    double v = PyFloat_CheckExact(item) ? PyFloat_AS_DOUBLE(item) : PyFloat_AsDouble(item);
-    if (FAILED(v)) return NULL;
+static PyObject *tokens_object(const Items *items, Py_ssize_t i) {
+    double v;
+    if (items->doubles != NULL) {
+        v = items->doubles[i];
+    } else {
+        PyObject *item = items->items[i];
+        if (PyLong_CheckExact(item)) return Py_NewRef(item);
+        v = PyFloat_CheckExact(item) ? PyFloat_AS_DOUBLE(item) : PyFloat_AsDouble(item);
+        if (FAILED(v)) return NULL;
+    }
     if (!isfinite(v)) return PyFloat_FromDouble(v);
     if (floor(v) == v) return PyLong_FromDouble(v);
     /* + 0.0: -0.0 becomes 0.0, as Python's int 0 does. */
@@ -393,9 +497,9 @@ static PyObject *explained(PyObject *self, PyObject *const *args, Py_ssize_t nar
     PyObject *out = NULL;
     if (items_open(args[0], &shown, "shown must be a sequence") < 0
             || items_open(args[1], &candidates, "candidates must be a sequence") < 0
-            || items_open(args[2], &matched, "matched must be a sequence") < 0
-            || items_open(args[3], &uncached, "uncached must be a sequence") < 0
-            || items_open(args[4], &costs, "costs must be a sequence") < 0) goto done;
+            || numbers_open(args[2], &matched, "matched must be a sequence") < 0
+            || numbers_open(args[3], &uncached, "uncached must be a sequence") < 0
+            || numbers_open(args[4], &costs, "costs must be a sequence") < 0) goto done;
     Py_ssize_t n = candidates.n;
     if (matched.n < n) n = matched.n;
     if (uncached.n < n) n = uncached.n;
@@ -405,11 +509,11 @@ static PyObject *explained(PyObject *self, PyObject *const *args, Py_ssize_t nar
     for (Py_ssize_t k = 0; k < shown.n; k++) {
         Py_ssize_t i = index_at(shown.items[k], n);
         if (i < 0) goto fail;
-        double cost = value_at(costs.items[i]);
+        double cost = item_value(&costs, i);
         if (FAILED(cost)) goto fail;
         PyObject *entry = PyDict_New();
         if (entry == NULL) goto fail;
-        PyObject *values[3] = {tokens_object(matched.items[i]), tokens_object(uncached.items[i]),
+        PyObject *values[3] = {tokens_object(&matched, i), tokens_object(&uncached, i),
                                PyFloat_FromDouble(ms_value(cost))};
         PyObject *keys[3] = {key_matched, key_uncached, key_cost};
         int failed = 0;
@@ -468,5 +572,10 @@ PyMODINIT_FUNC PyInit__floats_native(void) {
     key_uncached = PyUnicode_InternFromString("uncached_tokens");
     key_cost = PyUnicode_InternFromString("predicted_cost_ms");
     if (!key_id || !key_matched || !key_uncached || !key_cost) return NULL;
+    PyObject *array = PyImport_ImportModule("array");
+    if (array == NULL) return NULL;
+    one_double = PyObject_CallMethod(array, "array", "s[d]", "d", 0.0);
+    Py_DECREF(array);
+    if (one_double == NULL) return NULL;
     return PyModule_Create(&module);
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from array import array
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
@@ -60,9 +61,11 @@ class Ledger:
         self.turning_over: list[int] = []
         #: Per replica: cost = base + rate x uncached tokens; ``ttft_base`` leaves out what a
         #: request costs others (the decode slowdown it brings), for the explanation.
-        self.base = [0.0] * len(self.deployments)
+        #: NOTE: ``base``, ``rate`` and ``room`` are arrays of doubles: a decision's passes
+        #: over every candidate read them in place (kvgate.routing.floats).
+        self.base = array("d", bytes(8 * len(self.deployments)))
         self.ttft_base = [0.0] * len(self.deployments)
-        self.rate = [0.0] * len(self.deployments)
+        self.rate = array("d", bytes(8 * len(self.deployments)))
         #: Replicas with prefill queued (waiting > 0).
         self.busy_replicas = 0
         #: Per replica, KV tokens its running and waiting requests take (``Ticket.kv_tokens``),
@@ -73,7 +76,7 @@ class Ledger:
         self._sharing: list[dict[Hashable, int]] = [{} for _ in self.deployments]
         #: Per replica: the requests in flight there, by id (see pinned_links).
         self._in_flight: list[dict[int, Ticket]] = [{} for _ in self.deployments]
-        self.room = [r.capacity_tokens for r in self.replicas]
+        self.room = array("d", [r.capacity_tokens for r in self.replicas])
         for position in range(len(self.deployments)):
             self.update(position)
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableSequence, Sequence
 from typing import Any
 
 from kvgate.config.schema import PrefixRoutingSettings
@@ -121,13 +121,15 @@ class TTFTScorer:
         # replicas; a warm decision sees them at most _REFRESH_S old.
         if now_s - self._refreshed_s >= _REFRESH_S:
             self._refresh(now_s)
+        base: Sequence[float]
+        rate: Sequence[float]
         if positions is None:
             base, rate = ledger.base, ledger.rate
         else:
             base = [ledger.base[p] for p in positions]
             rate = [ledger.rate[p] for p in positions]
         uniform = offloaded is None and matched.count(matched[0]) == len(matched)
-        uncached: list[float]
+        uncached: Sequence[float]
         if uniform:  # every candidate holds the same (cold prompts, or a prefix all serve)
             uncached = [prompt_tokens - matched[0]] * len(matched)
         elif offloaded is None:  # prompt - matched, exactly (x -1.0 only flips the sign)
@@ -143,6 +145,7 @@ class TTFTScorer:
         factor = 1.0 + ledger.busy_replicas / len(ledger.replicas)
         # NOTE: the passes over every candidate are kvgate.routing.floats' (C where built):
         # at 256 replicas, boxing a Python float per candidate per pass was most of a decision.
+        costs: MutableSequence[float]
         if uniform:  # one product per candidate
             costs = floats.add_scaled(base, rate, uncached[0] * factor)
         elif offloaded is None:
@@ -172,7 +175,8 @@ class TTFTScorer:
         growth = uncached if known is None else [
             max(0.0, u - k) for u, k in zip(uncached, known, strict=True)]
         evict_s: dict[int, float] = {}
-        if prompt_tokens - floats.minimum(matched) > self._least_headroom(positions):  # evicts
+        least_matched = matched[0] if uniform else floats.minimum(matched)
+        if prompt_tokens - least_matched > self._least_headroom(positions):  # evicts
             # Eviction only adds cost, so only candidates already below the cheapest one's
             # total can still win: price those (usually a handful), not the whole fleet.
             placed = ledger.placed.totals()
@@ -304,7 +308,7 @@ class TTFTScorer:
 
         NOTE: for every candidate, though only the tied ones are compared: ties are often the
         whole fleet, and one C pass over all costs less than picking the tied ones out."""
-        placed = self.ledger.placed.totals()
+        placed: Sequence[float] = self.ledger.placed.totals()
         if positions is not None:
             placed = [placed[p] for p in positions]
         if growth is not None and not self._unknown_capacity:
