@@ -19,11 +19,11 @@ def test_placements_expire_after_the_horizon() -> None:
     placed.add(0, 50.0, now_s=30.0)
     placed.add(1, 10.0, now_s=30.0)
     placed.add(1, -5.0, now_s=31.0)  # nothing placed: ignored
-    assert placed.totals() == [150.0, 10.0]
+    assert list(placed.totals()) == [150.0, 10.0]
     placed.expire(now_s=65.0)
-    assert placed.totals() == [50.0, 10.0]
+    assert list(placed.totals()) == [50.0, 10.0]
     placed.expire(now_s=100.0)
-    assert placed.totals() == [0.0, 0.0]
+    assert list(placed.totals()) == [0.0, 0.0]
 
 
 def test_least_headroom_is_unknown_until_sizes_are_set() -> None:
@@ -54,12 +54,12 @@ def test_least_headroom_follows_adds_expiry_and_new_sizes() -> None:
 def test_a_reserved_placement_is_counted_once_by_the_dispatch_that_follows() -> None:
     placed = PlacedTokens(2, 60.0)
     placed.reserve(0, 100.0, 1.0)
-    assert placed.totals() == [100.0, 0.0]  # visible at the decision
+    assert list(placed.totals()) == [100.0, 0.0]  # visible at the decision
     placed.add_dispatched(0, 100.0, 1.0)
-    assert placed.totals() == [100.0, 0.0]
+    assert list(placed.totals()) == [100.0, 0.0]
     placed.add_dispatched(0, 50.0, 2.0)  # no reservation left: counted
-    assert placed.totals() == [150.0, 0.0]
+    assert list(placed.totals()) == [150.0, 0.0]
     # A reservation the dispatch did not follow stays (it expires with its bucket).
     placed.reserve(1, 30.0, 3.0)
     placed.add_dispatched(0, 20.0, 3.0)
-    assert placed.totals() == [170.0, 30.0]
+    assert list(placed.totals()) == [170.0, 30.0]

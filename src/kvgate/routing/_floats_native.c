@@ -163,8 +163,13 @@ static PyObject *affine(PyObject *base_seq, PyObject *rate_seq, PyObject *x_seq,
     double *data;
     out = new_doubles(n, &data);
     if (out == NULL) goto done;
-    if (!x_is_list && rate.doubles != NULL && base.doubles != NULL) { /* arrays: no checks */
-        for (Py_ssize_t i = 0; i < n; i++) data[i] = base.doubles[i] + rate.doubles[i] * x_value;
+    /* Arrays only: no checks, the same operations in the same order as below. */
+    const double *b = base.doubles, *r = rate.doubles, *xs = x.doubles;
+    if (r != NULL && (base_seq == NULL || b != NULL) && (!x_is_list || xs != NULL)) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            double v = x_is_list ? (r[i] * xs[i]) * scale : r[i] * x_value;
+            data[i] = b != NULL ? b[i] + v : v;
+        }
         goto done;
     }
     for (Py_ssize_t i = 0; i < n; i++) {

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from array import array
 from collections import deque
 from collections.abc import Iterator
 from operator import sub
@@ -43,7 +44,8 @@ class PlacedTokens:
         # a bucket early): the table stays at BUCKETS entries per replica whatever the rate.
         self._bucket_s = horizon_s / BUCKETS
         self._placed: list[deque[tuple[float, float]]] = [deque() for _ in range(count)]
-        self._totals = [0.0] * count
+        #: (an array: a decision's passes read it in place, kvgate.routing.floats)
+        self._totals = array("d", bytes(8 * count))
         self._capacity = [math.inf] * count
         #: min(capacity - placed) over the replicas, kept as placements come in (they only
         #: lower it) so that a decision need not take it over the fleet: recomputed only
@@ -126,6 +128,6 @@ class PlacedTokens:
     def _recompute_least(self) -> None:
         self.least_headroom = float(min(map(sub, self._capacity, self._totals), default=math.inf))
 
-    def totals(self) -> list[float]:
-        """Tokens per replica as of the last :meth:`expire` (a shared list: do not modify)."""
+    def totals(self) -> array[float]:
+        """Tokens per replica as of the last :meth:`expire` (shared: do not modify)."""
         return self._totals

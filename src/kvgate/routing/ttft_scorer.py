@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import time
+from array import array
 from collections.abc import Callable, Mapping, MutableSequence, Sequence
 from typing import Any
 
@@ -72,7 +73,8 @@ class TTFTScorer:
         self._capacity = [math.inf] * len(self.ledger.replicas)
         #: Replicas whose KV size is not known (see _footprint).
         self._unknown_capacity = len(self._capacity)
-        self._inverse_capacity = [0.0] * len(self._capacity)
+        #: (an array: the tie rule's fill reads it in one pass, kvgate.routing.floats)
+        self._inverse_capacity = array("d", bytes(8 * len(self._capacity)))
         self._refreshed_s = -math.inf
         self._rotation = 0
 
@@ -84,8 +86,8 @@ class TTFTScorer:
         ledger.refresh(now_s)
         self._capacity = [r.capacity_tokens for r in ledger.replicas]
         self._unknown_capacity = sum(map(math.isinf, self._capacity))
-        self._inverse_capacity = [0.0 if math.isinf(c) or c <= 0 else 1.0 / c
-                                  for c in self._capacity]
+        self._inverse_capacity = array("d", [0.0 if math.isinf(c) or c <= 0 else 1.0 / c
+                                             for c in self._capacity])
         ledger.placed.set_capacity(self._capacity)
 
     # -- the choice -------------------------------------------------------------------------
@@ -162,7 +164,10 @@ class TTFTScorer:
             # Only where the uncached tokens do not fit in what is left (the output's room is
             # checked in admission_wait_s).
             room = ledger.room if positions is None else [ledger.room[p] for p in positions]
-            for i in floats.where_lt(room, uncached):
+            # (uniform: one number to fit, so the fullest replica says whether any lacks room)
+            short = ([] if uniform and floats.minimum(room) >= uncached[0]
+                     else floats.where_lt(room, uncached))
+            for i in short:
                 w = ledger.admission_wait_s(i if positions is None else positions[i],
                                             uncached[i])
                 if w > 0.0:
@@ -318,7 +323,7 @@ class TTFTScorer:
             # fill orders as the tokens placed.
             return placed
         if not self._unknown_capacity:
-            inverse = self._inverse_capacity
+            inverse: Sequence[float] = self._inverse_capacity
             if positions is not None:
                 inverse = [inverse[p] for p in positions]
             return floats.multiply(placed, inverse)
