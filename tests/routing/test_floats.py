@@ -105,6 +105,10 @@ def test_the_arithmetic_returns_arrays_of_doubles_and_other_buffers_are_sequence
     assert native.where_le(array("d", [1.0, 5.0, 0.5]), 1.0, array("i", [2, 0])) == [2, 0]
     with pytest.raises(TypeError):
         native.where_le(array("d", [1.0]), 1.0, array("d", [0.0]))  # a float index
+    # A buffer of doubles that is not contiguous is read as a sequence too.
+    strided = memoryview(array("d", [5.0, 9.0, 1.0, 9.0, 3.0]))[::2]
+    assert native.minimum(strided) == floats.py_minimum(strided) == 1.0
+    assert native.where_le(strided, 3.0) == floats.py_where_le(strided, 3.0) == [1, 2]
 
 
 def test_minimum_returns_the_items_own_object_and_the_first_of_equals() -> None:

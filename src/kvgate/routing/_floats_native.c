@@ -48,8 +48,10 @@ static int numbers_open(PyObject *seq, Items *out, const char *what) {
     out->view.obj = NULL;
     if (!PyList_CheckExact(seq) && !PyTuple_CheckExact(seq) && PyObject_CheckBuffer(seq)) {
         if (PyObject_GetBuffer(seq, &out->view, PyBUF_FORMAT | PyBUF_ND) < 0) {
+            /* not contiguous (a strided memoryview): read as a sequence, as Python does */
+            PyErr_Clear();
             out->view.obj = NULL;
-            return -1;
+            return items_open(seq, out, what);
         }
         if (out->view.ndim == 1 && out->view.itemsize == sizeof(double)
                 && out->view.format != NULL && strcmp(out->view.format, "d") == 0) {
