@@ -13,6 +13,7 @@ import asyncio
 import datetime
 import os
 import platform
+import timeit
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,9 +63,26 @@ class BenchResult:
         return doc
 
 
-def host_info() -> dict[str, Any]:
-    return {"python": platform.python_version(), "platform": platform.platform(),
-            "cpus": os.cpu_count()}
+def host_info(*, speed: bool = False) -> dict[str, Any]:
+    """The machine a run was on; with ``speed``, how fast it runs Python now
+    (:func:`python_speed_us`), for the scenarios whose figures are CPU time."""
+    info: dict[str, Any] = {"python": platform.python_version(),
+                            "platform": platform.platform(), "cpus": os.cpu_count()}
+    if speed:
+        info["python_speed_us"] = python_speed_us()
+    return info
+
+
+def python_speed_us(loops: int = 2000, repeat: int = 5) -> float:
+    """Microseconds per ``sum(range(1000))``, the best of ``repeat`` timings of ``loops``
+    (what ``python -m timeit "sum(range(1000))"`` prints).
+
+    NOTE: the shared VMs these benchmarks run on run Python 10.8 to 30 us here from one hour
+    to the next (and 1.6x apart within minutes); a CPU figure without this beside it cannot be
+    compared with another run's.
+    """
+    best_s = min(timeit.repeat("sum(range(1000))", number=loops, repeat=repeat))
+    return round(best_s / loops * 1e6, 2)
 
 
 async def benchmark(

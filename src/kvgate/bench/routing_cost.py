@@ -14,7 +14,9 @@ whole shared run for every deployment, its worst realistic case. Four figures:
 * ``gateway``: the whole in-process gateway path (ASGI app, parse, cache, failover, zero-latency
   mock upstream) per request, ``round_robin`` against ``prefix_kv_aware`` at 64 deployments,
   CPU (``thread_time``) and wall p50, alternating the two strategies round by round;
-* the machine's load average before and after, since other work inflates wall times.
+* the machine's load average before and after, since other work inflates wall times, and its
+  speed (``python_speed_us``: ``sum(range(1000))``) as each run starts and at the end, since
+  the VMs this runs on change speed from hour to hour.
 
 Run (from the repository root): python -m kvgate.bench.routing_cost [--repeat 3] [--quick]
 Writes benchmarks/results/routing_cost.json; with ``--repeat`` every figure is the median of
@@ -37,6 +39,7 @@ import orjson
 
 from kvgate.api.app import KVGateApp, create_app
 from kvgate.api.collector import freeze_startup_heap, set_collector
+from kvgate.bench.api import python_speed_us
 from kvgate.bench.text import filler
 from kvgate.bench.virtual_fleet import (
     MAX_IMAGE_BYTES,
@@ -226,6 +229,9 @@ async def gateway_us(replicas: int, requests_per_round: int, rounds: int
 def measure(quick: bool) -> dict[str, Any]:
     samples = 30 if quick else 300
     return {
+        # The machine's speed as this run starts: figures of runs at different speeds are
+        # compared through it (see python_speed_us).
+        "python_speed_us": python_speed_us(),
         "fingerprint_us": {
             "8k": fingerprint_us(8192, samples),
             "100k": fingerprint_us(100_000, max(5, samples // 10)),
@@ -255,7 +261,7 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
     parser.add_argument("--quick", action="store_true", help="few samples: directions only")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    load_before = os.getloadavg()
+    load_before = list(os.getloadavg())
     runs = []
     for repeat in range(args.repeat):
         runs.append(measure(args.quick))
@@ -267,7 +273,8 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
         "workload": {"system_tokens": SYSTEM_TOKENS, "user_tokens": USER_TOKENS,
                      "block_chars": RoutingSettings().prefix.block_chars},
         "host": {"cpus": os.cpu_count(), "load_before": load_before,
-                 "load_after": os.getloadavg()},
+                 "load_after": list(os.getloadavg()),
+                 "python_speed_us_after": python_speed_us()},
         "summary": summarize(runs),
         "runs": runs,
     }

@@ -126,7 +126,7 @@ def run(options: ScenarioOptions) -> dict[str, Any]:
         "quick": options.quick,
         "command": COMMAND + (" --quick" if options.quick else "")
                    + ("" if options.peers else " --no-peers"),
-        "host": host_info(),
+        "host": host_info(speed=True),
         "load_average_1m": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
         "pinning": ({"hop_cpu": HOP_CPU, "upstream_and_client_cpu": CLIENT_CPU}
                     if can_pin() else None),

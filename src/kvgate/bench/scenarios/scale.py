@@ -320,7 +320,7 @@ def run(options: ScenarioOptions) -> dict[str, Any]:
         "kvgate_bench": {"format": RESULT_FORMAT, "version": __version__},
         "scenario": "scale",
         "quick": options.quick,
-        "host": host_info(),
+        "host": host_info(speed=True),
         "source": "simulator (in-process engines, virtual clock) + the gateway's routing code",
         "command": COMMAND,
         "profile": PROFILE,
