@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from kvgate.bench.processes import free_port
-from kvgate.bench.rawhttp import wrk_script
+from kvgate.bench.rawhttp import cpu_s, process_tree, wrk_script
 
 CHAT_BODY = json.dumps({"model": "zero", "messages": [{"role": "user", "content": "hi"}],
                         "max_tokens": 8}).encode()
@@ -147,26 +147,6 @@ def wrk(port: int, duration_s: int, connections: int) -> dict[str, float]:
         "p50_ms": float(p50.group(1)) * scale[p50.group(2)] if p50 else -1,
         "p99_ms": float(p99.group(1)) * scale[p99.group(2)] if p99 else -1,
     }
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (the HTTP server may run the app in a worker process)."""
-    pids, index = [pid], 0
-    while index < len(pids):
-        for task in Path(f"/proc/{pids[index]}/task").iterdir():
-            children = (task / "children").read_text().split()
-            pids.extend(int(c) for c in children)
-        index += 1
-    return pids
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds the process tree has used so far."""
-    total = 0
-    for member in process_tree(pid):
-        fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def machine_busy_s() -> tuple[float, float]:
