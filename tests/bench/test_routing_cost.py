@@ -21,6 +21,9 @@ def test_a_quick_run_writes_every_figure_with_the_machines_speed(tmp_path: Path)
     assert len(document["runs"]) == 1 and lines[0].startswith("run 1/1: ")
     run = document["runs"][0]
     assert run["python_speed_us"] > 0 and document["host"]["python_speed_us_after"] > 0
+    # Every run under the server's collector thresholds, the first one included.
+    server = routing_cost.gateway_settings("round_robin", 64).server
+    assert document["host"]["gc_thresholds"] == list(server.gc_thresholds)
     # One run: each summary figure is that run's, as {median, min, max}.
     assert document["summary"]["python_speed_us"]["median"] == run["python_speed_us"]
     fingerprints = run["fingerprint_us"]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -262,6 +263,11 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     load_before = list(os.getloadavg())
+    # NOTE: the collector's thresholds are the server's, from the start: gateway_us sets them
+    # process-wide, so without this a run's decisions after the first were measured under
+    # them and the first under Python's defaults.
+    set_collector(gateway_settings("round_robin", 64).server.gc_thresholds)
+    gc_thresholds = list(gc.get_threshold())
     runs = []
     for repeat in range(args.repeat):
         runs.append(measure(args.quick))
@@ -272,7 +278,8 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
                    + (" --quick" if args.quick else ""),
         "workload": {"system_tokens": SYSTEM_TOKENS, "user_tokens": USER_TOKENS,
                      "block_chars": RoutingSettings().prefix.block_chars},
-        "host": {"cpus": os.cpu_count(), "load_before": load_before,
+        "host": {"cpus": os.cpu_count(), "gc_thresholds": gc_thresholds,
+                 "load_before": load_before,
                  "load_after": list(os.getloadavg()),
                  "python_speed_us_after": python_speed_us()},
         "summary": summarize(runs),
