@@ -31,9 +31,14 @@ from kvgate.native import warn_missing
 
 __all__ = ["NATIVE_AVAILABLE", "add_product", "add_scaled", "argmin", "largest",
            "maximum", "minimum", "multiply", "prefix_sums", "smallest", "warn_if_python",
-           "where_ge", "where_le", "where_lt"]
+           "where_ge", "where_le", "where_lt", "zeros"]
 
 Number = TypeVar("Number", int, float)
+
+
+def zeros(count: int) -> array[float]:
+    """``count`` zeros as an ``array('d')``: per-replica figures the passes read in place."""
+    return array("d", [0.0]) * count
 
 
 def py_add_scaled(base: Sequence[float], rate: Sequence[float], x: float) -> array[float]:

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from operator import sub
 from typing import TYPE_CHECKING
 
+from kvgate.routing import floats
+
 if TYPE_CHECKING:
     from kvgate.routing.placed_shm import SharedPlacements
 
@@ -45,7 +47,7 @@ class PlacedTokens:
         self._bucket_s = horizon_s / BUCKETS
         self._placed: list[deque[tuple[float, float]]] = [deque() for _ in range(count)]
         #: (an array: a decision's passes read it in place, kvgate.routing.floats)
-        self._totals = array("d", bytes(8 * count))
+        self._totals = floats.zeros(count)
         self._capacity = [math.inf] * count
         #: min(capacity - placed) over the replicas, kept as placements come in (they only
         #: lower it) so that a decision need not take it over the fleet: recomputed only

@@ -17,6 +17,7 @@ from typing import Any
 
 from kvgate.config.schema import PrefixRoutingSettings
 from kvgate.core.deployment import Deployment, EngineUsage
+from kvgate.routing import floats
 from kvgate.routing.footprint import PlacedTokens
 from kvgate.routing.placed_shm import SharedPlacements
 from kvgate.routing.ttft_replica import Replica, Ticket
@@ -63,9 +64,9 @@ class Ledger:
         #: request costs others (the decode slowdown it brings), for the explanation.
         #: NOTE: ``base``, ``rate`` and ``room`` are arrays of doubles: a decision's passes
         #: over every candidate read them in place (kvgate.routing.floats).
-        self.base = array("d", bytes(8 * len(self.deployments)))
+        self.base = floats.zeros(len(self.deployments))
         self.ttft_base = [0.0] * len(self.deployments)
-        self.rate = array("d", bytes(8 * len(self.deployments)))
+        self.rate = floats.zeros(len(self.deployments))
         #: Replicas with prefill queued (waiting > 0).
         self.busy_replicas = 0
         #: Per replica, KV tokens its running and waiting requests take (``Ticket.kv_tokens``),

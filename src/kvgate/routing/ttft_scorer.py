@@ -74,7 +74,7 @@ class TTFTScorer:
         #: Replicas whose KV size is not known (see _footprint).
         self._unknown_capacity = len(self._capacity)
         #: (an array: the tie rule's fill reads it in one pass, kvgate.routing.floats)
-        self._inverse_capacity = array("d", bytes(8 * len(self._capacity)))
+        self._inverse_capacity = floats.zeros(len(self._capacity))
         self._refreshed_s = -math.inf
         self._rotation = 0
 
