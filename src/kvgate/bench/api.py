@@ -77,8 +77,8 @@ def python_speed_us(loops: int = 2000, repeat: int = 5) -> float:
     """Microseconds per ``sum(range(1000))``, the best of ``repeat`` timings of ``loops``
     (what ``python -m timeit "sum(range(1000))"`` prints).
 
-    NOTE: the shared VMs these benchmarks run on run Python 10.8 to 30 us here from one hour
-    to the next (and 1.6x apart within minutes); a CPU figure without this beside it cannot be
+    NOTE: on the shared VMs these benchmarks run on it has read 10.8 to 30 us from one hour to
+    the next (and moved 1.6x within minutes); a CPU figure without it beside it cannot be
     compared with another run's.
     """
     best_s = min(timeit.repeat("sum(range(1000))", number=loops, repeat=repeat))

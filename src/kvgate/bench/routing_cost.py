@@ -194,8 +194,8 @@ async def gateway_us(replicas: int, requests_per_round: int, rounds: int
     for app in apps.values():
         route = app.gateway.routes[MODEL]
         await warm(route.strategy, route.deployments, prompts)
-    # As the servers' start-up does (no lifespan runs here).
-    set_collector(apps[strategies[0]].gateway.settings.server.gc_thresholds)
+    # As the servers' start-up does (no lifespan runs here); main set the collector's
+    # thresholds already, for every part of every run.
     freeze_startup_heap()
     cpu_ns: dict[str, list[float]] = {name: [] for name in strategies}
     wall_ns: dict[str, list[int]] = {name: [] for name in strategies}
@@ -263,9 +263,8 @@ def main(argv: list[str] | None = None, emit: Callable[[str], None] = print) -> 
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     load_before = list(os.getloadavg())
-    # NOTE: the collector's thresholds are the server's, from the start: gateway_us sets them
-    # process-wide, so without this a run's decisions after the first were measured under
-    # them and the first under Python's defaults.
+    # NOTE: the collector's thresholds are the server's (the gateway's settings), for every
+    # part of every run: set in gateway_us, they applied to the later runs' decisions only.
     set_collector(gateway_settings("round_robin", 64).server.gc_thresholds)
     gc_thresholds = list(gc.get_threshold())
     runs = []
