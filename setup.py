@@ -17,7 +17,8 @@ _FLAGS = ["-O2", "-std=c11", "-ffp-contract=off", "-Wall", "-Wextra", "-Wno-unus
 
 setup(ext_modules=[
     Extension(f"kvgate.{package}.{name}", sources=[f"src/kvgate/{package}/{name}.c"],
-              depends=["src/kvgate/routing/_native.h"], extra_compile_args=_FLAGS,
+              depends=["src/kvgate/routing/_native.h", "src/kvgate/routing/_floats_decide.h"],
+              extra_compile_args=_FLAGS,
               optional=True)
     for package, name in (("routing", "_affinity_native"), ("routing", "_chain_native"),
                           ("routing", "_fit_native"), ("routing", "_floats_native"),

@@ -155,6 +155,7 @@ def _python_passes(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in PAIRS:
         monkeypatch.setattr(floats, name, getattr(floats, f"py_{name}"))
     monkeypatch.setattr(ttft_scorer, "explained", explain.py_explained)  # its own name for it
+    monkeypatch.setattr(ttft_scorer, "native_decide", None)
 
 
 def _decisions(seed: int, replicas: int) -> list[tuple[str, dict[str, object]]]:

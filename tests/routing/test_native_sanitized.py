@@ -28,7 +28,7 @@ EXTENSIONS = (("routing", "_affinity_native"), ("routing", "_chain_native"),
               ("routing", "_shm_native"), ("core", "_chunks_native"))
 #: The tests that hold each extension to its Python version.
 TESTS = ("tests/routing/test_affinity_native.py", "tests/routing/test_floats.py",
-         "tests/routing/test_explain_native.py",
+         "tests/routing/test_explain_native.py", "tests/routing/test_decide_native.py",
          "tests/routing/test_affinity_shm_native.py", "tests/routing/test_chain_native.py",
          "tests/routing/test_fingerprint_native.py", "tests/routing/test_fit_native.py",
          "tests/core/test_chunks_native.py")

@@ -550,6 +550,8 @@ done:
     return out;
 }
 
+#include "_floats_decide.h"
+
 #define FAST(name, doc) {#name, (PyCFunction)(void (*)(void))name, METH_FASTCALL, doc}
 
 static PyMethodDef methods[] = {
@@ -567,6 +569,10 @@ static PyMethodDef methods[] = {
     FAST(prefix_sums, "prefix_sums(values, counts, /): [sum(values[:k]) for k in counts]"),
     FAST(explained, "explained(shown, candidates, matched, uncached, costs, /): the "
                     "explanation's entries of the shown candidates, by id"),
+    FAST(decide, "decide(name, candidates, prompt_tokens, matched, best_match, known, base, "
+                 "rate, room, ttft_base, factor, least_headroom, placed, capacity, "
+                 "inverse_capacity, replicas, admission_wait_s, block_tokens, rotation, /): "
+                 "TTFTScorer.choose's common case, (pick, rotation, explanation, uncached)"),
     {NULL, NULL, 0, NULL},
 };
 
@@ -582,6 +588,23 @@ PyMODINIT_FUNC PyInit__floats_native(void) {
     key_uncached = PyUnicode_InternFromString("uncached_tokens");
     key_cost = PyUnicode_InternFromString("predicted_cost_ms");
     if (!key_id || !key_matched || !key_uncached || !key_cost) return NULL;
+    struct { PyObject **to; const char *text; } words[] = {
+        {&key_strategy, "strategy"}, {&key_outcome, "outcome"},
+        {&key_predicted_ttft, "predicted_ttft_ms"}, {&key_runner_up, "runner_up_margin_ms"},
+        {&key_candidates, "candidates"}, {&key_eviction, "eviction_ms"},
+        {&key_wait, "kv_wait_ms"}, {&attr_error, "error_s"}, {&attr_prefill, "prefill"},
+        {&attr_slope, "slope"}, {&word_cold, "cold"}, {&word_hit, "hit"},
+        {&word_spill, "spill"},
+    };
+    for (size_t w = 0; w < sizeof(words) / sizeof(words[0]); w++)
+        if ((*words[w].to = PyUnicode_InternFromString(words[w].text)) == NULL) return NULL;
+    PyObject *builtins = PyEval_GetBuiltins(); /* borrowed */
+    builtin_sum = builtins == NULL ? NULL : PyDict_GetItemString(builtins, "sum");
+    if (builtin_sum == NULL) {
+        PyErr_SetString(PyExc_ImportError, "_floats_native: no builtins.sum");
+        return NULL;
+    }
+    Py_INCREF(builtin_sum);
     PyObject *array = PyImport_ImportModule("array");
     if (array == NULL) return NULL;
     one_double = PyObject_CallMethod(array, "array", "s[d]", "d", 0.0);

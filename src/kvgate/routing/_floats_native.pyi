@@ -1,5 +1,5 @@
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 _Number = TypeVar("_Number", int, float)
@@ -22,3 +22,10 @@ def prefix_sums(values: Sequence[int], counts: Sequence[int], /) -> list[int]: .
 def explained(shown: Sequence[int], candidates: Sequence[Any], matched: Sequence[float],
               uncached: Sequence[float], costs: Sequence[float], /
               ) -> dict[str, dict[str, Any]]: ...
+def decide(name: str, candidates: list[Any], prompt_tokens: float, matched: Sequence[float],
+           best_match: float, known: Sequence[float] | None, base: Sequence[float],
+           rate: Sequence[float], room: Sequence[float], ttft_base: Sequence[float],
+           factor: float, least_headroom: float, placed: Sequence[float],
+           capacity: Sequence[float], inverse_capacity: Sequence[float], replicas: list[Any],
+           admission_wait_s: Callable[[int, float], float], block_tokens: float,
+           rotation: int, /) -> tuple[int, int, dict[str, Any], float]: ...

@@ -7,7 +7,8 @@ strategy's matched tokens per deployment, ``prefix_sums``). In Python each pass
 boxes a float or an int per candidate, which at 256 replicas was most of a decision (issue
 15). ``_floats_native.c`` makes the same passes over the items read as doubles; the
 functions below are the Python versions, which serve where no compiler built it and which
-the tests hold the C ones to (``tests/routing/test_floats.py``).
+the tests hold the C ones to (``tests/routing/test_floats.py``). The extension also makes the
+scorer's common decision in one call (``decide``, see ``TTFTScorer.choose``).
 
 Items may be floats or ints; the results are the same numbers, compared as doubles (token
 counts are far below 2**53). Lists are cut to the shortest, as :func:`map` does.

@@ -17,7 +17,7 @@ import contextlib
 import math
 from array import array
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from operator import sub
 from typing import TYPE_CHECKING
 
@@ -122,7 +122,7 @@ class PlacedTokens:
             totals[position] += tokens
             self.least_headroom = min(self.least_headroom, capacity[position] - totals[position])
 
-    def set_capacity(self, capacity: list[float]) -> None:
+    def set_capacity(self, capacity: Sequence[float]) -> None:
         """Each replica's KV size in tokens (``inf``: unknown), for ``least_headroom``."""
         self._capacity = list(capacity)
         self._recompute_least()
