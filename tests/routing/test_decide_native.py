@@ -1,4 +1,5 @@
-"""A whole scorer decision in C (``_floats_native.decide``, TTFTScorer.choose's common case):
+"""A whole scorer decision in C (``_floats_native.decide``, TTFTScorer.choose's common case:
+every deployment a candidate, every KV size known or none):
 the same pick, rotation and explanation, number for number, as the Python code it stands in
 for, over long random runs that reach every branch (uniform and mixed matches, waits for KV
 space, evictions, ties broken by held tokens, fill and rotation, fleets above and below the
@@ -24,12 +25,13 @@ from tests.support.clock import FakeClock
 Run = list[tuple[str, dict[str, Any], int]]
 
 
-def _run(seed: int, replicas: int, calls: list[int]) -> Run:
-    """400 decisions on a fleet whose KV sizes are all known, with queues that fill and drain.
-    ``calls[0]`` counts the decisions the C kernel made."""
+def _run(seed: int, replicas: int, calls: list[int], sized: bool = True) -> Run:
+    """400 decisions on a fleet whose KV sizes are all known (``sized``) or none, with queues
+    that fill and drain. ``calls[0]`` counts the decisions the C kernel made."""
     rng = random.Random(seed)
     sizes = [rng.choice([3_000, 6_000, 20_000, 400_000]) for _ in range(replicas)]
-    fleet = [deployment(f"r{i}", kv_capacity_tokens=size) for i, size in enumerate(sizes)]
+    fleet = [deployment(f"r{i}", **({"kv_capacity_tokens": size} if sized else {}))
+             for i, size in enumerate(sizes)]
     clock = FakeClock(0.0)
     scorer = TTFTScorer("t", fleet, PrefixRoutingSettings(), block_tokens=16, clock=clock)
     decide = ttft_scorer.native_decide
@@ -69,16 +71,17 @@ def _run(seed: int, replicas: int, calls: list[int]) -> Run:
     return out
 
 
-@pytest.mark.parametrize(("seed", "replicas"), [(1, 1), (2, 3), (3, 8), (4, 9), (5, 64),
-                                                (6, 300)])
-def test_the_c_decision_is_the_python_decision(seed: int, replicas: int,
+@pytest.mark.parametrize(("seed", "replicas", "sized"), [
+    (1, 1, True), (2, 3, True), (3, 8, True), (4, 9, True), (5, 64, True), (6, 300, True),
+    (7, 3, False), (8, 9, False), (9, 64, False)])
+def test_the_c_decision_is_the_python_decision(seed: int, replicas: int, sized: bool,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     assert ttft_scorer.native_decide is native.decide  # the install built it
     calls = [0]
-    with_c = _run(seed, replicas, calls)
+    with_c = _run(seed, replicas, calls, sized)
     assert calls[0] == 400  # every decision went through C
     monkeypatch.setattr(ttft_scorer, "native_decide", None)
-    python = _run(seed, replicas, [0])
+    python = _run(seed, replicas, [0], sized)
     for (c_id, c_explanation, c_rotation), (p_id, p_explanation, p_rotation) in zip(
             with_c, python, strict=True):
         assert (c_id, c_rotation) == (p_id, p_rotation)
@@ -88,14 +91,15 @@ def test_the_c_decision_is_the_python_decision(seed: int, replicas: int,
     assert {"hit", "cold"} <= {e["outcome"] for e in explanations}
     entries = [entry for e in explanations for entry in e["candidates"].values()]
     if replicas > 1:
-        assert any("eviction_ms" in entry for entry in entries)
-        assert any("kv_wait_ms" in entry for entry in entries)
+        # Waits and evictions need a known size: none without.
+        assert any("eviction_ms" in entry for entry in entries) == sized
+        assert any("kv_wait_ms" in entry for entry in entries) == sized
         assert len({rotation for _, _, rotation in with_c}) > 1  # ties broken in turn
     if replicas > 8:  # the pick and the seven cheapest others, or the seven cheapest
         assert {len(e["candidates"]) for e in explanations} <= {7, 8}
 
 
-def test_failover_subsets_unknown_sizes_and_offloaded_tokens_stay_in_python() -> None:
+def test_failover_subsets_some_sizes_unknown_and_offloaded_tokens_stay_in_python() -> None:
     fleet = [deployment("a", kv_capacity_tokens=10_000), deployment("b")]  # b: size unknown
     scorer = TTFTScorer("t", fleet, PrefixRoutingSettings(), block_tokens=16,
                         clock=FakeClock(0.0))
@@ -159,3 +163,19 @@ def test_bad_input_is_an_error_not_a_crash() -> None:
     # b has no room for 100 tokens: its wait is asked for, and the error comes through.
     with pytest.raises(RuntimeError, match="the ledger failed"):
         native.decide(*[*args[:16], broken, *args[17:]])
+
+
+def test_a_callback_that_changes_the_lists_is_an_error_not_a_stale_read() -> None:
+    fleet = [deployment("a", kv_capacity_tokens=10_000), deployment("b", kv_capacity_tokens=5)]
+    scorer = TTFTScorer("t", fleet, PrefixRoutingSettings(), block_tokens=16,
+                        clock=FakeClock(0.0))
+    scorer._refresh(0.0)
+    args = _args(fleet, scorer)
+    matched = [0, 0]
+
+    def growing(position: int, tokens: float) -> float:
+        matched.extend(range(1_000))  # the list's storage moves
+        return 1.0
+
+    with pytest.raises(RuntimeError, match="changed during the decision"):
+        native.decide(*[*args[:3], matched, *args[4:16], growing, *args[17:]])

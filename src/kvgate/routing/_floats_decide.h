@@ -4,7 +4,7 @@
  * tokens_object and ms_value). TTFTScorer.choose (ttft_scorer.py) keeps the cost model, the
  * tie rule and the explanation in Python, and calls this for its common case instead: every
  * deployment a candidate in the ledger's order, no CPU-tier tokens, no precise-mode details,
- * every KV size known. It computes exactly what that Python does, the same operations in the
+ * every KV size known or none. It computes exactly what that Python does, the same operations in the
  * same order on the same doubles, so the same pick and the same explanation; the tests hold it
  * to the Python path (tests/routing/test_decide_native.py).
  *
@@ -21,6 +21,20 @@
 static PyObject *key_strategy, *key_outcome, *key_predicted_ttft, *key_runner_up,
     *key_candidates, *key_eviction, *key_wait, *attr_error, *attr_prefill, *attr_slope,
     *word_cold, *word_hit, *word_spill, *builtin_sum;
+
+/* Python code runs during a decision (a wait's callback, the replicas' attributes, sum):
+ * a list it changed must not be read through a stale pointer. Each list's items are fetched
+ * again after such a call, and a list whose length changed is an error. (The arrays cannot
+ * change size while their buffers are held; the ledger's callbacks change nothing.) */
+static int items_recheck(Items *items, Py_ssize_t n) {
+    if (items->fast == NULL) return 0;
+    if (PySequence_Fast_GET_SIZE(items->fast) != n) {
+        PyErr_SetString(PyExc_RuntimeError, "decide: a sequence changed during the decision");
+        return -1;
+    }
+    items->items = PySequence_Fast_ITEMS(items->fast);
+    return 0;
+}
 
 /* obj.name (.name2) as a double; -1.0 with an exception on failure. */
 static double attr_double(PyObject *obj, PyObject *name, PyObject *name2) {
@@ -50,6 +64,10 @@ static double eviction_s(const Eviction *e, Py_ssize_t i) {
     if (isinf(capacity)) return 0.0;
     double over = e->placed[i] + e->g[i] - capacity;
     if (over <= 0.0) return 0.0;
+    if (i >= PyList_GET_SIZE(e->replicas)) {
+        PyErr_SetString(PyExc_RuntimeError, "decide: a list changed during the decision");
+        return -1.0;
+    }
     double slope = attr_double(PyList_GET_ITEM(e->replicas, i), attr_prefill, attr_slope);
     if (FAILED(slope)) return -1.0;
     double least = over < e->u[i] ? over : e->u[i]; /* min(uncached, over) */
@@ -128,8 +146,9 @@ static int set_new(PyObject *d, PyObject *key, PyObject *value) {
 
 /* The explanation's "candidates": TTFTScorer._shown_entries without details. */
 static PyObject *entries_of(const Py_ssize_t *shown, Py_ssize_t count, PyObject *candidates,
-                            const Items *matched, const Items *uncached, const double *costs,
-                            const double *evict, const double *wait, const char *waits) {
+                            Items *matched, Py_ssize_t n, const Items *uncached,
+                            const double *costs, const double *evict, const double *wait,
+                            const char *waits) {
     PyObject *out = PyDict_New();
     if (out == NULL) return NULL;
     for (Py_ssize_t k = 0; k < count; k++) {
@@ -146,7 +165,12 @@ static PyObject *entries_of(const Py_ssize_t *shown, Py_ssize_t count, PyObject 
         if (id == NULL || PyDict_SetItem(out, id, entry) < 0) failed = 1;
         Py_XDECREF(id);
         Py_DECREF(entry);
-        if (failed) goto fail;
+        /* the id's lookup may have run Python code (a property) */
+        if (failed || items_recheck(matched, n) < 0) goto fail;
+        if (PyList_GET_SIZE(candidates) != n) {
+            PyErr_SetString(PyExc_RuntimeError, "decide: a list changed during the decision");
+            goto fail;
+        }
     }
     return out;
 fail:
@@ -175,22 +199,37 @@ static PyObject *decide(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Items matched = {0}, known = {0}, base = {0}, rate = {0}, room = {0}, ttft_base = {0},
           placed = {0}, capacity = {0}, inverse = {0}, uncached_items = {0};
     PyObject *out = NULL, *explanation = NULL;
+    Items *lists[] = {&matched, &known, &base, &rate, &room, &ttft_base, &placed, &capacity,
+                      &inverse};
     double *scratch = NULL;
     Py_ssize_t *tied = NULL;
     int has_known = args[D_KNOWN] != Py_None;
+    /* inverse_capacity None: no KV size is known (no room to check, nothing priced as an
+     * eviction: least_headroom is inf, and the fill is the tokens placed), room None too. */
+    int sized = args[D_INVERSE] != Py_None;
+    /* After Python code ran: the lists' items again, the candidates and replicas unchanged. */
+#define RECHECK()                                                                          \
+    do {                                                                                   \
+        for (size_t l = 0; l < sizeof(lists) / sizeof(lists[0]); l++)                      \
+            if (items_recheck(lists[l], n) < 0) goto done;                                 \
+        if (PyList_GET_SIZE(candidates) != n || PyList_GET_SIZE(replicas) != n) {          \
+            PyErr_SetString(PyExc_RuntimeError, "decide: a list changed during the decision"); \
+            goto done;                                                                     \
+        }                                                                                  \
+    } while (0)
     if (numbers_open(args[D_MATCHED], &matched, "matched must be a sequence") < 0
             || (has_known && numbers_open(args[D_KNOWN], &known, "known must be a sequence") < 0)
             || numbers_open(args[D_BASE], &base, "base must be a sequence") < 0
             || numbers_open(args[D_RATE], &rate, "rate must be a sequence") < 0
-            || numbers_open(args[D_ROOM], &room, "room must be a sequence") < 0
+            || (sized && numbers_open(args[D_ROOM], &room, "room must be a sequence") < 0)
             || numbers_open(args[D_TTFT_BASE], &ttft_base, "ttft_base must be a sequence") < 0
             || numbers_open(args[D_PLACED], &placed, "placed must be a sequence") < 0
             || numbers_open(args[D_CAPACITY], &capacity, "capacity must be a sequence") < 0
-            || numbers_open(args[D_INVERSE], &inverse, "inverse must be a sequence") < 0)
+            || (sized && numbers_open(args[D_INVERSE], &inverse, "inverse must be a sequence") < 0))
         goto done;
     if (n == 0 || matched.n != n || (has_known && known.n != n) || base.n != n || rate.n != n
-            || room.n != n || ttft_base.n != n || placed.n != n || capacity.n != n
-            || inverse.n != n || PyList_GET_SIZE(replicas) != n) {
+            || (sized && (room.n != n || inverse.n != n)) || ttft_base.n != n || placed.n != n
+            || capacity.n != n || PyList_GET_SIZE(replicas) != n) {
         PyErr_SetString(PyExc_ValueError, "decide: one figure per candidate, and a candidate");
         goto done;
     }
@@ -231,7 +270,7 @@ static PyObject *decide(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         c[i] = uniform ? b + r * (u[0] * factor) : b + (r * u[i]) * factor;
     }
     /* Room: only where the uncached tokens do not fit in what is left. */
-    for (Py_ssize_t i = 0; i < n; i++) {
+    for (Py_ssize_t i = 0; sized && i < n; i++) {
         double left = item_value(&room, i);
         if (FAILED(left)) goto done;
         if (!(left < u[i])) continue;
@@ -249,6 +288,7 @@ static PyObject *decide(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             waits[i] = 1;
             c[i] += w;
         }
+        RECHECK();
     }
     /* growth: what the replica must hold beyond what it was sent within the horizon */
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -281,6 +321,7 @@ static PyObject *decide(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         for (Py_ssize_t i = 0; i < n; i++)
             if (priced[i]) c[i] += evict[i];
+        RECHECK();
     }
     Py_ssize_t first = 0;
     for (Py_ssize_t i = 1; i < n; i++)
@@ -288,6 +329,7 @@ static PyObject *decide(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     double best = c[first];
     double error = attr_double(PyList_GET_ITEM(replicas, first), attr_error, NULL);
     if (FAILED(error)) goto done;
+    RECHECK();
     double limit = best + 2.0 * error + fabs(best) * 1e-9; /* ttft_scorer._SAME */
     Py_ssize_t ties = 0;
     for (Py_ssize_t i = 0; i < n; i++)
@@ -302,6 +344,10 @@ static PyObject *decide(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         if (count > 1) { /* the emptiest KV (the share of it placed, with the growth) */
             for (Py_ssize_t i = 0; i < n; i++) {
+                if (!sized) { /* each taken to hold the fleet's mean: ordered as placed */
+                    fill[i] = p[i];
+                    continue;
+                }
                 double inv = item_value(&inverse, i);
                 if (FAILED(inv)) goto done;
                 fill[i] = (has_known ? p[i] + g[i] * 1.0 : p[i]) * inv;
@@ -341,10 +387,11 @@ static PyObject *decide(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             || set_new(explanation, key_runner_up,
                        PyFloat_FromDouble(ms_value(runner_up - chosen))) < 0
             || set_new(explanation, key_candidates,
-                       entries_of(shown, shown_count, candidates, &matched, &uncached_items, c,
-                                  evict, wait, waits)) < 0)
+                       entries_of(shown, shown_count, candidates, &matched, n, &uncached_items,
+                                  c, evict, wait, waits)) < 0)
         goto done;
     out = Py_BuildValue("nLOd", pick, rotation, explanation, u[pick]);
+#undef RECHECK
 done:
     Py_XDECREF(explanation);
     PyMem_Free(scratch);

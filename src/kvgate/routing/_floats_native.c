@@ -598,13 +598,11 @@ PyMODINIT_FUNC PyInit__floats_native(void) {
     };
     for (size_t w = 0; w < sizeof(words) / sizeof(words[0]); w++)
         if ((*words[w].to = PyUnicode_InternFromString(words[w].text)) == NULL) return NULL;
-    PyObject *builtins = PyEval_GetBuiltins(); /* borrowed */
-    builtin_sum = builtins == NULL ? NULL : PyDict_GetItemString(builtins, "sum");
-    if (builtin_sum == NULL) {
-        PyErr_SetString(PyExc_ImportError, "_floats_native: no builtins.sum");
-        return NULL;
-    }
-    Py_INCREF(builtin_sum);
+    PyObject *builtins = PyImport_ImportModule("builtins");
+    if (builtins == NULL) return NULL;
+    builtin_sum = PyObject_GetAttrString(builtins, "sum");
+    Py_DECREF(builtins);
+    if (builtin_sum == NULL) return NULL;
     PyObject *array = PyImport_ImportModule("array");
     if (array == NULL) return NULL;
     one_double = PyObject_CallMethod(array, "array", "s[d]", "d", 0.0);

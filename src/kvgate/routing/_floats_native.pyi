@@ -24,8 +24,9 @@ def explained(shown: Sequence[int], candidates: Sequence[Any], matched: Sequence
               ) -> dict[str, dict[str, Any]]: ...
 def decide(name: str, candidates: list[Any], prompt_tokens: float, matched: Sequence[float],
            best_match: float, known: Sequence[float] | None, base: Sequence[float],
-           rate: Sequence[float], room: Sequence[float], ttft_base: Sequence[float],
+           rate: Sequence[float], room: Sequence[float] | None, ttft_base: Sequence[float],
            factor: float, least_headroom: float, placed: Sequence[float],
-           capacity: Sequence[float], inverse_capacity: Sequence[float], replicas: list[Any],
+           capacity: Sequence[float], inverse_capacity: Sequence[float] | None,
+           replicas: list[Any],
            admission_wait_s: Callable[[int, float], float], block_tokens: float,
            rotation: int, /) -> tuple[int, int, dict[str, Any], float]: ...
