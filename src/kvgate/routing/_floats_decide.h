@@ -4,9 +4,9 @@
  * tokens_object and ms_value). TTFTScorer.choose (ttft_scorer.py) keeps the cost model, the
  * tie rule and the explanation in Python, and calls this for its common case instead: every
  * deployment a candidate in the ledger's order, no CPU-tier tokens, no precise-mode details,
- * every KV size known or none. It computes exactly what that Python does, the same operations in the
- * same order on the same doubles, so the same pick and the same explanation; the tests hold it
- * to the Python path (tests/routing/test_decide_native.py).
+ * every KV size known or none. It computes exactly what that Python does, the same operations
+ * in the same order on the same doubles, so the same pick and the same explanation; the tests
+ * hold it to the Python path (tests/routing/test_decide_native.py).
  *
  * NOTE (issue 15): at 64 deployments the Python decision took ~25 us per request, the largest
  * single part of what KV-aware routing adds to round robin: a dozen C passes, but each behind a
@@ -225,7 +225,8 @@ static PyObject *decide(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             || numbers_open(args[D_TTFT_BASE], &ttft_base, "ttft_base must be a sequence") < 0
             || numbers_open(args[D_PLACED], &placed, "placed must be a sequence") < 0
             || numbers_open(args[D_CAPACITY], &capacity, "capacity must be a sequence") < 0
-            || (sized && numbers_open(args[D_INVERSE], &inverse, "inverse must be a sequence") < 0))
+            || (sized
+                && numbers_open(args[D_INVERSE], &inverse, "inverse must be a sequence") < 0))
         goto done;
     if (n == 0 || matched.n != n || (has_known && known.n != n) || base.n != n || rate.n != n
             || (sized && (room.n != n || inverse.n != n)) || ttft_base.n != n || placed.n != n
@@ -371,9 +372,9 @@ static PyObject *decide(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *outcome = best_match < 0.5 * (m[pick] + u[pick]) ? word_cold
         : m[pick] >= best_match - block ? word_hit : word_spill;
-    double predicted = item_value(&ttft_base, pick);
-    if (FAILED(predicted)) goto done;
-    predicted = predicted + item_value(&rate, pick) * u[pick] + 0.0;
+    double predicted = item_value(&ttft_base, pick), pick_rate = item_value(&rate, pick);
+    if (FAILED(predicted) || FAILED(pick_rate)) goto done;
+    predicted = predicted + pick_rate * u[pick] + 0.0; /* (ttft_base + rate x u) + 0.0 */
     Py_ssize_t shown[8]; /* explain.EXPLAINED_CANDIDATES */
     Py_ssize_t shown_count = shown_of(c, n, pick, ties == n, shown);
     uncached_items.doubles = u; /* the entries read the uncached tokens as doubles */
@@ -383,7 +384,8 @@ static PyObject *decide(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             || PyDict_SetItem(explanation, key_strategy, args[D_NAME]) < 0
             || PyDict_SetItem(explanation, key_outcome, outcome) < 0
             || set_new(explanation, key_matched, tokens_object(&matched, pick)) < 0
-            || set_new(explanation, key_predicted_ttft, PyFloat_FromDouble(ms_value(predicted))) < 0
+            || set_new(explanation, key_predicted_ttft,
+                       PyFloat_FromDouble(ms_value(predicted))) < 0
             || set_new(explanation, key_runner_up,
                        PyFloat_FromDouble(ms_value(runner_up - chosen))) < 0
             || set_new(explanation, key_candidates,
