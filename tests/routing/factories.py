@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import random
+from typing import TYPE_CHECKING, Any
 
 from kvgate.config.schema import DeploymentSettings, MockProviderSettings, RoutingSettings
 from kvgate.core.call import Call
@@ -11,6 +12,11 @@ from kvgate.core.deployment import Deployment, DeploymentId
 from kvgate.providers.mock import MockProvider
 from kvgate.routing import RoutingContext, RoutingStrategy
 from kvgate.routing.affinity import MemoryAffinityIndex
+
+if TYPE_CHECKING:
+    from kvgate.routing.ttft_ledger import Ledger
+    from kvgate.routing.ttft_replica import Ticket
+    from tests.support.clock import FakeClock
 
 
 def deployment(name: str, **settings: Any) -> Deployment:
@@ -46,3 +52,14 @@ def prepared(strategy: RoutingStrategy, request: Call) -> Call:
     """Run the strategy's once-per-request ``prepare`` (a no-op for most), as failover does."""
     asyncio.run(strategy.prepare(request))
     return request
+
+
+def finish_some(ledger: Ledger, tickets: list[Ticket], rng: random.Random, clock: FakeClock,
+                chance: float) -> None:
+    """Random runs of scorer decisions: each open ticket, oldest first, finishes with
+    ``chance`` (first token, 50 ms, release after 1-50 tokens) until one does not."""
+    while tickets and rng.random() < chance:
+        ticket = tickets.pop(0)
+        ledger.first_token(ticket)
+        clock.now_s += 0.05
+        ledger.released(ticket, rng.randint(1, 50))

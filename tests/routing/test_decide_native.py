@@ -18,7 +18,7 @@ from kvgate.routing import _floats_native as native
 from kvgate.routing import ttft_scorer
 from kvgate.routing.ttft_replica import Ticket
 from kvgate.routing.ttft_scorer import TTFTScorer
-from tests.routing.factories import deployment
+from tests.routing.factories import deployment, finish_some
 from tests.routing.native_compare import same
 from tests.support.clock import FakeClock
 
@@ -53,7 +53,7 @@ def _run(seed: int, replicas: int, calls: list[int], sized: bool = True) -> Run:
             matched = [rng.choice([0, 0, prompt // 2, prompt, 1_000]) for _ in fleet]
         known = ([rng.choice([0, 0, 500]) for _ in fleet] if rng.random() < 0.3 else None)
         if decide is not None:
-            ttft_scorer.native_decide = counted  # type: ignore[assignment]
+            ttft_scorer.native_decide = counted
         try:
             decision, pick = scorer.choose(fleet, prompt, matched, max(matched), known=known,
                                            reserve=rng.random() < 0.1)
@@ -63,11 +63,7 @@ def _run(seed: int, replicas: int, calls: list[int], sized: bool = True) -> Run:
         open_tickets.append(scorer.ledger.dispatched(
             pick, prompt - matched[pick], prompt_tokens=prompt, shared_key=pick,
             shared_tokens=matched[pick]))
-        while open_tickets and rng.random() < 0.45:  # some finish, oldest first
-            ticket = open_tickets.pop(0)
-            scorer.ledger.first_token(ticket)
-            clock.now_s += 0.05
-            scorer.ledger.released(ticket, rng.randint(1, 50))
+        finish_some(scorer.ledger, open_tickets, rng, clock, 0.45)
     return out
 
 
@@ -111,7 +107,7 @@ def test_failover_subsets_some_sizes_unknown_and_offloaded_tokens_stay_in_python
         assert decide is not None
         return decide(*args)
 
-    ttft_scorer.native_decide = counted  # type: ignore[assignment]
+    ttft_scorer.native_decide = counted
     try:
         scorer.choose(fleet, 100, [0, 0], 0)
         known_fleet = [deployment("c", kv_capacity_tokens=10_000),

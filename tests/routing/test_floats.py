@@ -19,7 +19,7 @@ from kvgate.routing import _floats_native as native
 from kvgate.routing import explain, floats, ttft_scorer
 from kvgate.routing.ttft_replica import Ticket
 from kvgate.routing.ttft_scorer import TTFTScorer
-from tests.routing.factories import deployment
+from tests.routing.factories import deployment, finish_some
 from tests.routing.native_compare import outcome, same
 from tests.support.clock import FakeClock
 
@@ -190,11 +190,7 @@ def _decisions(seed: int, replicas: int) -> list[tuple[str, dict[str, object]]]:
         position = pick if positions is None else positions[pick]
         open_tickets.append(scorer.ledger.dispatched(
             position, prompt - matched[pick], prompt_tokens=prompt))
-        while open_tickets and rng.random() < 0.5:  # some finish, oldest first
-            ticket = open_tickets.pop(0)
-            scorer.ledger.first_token(ticket)
-            clock.now_s += 0.05
-            scorer.ledger.released(ticket, rng.randint(1, 50))
+        finish_some(scorer.ledger, open_tickets, rng, clock, 0.5)
     return out
 
 
