@@ -1,5 +1,6 @@
 """A whole scorer decision in C (``_floats_native.decide``, TTFTScorer.choose's common case:
-every deployment a candidate, every KV size known or none):
+every deployment a candidate, no CPU-tier tokens, every KV size known or none, precise mode's
+details or not):
 the same pick, rotation and explanation, number for number, as the Python code it stands in
 for, over long random runs that reach every branch (uniform and mixed matches, waits for KV
 space, evictions, ties broken by held tokens, fill and rotation, fleets above and below the
@@ -52,11 +53,15 @@ def _run(seed: int, replicas: int, calls: list[int], sized: bool = True) -> Run:
         else:
             matched = [rng.choice([0, 0, prompt // 2, prompt, 1_000]) for _ in fleet]
         known = ([rng.choice([0, 0, 500]) for _ in fleet] if rng.random() < 0.3 else None)
+        # precise mode's per-candidate fields, for some candidates (merged into their entries)
+        details = ({d: {"source": rng.choice(["precise", "event_clock"]), "gpu_tokens": i}
+                    for i, d in enumerate(fleet) if rng.random() < 0.5}
+                   if rng.random() < 0.3 else None)
         if decide is not None:
             ttft_scorer.native_decide = counted
         try:
             decision, pick = scorer.choose(fleet, prompt, matched, max(matched), known=known,
-                                           reserve=rng.random() < 0.1)
+                                           details=details, reserve=rng.random() < 0.1)
         finally:
             ttft_scorer.native_decide = decide
         out.append((decision.deployment.id, decision.explanation, scorer._rotation))
@@ -91,6 +96,7 @@ def test_the_c_decision_is_the_python_decision(seed: int, replicas: int, sized: 
         assert any("eviction_ms" in entry for entry in entries) == sized
         assert any("kv_wait_ms" in entry for entry in entries) == sized
         assert len({rotation for _, _, rotation in with_c}) > 1  # ties broken in turn
+    assert any("source" in entry for entry in entries)  # details merged
     if replicas > 8:  # the pick and the seven cheapest others, or the seven cheapest
         assert {len(e["candidates"]) for e in explanations} <= {7, 8}
 
@@ -127,7 +133,7 @@ def _args(fleet: list[Deployment], scorer: TTFTScorer) -> list[Any]:
     ledger = scorer.ledger
     return ["t", fleet, 100, [0] * len(fleet), 0, None, ledger.base, ledger.rate, ledger.room,
             ledger.ttft_base, 1.0, 0.0, ledger.placed.totals(), scorer._capacity,
-            scorer._inverse_capacity, ledger.replicas, ledger.admission_wait_s, 16, 0]
+            scorer._inverse_capacity, ledger.replicas, ledger.admission_wait_s, 16, 0, None]
 
 
 def test_bad_input_is_an_error_not_a_crash() -> None:
@@ -143,6 +149,11 @@ def test_bad_input_is_an_error_not_a_crash() -> None:
     assert explanation["candidates"]["b"]["eviction_ms"] > 0
     with pytest.raises(TypeError):
         native.decide(*args[:-1])
+    with pytest.raises(TypeError):  # details: a dict or None
+        native.decide(*[*args[:-1], [("a", {})]])
+    _, _, explanation, _ = native.decide(*[*args[:-1], {fleet[1]: {"source": "precise"}}])
+    assert explanation["candidates"]["b"]["source"] == "precise"
+    assert "source" not in explanation["candidates"]["a"]
     with pytest.raises(ValueError):  # a figure missing for a candidate
         native.decide(*[*args[:3], [0], *args[4:]])
     with pytest.raises(ValueError):  # no candidate

@@ -3,8 +3,8 @@
  * Included by _floats_native.c (one translation unit: it uses that file's Items helpers,
  * tokens_object and ms_value). TTFTScorer.choose (ttft_scorer.py) keeps the cost model, the
  * tie rule and the explanation in Python, and calls this for its common case instead: every
- * deployment a candidate in the ledger's order, no CPU-tier tokens, no precise-mode details,
- * every KV size known or none. It computes exactly what that Python does, the same operations
+ * deployment a candidate in the ledger's order, no CPU-tier tokens, every KV size known or
+ * none (precise mode's per-candidate details are merged into the explanation as in Python). It computes exactly what that Python does, the same operations
  * in the same order on the same doubles, so the same pick and the same explanation; the tests
  * hold it to the Python path (tests/routing/test_decide_native.py).
  *
@@ -148,7 +148,7 @@ static int set_new(PyObject *d, PyObject *key, PyObject *value) {
 static PyObject *entries_of(const Py_ssize_t *shown, Py_ssize_t count, PyObject *candidates,
                             Items *matched, Py_ssize_t n, const Items *uncached,
                             const double *costs, const double *evict, const double *wait,
-                            const char *waits) {
+                            const char *waits, PyObject *details) {
     PyObject *out = PyDict_New();
     if (out == NULL) return NULL;
     for (Py_ssize_t k = 0; k < count; k++) {
@@ -161,11 +161,22 @@ static PyObject *entries_of(const Py_ssize_t *shown, Py_ssize_t count, PyObject 
             || (evict[i] != 0.0 /* a zero eviction is not listed */
                 && set_new(entry, key_eviction, PyFloat_FromDouble(ms_value(evict[i]))) < 0)
             || (waits[i] && set_new(entry, key_wait, PyFloat_FromDouble(ms_value(wait[i]))) < 0);
+        if (!failed && details != NULL) { /* precise mode's extra fields, after the rest */
+            PyObject *extra = PyDict_GetItemWithError(details, PyList_GET_ITEM(candidates, i));
+            if (extra == NULL) {
+                failed = PyErr_Occurred() != NULL;
+            } else {
+                Py_INCREF(extra); /* the merge may run Python code */
+                int truth = PyObject_IsTrue(extra);
+                failed = truth < 0 || (truth && PyDict_Merge(entry, extra, 1) < 0);
+                Py_DECREF(extra);
+            }
+        }
         PyObject *id = failed ? NULL : PyObject_GetAttr(PyList_GET_ITEM(candidates, i), key_id);
         if (id == NULL || PyDict_SetItem(out, id, entry) < 0) failed = 1;
         Py_XDECREF(id);
         Py_DECREF(entry);
-        /* the id's lookup may have run Python code (a property) */
+        /* the id's lookup, the details' hash and merge may have run Python code */
         if (failed || items_recheck(matched, n) < 0) goto fail;
         if (PyList_GET_SIZE(candidates) != n) {
             PyErr_SetString(PyExc_RuntimeError, "decide: a list changed during the decision");
@@ -181,18 +192,23 @@ fail:
 enum {
     D_NAME, D_CANDIDATES, D_PROMPT, D_MATCHED, D_BEST_MATCH, D_KNOWN, D_BASE, D_RATE, D_ROOM,
     D_TTFT_BASE, D_FACTOR, D_LEAST_HEADROOM, D_PLACED, D_CAPACITY, D_INVERSE, D_REPLICAS,
-    D_WAIT, D_BLOCK, D_ROTATION, D_ARGS
+    D_WAIT, D_BLOCK, D_ROTATION, D_DETAILS, D_ARGS
 };
 
 /* decide(name, candidates, prompt_tokens, matched, best_match, known, base, rate, room,
  *        ttft_base, factor, least_headroom, placed, capacity, inverse_capacity, replicas,
- *        admission_wait_s, block_tokens, rotation, /)
+ *        admission_wait_s, block_tokens, rotation, details, /)
  * -> (pick, rotation, explanation, the pick's uncached tokens): see TTFTScorer.choose. */
 static PyObject *decide(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (check_args(nargs, D_ARGS, D_ARGS, "decide") < 0) return NULL;
     PyObject *candidates = args[D_CANDIDATES], *replicas = args[D_REPLICAS];
     if (!PyList_CheckExact(candidates) || !PyList_CheckExact(replicas)) {
         PyErr_SetString(PyExc_TypeError, "decide: candidates and replicas must be lists");
+        return NULL;
+    }
+    PyObject *details = args[D_DETAILS] == Py_None ? NULL : args[D_DETAILS];
+    if (details != NULL && !PyDict_Check(details)) {
+        PyErr_SetString(PyExc_TypeError, "decide: details must be a dict or None");
         return NULL;
     }
     Py_ssize_t n = PyList_GET_SIZE(candidates);
@@ -390,7 +406,7 @@ static PyObject *decide(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                        PyFloat_FromDouble(ms_value(runner_up - chosen))) < 0
             || set_new(explanation, key_candidates,
                        entries_of(shown, shown_count, candidates, &matched, n, &uncached_items,
-                                  c, evict, wait, waits)) < 0)
+                                  c, evict, wait, waits, details)) < 0)
         goto done;
     out = Py_BuildValue("nLOd", pick, rotation, explanation, u[pick]);
 #undef RECHECK

@@ -571,7 +571,8 @@ static PyMethodDef methods[] = {
                     "explanation's entries of the shown candidates, by id"),
     FAST(decide, "decide(name, candidates, prompt_tokens, matched, best_match, known, base, "
                  "rate, room, ttft_base, factor, least_headroom, placed, capacity, "
-                 "inverse_capacity, replicas, admission_wait_s, block_tokens, rotation, /): "
+                 "inverse_capacity, replicas, admission_wait_s, block_tokens, rotation, "
+                 "details, /): "
                  "TTFTScorer.choose's common case, (pick, rotation, explanation, uncached)"),
     {NULL, NULL, 0, NULL},
 };

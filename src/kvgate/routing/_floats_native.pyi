@@ -29,4 +29,5 @@ def decide(name: str, candidates: list[Any], prompt_tokens: float, matched: Sequ
            capacity: Sequence[float], inverse_capacity: Sequence[float] | None,
            replicas: list[Any],
            admission_wait_s: Callable[[int, float], float], block_tokens: float,
-           rotation: int, /) -> tuple[int, int, dict[str, Any], float]: ...
+           rotation: int, details: dict[Any, Any] | None,
+           /) -> tuple[int, int, dict[str, Any], float]: ...

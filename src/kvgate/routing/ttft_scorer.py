@@ -132,13 +132,15 @@ class TTFTScorer:
             self._refresh(now_s)
         sized = not self._unknown_capacity
         if (native_decide is not None and positions is None and offloaded is None
-                and not details and (sized or self._unknown_capacity == len(self._capacity))
+                and (details is None or type(details) is dict)
+                and (sized or self._unknown_capacity == len(self._capacity))
                 and type(candidates) is list):
-            # NOTE: the common case (every deployment a candidate, every KV size known, or
-            # none) in one C call, kvgate/routing/_floats_decide.h: the same operations as the
-            # code below in the same order, so the same pick and explanation (the tests hold
-            # it to this code), at a fraction of the cost: at 64 replicas this code took
-            # ~25 us, the most of anything KV-aware routing adds to a request (issue 15).
+            # NOTE: the common case (every deployment a candidate, no CPU-tier tokens, every
+            # KV size known, or none; precise mode's details or not) in one C call,
+            # kvgate/routing/_floats_decide.h: the same operations as the code below in the
+            # same order, so the same pick and explanation (the tests hold it to this code),
+            # at a fraction of the cost: at 64 replicas this code took ~25 us, the most of
+            # anything KV-aware routing adds to a request (issue 15).
             placements = ledger.placed
             pick, self._rotation, route, uncached_pick = native_decide(
                 self.name, candidates, prompt_tokens, matched, best_match, known,
@@ -146,7 +148,7 @@ class TTFTScorer:
                 1.0 + ledger.busy_replicas / len(ledger.replicas),
                 placements.least_headroom if sized else math.inf, placements.totals(),
                 self._capacity, self._inverse_capacity if sized else None, ledger.replicas,
-                ledger.admission_wait_s, self._block_tokens, self._rotation)
+                ledger.admission_wait_s, self._block_tokens, self._rotation, details or None)
             if reserve:
                 placements.reserve(pick, max(0.0, uncached_pick), now_s)
             return RouteDecision(candidates[pick], route), pick
