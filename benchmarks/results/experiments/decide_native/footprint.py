@@ -17,20 +17,12 @@ import time
 
 from kvgate.api.app import create_app
 from kvgate.api.collector import freeze_startup_heap
-from kvgate.bench.routing_cost import (
-    MODEL,
-    SYSTEM_TOKENS,
-    USER_TOKENS,
-    Prompts,
-    _serve_one,
-    gateway_settings,
-    warm,
-)
+from kvgate.bench import routing_cost as rc
 from kvgate.config.schema import Settings
 
 
 def settings(name: str, variant: str) -> Settings:
-    base = gateway_settings(name, 64)
+    base = rc.gateway_settings(name, 64)
     if not variant.startswith("tracked="):
         return base
     document = base.model_dump()
@@ -43,12 +35,12 @@ async def main(variant: str) -> None:
     strategies = ("round_robin", "prefix_kv_aware")
     apps = {name: create_app(settings(name, variant)) for name in strategies}
     if variant.startswith("memo="):
-        strategy = apps["prefix_kv_aware"].gateway.routes[MODEL].strategy
+        strategy = apps["prefix_kv_aware"].gateway.routes[rc.MODEL].strategy
         strategy._memo.max_links = int(variant.split("=")[1])  # type: ignore[attr-defined]
-    prompts = Prompts(SYSTEM_TOKENS, USER_TOKENS)
+    prompts = rc.Prompts(rc.SYSTEM_TOKENS, rc.USER_TOKENS)
     for app in apps.values():
-        route = app.gateway.routes[MODEL]
-        await warm(route.strategy, route.deployments, prompts)
+        route = app.gateway.routes[rc.MODEL]
+        await rc.warm(route.strategy, route.deployments, prompts)
     freeze_startup_heap()
     number, cpu_us = 10_000, {name: [] for name in strategies}  # type: ignore[var-annotated]
     for round_number in range(9):
@@ -57,7 +49,7 @@ async def main(variant: str) -> None:
             number += 400
             started = time.thread_time_ns()
             for body in bodies:
-                await _serve_one(apps[name], body)
+                await rc._serve_one(apps[name], body)
             if round_number:
                 cpu_us[name].append((time.thread_time_ns() - started) / 400 / 1000)
     rr, kv = (statistics.median(cpu_us[name]) for name in strategies)
