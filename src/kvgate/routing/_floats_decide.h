@@ -1,7 +1,7 @@
 /* A whole decision of the predicted-TTFT scorer in one call: _floats_native's decide.
  *
  * Included by _floats_native.c (one translation unit: it uses that file's Items helpers,
- * tokens_object and ms_value). TTFTScorer.choose (ttft_scorer.py) keeps the cost model, the
+ * best_indices, index_order, candidate_entry, tokens_object and ms_value). TTFTScorer.choose (ttft_scorer.py) keeps the cost model, the
  * tie rule and the explanation in Python, and calls this for its common case instead: every
  * deployment a candidate in the ledger's order, no CPU-tier tokens, every KV size known or
  * none (precise mode's per-candidate details are merged into the explanation as in Python). It computes exactly what that Python does, the same operations
@@ -52,8 +52,7 @@ static double attr_double(PyObject *obj, PyObject *name, PyObject *name2) {
 }
 
 typedef struct {
-    Py_ssize_t n;
-    const double *m, *u, *g, *placed, *capacity;
+    const double *u, *g, *placed, *capacity;
     PyObject *replicas;
     double fair;
 } Eviction;
@@ -100,40 +99,25 @@ static double extreme_of(const Py_ssize_t *tied, Py_ssize_t count, const double 
 static Py_ssize_t shown_of(const double *costs, Py_ssize_t n, Py_ssize_t pick, int all_tied,
                            Py_ssize_t *shown) {
     enum { EXPLAINED = 8 }; /* explain.EXPLAINED_CANDIDATES */
-    Py_ssize_t count = 0;
-    if (n <= EXPLAINED) {
-        for (Py_ssize_t i = 0; i < n; i++) shown[count++] = i;
-        return count;
-    }
-    Py_ssize_t best[EXPLAINED];
     Py_ssize_t kept = 0;
+    if (n <= EXPLAINED) {
+        for (Py_ssize_t i = 0; i < n; i++) shown[kept++] = i;
+        return kept;
+    }
     if (all_tied) {
-        for (Py_ssize_t i = 0; i < EXPLAINED - 1; i++) best[kept++] = i;
-    } else { /* the EXPLAINED - 1 least, earlier first among equals (best_k) */
+        for (Py_ssize_t i = 0; i < EXPLAINED - 1; i++) shown[kept++] = i;
+    } else { /* the EXPLAINED - 1 least (floats.smallest; doubles: it cannot fail) */
+        Items values = {0};
+        values.doubles = costs;
+        values.n = n;
         double key[EXPLAINED];
-        for (Py_ssize_t i = 0; i < n; i++) {
-            double x = costs[i];
-            if (kept == EXPLAINED - 1 && !(x < key[kept - 1])) continue;
-            Py_ssize_t at = kept < EXPLAINED - 1 ? kept++ : kept - 1;
-            while (at > 0 && x < key[at - 1]) {
-                key[at] = key[at - 1];
-                best[at] = best[at - 1];
-                at--;
-            }
-            key[at] = x;
-            best[at] = i;
-        }
+        kept = best_indices(&values, EXPLAINED - 1, 1.0, shown, key);
     }
     int has_pick = 0;
-    for (Py_ssize_t k = 0; k < kept; k++) has_pick |= best[k] == pick;
-    if (!has_pick) best[kept++] = pick;
-    for (Py_ssize_t a = 1; a < kept; a++) { /* index order */
-        Py_ssize_t v = best[a], b = a;
-        for (; b > 0 && best[b - 1] > v; b--) best[b] = best[b - 1];
-        best[b] = v;
-    }
-    for (Py_ssize_t k = 0; k < kept; k++) shown[count++] = best[k];
-    return count;
+    for (Py_ssize_t k = 0; k < kept; k++) has_pick |= shown[k] == pick;
+    if (!has_pick) shown[kept++] = pick;
+    index_order(shown, kept);
+    return kept;
 }
 
 /* d[key] = value, value's reference taken; -1 on failure. */
@@ -153,12 +137,9 @@ static PyObject *entries_of(const Py_ssize_t *shown, Py_ssize_t count, PyObject 
     if (out == NULL) return NULL;
     for (Py_ssize_t k = 0; k < count; k++) {
         Py_ssize_t i = shown[k];
-        PyObject *entry = PyDict_New();
+        PyObject *entry = candidate_entry(matched, uncached, costs[i], i);
         if (entry == NULL) goto fail;
-        int failed = set_new(entry, key_matched, tokens_object(matched, i)) < 0
-            || set_new(entry, key_uncached, tokens_object(uncached, i)) < 0
-            || set_new(entry, key_cost, PyFloat_FromDouble(ms_value(costs[i]))) < 0
-            || (evict[i] != 0.0 /* a zero eviction is not listed */
+        int failed = (evict[i] != 0.0 /* a zero eviction is not listed */
                 && set_new(entry, key_eviction, PyFloat_FromDouble(ms_value(evict[i]))) < 0)
             || (waits[i] && set_new(entry, key_wait, PyFloat_FromDouble(ms_value(wait[i]))) < 0);
         if (!failed && details != NULL) { /* precise mode's extra fields, after the rest */
@@ -322,7 +303,7 @@ static PyObject *decide(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         double sum = value_at(total);
         Py_DECREF(total);
         if (FAILED(sum)) goto done;
-        Eviction e = {n, m, u, g, p, cap, replicas, sum / (double)n};
+        Eviction e = {u, g, p, cap, replicas, sum / (double)n};
         Py_ssize_t first = 0;
         for (Py_ssize_t i = 1; i < n; i++)
             if (c[i] < c[first]) first = i;

@@ -369,10 +369,42 @@ VARIANT(where_le, where, LE)
 VARIANT(where_ge, where, GE)
 VARIANT(where_lt, where, LT)
 
+/* The k best of `values` (sign 1: the least, -1: the greatest) into index[0..kept), earlier
+ * ones first among equals: the k best so far are kept in order, and a later item enters only
+ * when strictly better than the worst of them. `key`: room for k doubles. Returns kept (k, or
+ * fewer items), -1 with an exception when an item is not a number. Not in index order yet. */
+static Py_ssize_t best_indices(const Items *values, Py_ssize_t k, double sign, Py_ssize_t *index,
+                               double *key) {
+    Py_ssize_t kept = 0;
+    for (Py_ssize_t i = 0; i < values->n && k > 0; i++) {
+        double v = item_value(values, i);
+        if (FAILED(v)) return -1;
+        double x = sign * v;
+        if (kept == k && !(x < key[k - 1])) continue;
+        Py_ssize_t at = kept < k ? kept++ : k - 1; /* the slot freed: the worst's */
+        while (at > 0 && x < key[at - 1]) { /* strictly: equals stay ahead */
+            key[at] = key[at - 1];
+            index[at] = index[at - 1];
+            at--;
+        }
+        key[at] = x;
+        index[at] = i;
+    }
+    return kept;
+}
+
+/* index[0..n) in increasing order (n is small: an insertion sort). */
+static void index_order(Py_ssize_t *index, Py_ssize_t n) {
+    for (Py_ssize_t a = 1; a < n; a++) {
+        Py_ssize_t v = index[a], b = a;
+        for (; b > 0 && index[b - 1] > v; b--) index[b] = index[b - 1];
+        index[b] = v;
+    }
+}
+
 /* The indices of the k least (sign 1) or greatest (sign -1) values, earlier ones first
  * among equals, in index order: sorted(heapq.nsmallest(k, range(n), key=values.__getitem__))
- * (nlargest for sign -1). The k best so far are kept in order; a later item enters only when
- * strictly better than the worst of them, so equals keep the earlier. O(n) for small k. */
+ * (nlargest for sign -1). O(n) for small k. */
 static PyObject *best_k(PyObject *const *args, Py_ssize_t nargs, double sign, const char *name) {
     if (check_args(nargs, 2, 2, name) < 0) return NULL;
     Py_ssize_t k = PyLong_AsSsize_t(args[1]);
@@ -388,26 +420,9 @@ static PyObject *best_k(PyObject *const *args, Py_ssize_t nargs, double sign, co
         PyErr_NoMemory();
         goto done;
     }
-    Py_ssize_t kept = 0;
-    for (Py_ssize_t i = 0; i < values.n && k > 0; i++) {
-        double v = item_value(&values, i);
-        if (FAILED(v)) goto done;
-        double x = sign * v;
-        if (kept == k && !(x < key[k - 1])) continue;
-        Py_ssize_t at = kept < k ? kept++ : k - 1; /* the slot freed: the worst's */
-        while (at > 0 && x < key[at - 1]) { /* strictly: equals stay ahead */
-            key[at] = key[at - 1];
-            index[at] = index[at - 1];
-            at--;
-        }
-        key[at] = x;
-        index[at] = i;
-    }
-    for (Py_ssize_t a = 1; a < kept; a++) { /* index order (k is small) */
-        Py_ssize_t v = index[a], b = a;
-        for (; b > 0 && index[b - 1] > v; b--) index[b] = index[b - 1];
-        index[b] = v;
-    }
+    Py_ssize_t kept = best_indices(&values, k, sign, index, key);
+    if (kept < 0) goto done;
+    index_order(index, kept);
     out = int_list(index, kept);
 done:
     PyMem_Free(index);
@@ -499,6 +514,25 @@ static inline double ms_value(double seconds) {
     return isfinite(scaled) ? (rint(scaled) + 0.0) / 1e3 : seconds * 1e3;
 }
 
+/* One candidate's entry: {"matched_tokens", "uncached_tokens", "predicted_cost_ms"}, in that
+ * order (explained's, and the decision's, decide.h); NULL with an exception. */
+static PyObject *candidate_entry(const Items *matched, const Items *uncached, double cost,
+                                 Py_ssize_t i) {
+    PyObject *entry = PyDict_New();
+    if (entry == NULL) return NULL;
+    PyObject *values[3] = {tokens_object(matched, i), tokens_object(uncached, i),
+                           PyFloat_FromDouble(ms_value(cost))};
+    PyObject *keys[3] = {key_matched, key_uncached, key_cost};
+    int failed = 0;
+    for (int v = 0; v < 3; v++) {
+        if (values[v] == NULL || (!failed && PyDict_SetItem(entry, keys[v], values[v]) < 0))
+            failed = 1;
+        Py_XDECREF(values[v]);
+    }
+    if (failed) Py_CLEAR(entry);
+    return entry;
+}
+
 /* explained(shown, candidates, matched, uncached, costs, /): {candidates[i].id:
  * {"matched_tokens", "uncached_tokens", "predicted_cost_ms"}} for i in shown, in that order. */
 static PyObject *explained(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -521,18 +555,10 @@ static PyObject *explained(PyObject *self, PyObject *const *args, Py_ssize_t nar
         if (i < 0) goto fail;
         double cost = item_value(&costs, i);
         if (FAILED(cost)) goto fail;
-        PyObject *entry = PyDict_New();
+        PyObject *entry = candidate_entry(&matched, &uncached, cost, i);
         if (entry == NULL) goto fail;
-        PyObject *values[3] = {tokens_object(&matched, i), tokens_object(&uncached, i),
-                               PyFloat_FromDouble(ms_value(cost))};
-        PyObject *keys[3] = {key_matched, key_uncached, key_cost};
         int failed = 0;
-        for (int v = 0; v < 3; v++) {
-            if (values[v] == NULL || (!failed && PyDict_SetItem(entry, keys[v], values[v]) < 0))
-                failed = 1;
-            Py_XDECREF(values[v]);
-        }
-        PyObject *id = failed ? NULL : PyObject_GetAttr(candidates.items[i], key_id);
+        PyObject *id = PyObject_GetAttr(candidates.items[i], key_id);
         if (id == NULL || PyDict_SetItem(out, id, entry) < 0) failed = 1;
         Py_XDECREF(id);
         Py_DECREF(entry);
