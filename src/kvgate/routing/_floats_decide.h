@@ -1,12 +1,13 @@
 /* A whole decision of the predicted-TTFT scorer in one call: _floats_native's decide.
  *
  * Included by _floats_native.c (one translation unit: it uses that file's Items helpers,
- * best_indices, index_order, candidate_entry, tokens_object and ms_value). TTFTScorer.choose (ttft_scorer.py) keeps the cost model, the
- * tie rule and the explanation in Python, and calls this for its common case instead: every
- * deployment a candidate in the ledger's order, no CPU-tier tokens, every KV size known or
- * none (precise mode's per-candidate details are merged into the explanation as in Python). It computes exactly what that Python does, the same operations
- * in the same order on the same doubles, so the same pick and the same explanation; the tests
- * hold it to the Python path (tests/routing/test_decide_native.py).
+ * best_indices, index_order, candidate_entry, tokens_object and ms_value). TTFTScorer.choose
+ * (ttft_scorer.py) keeps the cost model, the tie rule and the explanation in Python, and calls
+ * this for its common case instead: every deployment a candidate in the ledger's order, no
+ * CPU-tier tokens, every KV size known or none (precise mode's per-candidate details are
+ * merged into the explanation as in Python). It computes exactly what that Python does, the
+ * same operations in the same order on the same doubles, so the same pick and the same
+ * explanation; the tests hold it to the Python path (tests/routing/test_decide_native.py).
  *
  * NOTE (issue 15): at 64 deployments the Python decision took ~25 us per request, the largest
  * single part of what KV-aware routing adds to round robin: a dozen C passes, but each behind a
