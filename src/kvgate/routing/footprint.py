@@ -45,7 +45,9 @@ class PlacedTokens:
         # Placements within one bucket share an entry (and expire with its first one, at most
         # a bucket early): the table stays at BUCKETS entries per replica whatever the rate.
         self._bucket_s = horizon_s / BUCKETS
-        self._placed: list[deque[tuple[float, float]]] = [deque() for _ in range(count)]
+        #: Per replica, its buckets oldest first: [first placement's time, tokens] (a list:
+        #: a placement into the newest bucket adds in place instead of building a tuple).
+        self._placed: list[deque[list[float]]] = [deque() for _ in range(count)]
         #: (an array: a decision's passes read it in place, kvgate.routing.floats)
         self._totals = floats.zeros(count)
         self._capacity = [math.inf] * count
@@ -60,15 +62,17 @@ class PlacedTokens:
         if tokens <= 0:
             return
         placed = self._placed[position]
-        if placed and now_s - placed[-1][0] < self._bucket_s:
-            placed[-1] = (placed[-1][0], placed[-1][1] + tokens)
+        if placed and now_s - (newest := placed[-1])[0] < self._bucket_s:
+            newest[1] += tokens
         else:
-            placed.append((now_s, tokens))
-        self._totals[position] += tokens
+            placed.append([now_s, tokens])
+        totals = self._totals
+        totals[position] += tokens
         if self._shared is not None:
             self._shared.add(position, tokens, now_s)
-        self.least_headroom = min(self.least_headroom,
-                                  self._capacity[position] - self._totals[position])
+        headroom = self._capacity[position] - totals[position]
+        if headroom < self.least_headroom:
+            self.least_headroom = headroom
 
     @property
     def shared(self) -> bool:

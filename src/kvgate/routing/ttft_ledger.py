@@ -44,6 +44,8 @@ class Ledger:
                  shared_placements: SharedPlacements | None = None) -> None:
         """``shared_placements``: the placed-KV counts shared with the other workers."""
         self.deployments = list(deployments)
+        #: Each deployment's stats object (read for the engine's own queue at every event).
+        self._stats = [d.stats for d in self.deployments]
         self.replicas = [Replica(settings, d.settings.kv_capacity_tokens)
                          for d in self.deployments]
         self.placed = PlacedTokens(len(self.deployments), settings.ttl_s, shared_placements)
@@ -83,14 +85,18 @@ class Ledger:
 
     def update(self, position: int) -> None:
         """Recompute the replica's decision constants after a change."""
+        # NOTE: called at every event (two or three times a request): _others_tokens and
+        # Replica.batch are written out here, a call each saved.
         replica = self.replicas[position]
-        others = self._others_tokens(position)
-        batch = replica.batch
+        waiting = replica.waiting
+        others = max(0.0, self._stats[position].engine_waiting - waiting) * replica.mean_uncached
+        batch = waiting + replica.decoding
         step = replica.step
         step_s = step.predict(batch + 1)
-        rate = replica.prefill.slope + step_s / self._chunk
+        prefill = replica.prefill
+        rate = prefill.slope + step_s / self._chunk
         self.rate[position] = rate
-        ttft_base = replica.prefill.intercept + step_s + rate * (replica.queued + others)
+        ttft_base = prefill.intercept + step_s + rate * (replica.queued + others)
         self.ttft_base[position] = ttft_base
         # NOTE: joining the batch slows every step of the requests already in it, for as
         # many steps as this request decodes: their time counts against the replica too, or
@@ -103,7 +109,7 @@ class Ledger:
         """Prefill the engine is waiting on that this gateway did not send (other gateways'
         requests), at the replica's mean uncached tokens per request."""
         replica = self.replicas[position]
-        waiting = self.deployments[position].stats.engine_waiting
+        waiting = self._stats[position].engine_waiting
         return max(0.0, waiting - replica.waiting) * replica.mean_uncached
 
     def refresh(self, now_s: float) -> None:
@@ -179,15 +185,17 @@ class Ledger:
                         now_s, self.ttft_base[position] + self.rate[position] * uncached_tokens,
                         prompt_tokens)
         if prompt_tokens > 0:
+            resident = self.resident
             if shared_key is not None and shared_tokens > 0:
                 ticket.shared_key, ticket.shared_tokens = shared_key, shared_tokens
                 sharing = self._sharing[position]
-                if shared_key not in sharing:
-                    sharing[shared_key] = 0
-                    self._add_resident(position, shared_tokens)
-                sharing[shared_key] += 1
+                held = sharing.get(shared_key, 0)
+                if not held:
+                    resident[position] += shared_tokens
+                sharing[shared_key] = held + 1
             ticket.kv_tokens = prompt_tokens - ticket.shared_tokens + replica.mean_output
-            self._add_resident(position, ticket.kv_tokens)
+            resident[position] += ticket.kv_tokens
+            self._update_room(position)
         ticket.hashes = hashes
         self._in_flight[position][id(ticket)] = ticket
         replica.queued += uncached_tokens
@@ -257,19 +265,25 @@ class Ledger:
                     self.recomputed.add(ticket.position, missed, now_s)
                 else:
                     self.placed.add(ticket.position, missed, now_s)
-        self._add_resident(ticket.position, -ticket.kv_tokens)
+        # (room is brought up to date once, below)
+        position = ticket.position
+        resident = self.resident
+        resident[position] -= ticket.kv_tokens
         if ticket.shared_key is not None:
-            sharing = self._sharing[ticket.position]
-            sharing[ticket.shared_key] -= 1
-            if not sharing[ticket.shared_key]:
+            sharing = self._sharing[position]
+            held = sharing[ticket.shared_key] - 1
+            if held:
+                sharing[ticket.shared_key] = held
+            else:
                 del sharing[ticket.shared_key]
-                self._add_resident(ticket.position, -ticket.shared_tokens)
+                resident[position] -= ticket.shared_tokens
         if ticket.first_token_s is None:
             self._leave_queue(replica, ticket)
             if output_tokens > 0:
                 # A blocking answer: its TTFT is the whole time less the decode steps after
                 # the first token, at the replica's current step time.
-                steps_s = (output_tokens - 1) * replica.step.predict(replica.batch + 1)
+                steps_s = (output_tokens - 1) * replica.step.predict(
+                    replica.waiting + replica.decoding + 1)
                 self._observe_ttft(replica, ticket, now_s - ticket.dispatched_s - steps_s,
                                    now_s, missed)
         else:
@@ -282,14 +296,10 @@ class Ledger:
                                      / (output_tokens - 1), now_s)
         if output_tokens > 0:
             replica.mean_output += _MEAN_ALPHA * (output_tokens - replica.mean_output)
-        if replica.batch == 0:
-            self.resident[ticket.position] = 0.0  # no float drift on an idle replica
-        self._update_room(ticket.position)  # with the new mean answer
-        self.update(ticket.position)
-
-    def _add_resident(self, position: int, tokens: float) -> None:
-        self.resident[position] += tokens
-        self._update_room(position)
+        if replica.waiting + replica.decoding == 0:
+            resident[position] = 0.0  # no float drift on an idle replica
+        self._update_room(position)  # with the new mean answer
+        self.update(position)
 
     def _update_room(self, position: int) -> None:
         replica = self.replicas[position]
