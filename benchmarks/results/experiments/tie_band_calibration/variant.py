@@ -10,6 +10,15 @@ import (none is in the code):
 - ``fcfswait``: ``Ledger.admission_wait_s`` as a FCFS queue for KV space over the requests in
   flight there (below) instead of a share of one drain;
 - ``maxwait``: the larger of that FCFS wait and the share-of-a-drain price;
+- ``tie2x``: the band at twice its width (4 x the mean error);
+- ``spillband``: a decision that would spill (send the prompt away from the replica holding
+  the most of it) is taken again with the band at twice its width, so a spill must beat the
+  holder by twice the margin (2026-12-07, after the trace cells at KV/WS >= 1 showed spilled
+  requests' TTFT predicted 5-15% low and a third to a half of the slowest 5%);
+- ``roompin``: approximate mode; the KV room check (and the wait for KV space) counts, on
+  each candidate, the prompt's matched tokens that no request in flight there pins: vLLM
+  takes cached-but-free blocks a hit reuses out of the free pool at admission, so a hit
+  needs room for them as well as for its uncached tokens (2026-12-07);
 - ``choicehome``: precise mode, a prompt no replica holds half of: each replica that was sent
   it within the horizon counts that part as held for the choice only (the ledger books the
   true prefill), as approximate mode does without knowing of the loss.
@@ -44,6 +53,46 @@ if VARIANT == "tie0":
     ttft_scorer.TTFTScorer.choose = _with_errors(lambda e: 0.0)  # type: ignore[method-assign]
 elif VARIANT == "tiehalf":
     ttft_scorer.TTFTScorer.choose = _with_errors(lambda e: 0.5 * e)  # type: ignore[method-assign]
+elif VARIANT == "tie2x":
+    ttft_scorer.TTFTScorer.choose = _with_errors(lambda e: 2.0 * e)  # type: ignore[method-assign]
+elif VARIANT == "spillband":
+    _wider = _with_errors(lambda e: 2.0 * e)
+
+    def spill_band_choose(self: Any, *args: Any, **kwargs: Any) -> Any:
+        rotation = self._rotation
+        decision, pick = _choose(self, *args, **kwargs)
+        if decision.explanation["outcome"] != "spill":
+            return decision, pick
+        self._rotation = rotation
+        return _wider(self, *args, **kwargs)
+
+    ttft_scorer.TTFTScorer.choose = spill_band_choose  # type: ignore[method-assign]
+elif VARIANT == "roompin":
+    from kvgate.routing import prefix_kv_aware
+
+    _strategy_choose = prefix_kv_aware.PrefixKVAware._choose
+
+    def roompin_choose(self: Any, state: Any, candidates: Any, **kwargs: Any) -> Any:
+        ledger = self._scorer.ledger
+        fp = state.fingerprint
+        extra: dict[int, float] = {}
+        for position, matched in enumerate(state.matched_tokens):
+            if matched <= 0:
+                continue
+            pinned = fp.tokens_in_first(ledger.pinned_links(position, fp.hashes))
+            if matched > pinned:
+                extra[position] = matched - pinned
+        saved = {p: (ledger.room[p], ledger.resident[p]) for p in extra}
+        for position, tokens in extra.items():  # room and resident as if they were pinned
+            ledger.room[position] -= tokens
+            ledger.resident[position] += tokens
+        try:
+            return _strategy_choose(self, state, candidates, **kwargs)
+        finally:
+            for position, (room, resident) in saved.items():
+                ledger.room[position], ledger.resident[position] = room, resident
+
+    prefix_kv_aware.PrefixKVAware._choose = roompin_choose  # type: ignore[method-assign]
 elif VARIANT == "skipwait":
     _dispatched = ttft_ledger.Ledger.dispatched
     _observe = ttft_ledger.Ledger._observe_ttft
