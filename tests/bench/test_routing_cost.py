@@ -5,6 +5,7 @@ less a fingerprint, the ratio is the two arms' CPU), with the machine's speed be
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -31,6 +32,7 @@ def test_a_quick_run_writes_every_figure_with_the_machines_speed(tmp_path: Path)
     for replicas in ("64", "256"):
         decision = run["decision_us"][replicas]
         assert 0 < decision["beyond_fingerprint_us"] < decision["whole_us"]
+        assert decision["in_flight_at_end"] <= routing_cost.IN_FLIGHT
     gateway = run["gateway_64_deployments"]
     rr, kv = gateway["round_robin"], gateway["prefix_kv_aware"]
     assert rr["cpu_us"] > 0 and kv["cpu_us"] > 0
@@ -43,3 +45,10 @@ def test_the_speed_yardstick_is_timed_only_where_asked() -> None:
     assert python_speed_us(loops=50, repeat=2) > 0
     assert "python_speed_us" not in host_info()
     assert host_info(speed=True)["python_speed_us"] > 0
+
+
+def test_the_decision_loop_times_a_steady_state() -> None:
+    # Attempts end as new ones start (warm-up's at once), so the decisions are timed against
+    # a bounded queue, not one that grows through the run.
+    figures = asyncio.run(routing_cost.decision_us(8, 3 * routing_cost.IN_FLIGHT))
+    assert figures["in_flight_at_end"] == routing_cost.IN_FLIGHT

@@ -10,7 +10,9 @@ whole shared run for every deployment, its worst realistic case. Four figures:
 * ``decision_us``: ``prepare`` + ``choose`` + ``on_dispatched`` (``whole_us``), and the same
   minus the fingerprint, against a warm memory index, at 64 and 256 deployments (each sample
   pairs a decision with a fingerprint of the same prompt, memo in the same state; the median
-  of the differences);
+  of the differences). A steady state, not a growing queue: the router's clock moves
+  ``DECISION_GAP_S`` per decision and each attempt is released (untimed) once
+  ``IN_FLIGHT`` newer ones are dispatched;
 * ``gateway``: the whole in-process gateway path (ASGI app, parse, cache, failover, zero-latency
   mock upstream) per request, ``round_robin`` against ``prefix_kv_aware`` at 64 deployments,
   CPU (``thread_time``) and wall p50, alternating the two strategies round by round;
@@ -32,6 +34,7 @@ import json
 import os
 import statistics
 import time
+from collections import deque
 from collections.abc import Callable, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,6 +66,13 @@ MODEL = "fleet"
 #: Each deployment's KV size, as a vLLM replica publishes it (about an 8B model's on one
 #: 80 GB GPU): with it known, the decision prices evictions and KV waits, as on a real fleet.
 KV_CAPACITY_TOKENS = 400_000
+#: The decision loop's steady state: attempts in flight (the overhead scenario's c=32), the
+#: router's clock between decisions (1,000 requests a second) and each answer's length.
+#: NOTE: before 2026-12-07 no attempt was ever released and the clock stood still, so the
+#: ledger's queues grew through the run and its 50 ms refresh never ran again.
+IN_FLIGHT = 32
+DECISION_GAP_S = 0.001
+OUTPUT_TOKENS = 64
 
 
 class Prompts:
@@ -110,14 +120,24 @@ async def decision_us(replicas: int, samples: int) -> dict[str, float]:
     deployments = make_deployments(
         replicas, settings=[{"kv_capacity_tokens": KV_CAPACITY_TOKENS}] * replicas)
     routing = RoutingSettings(seed=0)
-    strategy, _ = build_router("prefix_kv_aware", deployments, routing, VirtualClock())
+    clock = VirtualClock()
+    strategy, _ = build_router("prefix_kv_aware", deployments, routing, clock)
     prompts = Prompts(SYSTEM_TOKENS, USER_TOKENS)
     block_chars = routing.prefix.block_chars
+    in_flight: deque[tuple[Call, Deployment]] = deque()
 
     async def decide(call: Call) -> None:
         await strategy.prepare(call)
         decision = strategy.choose(call, deployments)
         strategy.on_dispatched(call, decision.deployment)
+        in_flight.append((call, decision.deployment))
+
+    def settle() -> None:
+        """Untimed: the clock moves on and the oldest attempt beyond the window ends."""
+        clock.now_s += DECISION_GAP_S
+        while len(in_flight) > IN_FLIGHT:
+            call, deployment = in_flight.popleft()
+            strategy.on_released(call, deployment, OUTPUT_TOKENS)
 
     await warm(strategy, deployments, prompts)
     # The same memo state as the strategy's: the system prompt seen, each user turn new.
@@ -133,7 +153,12 @@ async def decision_us(replicas: int, samples: int) -> dict[str, float]:
         ended_ns = time.perf_counter_ns()
         whole_ns.append(ended_ns - fingerprinted_ns)
         beyond_ns.append(ended_ns - fingerprinted_ns - (fingerprinted_ns - started_ns))
-    return {"whole_us": _median_us(whole_ns), "beyond_fingerprint_us": _median_us(beyond_ns)}
+        settle()
+    # (the strategy's own count: requests it sent and has not seen end)
+    open_attempts = sum(d["waiting_requests"] + d["decoding_requests"]
+                        for d in strategy.describe().values())
+    return {"whole_us": _median_us(whole_ns), "beyond_fingerprint_us": _median_us(beyond_ns),
+            "in_flight_at_end": open_attempts}
 
 
 async def warm(strategy: RoutingStrategy, deployments: Sequence[Deployment],
@@ -147,7 +172,9 @@ async def warm(strategy: RoutingStrategy, deployments: Sequence[Deployment],
     for number in range(2 * len(deployments)):
         call = prompts.call(number)
         await strategy.prepare(call)
-        strategy.on_dispatched(call, deployments[number % len(deployments)])
+        deployment = deployments[number % len(deployments)]
+        strategy.on_dispatched(call, deployment)
+        strategy.on_released(call, deployment, OUTPUT_TOKENS)  # recorded, not in flight
 
 
 def gateway_settings(strategy: str, replicas: int) -> Settings:
