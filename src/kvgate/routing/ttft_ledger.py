@@ -85,12 +85,9 @@ class Ledger:
 
     def update(self, position: int) -> None:
         """Recompute the replica's decision constants after a change."""
-        # NOTE: called at every event (two or three times a request): _others_tokens and
-        # Replica.batch are written out here, a call each saved.
         replica = self.replicas[position]
-        waiting = replica.waiting
-        others = max(0.0, self._stats[position].engine_waiting - waiting) * replica.mean_uncached
-        batch = waiting + replica.decoding
+        others = self._others_tokens(position)
+        batch = replica.waiting + replica.decoding  # (Replica.batch, without the call)
         step = replica.step
         step_s = step.predict(batch + 1)
         prefill = replica.prefill
