@@ -1,10 +1,12 @@
 """Why the scorer's spills lose on the sweep's trace cells where KV is plentiful.
 
 python diagnose.py WORKLOAD SEED LOAD KV_RATIO [ARM ...] (virtual time; default arms
-prefix_kv_aware and prefix_kv_aware_v1): every routed request's outcome label (cold / hit / spill), the
-pick's predicted TTFT and its simulated TTFT, joined by request id; per arm and outcome: count,
-mean predicted and mean actual TTFT, the actual's p95, and the share of requests in the arm's
-slowest 5% that each outcome makes.
+prefix_kv_aware and prefix_kv_aware_v1): every routed request's outcome label (cold / hit /
+spill), the pick's predicted TTFT and its simulated TTFT, joined by request id. Per arm and
+outcome: count, the correlation and mean absolute error of predicted against observed TTFT,
+their means, the observed p95 and how many of the arm's slowest 5% the outcome has; per arm,
+for all requests and the slowest 5%: time queued before the first schedule, from there to
+the first token, the engine's cached share, preemptions and prompt size.
 """
 
 from __future__ import annotations
@@ -73,10 +75,12 @@ def main(argv: list[str]) -> None:
             sa = sum((a - ma) ** 2 for _, a in group) ** 0.5
             corr = cov / (sp * sa) if sp and sa else float("nan")
             mae = sum(abs(p - a) for p, a in group) / len(group)
-            print(f"  {outcome:5s} predicted vs actual: correlation {corr:.2f}, mean abs error {mae:6.1f}")
+            print(f"  {outcome:5s} predicted vs actual: correlation {corr:.2f}, "
+                  f"mean abs error {mae:6.1f}")
             print(f"  {outcome:5s} n {len(group):4d} predicted mean "
                   f"{sum(p for p, _ in group) / len(group):6.1f} actual mean "
-                  f"{sum(actual) / len(actual):6.1f} p95 {actual[int(0.95 * (len(actual) - 1))]:6.1f}"
+                  f"{sum(actual) / len(actual):6.1f} p95 "
+                  f"{actual[int(0.95 * (len(actual) - 1))]:6.1f}"
                   f" in slowest 5%: {tail}")
         for label, subset in (("all", [s for _, _, s in rows]),
                               ("slowest 5%", [s for _, a, s in rows if a >= p95])):
