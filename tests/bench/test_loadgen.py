@@ -127,9 +127,16 @@ async def test_unreachable_target_is_an_error_not_a_crash() -> None:
 async def test_fixed_rate_open_loop_keeps_its_schedule() -> None:
     requests = [instructed(ttft_ms=40) for _ in range(30)]
     spec = LoadSpec(mode="fixed", rate_per_s=100.0)
-    async with fake_server() as (url, log):
-        result = await run_load(url, requests, spec)
-    summary = summarize(result)
+    # NOTE: a second try only when the first ran late: once (2026-12-07, CI on a 2-core VM)
+    # the whole 0.3 s schedule met a stall and the median request left 47 ms late, which
+    # says nothing about the generator. A generator that does not keep its schedule is late
+    # in both tries and fails.
+    for _ in range(2):
+        async with fake_server() as (url, log):
+            result = await run_load(url, requests, spec)
+        summary = summarize(result)
+        if summary["dispatch_lag_ms"]["p50"] < 10.0:
+            break
     # Open loop: 30 arrivals 10 ms apart, each 40 ms long, so several overlap.
     assert log.max_in_flight >= 3
     # The median request leaves on schedule; a busy machine may delay a few (the tail).
