@@ -396,14 +396,6 @@ done:
     Py_XDECREF(explanation);
     PyMem_Free(scratch);
     PyMem_Free(tied);
-    items_close(&matched);
-    items_close(&known);
-    items_close(&base);
-    items_close(&rate);
-    items_close(&room);
-    items_close(&ttft_base);
-    items_close(&placed);
-    items_close(&capacity);
-    items_close(&inverse);
+    for (size_t l = 0; l < sizeof(lists) / sizeof(lists[0]); l++) items_close(lists[l]);
     return out;
 }

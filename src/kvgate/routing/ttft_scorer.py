@@ -130,6 +130,12 @@ class TTFTScorer:
         # replicas; a warm decision sees them at most _REFRESH_S old.
         if now_s - self._refreshed_s >= _REFRESH_S:
             self._refresh(now_s)
+        # NOTE: the prefill a request adds delays whatever arrives behind it there. With the
+        # fleet idle nobody waits, so only this request's TTFT counts; the busier the fleet,
+        # the more a recompute costs others: weighted by the share of replicas with prefill
+        # queued. Without it a burst for one prefix copies it onto every replica whose queue
+        # is a little shorter, evicting others' prefixes to do it.
+        factor = 1.0 + ledger.busy_replicas / len(ledger.replicas)
         sized = not self._unknown_capacity
         if (native_decide is not None and positions is None and offloaded is None
                 and (details is None or type(details) is dict)
@@ -145,8 +151,7 @@ class TTFTScorer:
             pick, self._rotation, route, uncached_pick = native_decide(
                 self.name, candidates, prompt_tokens, matched, best_match, known,
                 ledger.base, ledger.rate, ledger.room if sized else None, ledger.ttft_base,
-                1.0 + ledger.busy_replicas / len(ledger.replicas),
-                placements.least_headroom if sized else math.inf, placements.totals(),
+                factor, placements.least_headroom if sized else math.inf, placements.totals(),
                 self._capacity, self._inverse_capacity if sized else None, ledger.replicas,
                 ledger.admission_wait_s, self._block_tokens, self._rotation, details or None)
             if reserve:
@@ -168,12 +173,6 @@ class TTFTScorer:
         else:
             uncached = [max(0.0, prompt_tokens - m - o)
                         for m, o in zip(matched, offloaded, strict=True)]
-        # NOTE: the prefill a request adds delays whatever arrives behind it there. With the
-        # fleet idle nobody waits, so only this request's TTFT counts; the busier the fleet,
-        # the more a recompute costs others: weighted by the share of replicas with prefill
-        # queued. Without it a burst for one prefix copies it onto every replica whose queue
-        # is a little shorter, evicting others' prefixes to do it.
-        factor = 1.0 + ledger.busy_replicas / len(ledger.replicas)
         # NOTE: the passes over every candidate are kvgate.routing.floats' (C where built):
         # at 256 replicas, boxing a Python float per candidate per pass was most of a decision.
         costs: MutableSequence[float]
